@@ -1,0 +1,87 @@
+using System.Runtime.CompilerServices;
+
+namespace Lckv.Numerics;
+
+/// <summary>Element types of weights, KV storage and checkpoint tensors.</summary>
+public enum DType : byte
+{
+    F32,
+    F16,
+    BF16,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+public static class DTypes
+{
+    public static int SizeOf(DType t) => t switch
+    {
+        DType.F32 or DType.I32 => 4,
+        DType.F16 or DType.BF16 or DType.I16 => 2,
+        DType.F64 or DType.I64 => 8,
+        DType.I8 or DType.U8 or DType.Bool => 1,
+        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "unknown dtype"),
+    };
+
+    /// <summary>The safetensors spelling ("F32", "BF16", ...).</summary>
+    public static string Name(DType t) => t switch
+    {
+        DType.F32 => "F32", DType.F16 => "F16", DType.BF16 => "BF16", DType.F64 => "F64",
+        DType.I64 => "I64", DType.I32 => "I32", DType.I16 => "I16", DType.I8 => "I8", DType.U8 => "U8",
+        DType.Bool => "BOOL",
+        _ => throw new ArgumentOutOfRangeException(nameof(t)),
+    };
+
+    public static bool TryParse(string name, out DType t)
+    {
+        switch (name)
+        {
+            case "F32": t = DType.F32; return true;
+            case "F16": t = DType.F16; return true;
+            case "BF16": t = DType.BF16; return true;
+            case "F64": t = DType.F64; return true;
+            case "I64": t = DType.I64; return true;
+            case "I32": t = DType.I32; return true;
+            case "I16": t = DType.I16; return true;
+            case "I8": t = DType.I8; return true;
+            case "U8": t = DType.U8; return true;
+            case "BOOL": t = DType.Bool; return true;
+            default: t = default; return false;
+        }
+    }
+
+    /// <summary>Parses a user-facing name: f32, f16, bf16 (also float32, float16, bfloat16).</summary>
+    public static DType ParseFloat(string name) => name.ToLowerInvariant() switch
+    {
+        "f32" or "float32" or "float" => DType.F32,
+        "f16" or "float16" or "half" => DType.F16,
+        "bf16" or "bfloat16" => DType.BF16,
+        _ => throw new FormatException($"unknown float dtype '{name}' (expected f32, f16 or bf16)"),
+    };
+
+    public static bool IsFloat(DType t) => t is DType.F32 or DType.F16 or DType.BF16;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float BF16ToSingle(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
+
+    /// <summary>Round to nearest even, NaN kept quiet.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort SingleToBF16(float value)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(value);
+        if ((u & 0x7FFF_FFFFu) > 0x7F80_0000u) return (ushort)((u >> 16) | 0x40);
+        u += 0x7FFFu + ((u >> 16) & 1u);
+        return (ushort)(u >> 16);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float F16ToSingle(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort SingleToF16(float value) => BitConverter.HalfToUInt16Bits((Half)value);
+}

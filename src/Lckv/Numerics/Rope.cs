@@ -1,0 +1,70 @@
+namespace Lckv.Numerics;
+
+/// <summary>
+/// cos/sin table for rotary embeddings in the rotate-half form: inv_freq[j] = theta^(-2j/D), angles computed in f64
+/// and rounded to f32 (as the reference does). Row p holds cos[0..D/2) then sin[0..D/2).
+/// </summary>
+public sealed class RopeTable
+{
+    public int HeadDim { get; }
+    public int MaxPositions { get; }
+    public double Theta { get; }
+    private readonly float[] _table;
+
+    public RopeTable(int headDim, double theta, int maxPositions)
+    {
+        if (headDim <= 0 || headDim % 2 != 0) throw new ArgumentException($"head_dim must be even and positive, got {headDim}");
+        if (theta <= 0) throw new ArgumentException($"rope_theta must be positive, got {theta}");
+        HeadDim = headDim;
+        MaxPositions = maxPositions;
+        Theta = theta;
+        int half = headDim / 2;
+        _table = new float[(long)maxPositions * headDim];
+        for (int p = 0; p < maxPositions; p++)
+            for (int j = 0; j < half; j++)
+            {
+                double invFreq = 1.0 / Math.Pow(theta, 2.0 * j / headDim);
+                double a = p * invFreq;
+                _table[(long)p * headDim + j] = (float)Math.Cos(a);
+                _table[(long)p * headDim + half + j] = (float)Math.Sin(a);
+            }
+    }
+
+    public ReadOnlySpan<float> Cos(int position) => _table.AsSpan(Row(position), HeadDim / 2);
+    public ReadOnlySpan<float> Sin(int position) => _table.AsSpan(Row(position) + HeadDim / 2, HeadDim / 2);
+
+    private int Row(int position)
+    {
+        if ((uint)position >= (uint)MaxPositions)
+            throw new ArgumentOutOfRangeException(nameof(position), $"position {position} outside the RoPE table ({MaxPositions})");
+        return position * HeadDim;
+    }
+}
+
+/// <summary>x = x*cos + rotate_half(x)*sin per head, rotate_half([x1, x2]) = [-x2, x1].</summary>
+public static class Rope
+{
+    // x is (rows, heads*D), positions is (rows)
+    public static void Apply(Span<float> x, ReadOnlySpan<int> positions, int heads, RopeTable table)
+        => ApplyReference(x, positions, heads, table);
+
+    public static void ApplyReference(Span<float> x, ReadOnlySpan<int> positions, int heads, RopeTable table)
+    {
+        int d = table.HeadDim, half = d / 2;
+        for (int r = 0; r < positions.Length; r++)
+        {
+            var cos = table.Cos(positions[r]);
+            var sin = table.Sin(positions[r]);
+            for (int h = 0; h < heads; h++)
+            {
+                var v = x.Slice((r * heads + h) * d, d);
+                for (int j = 0; j < half; j++)
+                {
+                    float a = v[j], b = v[j + half];
+                    v[j] = a * cos[j] - b * sin[j];
+                    v[j + half] = b * cos[j] + a * sin[j];
+                }
+            }
+        }
+    }
+}
