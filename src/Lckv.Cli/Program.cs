@@ -1,1 +1,3 @@
-return 0;
+using Lckv.Cli;
+
+return Cli.Run(args);

@@ -1,0 +1,60 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using Lckv.Formats;
+
+namespace Lckv.Cli;
+
+/// <summary>The lckv command: parse, validate, call the library, format output. Errors are one line on stderr.</summary>
+public static class Cli
+{
+    public static int Run(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)
+    {
+        var output = stdout ?? Console.Out;
+        var error = stderr ?? Console.Error;
+        var root = new RootCommand("Lckv: run, benchmark and evaluate Llama models with a small KV cache, in pure .NET");
+        root.Subcommands.Add(GenerateCommand.Create(output, error));
+        root.Subcommands.Add(PerplexityCommand.Create(output, error));
+        root.Subcommands.Add(BenchCommand.Create(output, error));
+        root.Subcommands.Add(InfoCommand.Create(output, error));
+        ParseResult parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            error.WriteLine($"error: {parse.Errors[0].Message} (see 'lckv --help')");
+            return 2;
+        }
+        try
+        {
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = output, Error = error });
+        }
+        catch (Exception e)
+        {
+            return Report(e, error);
+        }
+    }
+
+    /// <summary>One line per failure, never a stack trace (unless LCKV_DEBUG=1).</summary>
+    public static int Report(Exception e, TextWriter error)
+    {
+        if (Environment.GetEnvironmentVariable("LCKV_DEBUG") == "1") error.WriteLine(e.ToString());
+        switch (e)
+        {
+            case LckvException:
+                error.WriteLine($"error: {OneLine(e.Message)}");
+                return 1;
+            case FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException:
+                error.WriteLine($"error: {OneLine(e.Message)}");
+                return 1;
+            case OperationCanceledException:
+                error.WriteLine("error: cancelled");
+                return 130;
+            case OutOfMemoryException:
+                error.WriteLine("error: out of memory (lower the KV budget, the batch or the context length)");
+                return 1;
+            default:
+                error.WriteLine($"error: internal error ({e.GetType().Name}): {OneLine(e.Message)}; set LCKV_DEBUG=1 for details");
+                return 70;
+        }
+    }
+
+    private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
+}

@@ -1,0 +1,87 @@
+using System.CommandLine;
+using System.Text.Json;
+using Lckv.Formats;
+using Lckv.Model;
+using Lckv.Numerics;
+
+namespace Lckv.Cli;
+
+/// <summary>lckv info: parameters, dtype, KV bytes per token, layer map. Works on a config.json alone.</summary>
+public static class InfoCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var mo = new ModelOptions();
+        var config = new Option<string?>("--config") { Description = "a config.json alone (no weights needed)" };
+        var json = new Option<bool>("--json") { Description = "print as JSON" };
+        var cmd = new Command("info", "describe a model: parameters, dtype, KV bytes per token, layer map");
+        mo.AddTo(cmd);
+        cmd.Options.Add(config);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            ModelConfig cfg;
+            string source;
+            string dtype;
+            if (p.GetValue(config) is { } path)
+            {
+                if (!File.Exists(path)) throw new LckvException($"config file '{path}' does not exist");
+                cfg = ModelConfig.Load(path);
+                source = path;
+                dtype = cfg.TorchDtype ?? "unknown";
+            }
+            else if (p.GetValue(mo.Model) is { } folder && p.GetValue(mo.Preset) is null)
+            {
+                var cpath = Path.Combine(folder, "config.json");
+                if (!File.Exists(cpath)) throw new LckvException($"'{folder}' has no config.json");
+                cfg = ModelConfig.Load(cpath);
+                source = folder;
+                using var tensors = TensorSet.Open(folder);
+                dtype = string.Join(", ", tensors.Names.Select(n => DTypes.Name(tensors.Info(n).DType)).Distinct());
+            }
+            else
+            {
+                string preset = p.GetValue(mo.Preset) ?? throw new LckvException("give --config, --model or --preset");
+                cfg = Presets.Config(preset);
+                if (p.GetValue(mo.LayerTypes) is { } lt) cfg = cfg with { ModelType = "lckv-llama", LayerTypes = lt };
+                var dt = p.GetValue(mo.DType) is { } d ? DTypes.ParseFloat(d) : Presets.DefaultDType(preset);
+                source = $"preset:{preset}";
+                dtype = DTypes.Name(dt);
+            }
+            cfg.Validate();
+            var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
+            var kvDType = mo.KvStorage(p);
+            long kvPerToken = 2L * map.KvLayerCount * cfg.NumKeyValueHeads * cfg.HeadDim * DTypes.SizeOf(kvDType);
+            long fullPerToken = 2L * cfg.NumHiddenLayers * cfg.NumKeyValueHeads * cfg.HeadDim * DTypes.SizeOf(kvDType);
+            long parameters = ModelWeights.Specs(cfg, map).Sum(s => s.Elements);
+            if (p.GetValue(json))
+            {
+                stdout.WriteLine(JsonSerializer.Serialize(new
+                {
+                    source, model_type = cfg.ModelType, parameters, dtype, layers = cfg.NumHiddenLayers,
+                    hidden_size = cfg.HiddenSize, heads = cfg.NumAttentionHeads, kv_heads = cfg.NumKeyValueHeads,
+                    head_dim = cfg.HeadDim, vocab_size = cfg.VocabSize, context = cfg.MaxPositionEmbeddings,
+                    layer_types = map.ToString(), kv_layers = map.KvLayerCount, kv_dtype = DTypes.Name(kvDType),
+                    kv_bytes_per_token = kvPerToken, kv_reduction = (double)fullPerToken / kvPerToken,
+                    targets = Enumerable.Range(0, map.LayerCount).Select(map.Target),
+                }));
+                return 0;
+            }
+            stdout.WriteLine($"source          {source}");
+            stdout.WriteLine($"model_type      {cfg.ModelType}");
+            stdout.WriteLine($"parameters      {parameters:N0} ({parameters / 1e6:F1}M)");
+            stdout.WriteLine($"dtype           {dtype}");
+            stdout.WriteLine($"shape           {cfg.NumHiddenLayers} layers, hidden {cfg.HiddenSize}, {cfg.NumAttentionHeads} heads / {cfg.NumKeyValueHeads} KV heads x {cfg.HeadDim}, intermediate {cfg.IntermediateSize}, vocab {cfg.VocabSize}");
+            stdout.WriteLine($"context         {cfg.MaxPositionEmbeddings}");
+            stdout.WriteLine($"layer_types     {map}");
+            stdout.WriteLine($"KV layers       {map.KvLayerCount} of {map.LayerCount}");
+            stdout.WriteLine($"KV bytes/token  {kvPerToken:N0} ({DTypes.Name(kvDType)}; {fullPerToken / (double)kvPerToken:F2}x less than a standard layout)");
+            if (map.AnyAttendsTop)
+                stdout.WriteLine($"plan            m={cfg.ForwardPasses} b={cfg.BackwardPasses}, force_nodiag={cfg.ForceNoDiag.ToString().ToLowerInvariant()}");
+            stdout.WriteLine("layer map");
+            stdout.Write(map.Describe());
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,83 @@
+using System.CommandLine;
+using Lckv.Formats;
+using Lckv.Model;
+using Lckv.Numerics;
+
+namespace Lckv.Cli;
+
+/// <summary>Options every command that needs a model shares: where it comes from and how its cache is stored.</summary>
+public sealed class ModelOptions
+{
+    public readonly Option<string?> Model = new("--model", "-m") { Description = "Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)" };
+    public readonly Option<string?> Preset = new("--preset") { Description = "built-in shape with random weights: small | tinyllama-1.1b" };
+    public readonly Option<string?> DType = new("--dtype") { Description = "weight dtype of a preset: f32 | f16 | bf16 (default: small f32, tinyllama bf16)" };
+    public readonly Option<string?> LayerTypes = new("--layer-types") { Description = "layer_types for a preset (e.g. 0_6_6_6_6_6_6_7)" };
+    public readonly Option<ulong> WeightSeed = new("--weight-seed") { Description = "seed of a preset's random weights", DefaultValueFactory = _ => 0 };
+    public readonly Option<int?> Context = new("--context", "-c") { Description = "context length (default: max_position_embeddings)" };
+    public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16", DefaultValueFactory = _ => "f32" };
+    public readonly Option<int> BlockSize = new("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
+    public readonly Option<double?> KvBudget = new("--kv-budget") { Description = "KV cache budget in MiB (default: what the job needs)" };
+    public readonly Option<string?> Tokenizer = new("--tokenizer") { Description = "tokenizer.model / tokenizer.json (default: the one in --model)" };
+    public readonly Option<int?> Threads = new("--threads", "-t") { Description = "worker threads (default: all cores)" };
+
+    public void AddTo(Command c)
+    {
+        foreach (var o in new Option[] { Model, Preset, DType, LayerTypes, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
+            c.Options.Add(o);
+    }
+
+    public LlamaModel LoadModel(ParseResult p)
+    {
+        ApplyThreads(p);
+        string? model = p.GetValue(Model), preset = p.GetValue(Preset);
+        if (model is not null && preset is not null) throw new LckvException("give either --model or --preset, not both");
+        int? context = p.GetValue(Context);
+        if (model is not null)
+        {
+            if (p.GetValue(DType) is not null || p.GetValue(LayerTypes) is not null)
+                throw new LckvException("--dtype and --layer-types apply to presets; a checkpoint keeps its own");
+            return LlamaModel.Load(model, context);
+        }
+        if (preset is null) throw new LckvException("no model: give --model <folder> or --preset small|tinyllama-1.1b");
+        var dtype = p.GetValue(DType) is { } d ? ParseWeightDType(d) : (Numerics.DType?)null;
+        return LlamaModel.FromPreset(preset, dtype, p.GetValue(LayerTypes), p.GetValue(WeightSeed), context);
+    }
+
+    public void ApplyThreads(ParseResult p)
+    {
+        if (p.GetValue(Threads) is int t)
+        {
+            if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
+            _ = t;
+        }
+    }
+
+    public TextTokenizer? LoadTokenizer(ParseResult p, bool required)
+    {
+        string? path = p.GetValue(Tokenizer);
+        if (path is null && p.GetValue(Model) is { } folder
+            && (File.Exists(Path.Combine(folder, "tokenizer.model")) || File.Exists(Path.Combine(folder, "tokenizer.json"))))
+            path = folder;
+        if (path is null)
+        {
+            if (required) throw new LckvException("this needs a tokenizer: the model folder has none; give --tokenizer <tokenizer.model>");
+            return null;
+        }
+        return TextTokenizer.Load(path);
+    }
+
+    public DType KvStorage(ParseResult p) => ParseWeightDType(p.GetValue(KvDType)!);
+
+    public int Block(ParseResult p)
+    {
+        int b = p.GetValue(BlockSize);
+        if (b < 1 || b > 4096) throw new LckvException($"--block-size must be in [1, 4096], got {b}");
+        return b;
+    }
+
+    private static DType ParseWeightDType(string s)
+    {
+        try { return DTypes.ParseFloat(s); }
+        catch (FormatException e) { throw new LckvException(e.Message); }
+    }
+}

@@ -1,0 +1,69 @@
+using System.CommandLine;
+using System.Text.Json;
+using Lckv.Generation;
+
+namespace Lckv.Cli;
+
+/// <summary>lckv perplexity: perplexity of a text file or a file of token ids, windowed with a stride.</summary>
+public static class PerplexityCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var mo = new ModelOptions();
+        var file = new Option<string?>("--file", "-f") { Description = "text file (tokenized with the model's tokenizer)" };
+        var idsFile = new Option<string?>("--ids-file") { Description = "file of whitespace-separated token ids" };
+        var window = new Option<int?>("--ctx") { Description = "tokens per window (default: 512, capped at the context length)" };
+        var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: the window)" };
+        var limit = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens" };
+        var json = new Option<bool>("--json") { Description = "print the result as JSON" };
+        var cmd = new Command("perplexity", "perplexity of a text or token file");
+        mo.AddTo(cmd);
+        foreach (var o in new Option[] { file, idsFile, window, stride, limit, json }) cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            string? textPath = p.GetValue(file), idsPath = p.GetValue(idsFile);
+            if ((textPath is null) == (idsPath is null)) throw new LckvException("give exactly one of --file or --ids-file");
+            using var model = mo.LoadModel(p);
+            int[] ids;
+            if (textPath is not null)
+            {
+                if (!File.Exists(textPath)) throw new LckvException($"text file '{textPath}' does not exist");
+                var tokenizer = mo.LoadTokenizer(p, required: true)!;
+                ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.BosId is not null);
+            }
+            else ids = ReadIds(idsPath!);
+            if (p.GetValue(limit) is int n) ids = ids[..Math.Min(n, ids.Length)];
+            int win = p.GetValue(window) ?? Math.Min(512, model.ContextLength);
+            int str = p.GetValue(stride) ?? win;
+            var result = Progress.Run("perplexity", report =>
+                Perplexity.Evaluate(model, ids, win, str, mo.KvStorage(p), (done, total) => report(done, total)), stderr);
+            if (p.GetValue(json))
+                stdout.WriteLine(JsonSerializer.Serialize(new
+                {
+                    perplexity = result.Perplexity,
+                    mean_nll = result.MeanNll,
+                    tokens = result.ScoredTokens,
+                    windows = result.Windows,
+                    context = win,
+                    stride = str,
+                    seconds = result.Seconds,
+                    tokens_per_second = result.TokensPerSecond,
+                }));
+            else
+                stdout.WriteLine($"perplexity {result.Perplexity:F4} over {result.ScoredTokens} tokens ({result.Windows} windows of {win}, stride {str}), {result.TokensPerSecond:F1} tok/s");
+            return 0;
+        });
+        return cmd;
+    }
+
+    internal static int[] ReadIds(string path)
+    {
+        if (!File.Exists(path)) throw new LckvException($"ids file '{path}' does not exist");
+        var tokens = File.ReadAllText(path).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+        var ids = new int[tokens.Length];
+        for (int i = 0; i < tokens.Length; i++)
+            if (!int.TryParse(tokens[i], out ids[i]) || ids[i] < 0)
+                throw new LckvException($"{path}: '{tokens[i]}' (token {i}) is not a token id");
+        return ids;
+    }
+}

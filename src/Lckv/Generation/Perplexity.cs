@@ -1,0 +1,74 @@
+using Lckv.Cache;
+using Lckv.Model;
+using Lckv.Numerics;
+
+namespace Lckv.Generation;
+
+public sealed record PerplexityResult(double Perplexity, double MeanNll, long ScoredTokens, int Windows, double Seconds)
+{
+    public double TokensPerSecond => Seconds > 0 ? ScoredTokens / Seconds : 0;
+}
+
+/// <summary>
+/// Perplexity over a token stream with a context window and a stride (the Hugging Face recipe): windows of
+/// `window` tokens start every `stride` tokens; each scores only the tokens not scored by an earlier window. Each
+/// window is evaluated as a whole sequence the way the model defines one (the iteration plan for upward layouts).
+/// </summary>
+public static class Perplexity
+{
+    public static PerplexityResult Evaluate(LlamaModel model, ReadOnlySpan<int> ids, int window, int stride,
+        DType kvDType = DType.F32, Action<int, int>? progress = null)
+    {
+        if (ids.Length < 2) throw new LckvException($"perplexity needs at least 2 tokens, got {ids.Length}");
+        if (window < 2) throw new LckvException($"context length must be at least 2, got {window}");
+        if (window > model.ContextLength) throw new LckvException($"context length {window} exceeds the model's {model.ContextLength}");
+        if (stride < 1 || stride > window) throw new LckvException($"stride must be in [1, {window}], got {stride}");
+        foreach (int id in ids)
+            if ((uint)id >= (uint)model.Vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {model.Vocab})");
+
+        int vocab = model.Vocab;
+        const int blockSize = 16;
+        bool whole = model.Map.AnyAttendsTop;
+        int maxRows = whole ? window : Math.Min(window, 256);
+        var layout = model.KvLayout(blockSize, kvDType);
+        long blocks = (window + blockSize - 1) / blockSize * (long)model.Map.KvLayerCount;
+        using var pool = new KvBlockPool(layout, blocks * layout.BlockBytes);
+        var cache = new KvCache(pool, model.Map.KvLayerCount, window);
+        var runner = new ForwardRunner(model, cache, maxRows, 1);
+        var logits = new float[(long)maxRows * vocab];
+
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        double nll = 0;
+        long scored = 0;
+        int windows = 0, prevEnd = 0;
+        int total = (int)Math.Ceiling(Math.Max(1, ids.Length - window) / (double)stride) + 1;
+        for (int begin = 0; ; begin += stride)
+        {
+            int end = Math.Min(begin + window, ids.Length);
+            int firstScored = Math.Max(prevEnd, begin + 1); // predict token p from tokens < p
+            int seq = cache.CreateSequence();
+            if (!cache.TryReserve(seq, end - begin)) throw new InvalidOperationException("perplexity cache sized too small");
+            for (int done = 0; done < end - begin;)
+            {
+                int take = Math.Min(maxRows, end - begin - done);
+                runner.Run([new StepSequence(seq, take)], ids.Slice(begin + done, take), LogitsRows.All, logits);
+                for (int r = 0; r < take; r++)
+                {
+                    int p = begin + done + r + 1; // the token these logits predict
+                    if (p < firstScored || p >= end) continue;
+                    var row = logits.AsSpan(r * vocab, vocab);
+                    nll += Softmax.LogSumExp(row) - row[ids[p]];
+                    scored++;
+                }
+                done += take;
+            }
+            cache.Remove(seq);
+            windows++;
+            progress?.Invoke(windows, total);
+            prevEnd = end;
+            if (end == ids.Length) break;
+        }
+        double mean = nll / Math.Max(1, scored);
+        return new PerplexityResult(Math.Exp(mean), mean, scored, windows, sw.Elapsed.TotalSeconds);
+    }
+}

@@ -1,0 +1,153 @@
+using System.Diagnostics;
+using Lckv.Cache;
+using Lckv.Model;
+using Lckv.Numerics;
+
+namespace Lckv.Generation;
+
+/// <summary>Mean and sample standard deviation of repeated measurements.</summary>
+public sealed record Stats(double Mean, double StdDev, IReadOnlyList<double> Samples)
+{
+    public static Stats Of(IReadOnlyList<double> xs)
+    {
+        double mean = xs.Average();
+        double sd = xs.Count > 1 ? Math.Sqrt(xs.Sum(x => (x - mean) * (x - mean)) / (xs.Count - 1)) : 0;
+        return new Stats(mean, sd, xs);
+    }
+}
+
+/// <summary>The machine's limits measured in the run: f32 FMA peak and read bandwidth for a thread count.</summary>
+public sealed record MachineRoofline(int Threads, double PeakGflops, double BandwidthGBs);
+
+/// <summary>What a test is: pp (prompt processing) or tg (text generation), llama-bench style.</summary>
+public enum BenchKind { PromptProcessing, TextGeneration }
+
+public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Depth, Stats TokensPerSecond, double RooflineTokensPerSecond, string Bound)
+{
+    public string Name => (Kind == BenchKind.PromptProcessing ? "pp" : "tg") + Tokens;
+    public double FractionOfRoofline => RooflineTokensPerSecond > 0 ? TokensPerSecond.Mean / RooflineTokensPerSecond : 0;
+}
+
+/// <summary>
+/// Measures prompt processing and text generation throughput of a model with a paged KV cache, and the roofline of
+/// each test from the model's bytes and FLOP against the machine's measured limits. Tokens are fixed random ids;
+/// tokenization and sampling are excluded.
+/// </summary>
+public sealed class SpeedBench
+{
+    private readonly LlamaModel _model;
+    private readonly DType _kvDType;
+    private readonly int _blockSize;
+    private readonly MachineRoofline _machine;
+
+    public SpeedBench(LlamaModel model, DType kvDType, int blockSize, MachineRoofline machine)
+    {
+        _model = model;
+        _kvDType = kvDType;
+        _blockSize = blockSize;
+        _machine = machine;
+    }
+
+    public BenchResult Run(BenchKind kind, int tokens, int batch, int depth, int repetitions)
+    {
+        if (tokens < 1 || batch < 1 || depth < 0 || repetitions < 1) throw new LckvException("bench sizes must be positive");
+        int total = depth + tokens;
+        if (total > _model.ContextLength) throw new LckvException($"depth {depth} + {tokens} tokens exceed the context length {_model.ContextLength}");
+        var layout = _model.KvLayout(_blockSize, _kvDType);
+        long blocks = KvCache.BlocksFor(total, _blockSize) * batch * _model.Map.KvLayerCount;
+        using var pool = new KvBlockPool(layout, blocks * layout.BlockBytes);
+        var cache = new KvCache(pool, _model.Map.KvLayerCount, total);
+        bool upward = _model.Map.AnyAttendsTop;
+        int maxRows = kind == BenchKind.PromptProcessing ? batch * tokens : batch;
+        maxRows = Math.Max(maxRows, upward ? Math.Max(depth, tokens) : Math.Min(depth, 512));
+        var runner = new ForwardRunner(_model, cache, maxRows, batch);
+        var rng = new SplitMix64(1234);
+        var samples = new List<double>(repetitions);
+        var logits = new float[(long)batch * _model.Vocab];
+        var steps = new StepSequence[batch];
+        var ids = new int[Math.Max(batch * tokens, runner.MaxRows)];
+        for (int rep = -1; rep < repetitions; rep++) // rep -1 warms up
+        {
+            var seqs = new int[batch];
+            for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
+            if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
+            for (int i = 0; i < ids.Length; i++) ids[i] = 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
+            var sw = Stopwatch.StartNew();
+            if (kind == BenchKind.PromptProcessing)
+            {
+                // the whole batch's prompts in as few steps as the runner allows (exact for causal layouts)
+                Fill(runner, seqs, tokens, ref rng, ids, logits);
+            }
+            else
+            {
+                for (int t = 0; t < tokens; t++)
+                {
+                    for (int b = 0; b < batch; b++) steps[b] = new StepSequence(seqs[b], 1);
+                    runner.Run(steps, ids.AsSpan(t * batch % (ids.Length - batch + 1), batch), LogitsRows.Last, logits);
+                }
+            }
+            double seconds = sw.Elapsed.TotalSeconds;
+            if (rep >= 0) samples.Add(batch * (double)tokens / seconds);
+            foreach (var s in seqs) cache.Remove(s);
+        }
+        var (roof, bound) = Roofline(kind, tokens, batch, depth);
+        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound);
+    }
+
+    /// <summary>Evaluates `tokens` more tokens of every sequence, splitting into steps of at most MaxRows rows.</summary>
+    private void Fill(ForwardRunner runner, int[] seqs, int tokens, ref SplitMix64 rng, int[] ids, float[] logits)
+    {
+        bool whole = _model.Map.AnyAttendsTop;
+        var steps = new List<StepSequence>();
+        var done = new int[seqs.Length];
+        int next = 0;
+        while (next < seqs.Length)
+        {
+            steps.Clear();
+            int room = runner.MaxRows, used = 0;
+            for (int b = next; b < seqs.Length && room > 0; b++)
+            {
+                int left = tokens - done[b];
+                int take = whole ? (left <= room || steps.Count == 0 ? left : 0) : Math.Min(left, room);
+                if (take == 0) break;
+                steps.Add(new StepSequence(seqs[b], take));
+                done[b] += take;
+                room -= take;
+                used += take;
+            }
+            for (int i = 0; i < used; i++) ids[i] = 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
+            var span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(steps);
+            var lg = logits.Length >= steps.Count * _model.Vocab ? logits : new float[steps.Count * _model.Vocab];
+            runner.Run(span, ids.AsSpan(0, used), LogitsRows.Last, lg);
+            while (next < seqs.Length && done[next] == tokens) next++;
+        }
+    }
+
+    /// <summary>
+    /// The best tokens/s the machine allows for a test: the lower of the compute bound (FLOP of weights and attention
+    /// at the FMA peak) and the memory bound (weights once per step plus the KV every layer reads, at the read bandwidth).
+    /// </summary>
+    public (double TokensPerSecond, string Bound) Roofline(BenchKind kind, int tokens, int batch, int depth)
+    {
+        var c = _model.Config;
+        double kvRowBytes = 2.0 * c.NumKeyValueHeads * c.HeadDim * DTypes.SizeOf(_kvDType); // one position of one layer
+        double avgContext = depth + (tokens + 1) / 2.0;
+        // attention: q·k and p·v for every head over the visible context, in every layer
+        double attnFlops = 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * c.HeadDim * avgContext;
+        double flopsPerToken = _model.FlopsPerToken + attnFlops;
+        double compute = _machine.PeakGflops * 1e9 / flopsPerToken;
+        double weights = _model.DecodeWeightBytes;
+        double memory;
+        if (kind == BenchKind.TextGeneration)
+        {
+            // per step: all weights once, and each sequence's KV once per layer that reads it
+            double kvPerStep = batch * c.NumHiddenLayers * avgContext * kvRowBytes;
+            memory = batch * _machine.BandwidthGBs * 1e9 / (weights + kvPerStep);
+        }
+        else
+        {
+            memory = batch * (double)tokens * _machine.BandwidthGBs * 1e9 / weights;
+        }
+        return compute < memory ? (compute, "compute") : (memory, "memory");
+    }
+}

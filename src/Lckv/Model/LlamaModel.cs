@@ -1,0 +1,106 @@
+using Lckv.Formats;
+using Lckv.Numerics;
+
+namespace Lckv.Model;
+
+/// <summary>
+/// A Llama decoder with cross-layer KV sharing: config, layer map, weights (in their checkpoint dtype), RoPE table.
+/// Immutable after construction; evaluation state lives in <see cref="ForwardRunner"/>.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    public ModelConfig Config { get; }
+    public LayerMap Map { get; }
+    public ModelWeights Weights { get; }
+    public RopeTable Rope { get; }
+    /// <summary>Longest sequence the model evaluates (RoPE table and cache tables are sized by it).</summary>
+    public int ContextLength { get; }
+    /// <summary>Where the weights came from (a folder, or "preset:name").</summary>
+    public string Source { get; }
+
+    public LlamaModel(ModelConfig config, ModelWeights weights, string source, int? contextLength = null)
+    {
+        config.Validate();
+        Config = config;
+        Map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        Weights = weights;
+        Source = source;
+        ContextLength = contextLength ?? config.MaxPositionEmbeddings;
+        if (ContextLength <= 0) throw new LckvException($"context length must be positive, got {ContextLength}");
+        Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength);
+    }
+
+    /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder.</summary>
+    public static LlamaModel Load(string folder, int? contextLength = null)
+    {
+        if (!Directory.Exists(folder)) throw new LckvException($"model folder '{folder}' does not exist");
+        var configPath = Path.Combine(folder, "config.json");
+        if (!File.Exists(configPath)) throw new LckvException($"'{folder}' has no config.json");
+        var config = ModelConfig.Load(configPath);
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        var tensors = TensorSet.Open(folder);
+        try
+        {
+            return new LlamaModel(config, ModelWeights.FromTensors(config, map, tensors), folder, contextLength);
+        }
+        catch
+        {
+            tensors.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A built-in shape with random weights (deterministic in seed) in the given dtype.</summary>
+    public static LlamaModel FromPreset(string name, DType? dtype = null, string? layerTypes = null, ulong seed = 0, int? contextLength = null)
+    {
+        var config = Presets.Config(name);
+        var dt = dtype ?? Presets.DefaultDType(name);
+        config = config with { TorchDtype = dt switch { DType.BF16 => "bfloat16", DType.F16 => "float16", _ => "float32" } };
+        if (layerTypes is not null) config = config with { ModelType = "lckv-llama", LayerTypes = layerTypes };
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        return new LlamaModel(config, ModelWeights.Random(config, map, dt, seed), $"preset:{name}", contextLength);
+    }
+
+    public int Hidden => Config.HiddenSize;
+    public int Heads => Config.NumAttentionHeads;
+    public int KvHeads => Config.NumKeyValueHeads;
+    public int HeadDim => Config.HeadDim;
+    public int Vocab => Config.VocabSize;
+
+    /// <summary>Parameters counted from the weight table (the embedding once when tied).</summary>
+    public long ParameterCount => ModelWeights.Specs(Config, Map).Sum(s => s.Elements);
+
+    /// <summary>Weight bytes read per decoded token: every matrix but the embedding (only one row of it is read).</summary>
+    public long DecodeWeightBytes
+    {
+        get
+        {
+            long total = 0;
+            foreach (var s in ModelWeights.Specs(Config, Map))
+                if (s.Slot != WeightSlot.Embed) total += s.Elements * DTypes.SizeOf(Weights.Embed.DType);
+            if (Config.TieWordEmbeddings) total += Weights.Head.ByteLength;
+            return total;
+        }
+    }
+
+    /// <summary>FLOP of one token's forward through the weights (2 per multiply-add), attention excluded.</summary>
+    public long FlopsPerToken
+    {
+        get
+        {
+            long total = 0;
+            foreach (var s in ModelWeights.Specs(Config, Map))
+                if (s.Shape.Length == 2 && s.Slot != WeightSlot.Embed) total += 2 * s.Elements;
+            if (Config.TieWordEmbeddings) total += 2L * Vocab * Hidden;
+            return total;
+        }
+    }
+
+    /// <summary>KV geometry of this model's cache for a block size and storage dtype.</summary>
+    public KvLayout KvLayout(int blockSize, DType dtype) => new(blockSize, KvHeads, HeadDim, dtype);
+
+    /// <summary>2 * kv_layers * kv_heads * head_dim * bytes(dtype) (kv-sharing.md §6).</summary>
+    public long KvBytesPerToken(DType dtype) => 2L * Map.KvLayerCount * KvHeads * HeadDim * DTypes.SizeOf(dtype);
+
+    public void Dispose() => Weights.Dispose();
+}

@@ -1,0 +1,216 @@
+using System.Runtime.InteropServices;
+using Lckv.Formats;
+using Lckv.Numerics;
+
+namespace Lckv.Model;
+
+/// <summary>The tensors of one decoder layer. K and V are absent on layers that compute no KV.</summary>
+public sealed class LayerWeights
+{
+    public WeightMatrix InputNorm;
+    public WeightMatrix Q;
+    public WeightMatrix? K;
+    public WeightMatrix? V;
+    public WeightMatrix O;
+    public WeightMatrix PostNorm;
+    public WeightMatrix Gate;
+    public WeightMatrix Up;
+    public WeightMatrix Down;
+}
+
+/// <summary>Which field a Hugging Face tensor fills.</summary>
+public enum WeightSlot { Embed, FinalNorm, Head, InputNorm, Q, K, V, O, PostNorm, Gate, Up, Down }
+
+/// <summary>A tensor the config implies: its Hugging Face name, shape and the field it fills.</summary>
+public readonly record struct WeightSpec(string Name, WeightSlot Slot, int Layer, long[] Shape)
+{
+    public long Elements => Shape.Aggregate(1L, (a, b) => a * b);
+    public int Rows => Shape.Length == 1 ? 1 : (int)Shape[0];
+    public int Cols => (int)Shape[^1];
+}
+
+/// <summary>
+/// All weights of a Llama decoder, each in its checkpoint dtype in memory the model does not copy (a memory-mapped
+/// checkpoint, or a native buffer for random presets). Specs is the one table from Hugging Face names to fields.
+/// </summary>
+public sealed class ModelWeights : IDisposable
+{
+    public WeightMatrix Embed;
+    public WeightMatrix FinalNorm;
+    /// <summary>The output head; the embedding when tie_word_embeddings.</summary>
+    public WeightMatrix Head;
+    public LayerWeights[] Layers { get; }
+    public long Bytes { get; private set; }
+    private readonly IDisposable? _owner;
+
+    private ModelWeights(int layers, IDisposable? owner)
+    {
+        Layers = new LayerWeights[layers];
+        for (int i = 0; i < layers; i++) Layers[i] = new LayerWeights();
+        _owner = owner;
+    }
+
+    /// <summary>Tensors that some Hugging Face checkpoints carry and the model does not need.</summary>
+    public static bool IsKnownOptional(string name)
+        => name.EndsWith(".self_attn.rotary_emb.inv_freq", StringComparison.Ordinal);
+
+    /// <summary>The one table: every tensor the config and layer map imply, with its shape.</summary>
+    public static IReadOnlyList<WeightSpec> Specs(ModelConfig c, LayerMap map)
+    {
+        long hidden = c.HiddenSize, qDim = (long)c.NumAttentionHeads * c.HeadDim, kvDim = (long)c.NumKeyValueHeads * c.HeadDim;
+        long inter = c.IntermediateSize, vocab = c.VocabSize;
+        var specs = new List<WeightSpec> { new("model.embed_tokens.weight", WeightSlot.Embed, -1, [vocab, hidden]) };
+        for (int i = 0; i < c.NumHiddenLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            specs.Add(new(p + "input_layernorm.weight", WeightSlot.InputNorm, i, [hidden]));
+            specs.Add(new(p + "self_attn.q_proj.weight", WeightSlot.Q, i, [qDim, hidden]));
+            if (map.ComputesKv(i))
+            {
+                specs.Add(new(p + "self_attn.k_proj.weight", WeightSlot.K, i, [kvDim, hidden]));
+                specs.Add(new(p + "self_attn.v_proj.weight", WeightSlot.V, i, [kvDim, hidden]));
+            }
+            specs.Add(new(p + "self_attn.o_proj.weight", WeightSlot.O, i, [hidden, qDim]));
+            specs.Add(new(p + "post_attention_layernorm.weight", WeightSlot.PostNorm, i, [hidden]));
+            specs.Add(new(p + "mlp.gate_proj.weight", WeightSlot.Gate, i, [inter, hidden]));
+            specs.Add(new(p + "mlp.up_proj.weight", WeightSlot.Up, i, [inter, hidden]));
+            specs.Add(new(p + "mlp.down_proj.weight", WeightSlot.Down, i, [hidden, inter]));
+        }
+        specs.Add(new("model.norm.weight", WeightSlot.FinalNorm, -1, [hidden]));
+        if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", WeightSlot.Head, -1, [vocab, hidden]));
+        return specs;
+    }
+
+    /// <summary>
+    /// Binds the checkpoint's tensors without copying them: every spec must be present with its exact shape and a
+    /// float dtype; a tensor the config does not imply is an error unless it is a known optional one.
+    /// </summary>
+    public static ModelWeights FromTensors(ModelConfig config, LayerMap map, TensorSet tensors)
+    {
+        var specs = Specs(config, map);
+        var weights = new ModelWeights(config.NumHiddenLayers, tensors);
+        var expected = new HashSet<string>(specs.Select(s => s.Name));
+        foreach (var name in tensors.Names)
+        {
+            if (expected.Contains(name) || IsKnownOptional(name)) continue;
+            if (config.TieWordEmbeddings && name == "lm_head.weight") continue; // some tied checkpoints still store it
+            throw new LckvException(name.EndsWith("k_proj.weight", StringComparison.Ordinal) || name.EndsWith("v_proj.weight", StringComparison.Ordinal)
+                ? $"checkpoint has tensor '{name}' but layer_types says that layer computes no KV"
+                : $"checkpoint has unexpected tensor '{name}' (not implied by config.json)");
+        }
+        foreach (var s in specs)
+        {
+            if (!tensors.Contains(s.Name)) throw new LckvException($"checkpoint is missing tensor '{s.Name}' (expected shape [{string.Join(", ", s.Shape)}])");
+            var info = tensors.Info(s.Name);
+            if (!info.Shape.SequenceEqual(s.Shape))
+                throw new LckvException($"tensor '{s.Name}' has shape {info.ShapeText} but config.json implies [{string.Join(", ", s.Shape)}]");
+            if (!DTypes.IsFloat(info.DType))
+                throw new LckvException($"tensor '{s.Name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
+            weights.Set(s, new WeightMatrix(tensors.Pointer(s.Name), info.DType, s.Rows, s.Cols));
+            weights.Bytes += info.Length;
+        }
+        if (config.TieWordEmbeddings) weights.Head = weights.Embed;
+        return weights;
+    }
+
+    /// <summary>
+    /// Random weights in one native buffer of the given dtype (for presets and benchmarks): normal with the
+    /// reference's scales (embeddings 1, projections 1/sqrt(fan_in), norms 1 + 0.1 noise). Deterministic in seed.
+    /// </summary>
+    public static unsafe ModelWeights Random(ModelConfig config, LayerMap map, DType dtype, ulong seed)
+    {
+        var specs = Specs(config, map);
+        int es = DTypes.SizeOf(dtype);
+        long total = 0;
+        var offsets = new long[specs.Count];
+        for (int i = 0; i < specs.Count; i++) { offsets[i] = total; total += (specs[i].Elements * es + 63) / 64 * 64; }
+        var buffer = new NativeBuffer(total);
+        var weights = new ModelWeights(config.NumHiddenLayers, buffer) { Bytes = total };
+        // fill in parallel chunks of 1M elements; each chunk has its own stream so the result is thread-independent
+        var jobs = new List<(int Spec, long Start, long Count)>();
+        for (int i = 0; i < specs.Count; i++)
+            for (long s = 0; s < specs[i].Elements; s += 1 << 20) jobs.Add((i, s, Math.Min(1 << 20, specs[i].Elements - s)));
+        Parallel.ForEach(jobs, job =>
+        {
+            var spec = specs[job.Spec];
+            bool norm = spec.Shape.Length == 1;
+            float scale = spec.Slot == WeightSlot.Embed ? 1f : norm ? 0.1f : 1f / MathF.Sqrt(spec.Cols);
+            var rng = new SplitMix64(seed ^ ((ulong)job.Spec << 40) ^ (ulong)job.Start * 0x9E3779B97F4A7C15UL);
+            nint dst = buffer.Pointer + (nint)(offsets[job.Spec] + job.Start * es);
+            Span<float> tmp = stackalloc float[256];
+            for (long o = 0; o < job.Count; o += tmp.Length)
+            {
+                int n = (int)Math.Min(tmp.Length, job.Count - o);
+                for (int e = 0; e < n; e++) tmp[e] = (norm ? 1f : 0f) + scale * rng.NextGaussian();
+                Numerics.Convert.Narrow(tmp[..n], dtype, dst + (nint)(o * es));
+            }
+        });
+        for (int i = 0; i < specs.Count; i++)
+            weights.Set(specs[i], new WeightMatrix(buffer.Pointer + (nint)offsets[i], dtype, specs[i].Rows, specs[i].Cols));
+        if (config.TieWordEmbeddings) weights.Head = weights.Embed;
+        return weights;
+    }
+
+    private void Set(WeightSpec s, WeightMatrix m)
+    {
+        switch (s.Slot)
+        {
+            case WeightSlot.Embed: Embed = m; break;
+            case WeightSlot.FinalNorm: FinalNorm = m; break;
+            case WeightSlot.Head: Head = m; break;
+            case WeightSlot.InputNorm: Layers[s.Layer].InputNorm = m; break;
+            case WeightSlot.Q: Layers[s.Layer].Q = m; break;
+            case WeightSlot.K: Layers[s.Layer].K = m; break;
+            case WeightSlot.V: Layers[s.Layer].V = m; break;
+            case WeightSlot.O: Layers[s.Layer].O = m; break;
+            case WeightSlot.PostNorm: Layers[s.Layer].PostNorm = m; break;
+            case WeightSlot.Gate: Layers[s.Layer].Gate = m; break;
+            case WeightSlot.Up: Layers[s.Layer].Up = m; break;
+            case WeightSlot.Down: Layers[s.Layer].Down = m; break;
+        }
+    }
+
+    public void Dispose() => _owner?.Dispose();
+}
+
+/// <summary>A 64-byte aligned native allocation, freed on Dispose.</summary>
+public sealed unsafe class NativeBuffer : IDisposable
+{
+    public nint Pointer { get; private set; }
+    public long Length { get; }
+
+    public NativeBuffer(long bytes)
+    {
+        Length = bytes;
+        Pointer = (nint)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 64);
+    }
+
+    public void Dispose()
+    {
+        if (Pointer != 0) NativeMemory.AlignedFree((void*)Pointer);
+        Pointer = 0;
+    }
+}
+
+/// <summary>SplitMix64: a small deterministic generator (stable across .NET versions, unlike System.Random).</summary>
+public struct SplitMix64(ulong seed)
+{
+    private ulong _state = seed;
+
+    public ulong Next()
+    {
+        ulong z = _state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>Uniform in [0, 1).</summary>
+    public double NextDouble() => (Next() >> 11) * (1.0 / (1UL << 53));
+
+    public float NextGaussian()
+    {
+        double u1 = 1.0 - NextDouble(), u2 = NextDouble();
+        return (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+    }
+}
