@@ -1,0 +1,258 @@
+using System.Globalization;
+using Lckv.Numerics;
+
+namespace Lckv.Generation;
+
+/// <summary>How the next token is picked from the logits. The defaults sample from the plain softmax.</summary>
+public sealed record SamplingParams
+{
+    /// <summary>Logits are divided by it; 0 = greedy (argmax after the repetition penalty).</summary>
+    public float Temperature { get; init; } = 1f;
+
+    /// <summary>Keep only the k most likely tokens; 0 = off.</summary>
+    public int TopK { get; init; }
+
+    /// <summary>Keep the smallest set of most likely tokens whose probability reaches p; 1 = off.</summary>
+    public float TopP { get; init; } = 1f;
+
+    /// <summary>Drop tokens less likely than MinP times the most likely one; 0 = off.</summary>
+    public float MinP { get; init; }
+
+    /// <summary>Logits of tokens seen before: positive ones divided by it, negative ones multiplied; 1 = off.</summary>
+    public float RepetitionPenalty { get; init; } = 1f;
+
+    /// <summary>Seed of the sampler's generator; null = a random seed (the sampler reports the one it used).</summary>
+    public ulong? Seed { get; init; }
+
+    public static SamplingParams Greedy => new() { Temperature = 0 };
+
+    /// <summary>Throws LckvException naming the first setting out of range.</summary>
+    public void Validate()
+    {
+        if (!(Temperature >= 0) || float.IsPositiveInfinity(Temperature))
+            throw new LckvException($"temperature must be a finite number >= 0, got {Show(Temperature)}");
+        if (TopK < 0)
+            throw new LckvException($"top_k must be >= 0 (0 = off), got {TopK}");
+        if (!(TopP > 0 && TopP <= 1))
+            throw new LckvException($"top_p must be in (0, 1] (1 = off), got {Show(TopP)}");
+        if (!(MinP >= 0 && MinP < 1))
+            throw new LckvException($"min_p must be in [0, 1) (0 = off), got {Show(MinP)}");
+        if (!(RepetitionPenalty > 0) || float.IsPositiveInfinity(RepetitionPenalty))
+            throw new LckvException($"repetition_penalty must be a finite number > 0 (1 = off), got {Show(RepetitionPenalty)}");
+    }
+
+    static string Show(float x) => x.ToString(CultureInfo.InvariantCulture);
+}
+
+/// <summary>The tokens still in play after the filters and their probabilities (summing to 1). Views the sampler's
+/// scratch: valid until its next call.</summary>
+public readonly ref struct SamplerCandidates(ReadOnlySpan<int> tokens, ReadOnlySpan<float> probabilities)
+{
+    public ReadOnlySpan<int> Tokens { get; } = tokens;
+    public ReadOnlySpan<float> Probabilities { get; } = probabilities;
+    public int Count => Tokens.Length;
+}
+
+/// <summary>
+/// The sampling pipeline, in the order of Hugging Face transformers: repetition penalty, then (temperature 0) argmax,
+/// else temperature, top-k, top-p, min-p, a stable softmax over what is left, and a draw from the sampler's own
+/// generator (xoshiro256**, seeded through SplitMix64: the same seed gives the same tokens on every run and
+/// platform). Scratch buffers are sized once for the vocabulary; sampling a token allocates nothing. One sampler per
+/// sequence; not thread-safe.
+/// </summary>
+public sealed class Sampler
+{
+    readonly SamplingParams settings;
+    readonly int vocabSize;
+    readonly float[] scores;   // processed logits
+    readonly int[] candidates; // token ids in play, [0, count)
+    readonly float[] keys;     // sort keys / probabilities of the candidates
+    readonly int[] seenMark;   // seenMark[token] == seenEpoch: already penalized in this call
+    int seenEpoch;
+    ulong s0, s1, s2, s3;
+
+    public Sampler(SamplingParams settings, int vocabSize)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        settings.Validate();
+        if (vocabSize <= 0) throw new LckvException($"vocabulary size must be positive, got {vocabSize}");
+        this.settings = settings;
+        this.vocabSize = vocabSize;
+        scores = new float[vocabSize];
+        candidates = new int[vocabSize];
+        keys = new float[vocabSize];
+        seenMark = settings.RepetitionPenalty != 1f ? new int[vocabSize] : [];
+        Seed = settings.Seed ?? (ulong)Random.Shared.NextInt64() ^ ((ulong)Random.Shared.NextInt64() << 1);
+        ulong sm = Seed;
+        s0 = SplitMix64(ref sm);
+        s1 = SplitMix64(ref sm);
+        s2 = SplitMix64(ref sm);
+        s3 = SplitMix64(ref sm);
+    }
+
+    public SamplingParams Settings => settings;
+    public int VocabSize => vocabSize;
+    /// <summary>The seed in use (the given one, or the random one drawn when none was given).</summary>
+    public ulong Seed { get; }
+
+    public int Sample(ReadOnlySpan<float> logits) => Sample(logits, []);
+
+    /// <summary>Picks the next token. <paramref name="logits"/> is not modified.</summary>
+    /// <param name="logits">[vocab] scores of the next token</param>
+    /// <param name="previousTokens">tokens seen so far (prompt and output), for the repetition penalty</param>
+    public int Sample(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens)
+    {
+        var c = Distribution(logits, previousTokens);
+        if (c.Count == 1) return c.Tokens[0];
+        double r = NextDouble();
+        double sum = 0;
+        for (int i = 0; i < c.Count; i++) sum += c.Probabilities[i];
+        r *= sum;
+        double cumulative = 0;
+        for (int i = 0; i < c.Count; i++)
+        {
+            cumulative += c.Probabilities[i];
+            if (r < cumulative) return c.Tokens[i];
+        }
+        // rounding left r at the very top: the last token with any probability
+        for (int i = c.Count - 1; i > 0; i--)
+            if (c.Probabilities[i] > 0) return c.Tokens[i];
+        return c.Tokens[0];
+    }
+
+    /// <summary>
+    /// Runs the pipeline up to the draw: the candidates and their probabilities. Greedy gives the argmax with
+    /// probability 1. Candidates come largest first when top-k or top-p sorted them, else in token order.
+    /// </summary>
+    public SamplerCandidates Distribution(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens)
+    {
+        if (logits.Length != vocabSize)
+            throw new ArgumentException($"expected {vocabSize} logits, got {logits.Length}", nameof(logits));
+        var x = scores.AsSpan();
+        for (int i = 0; i < x.Length; i++)
+        {
+            float v = logits[i];
+            x[i] = float.IsNaN(v) ? float.NegativeInfinity : v;
+        }
+        if (settings.RepetitionPenalty != 1f) Penalize(x, previousTokens, settings.RepetitionPenalty);
+
+        int best = Selection.Argmax(x);
+        if (settings.Temperature == 0 || float.IsNegativeInfinity(x[best]))
+            return Single(best);
+
+        if (settings.Temperature != 1f)
+        {
+            float inv = 1f / settings.Temperature;
+            for (int i = 0; i < x.Length; i++) x[i] *= inv;
+        }
+        float max = x[best];
+        if (float.IsPositiveInfinity(max)) return Single(best);
+
+        // top-k: the k largest, sorted
+        int count;
+        bool sorted = false;
+        if (settings.TopK > 0 && settings.TopK < vocabSize)
+        {
+            count = Selection.TopK(x, settings.TopK, candidates);
+            sorted = true;
+        }
+        else
+        {
+            count = vocabSize;
+            for (int i = 0; i < count; i++) candidates[i] = i;
+        }
+
+        // top-p: keep a token while the probability of the tokens before it is below p
+        if (settings.TopP < 1f && count > 1)
+        {
+            double total = 0;
+            for (int i = 0; i < count; i++) total += Math.Exp(x[candidates[i]] - max);
+            if (!sorted)
+            {
+                // Tokens with probability below (1 - p) / count all fall in the dropped tail (together they weigh
+                // less than 1 - p), so only the rest need sorting. Half of that bound leaves room for rounding.
+                float floor = max + (float)Math.Log(0.5 * (1 - settings.TopP) / count * total);
+                int kept = 0;
+                for (int i = 0; i < count; i++)
+                    if (x[candidates[i]] >= floor) candidates[kept++] = candidates[i];
+                count = kept;
+                for (int i = 0; i < count; i++) keys[i] = -x[candidates[i]];
+                Array.Sort(keys, candidates, 0, count);
+            }
+            double limit = settings.TopP * total;
+            double before = Math.Exp(x[candidates[0]] - max);
+            int n = 1;
+            while (n < count && before < limit)
+            {
+                before += Math.Exp(x[candidates[n]] - max);
+                n++;
+            }
+            count = n;
+        }
+
+        // min-p: p_i >= minP * p_max  <=>  x_i - max >= ln(minP)
+        if (settings.MinP > 0f && count > 1)
+        {
+            float floor = max + MathF.Log(settings.MinP);
+            int kept = 0;
+            for (int i = 0; i < count; i++)
+                if (x[candidates[i]] >= floor) candidates[kept++] = candidates[i];
+            count = kept;
+        }
+
+        var probabilities = keys.AsSpan(0, count);
+        for (int i = 0; i < count; i++) probabilities[i] = x[candidates[i]];
+        Softmax.Apply(probabilities);
+        return new SamplerCandidates(candidates.AsSpan(0, count), probabilities);
+    }
+
+    SamplerCandidates Single(int token)
+    {
+        candidates[0] = token;
+        keys[0] = 1f;
+        return new SamplerCandidates(candidates.AsSpan(0, 1), keys.AsSpan(0, 1));
+    }
+
+    // Each distinct previous token once: positive logits divided by the penalty, negative ones multiplied.
+    void Penalize(Span<float> x, ReadOnlySpan<int> previousTokens, float penalty)
+    {
+        if (++seenEpoch == int.MaxValue)
+        {
+            Array.Clear(seenMark);
+            seenEpoch = 1;
+        }
+        foreach (int t in previousTokens)
+        {
+            if ((uint)t >= (uint)vocabSize)
+                throw new ArgumentOutOfRangeException(nameof(previousTokens), t, $"token id outside the vocabulary of {vocabSize}");
+            if (seenMark[t] == seenEpoch) continue;
+            seenMark[t] = seenEpoch;
+            x[t] = x[t] > 0 ? x[t] / penalty : x[t] * penalty;
+        }
+    }
+
+    /// <summary>A uniform double in [0, 1) from the top 53 bits of the next xoshiro256** output.</summary>
+    public double NextDouble() => (NextUInt64() >> 11) * (1.0 / (1UL << 53));
+
+    /// <summary>xoshiro256** (Blackman and Vigna).</summary>
+    public ulong NextUInt64()
+    {
+        ulong result = ulong.RotateLeft(s1 * 5, 7) * 9;
+        ulong t = s1 << 17;
+        s2 ^= s0;
+        s3 ^= s1;
+        s1 ^= s2;
+        s0 ^= s3;
+        s2 ^= t;
+        s3 = ulong.RotateLeft(s3, 45);
+        return result;
+    }
+
+    static ulong SplitMix64(ref ulong state)
+    {
+        ulong z = state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+}
