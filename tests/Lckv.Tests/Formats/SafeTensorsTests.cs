@@ -209,6 +209,28 @@ public sealed class SafeTensorsTests(ITestOutputHelper output)
         Assert.Equal([4, 5, 6, 7], f.Bytes("x").ToArray());
     }
 
+    [Fact]
+    public void EmptyHeaderOpens()
+    {
+        using var tmp = new TempDir();
+        string path = tmp.Write("empty.safetensors", TempDir.RawSafeTensors("{}      ", 0));
+        using var set = TensorSet.Open(path);
+        Assert.Empty(set.Names);
+        Assert.Equal(0, set.DataBytes);
+        string written = tmp.File("written.safetensors");
+        SafeTensorsWriter.Write(written, []);
+        using var again = SafeTensorsFile.Open(written);
+        Assert.Empty(again.Tensors);
+    }
+
+    [Fact]
+    public void WriterIntoMissingFolderLeavesNothing()
+    {
+        using var tmp = new TempDir();
+        Assert.ThrowsAny<IOException>(() => SafeTensorsWriter.Write(tmp.File("no/such/x.safetensors"), [TensorData.FromSingles("x", [1], [1f])]));
+        Assert.Empty(Directory.GetFileSystemEntries(tmp.Root));
+    }
+
     // ---- sharded checkpoints ----
 
     private static void WriteShards(TempDir tmp)
