@@ -42,8 +42,6 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     private byte* _base;
     private int _disposed;
 
-    private SafeTensorsFile(string path) { Path = path; Tensors = new Dictionary<string, TensorInfo>(); Metadata = new Dictionary<string, string>(); }
-
     private SafeTensorsFile(string path, Dictionary<string, TensorInfo> tensors, Dictionary<string, string> metadata,
         long fileLength, long dataStart)
     {
