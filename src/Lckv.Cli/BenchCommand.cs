@@ -1,14 +1,102 @@
 using System.CommandLine;
+using System.Text.Json;
+using Lckv.Generation;
+using Lckv.Numerics;
 
 namespace Lckv.Cli;
 
-/// <summary>lckv bench: llama-bench style pp/tg throughput with the roofline beside each figure.</summary>
+/// <summary>
+/// lckv bench: llama-bench style prompt processing (pp) and text generation (tg) tokens/s, mean +- sd over
+/// repetitions, at given batch sizes and context depths, each beside the roofline measured in the same run.
+/// </summary>
 public static class BenchCommand
 {
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
-        var cmd = new Command("bench", "benchmark prompt processing and generation");
-        cmd.SetAction(_ => 0);
+        var mo = new ModelOptions();
+        var prompt = new Option<string>("--n-prompt", "-p") { Description = "prompt lengths for pp tests, comma-separated (0 = none)", DefaultValueFactory = _ => "64" };
+        var gen = new Option<string>("--n-gen", "-n") { Description = "generated lengths for tg tests, comma-separated (0 = none)", DefaultValueFactory = _ => "32" };
+        var batch = new Option<string>("--batch", "-b") { Description = "batch sizes (sequences), comma-separated", DefaultValueFactory = _ => "1,16" };
+        var depth = new Option<string>("--depth", "-d") { Description = "context depths (tokens already in the cache), comma-separated", DefaultValueFactory = _ => "0" };
+        var reps = new Option<int>("--repetitions", "-r") { Description = "repetitions per test", DefaultValueFactory = _ => 5 };
+        var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
+        var cmd = new Command("bench", "benchmark prompt processing and generation against the machine's roofline");
+        mo.AddTo(cmd);
+        foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            var pps = Ints(p.GetValue(prompt)!, "--n-prompt", allowZero: true);
+            var tgs = Ints(p.GetValue(gen)!, "--n-gen", allowZero: true);
+            var batches = Ints(p.GetValue(batch)!, "--batch", allowZero: false);
+            var depths = Ints(p.GetValue(depth)!, "--depth", allowZero: true);
+            int r = p.GetValue(reps);
+            if (r < 1) throw new LckvException($"--repetitions must be at least 1, got {r}");
+            string fmt = p.GetValue(format)!;
+            if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
+            if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder> or --preset small|tinyllama-1.1b");
+
+            using var model = Progress.Run("loading", _ => mo.LoadModel(p), stderr);
+            int threads = WorkerPool.Shared.ThreadCount;
+            stderr.WriteLine($"measuring the roofline on {threads} thread(s)...");
+            var roof = Roofline.Measure(threads);
+            var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
+            var kvDType = mo.KvStorage(p);
+            var bench = new SpeedBench(model, kvDType, mo.Block(p), machine);
+
+            var tests = new List<(BenchKind Kind, int Tokens, int Batch, int Depth)>();
+            foreach (int d in depths)
+                foreach (int b in batches)
+                {
+                    foreach (int n in pps.Where(x => x > 0)) tests.Add((BenchKind.PromptProcessing, n, b, d));
+                    foreach (int n in tgs.Where(x => x > 0)) tests.Add((BenchKind.TextGeneration, n, b, d));
+                }
+            if (tests.Count == 0) throw new LckvException("nothing to run: every --n-prompt and --n-gen is 0");
+            var results = Progress.Run("bench", report =>
+            {
+                var list = new List<BenchResult>();
+                foreach (var t in tests)
+                {
+                    list.Add(bench.Run(t.Kind, t.Tokens, t.Batch, t.Depth, r));
+                    report(list.Count, tests.Count);
+                }
+                return list;
+            }, stderr);
+
+            string name = model.Source.StartsWith("preset:", StringComparison.Ordinal) ? model.Source[7..] : Path.GetFileName(Path.TrimEndingDirectorySeparator(model.Source));
+            string dtype = DTypes.Name(model.Weights.Embed.DType);
+            if (fmt == "json")
+            {
+                stdout.WriteLine(JsonSerializer.Serialize(new
+                {
+                    model = name, parameters = model.ParameterCount, weight_bytes = model.Weights.Bytes, dtype,
+                    layer_types = model.Map.ToString(), kv_dtype = DTypes.Name(kvDType), kv_bytes_per_token = model.KvBytesPerToken(kvDType),
+                    threads, fma_peak_gflops = machine.PeakGflops, read_bandwidth_gbs = machine.BandwidthGBs,
+                    results = results.Select(x => new
+                    {
+                        test = x.Name, batch = x.Batch, depth = x.Depth, tokens_per_second = x.TokensPerSecond.Mean,
+                        stddev = x.TokensPerSecond.StdDev, samples = x.TokensPerSecond.Samples,
+                        roofline_tokens_per_second = x.RooflineTokensPerSecond, bound = x.Bound, fraction_of_roofline = x.FractionOfRoofline,
+                    }),
+                }));
+                return 0;
+            }
+            stdout.WriteLine($"model {name}: {model.ParameterCount / 1e6:F1}M parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {DTypes.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
+            stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run)");
+            stdout.WriteLine();
+            stdout.WriteLine("| test | batch | depth | t/s | roofline t/s | bound | % of roofline |");
+            stdout.WriteLine("|---|---:|---:|---:|---:|---|---:|");
+            foreach (var x in results)
+                stdout.WriteLine($"| {x.Name} | {x.Batch} | {x.Depth} | {x.TokensPerSecond.Mean:F1} ± {x.TokensPerSecond.StdDev:F1} | {x.RooflineTokensPerSecond:F1} | {x.Bound} | {100 * x.FractionOfRoofline:F0}% |");
+            return 0;
+        });
         return cmd;
+    }
+
+    private static int[] Ints(string text, string option, bool allowZero)
+    {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0) throw new LckvException($"{option} is empty");
+        return parts.Select(s => int.TryParse(s, out int v) && (v > 0 || (allowZero && v == 0))
+            ? v : throw new LckvException($"{option}: '{s}' is not a {(allowZero ? "non-negative" : "positive")} integer")).ToArray();
     }
 }
