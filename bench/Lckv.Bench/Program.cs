@@ -1,1 +1,19 @@
-Console.WriteLine();
+using BenchmarkDotNet.Running;
+using Lckv.Bench;
+using Lckv.Numerics;
+
+// dotnet run -c Release --project bench/Lckv.Bench -- gemm [square|m1|m16|m64]... [f32|bf16|f16]... [--threads=N]
+// dotnet run -c Release --project bench/Lckv.Bench -- roofline
+// dotnet run -c Release --project bench/Lckv.Bench -- [BenchmarkDotNet arguments, e.g. --filter '*Gemm*']
+if (args.Length > 0 && args[0] == "gemm")
+{
+    GemmTable.Run(args[1..]);
+}
+else if (args.Length > 0 && args[0] == "roofline")
+{
+    for (int t = 1; t <= WorkerPool.Shared.ThreadCount; t++) Console.WriteLine(Roofline.Measure(t));
+}
+else
+{
+    BenchmarkSwitcher.FromAssembly(typeof(GemmTable).Assembly).Run(args);
+}

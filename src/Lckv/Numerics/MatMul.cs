@@ -1,12 +1,50 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
 namespace Lckv.Numerics;
 
 /// <summary>y[m, n] = x[m, k] · w[n, k]^T with x, y in f32 and w in f32/f16/bf16 (widened in registers).</summary>
-public static class MatMul
+/// <remarks>
+/// Two regimes. Few rows of x (decode): each thread streams its share of W's rows once, 4 rows at a time, and dots
+/// them against up to 4 rows of x kept in cache (lanes along k). Many rows (prefill, batched decode): a blocked GEMM
+/// with lanes along m: x is packed transposed into 16-row panels, W into 16-row panels widened to f32, and a 16x16
+/// register tile (16 accumulators, W broadcast) is transposed in registers when it is written to y.
+/// Work is split across the <see cref="WorkerPool"/> in contiguous chunks of W's rows (columns of y).
+/// </remarks>
+public static unsafe class MatMul
 {
+    /// <summary>From this many rows of x the blocked GEMM is used; below, the streaming dot kernel.</summary>
+    internal static int GemmMinRows = 8;
+
+    private const int KC = 256;  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
+    private const int MC = 384;  // m block: packed x is MC x KC f32 (384 KiB, stays in L2)
+    private const long MinWorkPerThread = 1 << 16; // multiply-adds below which a chunk is not worth a thread
+
     /// <summary>Fast path: SIMD, split across the worker pool in chunks.</summary>
     // x is (m, k), w is (n, k), y is (m, n)
     public static void Multiply(ReadOnlySpan<float> x, in WeightMatrix w, Span<float> y, int m)
-        => MultiplyReference(x, w, y, m);
+    {
+        Check(x, w, y, m);
+        int k = w.Cols, n = w.Rows;
+        if (m == 0 || n == 0) return;
+        if (k == 0)
+        {
+            y[..(m * n)].Clear();
+            return;
+        }
+        fixed (float* px = x, py = y)
+        {
+            switch (w.DType)
+            {
+                case DType.F32: Dispatch<F32Element>(px, (byte*)w.Data, py, m, k, n); break;
+                case DType.BF16: Dispatch<BF16Element>(px, (byte*)w.Data, py, m, k, n); break;
+                case DType.F16: Dispatch<F16Element>(px, (byte*)w.Data, py, m, k, n); break;
+                default: throw new ArgumentException($"weights must be f32, f16 or bf16, not {w.DType}");
+            }
+        }
+    }
 
     /// <summary>Scalar reference, f64 accumulation-free: one f32 FMA chain per output, in k order.</summary>
     public static void MultiplyReference(ReadOnlySpan<float> x, in WeightMatrix w, Span<float> y, int m)
@@ -30,5 +68,468 @@ public static class MatMul
         if (m < 0) throw new ArgumentOutOfRangeException(nameof(m));
         if (x.Length < (long)m * w.Cols) throw new ArgumentException($"x holds {x.Length} values, needs {m}x{w.Cols}", nameof(x));
         if (y.Length < (long)m * w.Rows) throw new ArgumentException($"y holds {y.Length} values, needs {m}x{w.Rows}", nameof(y));
+    }
+
+    private static void Dispatch<TE>(float* x, byte* w, float* y, int m, int k, int n) where TE : struct, IElement
+    {
+        var pool = WorkerPool.Shared;
+        long perRow = (long)m * k; // multiply-adds per row of W
+        int grain = (int)Math.Clamp((MinWorkPerThread + perRow - 1) / perRow, 1, int.MaxValue);
+        if (!Vector256.IsHardwareAccelerated)
+        {
+            pool.Run(n, new ScalarJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+        }
+        else if (m < GemmMinRows)
+        {
+            grain = (grain + 3) & ~3;
+            pool.Run(n, new DotJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+        }
+        else
+        {
+            grain = (grain + 15) & ~15;
+            pool.Run(n, new GemmJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+        }
+    }
+
+    private struct ScalarJob<TE> : IRangeBody where TE : struct, IElement
+    {
+        public float* X, Y;
+        public byte* W;
+        public int M, K, N;
+
+        public readonly void Invoke(int j0, int j1)
+        {
+            for (int i = 0; i < M; i++)
+                for (int j = j0; j < j1; j++)
+                {
+                    float* xr = X + (long)i * K;
+                    byte* wr = W + (long)j * K * TE.Size;
+                    float s = 0;
+                    for (int p = 0; p < K; p++) s += xr[p] * TE.Load1(wr + (long)p * TE.Size);
+                    Y[(long)i * N + j] = s;
+                }
+        }
+    }
+
+    // ---------------------------------------------------------------- few rows: streaming dot products
+
+    private struct DotJob<TE> : IRangeBody where TE : struct, IElement
+    {
+        public float* X, Y;
+        public byte* W;
+        public int M, K, N;
+
+        public readonly void Invoke(int j0, int j1)
+        {
+            long rowBytes = (long)K * TE.Size;
+            int j = j0;
+            for (; j + 4 <= j1; j += 4)
+            {
+                byte* wr = W + j * rowBytes;
+                for (int i = 0; i < M; i += 4)
+                {
+                    int rows = Math.Min(4, M - i);
+                    if (Vector512.IsHardwareAccelerated)
+                    {
+                        if (rows == 1) Dot1x4V512<TE>(X + (long)i * K, wr, rowBytes, K, Y + (long)i * N + j);
+                        else Dot4x4V512<TE>(X + (long)i * K, rows, wr, rowBytes, K, Y + (long)i * N + j, N);
+                    }
+                    else
+                    {
+                        for (int r = 0; r < rows; r++) Dot1x4V256<TE>(X + (long)(i + r) * K, wr, rowBytes, K, Y + (long)(i + r) * N + j);
+                    }
+                }
+            }
+            for (; j < j1; j++)
+                for (int i = 0; i < M; i++)
+                    Y[(long)i * N + j] = Dot<TE>(X + (long)i * K, W + j * rowBytes, K);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot<TE>(float* x, byte* w, int k) where TE : struct, IElement
+    {
+        int p = 0;
+        float s = 0;
+        if (Vector512.IsHardwareAccelerated && k >= 16)
+        {
+            var a = Vector512<float>.Zero;
+            for (; p <= k - 16; p += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(x + p), TE.Load512(w + (long)p * TE.Size), a);
+            s = Vector512.Sum(a);
+        }
+        else if (Vector256.IsHardwareAccelerated && k >= 8)
+        {
+            var a = Vector256<float>.Zero;
+            for (; p <= k - 8; p += 8) a = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), TE.Load256(w + (long)p * TE.Size), a);
+            s = Vector256.Sum(a);
+        }
+        for (; p < k; p++) s += x[p] * TE.Load1(w + (long)p * TE.Size);
+        return s;
+    }
+
+    // one row of x against 4 rows of W; y[0..4) written
+    private static void Dot1x4V512<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
+    {
+        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
+        var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
+        int p = 0;
+        for (; p <= k - 32; p += 32)
+        {
+            long o = (long)p * TE.Size, o2 = o + 16 * TE.Size;
+            var xv = Vector512.Load(x + p);
+            var xu = Vector512.Load(x + p + 16);
+            a0 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w0 + o), a0);
+            a1 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w1 + o), a1);
+            a2 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w2 + o), a2);
+            a3 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w3 + o), a3);
+            b0 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w0 + o2), b0);
+            b1 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w1 + o2), b1);
+            b2 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w2 + o2), b2);
+            b3 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w3 + o2), b3);
+        }
+        for (; p <= k - 16; p += 16)
+        {
+            long o = (long)p * TE.Size;
+            var xv = Vector512.Load(x + p);
+            a0 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w0 + o), a0);
+            a1 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w1 + o), a1);
+            a2 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w2 + o), a2);
+            a3 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w3 + o), a3);
+        }
+        float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
+        for (; p < k; p++)
+        {
+            long o = (long)p * TE.Size;
+            float xs = x[p];
+            s0 += xs * TE.Load1(w0 + o);
+            s1 += xs * TE.Load1(w1 + o);
+            s2 += xs * TE.Load1(w2 + o);
+            s3 += xs * TE.Load1(w3 + o);
+        }
+        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
+    }
+
+    // rows (2..4) rows of x against 4 rows of W; y is (rows, ldy), columns [0, 4) written
+    private static void Dot4x4V512<TE>(float* x, int rows, byte* w, long rowBytes, int k, float* y, int ldy) where TE : struct, IElement
+    {
+        float* x0 = x, x1 = x + k, x2 = rows > 2 ? x + 2 * k : x, x3 = rows > 3 ? x + 3 * k : x;
+        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
+        var c00 = Vector512<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
+        var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
+        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
+        var c30 = c00; var c31 = c00; var c32 = c00; var c33 = c00;
+        int p = 0;
+        for (; p <= k - 16; p += 16)
+        {
+            long o = (long)p * TE.Size;
+            var v0 = TE.Load512(w0 + o);
+            var v1 = TE.Load512(w1 + o);
+            var v2 = TE.Load512(w2 + o);
+            var v3 = TE.Load512(w3 + o);
+            var u = Vector512.Load(x0 + p);
+            c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
+            c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
+            u = Vector512.Load(x1 + p);
+            c10 = Vector512.FusedMultiplyAdd(u, v0, c10); c11 = Vector512.FusedMultiplyAdd(u, v1, c11);
+            c12 = Vector512.FusedMultiplyAdd(u, v2, c12); c13 = Vector512.FusedMultiplyAdd(u, v3, c13);
+            u = Vector512.Load(x2 + p);
+            c20 = Vector512.FusedMultiplyAdd(u, v0, c20); c21 = Vector512.FusedMultiplyAdd(u, v1, c21);
+            c22 = Vector512.FusedMultiplyAdd(u, v2, c22); c23 = Vector512.FusedMultiplyAdd(u, v3, c23);
+            u = Vector512.Load(x3 + p);
+            c30 = Vector512.FusedMultiplyAdd(u, v0, c30); c31 = Vector512.FusedMultiplyAdd(u, v1, c31);
+            c32 = Vector512.FusedMultiplyAdd(u, v2, c32); c33 = Vector512.FusedMultiplyAdd(u, v3, c33);
+        }
+        Span<float> s = stackalloc float[16];
+        s[0] = Vector512.Sum(c00); s[1] = Vector512.Sum(c01); s[2] = Vector512.Sum(c02); s[3] = Vector512.Sum(c03);
+        s[4] = Vector512.Sum(c10); s[5] = Vector512.Sum(c11); s[6] = Vector512.Sum(c12); s[7] = Vector512.Sum(c13);
+        s[8] = Vector512.Sum(c20); s[9] = Vector512.Sum(c21); s[10] = Vector512.Sum(c22); s[11] = Vector512.Sum(c23);
+        s[12] = Vector512.Sum(c30); s[13] = Vector512.Sum(c31); s[14] = Vector512.Sum(c32); s[15] = Vector512.Sum(c33);
+        for (int r = 0; r < rows; r++)
+        {
+            float* xr = x + (long)r * k;
+            for (int c = 0; c < 4; c++)
+            {
+                float acc = s[r * 4 + c];
+                byte* wr = w + c * rowBytes;
+                for (int q = p; q < k; q++) acc += xr[q] * TE.Load1(wr + (long)q * TE.Size);
+                y[(long)r * ldy + c] = acc;
+            }
+        }
+    }
+
+    private static void Dot1x4V256<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
+    {
+        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        int p = 0;
+        for (; p <= k - 8; p += 8)
+        {
+            long o = (long)p * TE.Size;
+            var xv = Vector256.Load(x + p);
+            a0 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w0 + o), a0);
+            a1 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w1 + o), a1);
+            a2 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w2 + o), a2);
+            a3 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w3 + o), a3);
+        }
+        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        for (; p < k; p++)
+        {
+            long o = (long)p * TE.Size;
+            float xs = x[p];
+            s0 += xs * TE.Load1(w0 + o);
+            s1 += xs * TE.Load1(w1 + o);
+            s2 += xs * TE.Load1(w2 + o);
+            s3 += xs * TE.Load1(w3 + o);
+        }
+        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
+    }
+
+    // ---------------------------------------------------------------- many rows: blocked GEMM, lanes along m
+
+    /// <summary>Per-thread packing buffers, freed with the thread.</summary>
+    private sealed class Scratch
+    {
+        [ThreadStatic] private static Scratch? t_current;
+        public readonly float* X; // MC x KC
+        public readonly float* W; // 16 x KC
+
+        private Scratch()
+        {
+            X = (float*)NativeMemory.AlignedAlloc((nuint)(MC * KC * sizeof(float)), 64);
+            W = (float*)NativeMemory.AlignedAlloc((nuint)(16 * KC * sizeof(float)), 64);
+        }
+
+        ~Scratch()
+        {
+            NativeMemory.AlignedFree(X);
+            NativeMemory.AlignedFree(W);
+        }
+
+        public static Scratch Current => t_current ??= new Scratch();
+    }
+
+    private struct GemmJob<TE> : IRangeBody where TE : struct, IElement
+    {
+        public float* X, Y;
+        public byte* W;
+        public int M, K, N;
+
+        public readonly void Invoke(int j0, int j1)
+        {
+            var scratch = Scratch.Current;
+            float* xp = scratch.X, wp = scratch.W;
+            bool wide = Vector512.IsHardwareAccelerated;
+            int lanes = wide ? 16 : 8;
+            for (int pc = 0; pc < K; pc += KC)
+            {
+                int kb = Math.Min(KC, K - pc);
+                bool accumulate = pc > 0;
+                for (int ic = 0; ic < M; ic += MC)
+                {
+                    int mb = Math.Min(MC, M - ic);
+                    PackX(X + (long)ic * K + pc, K, mb, kb, lanes, xp);
+                    for (int jr = j0; jr < j1; jr += lanes)
+                    {
+                        int nb = Math.Min(lanes, j1 - jr);
+                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp);
+                        for (int q = 0; q < mb; q += lanes)
+                        {
+                            float* yt = Y + (long)(ic + q) * N + jr;
+                            int rows = Math.Min(lanes, mb - q);
+                            if (wide) Tile16x16(xp + (long)q * kb, wp, kb, yt, N, rows, nb, accumulate);
+                            else Tile8x8(xp + (long)q * kb, wp, kb, yt, N, rows, nb, accumulate);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // x is (rows, ldx), a block of (rows, kb); xp receives panels of `lanes` rows, each (kb, lanes): xp[q*kb + p*lanes + r]
+    // = x[q + r, p]; rows past the end are zero
+    private static void PackX(float* x, int ldx, int rows, int kb, int lanes, float* xp)
+    {
+        for (int q = 0; q < rows; q += lanes)
+        {
+            float* panel = xp + (long)q * kb;
+            int nr = Math.Min(lanes, rows - q);
+            for (int r = 0; r < nr; r++)
+            {
+                float* src = x + (long)(q + r) * ldx;
+                float* dst = panel + r;
+                for (int p = 0; p < kb; p++) dst[p * lanes] = src[p];
+            }
+            for (int r = nr; r < lanes; r++)
+            {
+                float* dst = panel + r;
+                for (int p = 0; p < kb; p++) dst[p * lanes] = 0;
+            }
+        }
+    }
+
+    // w is (rows, ldw) stored elements, a block of (rows, kb); wp receives `lanes` rows of stride KC widened to f32,
+    // rows past the end zero
+    private static void PackW<TE>(byte* w, int ldw, int rows, int kb, int lanes, float* wp) where TE : struct, IElement
+    {
+        for (int r = 0; r < rows; r++) Simd.Widen<TE>(w + (long)r * ldw * TE.Size, wp + r * KC, kb);
+        for (int r = rows; r < lanes; r++) new Span<float>(wp + r * KC, kb).Clear();
+    }
+
+    // y tile (rows <= 16, cols <= 16) at y with row stride ldy, = or += xp panel (kb, 16) · wp (16 rows, stride KC)^T
+    private static void Tile16x16(float* xp, float* wp, int kb, float* y, int ldy, int rows, int cols, bool accumulate)
+    {
+        var c0 = Vector512<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
+        var c4 = c0; var c5 = c0; var c6 = c0; var c7 = c0;
+        var c8 = c0; var c9 = c0; var c10 = c0; var c11 = c0;
+        var c12 = c0; var c13 = c0; var c14 = c0; var c15 = c0;
+        float* w = wp;
+        float* end = xp + (long)kb * 16;
+        for (float* a = xp; a < end; a += 16, w++)
+        {
+            var v = Vector512.Load(a);
+            c0 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[0 * KC]), c0);
+            c1 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[1 * KC]), c1);
+            c2 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[2 * KC]), c2);
+            c3 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[3 * KC]), c3);
+            c4 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[4 * KC]), c4);
+            c5 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[5 * KC]), c5);
+            c6 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[6 * KC]), c6);
+            c7 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[7 * KC]), c7);
+            c8 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[8 * KC]), c8);
+            c9 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[9 * KC]), c9);
+            c10 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[10 * KC]), c10);
+            c11 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[11 * KC]), c11);
+            c12 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[12 * KC]), c12);
+            c13 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[13 * KC]), c13);
+            c14 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[14 * KC]), c14);
+            c15 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[15 * KC]), c15);
+        }
+        // c_j holds column j for the 16 rows; transpose so that r_i holds row i for the 16 columns
+        Transpose16(ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7,
+            ref c8, ref c9, ref c10, ref c11, ref c12, ref c13, ref c14, ref c15);
+        if (rows == 16 && cols == 16)
+        {
+            if (accumulate)
+            {
+                Add(y, c0); Add(y + ldy, c1); Add(y + 2 * ldy, c2); Add(y + 3 * ldy, c3);
+                Add(y + 4 * ldy, c4); Add(y + 5 * ldy, c5); Add(y + 6 * ldy, c6); Add(y + 7 * ldy, c7);
+                Add(y + 8 * ldy, c8); Add(y + 9 * ldy, c9); Add(y + 10 * ldy, c10); Add(y + 11 * ldy, c11);
+                Add(y + 12 * ldy, c12); Add(y + 13 * ldy, c13); Add(y + 14 * ldy, c14); Add(y + 15 * ldy, c15);
+            }
+            else
+            {
+                c0.Store(y); c1.Store(y + ldy); c2.Store(y + 2 * ldy); c3.Store(y + 3 * ldy);
+                c4.Store(y + 4 * ldy); c5.Store(y + 5 * ldy); c6.Store(y + 6 * ldy); c7.Store(y + 7 * ldy);
+                c8.Store(y + 8 * ldy); c9.Store(y + 9 * ldy); c10.Store(y + 10 * ldy); c11.Store(y + 11 * ldy);
+                c12.Store(y + 12 * ldy); c13.Store(y + 13 * ldy); c14.Store(y + 14 * ldy); c15.Store(y + 15 * ldy);
+            }
+            return;
+        }
+        float* t = stackalloc float[256];
+        c0.Store(t); c1.Store(t + 16); c2.Store(t + 32); c3.Store(t + 48);
+        c4.Store(t + 64); c5.Store(t + 80); c6.Store(t + 96); c7.Store(t + 112);
+        c8.Store(t + 128); c9.Store(t + 144); c10.Store(t + 160); c11.Store(t + 176);
+        c12.Store(t + 192); c13.Store(t + 208); c14.Store(t + 224); c15.Store(t + 240);
+        StorePartial(t, 16, y, ldy, rows, cols, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Add(float* y, Vector512<float> v) => (Vector512.Load(y) + v).Store(y);
+
+    // t is (rows, tld) row-major
+    private static void StorePartial(float* t, int tld, float* y, int ldy, int rows, int cols, bool accumulate)
+    {
+        for (int i = 0; i < rows; i++)
+        {
+            float* yr = y + (long)i * ldy;
+            float* tr = t + i * tld;
+            if (accumulate) for (int j = 0; j < cols; j++) yr[j] += tr[j];
+            else for (int j = 0; j < cols; j++) yr[j] = tr[j];
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose16(
+        ref Vector512<float> a0, ref Vector512<float> a1, ref Vector512<float> a2, ref Vector512<float> a3,
+        ref Vector512<float> a4, ref Vector512<float> a5, ref Vector512<float> a6, ref Vector512<float> a7,
+        ref Vector512<float> a8, ref Vector512<float> a9, ref Vector512<float> a10, ref Vector512<float> a11,
+        ref Vector512<float> a12, ref Vector512<float> a13, ref Vector512<float> a14, ref Vector512<float> a15)
+    {
+        // 32-bit interleave of pairs
+        var t0 = Avx512F.UnpackLow(a0, a1); var t1 = Avx512F.UnpackHigh(a0, a1);
+        var t2 = Avx512F.UnpackLow(a2, a3); var t3 = Avx512F.UnpackHigh(a2, a3);
+        var t4 = Avx512F.UnpackLow(a4, a5); var t5 = Avx512F.UnpackHigh(a4, a5);
+        var t6 = Avx512F.UnpackLow(a6, a7); var t7 = Avx512F.UnpackHigh(a6, a7);
+        var t8 = Avx512F.UnpackLow(a8, a9); var t9 = Avx512F.UnpackHigh(a8, a9);
+        var t10 = Avx512F.UnpackLow(a10, a11); var t11 = Avx512F.UnpackHigh(a10, a11);
+        var t12 = Avx512F.UnpackLow(a12, a13); var t13 = Avx512F.UnpackHigh(a12, a13);
+        var t14 = Avx512F.UnpackLow(a14, a15); var t15 = Avx512F.UnpackHigh(a14, a15);
+        // 64-bit interleave: u(4g + e) holds rows 4g..4g+3 at element e of each 128-bit lane
+        var u0 = Avx512F.UnpackLow(t0.AsDouble(), t2.AsDouble()).AsSingle();
+        var u1 = Avx512F.UnpackHigh(t0.AsDouble(), t2.AsDouble()).AsSingle();
+        var u2 = Avx512F.UnpackLow(t1.AsDouble(), t3.AsDouble()).AsSingle();
+        var u3 = Avx512F.UnpackHigh(t1.AsDouble(), t3.AsDouble()).AsSingle();
+        var u4 = Avx512F.UnpackLow(t4.AsDouble(), t6.AsDouble()).AsSingle();
+        var u5 = Avx512F.UnpackHigh(t4.AsDouble(), t6.AsDouble()).AsSingle();
+        var u6 = Avx512F.UnpackLow(t5.AsDouble(), t7.AsDouble()).AsSingle();
+        var u7 = Avx512F.UnpackHigh(t5.AsDouble(), t7.AsDouble()).AsSingle();
+        var u8 = Avx512F.UnpackLow(t8.AsDouble(), t10.AsDouble()).AsSingle();
+        var u9 = Avx512F.UnpackHigh(t8.AsDouble(), t10.AsDouble()).AsSingle();
+        var u10 = Avx512F.UnpackLow(t9.AsDouble(), t11.AsDouble()).AsSingle();
+        var u11 = Avx512F.UnpackHigh(t9.AsDouble(), t11.AsDouble()).AsSingle();
+        var u12 = Avx512F.UnpackLow(t12.AsDouble(), t14.AsDouble()).AsSingle();
+        var u13 = Avx512F.UnpackHigh(t12.AsDouble(), t14.AsDouble()).AsSingle();
+        var u14 = Avx512F.UnpackLow(t13.AsDouble(), t15.AsDouble()).AsSingle();
+        var u15 = Avx512F.UnpackHigh(t13.AsDouble(), t15.AsDouble()).AsSingle();
+        // gather 128-bit lanes: element e of lane L across the four row groups is row 4L + e
+        Lanes(u0, u4, u8, u12, out a0, out a4, out a8, out a12);
+        Lanes(u1, u5, u9, u13, out a1, out a5, out a9, out a13);
+        Lanes(u2, u6, u10, u14, out a2, out a6, out a10, out a14);
+        Lanes(u3, u7, u11, u15, out a3, out a7, out a11, out a15);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Lanes(Vector512<float> g0, Vector512<float> g1, Vector512<float> g2, Vector512<float> g3,
+        out Vector512<float> l0, out Vector512<float> l1, out Vector512<float> l2, out Vector512<float> l3)
+    {
+        var v0 = Avx512F.Shuffle4x128(g0, g1, 0x44);
+        var v1 = Avx512F.Shuffle4x128(g0, g1, 0xEE);
+        var w0 = Avx512F.Shuffle4x128(g2, g3, 0x44);
+        var w1 = Avx512F.Shuffle4x128(g2, g3, 0xEE);
+        l0 = Avx512F.Shuffle4x128(v0, w0, 0x88);
+        l1 = Avx512F.Shuffle4x128(v0, w0, 0xDD);
+        l2 = Avx512F.Shuffle4x128(v1, w1, 0x88);
+        l3 = Avx512F.Shuffle4x128(v1, w1, 0xDD);
+    }
+
+    // Vector256 fallback: 8 W rows x 8 rows of x, written through a small tile
+    private static void Tile8x8(float* xp, float* wp, int kb, float* y, int ldy, int rows, int cols, bool accumulate)
+    {
+        var c0 = Vector256<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
+        var c4 = c0; var c5 = c0; var c6 = c0; var c7 = c0;
+        float* w = wp;
+        float* end = xp + (long)kb * 8;
+        for (float* a = xp; a < end; a += 8, w++)
+        {
+            var v = Vector256.Load(a);
+            c0 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[0 * KC]), c0);
+            c1 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[1 * KC]), c1);
+            c2 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[2 * KC]), c2);
+            c3 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[3 * KC]), c3);
+            c4 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[4 * KC]), c4);
+            c5 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[5 * KC]), c5);
+            c6 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[6 * KC]), c6);
+            c7 = Vector256.FusedMultiplyAdd(v, Vector256.Create(w[7 * KC]), c7);
+        }
+        float* t = stackalloc float[64]; // t[j*8 + i] = column j, row i
+        c0.Store(t); c1.Store(t + 8); c2.Store(t + 16); c3.Store(t + 24);
+        c4.Store(t + 32); c5.Store(t + 40); c6.Store(t + 48); c7.Store(t + 56);
+        for (int i = 0; i < rows; i++)
+        {
+            float* yr = y + (long)i * ldy;
+            if (accumulate) for (int j = 0; j < cols; j++) yr[j] += t[j * 8 + i];
+            else for (int j = 0; j < cols; j++) yr[j] = t[j * 8 + i];
+        }
     }
 }

@@ -1,0 +1,113 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Lckv.Numerics;
+
+/// <summary>
+/// Loads of stored elements (weights, KV) widened to f32 in registers. Kernels are generic over one of these so the
+/// JIT specialises each dtype; nothing is converted in memory.
+/// </summary>
+internal unsafe interface IElement
+{
+    static abstract int Size { get; }
+    static abstract float Load1(byte* p);
+    static abstract Vector256<float> Load256(byte* p);
+    static abstract Vector512<float> Load512(byte* p);
+}
+
+internal unsafe struct F32Element : IElement
+{
+    public static int Size => 4;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => *(float*)p;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load256(byte* p) => Vector256.Load((float*)p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load512(byte* p) => Vector512.Load((float*)p);
+}
+
+/// <summary>bf16: zero-extend 16 -> 32 bits and shift left 16.</summary>
+internal unsafe struct BF16Element : IElement
+{
+    public static int Size => 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => DTypes.BF16ToSingle(*(ushort*)p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load256(byte* p)
+        => Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)p).ToVector256Unsafe()), 16).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load512(byte* p)
+        => Vector512.ShiftLeft(Vector512.WidenLower(Vector256.Load((ushort*)p).ToVector512Unsafe()), 16).AsSingle();
+}
+
+/// <summary>
+/// f16 by bit manipulation (the runtime exposes no vcvtph2ps): exponent rebias for normals, a magic subtraction for
+/// subnormals, Inf/NaN kept. Exact for every input.
+/// </summary>
+internal unsafe struct F16Element : IElement
+{
+    public static int Size => 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => DTypes.F16ToSingle(*(ushort*)p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load256(byte* p)
+        => Bits256(Vector256.WidenLower(Vector128.Load((ushort*)p).ToVector256Unsafe()));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load512(byte* p)
+        => Bits512(Vector512.WidenLower(Vector256.Load((ushort*)p).ToVector512Unsafe()));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Bits512(Vector512<uint> h)
+    {
+        var em = h & Vector512.Create(0x7FFFu);
+        var sign = Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16);
+        var o = Vector512.ShiftLeft(em, 13);
+        var exp = em & Vector512.Create(0x7C00u);
+        var normal = o + Vector512.Create(0x3800_0000u);
+        var special = o + Vector512.Create(0x7000_0000u);
+        var sub = ((o + Vector512.Create(0x3880_0000u)).AsSingle() - Vector512.Create(0x3880_0000u).AsSingle()).AsUInt32();
+        var r = Vector512.ConditionalSelect(Vector512.Equals(exp, Vector512.Create(0x7C00u)), special,
+            Vector512.ConditionalSelect(Vector512.Equals(exp, Vector512<uint>.Zero), sub, normal));
+        return (r | sign).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Bits256(Vector256<uint> h)
+    {
+        var em = h & Vector256.Create(0x7FFFu);
+        var sign = Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16);
+        var o = Vector256.ShiftLeft(em, 13);
+        var exp = em & Vector256.Create(0x7C00u);
+        var normal = o + Vector256.Create(0x3800_0000u);
+        var special = o + Vector256.Create(0x7000_0000u);
+        var sub = ((o + Vector256.Create(0x3880_0000u)).AsSingle() - Vector256.Create(0x3880_0000u).AsSingle()).AsUInt32();
+        var r = Vector256.ConditionalSelect(Vector256.Equals(exp, Vector256.Create(0x7C00u)), special,
+            Vector256.ConditionalSelect(Vector256.Equals(exp, Vector256<uint>.Zero), sub, normal));
+        return (r | sign).AsSingle();
+    }
+}
+
+internal static unsafe class Simd
+{
+    /// <summary>Widens n stored elements at src to f32 at dst with the widest vectors available.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Widen<TE>(byte* src, float* dst, int n) where TE : struct, IElement
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) TE.Load512(src + (long)i * TE.Size).Store(dst + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= n - 8; i += 8) TE.Load256(src + (long)i * TE.Size).Store(dst + i);
+        for (; i < n; i++) dst[i] = TE.Load1(src + (long)i * TE.Size);
+    }
+
+    public static void Widen(DType dtype, byte* src, float* dst, int n)
+    {
+        switch (dtype)
+        {
+            case DType.F32: Widen<F32Element>(src, dst, n); break;
+            case DType.BF16: Widen<BF16Element>(src, dst, n); break;
+            case DType.F16: Widen<F16Element>(src, dst, n); break;
+            default: throw new ArgumentException($"cannot widen {dtype}");
+        }
+    }
+}

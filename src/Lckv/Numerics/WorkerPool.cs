@@ -1,0 +1,208 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+
+namespace Lckv.Numerics;
+
+/// <summary>Work over a contiguous range [start, end) of items, run by one thread of a <see cref="WorkerPool"/>.</summary>
+public interface IRangeBody
+{
+    void Invoke(int start, int end);
+}
+
+/// <summary>
+/// Persistent worker threads for the kernels. A call splits its items into one contiguous chunk per thread; the caller
+/// runs the first chunk itself. Workers spin briefly after a job, then block. Nothing is allocated per call.
+/// A call made while the pool is busy (from a worker, or from another thread) runs inline on its caller.
+/// </summary>
+public sealed unsafe class WorkerPool
+{
+    /// <summary>The pool the kernels use: LCKV_THREADS threads, else one per processor.</summary>
+    public static WorkerPool Shared { get; } = new(DefaultThreadCount());
+
+    private readonly object _resize = new();
+    private Worker[] _workers = [];
+    private int _threads;
+    private int _busy;
+
+    // the job being run: read by the workers after they see their sequence number move
+    private delegate*<void*, int, int, void> _invoke;
+    private void* _state;
+    private int _count, _grain, _parts;
+    private int _pending;
+    private Exception? _error;
+
+    public WorkerPool(int threads)
+    {
+        ThreadCount = threads;
+    }
+
+    public static int DefaultThreadCount()
+    {
+        var s = Environment.GetEnvironmentVariable("LCKV_THREADS");
+        return int.TryParse(s, out int n) && n > 0 ? n : Environment.ProcessorCount;
+    }
+
+    /// <summary>Threads a call may use, the caller included. Settable at any time between calls.</summary>
+    public int ThreadCount
+    {
+        get => Volatile.Read(ref _threads);
+        set
+        {
+            if (value < 1) throw new ArgumentOutOfRangeException(nameof(value), "at least one thread");
+            lock (_resize)
+            {
+                var spin = new SpinWait();
+                while (Interlocked.CompareExchange(ref _busy, 1, 0) != 0) spin.SpinOnce();
+                try
+                {
+                    if (_workers.Length < value - 1)
+                    {
+                        var grown = new Worker[value - 1];
+                        Array.Copy(_workers, grown, _workers.Length);
+                        for (int i = _workers.Length; i < grown.Length; i++) grown[i] = new Worker(this, i + 1);
+                        _workers = grown;
+                    }
+                    Volatile.Write(ref _threads, value);
+                }
+                finally
+                {
+                    Volatile.Write(ref _busy, 0);
+                }
+            }
+        }
+    }
+
+    /// <summary>How many chunks a call over count items in multiples of grain would be split into.</summary>
+    public int PartsFor(int count, int grain = 1)
+    {
+        if (count <= 0) return 0;
+        long units = (count + (long)grain - 1) / grain;
+        return (int)Math.Min(ThreadCount, units);
+    }
+
+    /// <summary>
+    /// Runs body over [0, count) split into contiguous chunks, one per thread, each a multiple of grain items
+    /// (except the last). Returns when every chunk is done. The body is copied; it should hold pointers, not results.
+    /// </summary>
+    public void Run<T>(int count, in T body, int grain = 1) where T : struct, IRangeBody
+    {
+        if (count <= 0) return;
+        if (grain < 1) grain = 1;
+        int parts = PartsFor(count, grain);
+        T local = body;
+        if (parts <= 1 || Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+        {
+            local.Invoke(0, count);
+            return;
+        }
+        Exception? error;
+        try
+        {
+            parts = Math.Min(parts, _workers.Length + 1);
+            _invoke = &Invoker<T>.Invoke;
+            _state = Unsafe.AsPointer(ref local);
+            _count = count;
+            _grain = grain;
+            _parts = parts;
+            _error = null;
+            Volatile.Write(ref _pending, parts - 1);
+            for (int w = 0; w < parts - 1; w++) _workers[w].Post();
+            var (s, e) = Chunk(0);
+            try
+            {
+                if (s < e) local.Invoke(s, e);
+            }
+            catch (Exception ex)
+            {
+                Interlocked.CompareExchange(ref _error, ex, null);
+            }
+            var spin = new SpinWait();
+            while (Volatile.Read(ref _pending) != 0) spin.SpinOnce(-1);
+            error = _error;
+            _error = null;
+            _state = null;
+        }
+        finally
+        {
+            Volatile.Write(ref _busy, 0);
+        }
+        if (error is not null) throw new AggregateException("a worker failed", error);
+    }
+
+    private (int Start, int End) Chunk(int part)
+    {
+        long units = (_count + (long)_grain - 1) / _grain;
+        long u0 = units * part / _parts, u1 = units * (part + 1) / _parts;
+        return ((int)Math.Min(u0 * _grain, _count), (int)Math.Min(u1 * _grain, _count));
+    }
+
+    private void RunPart(int part)
+    {
+        try
+        {
+            var (s, e) = Chunk(part);
+            if (s < e) _invoke(_state, s, e);
+        }
+        catch (Exception ex)
+        {
+            Interlocked.CompareExchange(ref _error, ex, null);
+        }
+        Interlocked.Decrement(ref _pending);
+    }
+
+    private static class Invoker<T> where T : struct, IRangeBody
+    {
+        public static void Invoke(void* state, int start, int end) => Unsafe.AsRef<T>(state).Invoke(start, end);
+    }
+
+    private sealed class Worker
+    {
+        private readonly WorkerPool _pool;
+        private readonly int _part;
+        private readonly ManualResetEventSlim _wake = new(false, 0);
+#pragma warning disable CS0169, IDE0051 // padding against false sharing between workers
+        private long _pad0, _pad1, _pad2, _pad3, _pad4, _pad5, _pad6;
+#pragma warning restore CS0169, IDE0051
+        private int _seq;
+        private int _sleeping;
+
+        public Worker(WorkerPool pool, int part)
+        {
+            _pool = pool;
+            _part = part;
+            var thread = new Thread(Loop) { IsBackground = true, Name = $"Lckv worker {part}" };
+            thread.Start();
+        }
+
+        public void Post()
+        {
+            Interlocked.Increment(ref _seq);
+            if (Volatile.Read(ref _sleeping) != 0) _wake.Set();
+        }
+
+        private void Loop()
+        {
+            int seen = Volatile.Read(ref _seq);
+            long spinLimit = Stopwatch.Frequency / 5000; // about 200 us
+            while (true)
+            {
+                long start = Stopwatch.GetTimestamp();
+                int i = 0;
+                while (Volatile.Read(ref _seq) == seen)
+                {
+                    Thread.SpinWait(16);
+                    if ((++i & 63) == 0 && Stopwatch.GetTimestamp() - start > spinLimit)
+                    {
+                        Interlocked.Exchange(ref _sleeping, 1);
+                        if (Volatile.Read(ref _seq) == seen) _wake.Wait();
+                        _wake.Reset();
+                        Interlocked.Exchange(ref _sleeping, 0);
+                        start = Stopwatch.GetTimestamp();
+                    }
+                }
+                seen = Volatile.Read(ref _seq);
+                _pool.RunPart(_part);
+            }
+        }
+    }
+}

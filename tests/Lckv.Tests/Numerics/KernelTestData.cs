@@ -1,0 +1,46 @@
+using System.Runtime.InteropServices;
+using Lckv.Numerics;
+
+namespace Lckv.Tests.Numerics;
+
+/// <summary>Native buffers holding values in a storage dtype, for kernels that read raw addresses.</summary>
+internal sealed unsafe class NativeBuffer : IDisposable
+{
+    public nint Address { get; private set; }
+    public long Bytes { get; }
+
+    public NativeBuffer(long bytes)
+    {
+        Bytes = bytes;
+        Address = (nint)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 64);
+        new Span<byte>((void*)Address, (int)bytes).Clear();
+    }
+
+    /// <summary>Stores values narrowed to dtype; returns the values as the kernel will see them (rounded).</summary>
+    public static NativeBuffer From(float[] values, DType dtype, out float[] stored)
+    {
+        var b = new NativeBuffer((long)values.Length * DTypes.SizeOf(dtype));
+        Lckv.Numerics.Convert.Narrow(values, dtype, b.Address);
+        stored = new float[values.Length];
+        Lckv.Numerics.Convert.Widen(b.Address, dtype, stored);
+        return b;
+    }
+
+    public void Dispose()
+    {
+        if (Address != 0) NativeMemory.AlignedFree((void*)Address);
+        Address = 0;
+    }
+}
+
+internal static class TestData
+{
+    public static float[] Random(Random rng, int n, float scale = 1f)
+    {
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    public static readonly DType[] FloatTypes = [DType.F32, DType.F16, DType.BF16];
+}

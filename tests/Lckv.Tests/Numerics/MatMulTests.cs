@@ -1,0 +1,69 @@
+using Lckv.Numerics;
+using Xunit.Abstractions;
+
+namespace Lckv.Tests.Numerics;
+
+[Trait("Category", "Kernels")]
+public class MatMulTests(ITestOutputHelper output)
+{
+    private static readonly int[] Ms = [1, 2, 3, 5, 7, 8, 16, 17];
+
+    public static TheoryData<DType> Types => new(TestData.FloatTypes);
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void MatchesReferenceOnAllSmallShapes(DType dtype)
+    {
+        var rng = new Random(1);
+        int checkedCount = 0;
+        foreach (int m in Ms)
+            for (int k = 1; k <= 67; k += (k < 20 ? 1 : 7))
+                for (int n = 1; n <= 67; n += (n < 20 ? 1 : 5))
+                {
+                    Compare(rng, m, k, n, dtype);
+                    checkedCount++;
+                }
+        output.WriteLine($"{dtype}: {checkedCount} shapes OK");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void MatchesReferenceOnLargerShapes(DType dtype)
+    {
+        var rng = new Random(2);
+        foreach (var (m, k, n) in new[] { (1, 259, 131), (3, 259, 131), (17, 259, 131), (33, 300, 70), (16, 512, 96), (40, 600, 33), (400, 520, 40), (1, 1000, 37), (7, 1027, 19) })
+            Compare(rng, m, k, n, dtype);
+    }
+
+    [Fact]
+    public void EveryKFromOneTo67WithGemmAndDot()
+    {
+        var rng = new Random(3);
+        foreach (int m in new[] { 1, 4, 16, 19 })
+            for (int k = 1; k <= 67; k++)
+                Compare(rng, m, k, 35, DType.BF16);
+    }
+
+    private static unsafe void Compare(Random rng, int m, int k, int n, DType dtype)
+    {
+        var x = TestData.Random(rng, m * k);
+        using var wb = NativeBuffer.From(TestData.Random(rng, n * k), dtype, out var ws);
+        var w = new WeightMatrix(wb.Address, dtype, n, k);
+        var expected = new float[m * n];
+        var actual = new float[m * n + 3];
+        actual[^1] = actual[^2] = actual[^3] = 42;
+        MatMul.MultiplyReference(x, w, expected, m);
+        MatMul.Multiply(x, w, actual, m);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double bound = 0;
+                for (int p = 0; p < k; p++) bound += Math.Abs(x[i * k + p] * ws[j * k + p]);
+                double tol = 1e-5 * bound + 1e-30;
+                double diff = Math.Abs(expected[i * n + j] - actual[i * n + j]);
+                Assert.True(diff <= tol, $"m={m} k={k} n={n} {dtype}: y[{i},{j}] = {actual[i * n + j]}, reference {expected[i * n + j]}");
+            }
+        Assert.Equal(42f, actual[^1]);
+        Assert.Equal(42f, actual[^3]);
+    }
+}
