@@ -48,7 +48,7 @@ public sealed class ModelOptions
         if (p.GetValue(Threads) is int t)
         {
             if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
-            _ = t;
+            WorkerPool.Shared.ThreadCount = t;
         }
     }
 
