@@ -1,0 +1,88 @@
+using System.Text.Json;
+using Lckv.Generation;
+using Lckv.Numerics;
+using Lckv.Tests.Cli;
+using Lckv.Tests.Formats;
+
+namespace Lckv.Tests.Model;
+
+/// <summary>Perplexity of a golden sequence equals exp(mean NLL) computed from the reference's own logits.</summary>
+public sealed class PerplexityTests
+{
+    /// <summary>exp(mean next-token NLL) of row `row` from the fixture's whole-sequence logits.</summary>
+    private static double ReferencePerplexity(GoldenTests.Fixture f, int row)
+    {
+        var ids = f.Rows("input_ids")[row];
+        var logits = f.Read<float>("logits");
+        int t = ids.Length, v = f.Model.Vocab;
+        double nll = 0;
+        for (int p = 0; p + 1 < t; p++)
+        {
+            var r = logits.AsSpan((row * t + p) * v, v);
+            nll += Softmax.LogSumExp(r) - r[ids[p + 1]];
+        }
+        return Math.Exp(nll / (t - 1));
+    }
+
+    [SharedTheory]
+    [InlineData("llama-standard")]
+    [InlineData("lckv-groups-nodiag")]
+    [InlineData("yoco-sliding")]
+    public void OneWindowMatchesTheReferenceLogits(string name)
+    {
+        using var f = GoldenTests.Open(name);
+        var ids = f.Rows("input_ids")[1];
+        var result = Perplexity.Evaluate(f.Model, ids, window: ids.Length, stride: ids.Length);
+        double expected = ReferencePerplexity(f, 1);
+        Assert.Equal(ids.Length - 1, result.ScoredTokens);
+        Assert.True(Math.Abs(result.Perplexity - expected) <= 1e-4 * expected, $"ppl {result.Perplexity} vs reference {expected}");
+    }
+
+    [SharedFact]
+    public void StridedWindowsScoreEveryTokenOnce()
+    {
+        using var f = GoldenTests.Open("llama-standard");
+        var ids = f.Rows("input_ids")[0];
+        var a = Perplexity.Evaluate(f.Model, ids, window: 8, stride: 3);
+        Assert.Equal(ids.Length - 1, a.ScoredTokens);
+        Assert.Equal(4, a.Windows); // starts 0, 3, 6, 9 (the last reaches the end)
+        // with the window covering the whole sequence, striding changes nothing
+        var whole = Perplexity.Evaluate(f.Model, ids, window: 16, stride: 16);
+        Assert.True(Math.Abs(whole.Perplexity - ReferencePerplexity(f, 0)) <= 1e-4 * whole.Perplexity);
+        // shorter windows see less context: a different (finite) value
+        Assert.True(double.IsFinite(a.Perplexity) && a.Perplexity > 1);
+    }
+
+    [SharedFact]
+    public void CliPrintsPerplexityAsJson()
+    {
+        using var f = GoldenTests.Open("llama-standard");
+        using var dir = new TempDir();
+        var ids = f.Rows("input_ids")[0];
+        var path = dir.WriteText("ids.txt", string.Join(" ", ids[..8]) + "\n" + string.Join("\t", ids[8..]) + "\n");
+        var (code, stdout, stderr) = CliTests.Run("perplexity", "--model", SharedData.Path("golden", "llama-standard"),
+            "--ids-file", path, "--ctx", "16", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        double ppl = doc.RootElement.GetProperty("perplexity").GetDouble();
+        double expected = ReferencePerplexity(f, 0);
+        Assert.True(Math.Abs(ppl - expected) <= 1e-4 * expected, $"{ppl} vs {expected}");
+        Assert.True(doc.RootElement.GetProperty("tokens_per_second").GetDouble() > 0);
+
+        var bad = dir.WriteText("bad.txt", "1 2 three");
+        var (code2, _, err2) = CliTests.Run("perplexity", "--model", SharedData.Path("golden", "llama-standard"), "--ids-file", bad);
+        Assert.NotEqual(0, code2);
+        Assert.Contains("three", err2);
+    }
+
+    [SharedFact]
+    public void TextPerplexityUsesTheTokenizer()
+    {
+        var (code, stdout, stderr) = CliTests.Run("perplexity", "--model", SharedData.Path("golden", "llama-standard"),
+            "--tokenizer", SharedData.Path("tokenizers", "en4k.model"), "--file", SharedData.Path("data", "tinyshakespeare.txt"),
+            "--max-tokens", "300", "--ctx", "64", "--stride", "32", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal(299, doc.RootElement.GetProperty("tokens").GetInt64());
+    }
+}
