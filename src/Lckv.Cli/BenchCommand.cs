@@ -36,6 +36,7 @@ public static class BenchCommand
             if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder> or --preset small|tinyllama-1.1b");
 
             using var model = Progress.Run("loading", _ => mo.LoadModel(p), stderr);
+            long afterLoad = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64; // before the roofline probe's buffers
             int threads = WorkerPool.Shared.ThreadCount;
             stderr.WriteLine($"measuring the roofline on {threads} thread(s)...");
             var roof = Roofline.Measure(threads);
@@ -62,6 +63,8 @@ public static class BenchCommand
                 return list;
             }, stderr);
 
+            long peak = System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64;
+            long kvPeak = results.Count == 0 ? 0 : bench.LargestPoolBytes;
             string name = model.Source.StartsWith("preset:", StringComparison.Ordinal) ? model.Source[7..] : Path.GetFileName(Path.TrimEndingDirectorySeparator(model.Source));
             string dtype = DTypes.Name(model.Weights.Embed.DType);
             if (fmt == "json")
@@ -70,6 +73,7 @@ public static class BenchCommand
                 {
                     model = name, parameters = model.ParameterCount, weight_bytes = model.Weights.Bytes, dtype,
                     layer_types = model.Map.ToString(), kv_dtype = DTypes.Name(kvDType), kv_bytes_per_token = model.KvBytesPerToken(kvDType),
+                    working_set_after_load_bytes = afterLoad, peak_working_set_bytes = peak, largest_kv_pool_bytes = kvPeak,
                     threads, fma_peak_gflops = machine.PeakGflops, read_bandwidth_gbs = machine.BandwidthGBs,
                     results = results.Select(x => new
                     {
@@ -82,6 +86,7 @@ public static class BenchCommand
             }
             stdout.WriteLine($"model {name}: {model.ParameterCount / 1e6:F1}M parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {DTypes.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
             stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run)");
+            stdout.WriteLine($"memory: working set after load {afterLoad / 1048576.0:F0} MiB ({(double)afterLoad / model.Weights.Bytes:F2}x the weights); peak {peak / 1048576.0:F0} MiB including the bandwidth probe; largest KV pool {kvPeak / 1048576.0:F1} MiB");
             stdout.WriteLine();
             stdout.WriteLine("| test | batch | depth | t/s | roofline t/s | bound | % of roofline |");
             stdout.WriteLine("|---|---:|---:|---:|---:|---|---:|");

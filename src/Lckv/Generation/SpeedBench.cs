@@ -48,6 +48,9 @@ public sealed class SpeedBench
         _machine = machine;
     }
 
+    /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
+    public long LargestPoolBytes { get; private set; }
+
     public BenchResult Run(BenchKind kind, int tokens, int batch, int depth, int repetitions)
     {
         if (tokens < 1 || batch < 1 || depth < 0 || repetitions < 1) throw new LckvException("bench sizes must be positive");
@@ -56,6 +59,7 @@ public sealed class SpeedBench
         var layout = _model.KvLayout(_blockSize, _kvDType);
         long blocks = KvCache.BlocksFor(total, _blockSize) * batch * _model.Map.KvLayerCount;
         using var pool = new KvBlockPool(layout, blocks * layout.BlockBytes);
+        LargestPoolBytes = Math.Max(LargestPoolBytes, pool.CapacityBytes);
         var cache = new KvCache(pool, _model.Map.KvLayerCount, total);
         bool upward = _model.Map.AnyAttendsTop;
         int maxRows = kind == BenchKind.PromptProcessing ? batch * tokens : batch;
