@@ -18,7 +18,7 @@ public static class ConvertCommand
         };
         var forward = new Option<int?>("--forward-passes") { Description = "forward_passes m of the iteration plan (default 7)" };
         var backward = new Option<int?>("--backward-passes") { Description = "backward_passes b of the iteration plan (default 2)" };
-        var window = new Option<int?>("--sliding-window") { Description = "sliding_window of 's' layers (default: the input's, else 4096)" };
+        var window = new Option<int?>("--sliding-window") { Description = "sliding_window of 's' layers (default 4096)" };
         var noDiag = new Option<bool>("--force-nodiag") { Description = "mask the diagonal in every layer" };
         var force = new Option<bool>("--force") { Description = "replace an existing output folder" };
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
