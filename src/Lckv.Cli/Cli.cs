@@ -16,6 +16,7 @@ public static class Cli
         root.Subcommands.Add(PerplexityCommand.Create(output, error));
         root.Subcommands.Add(BenchCommand.Create(output, error));
         root.Subcommands.Add(InfoCommand.Create(output, error));
+        root.Subcommands.Add(ConvertCommand.Create(output, error));
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

@@ -27,11 +27,14 @@ public static class InfoCommand
             {
                 if (!File.Exists(path)) throw new LckvException($"config file '{path}' does not exist");
                 cfg = ModelConfig.Load(path);
+                if (p.GetValue(mo.Layout) is { } layout) cfg = Layouts.ApplyLayout(cfg, layout);
                 source = path;
                 dtype = cfg.TorchDtype ?? "unknown";
             }
             else if (p.GetValue(mo.Model) is { } folder && p.GetValue(mo.Preset) is null)
             {
+                if (p.GetValue(mo.Layout) is not null)
+                    throw new LckvException("--layout applies to --preset or --config; use 'lckv convert' to change a checkpoint's layout");
                 var cpath = Path.Combine(folder, "config.json");
                 if (!File.Exists(cpath)) throw new LckvException($"'{folder}' has no config.json");
                 cfg = ModelConfig.Load(cpath);
@@ -43,7 +46,7 @@ public static class InfoCommand
             {
                 string preset = p.GetValue(mo.Preset) ?? throw new LckvException("give --config, --model or --preset");
                 cfg = Presets.Config(preset);
-                if (p.GetValue(mo.LayerTypes) is { } lt) cfg = cfg with { ModelType = "lckv-llama", LayerTypes = lt };
+                if (p.GetValue(mo.Layout) is { } layout) cfg = Layouts.ApplyLayout(cfg, layout);
                 var dt = p.GetValue(mo.DType) is { } d ? DTypes.ParseFloat(d) : Presets.DefaultDType(preset);
                 source = $"preset:{preset}";
                 dtype = DTypes.Name(dt);

@@ -11,7 +11,12 @@ public sealed class ModelOptions
     public readonly Option<string?> Model = new("--model", "-m") { Description = "Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)" };
     public readonly Option<string?> Preset = new("--preset") { Description = "built-in shape with random weights: small | tinyllama-1.1b" };
     public readonly Option<string?> DType = new("--dtype") { Description = "weight dtype of a preset: f32 | f16 | bf16 (default: small f32, tinyllama bf16)" };
-    public readonly Option<string?> LayerTypes = new("--layer-types") { Description = "layer_types for a preset (e.g. 0_6_6_6_6_6_6_7)" };
+    public readonly Option<string?> Layout = new("--layout", "--layer-types")
+    {
+        Description = "KV sharing layout of a preset: llama | lckv-w2 | lckv-w10 | lckv-w<N> | cla2 | yoco | sandwich-middle | <layer_types> (e.g. 0_6_6_6_6_6_6_7)",
+    };
+    /// <summary>The same option as <see cref="Layout"/> (--layer-types is its alias).</summary>
+    public Option<string?> LayerTypes => Layout;
     public readonly Option<ulong> WeightSeed = new("--weight-seed") { Description = "seed of a preset's random weights", DefaultValueFactory = _ => 0 };
     public readonly Option<int?> Context = new("--context", "-c") { Description = "context length (default: max_position_embeddings)" };
     public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16", DefaultValueFactory = _ => "f32" };
@@ -22,7 +27,7 @@ public sealed class ModelOptions
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { Model, Preset, DType, LayerTypes, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
+        foreach (var o in new Option[] { Model, Preset, DType, Layout, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
             c.Options.Add(o);
     }
 
@@ -34,13 +39,21 @@ public sealed class ModelOptions
         int? context = p.GetValue(Context);
         if (model is not null)
         {
-            if (p.GetValue(DType) is not null || p.GetValue(LayerTypes) is not null)
-                throw new LckvException("--dtype and --layer-types apply to presets; a checkpoint keeps its own");
+            if (p.GetValue(DType) is not null || p.GetValue(Layout) is not null)
+                throw new LckvException("--dtype and --layout apply to presets; a checkpoint keeps its own (use 'lckv convert' to change its layout)");
             return LlamaModel.Load(model, context);
         }
         if (preset is null) throw new LckvException("no model: give --model <folder> or --preset small|tinyllama-1.1b");
         var dtype = p.GetValue(DType) is { } d ? ParseWeightDType(d) : (Numerics.DType?)null;
-        return LlamaModel.FromPreset(preset, dtype, p.GetValue(LayerTypes), p.GetValue(WeightSeed), context);
+        return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers), p.GetValue(WeightSeed), context);
+    }
+
+    /// <summary>The layer_types string --layout gives for a model of that depth; null for none or plain llama.</summary>
+    public string? PresetLayerTypes(ParseResult p, int layers)
+    {
+        if (p.GetValue(Layout) is not { } layout) return null;
+        string types = Layouts.LayerTypes(layout, layers);
+        return layout.Trim().Equals("llama", StringComparison.OrdinalIgnoreCase) ? null : types;
     }
 
     public void ApplyThreads(ParseResult p)

@@ -1,0 +1,60 @@
+using System.CommandLine;
+using System.Text.Json;
+using Lckv.Model;
+
+namespace Lckv.Cli;
+
+/// <summary>lckv convert: a standard Llama checkpoint into an lckv-llama one with a KV sharing layout (kv-sharing.md §7).</summary>
+public static class ConvertCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var input = new Option<string>("--input", "-i") { Description = "standard Llama checkpoint folder (config.json, *.safetensors)", Required = true };
+        var output = new Option<string>("--output", "-o") { Description = "folder to write (must not exist unless --force)", Required = true };
+        var layout = new Option<string>("--layout")
+        {
+            Description = "llama | lckv-w2 | lckv-w10 | lckv-w<N> | cla2 | yoco | sandwich-middle | <layer_types>",
+            Required = true,
+        };
+        var forward = new Option<int?>("--forward-passes") { Description = "forward_passes m of the iteration plan (default 7)" };
+        var backward = new Option<int?>("--backward-passes") { Description = "backward_passes b of the iteration plan (default 2)" };
+        var window = new Option<int?>("--sliding-window") { Description = "sliding_window of 's' layers (default 4096)" };
+        var noDiag = new Option<bool>("--force-nodiag") { Description = "mask the diagonal in every layer" };
+        var force = new Option<bool>("--force") { Description = "replace an existing output folder" };
+        var json = new Option<bool>("--json") { Description = "print the result as JSON" };
+        var cmd = new Command("convert", "convert a Llama checkpoint to a cross-layer KV sharing layout (K/V initialised as the mean of their readers')");
+        foreach (var o in new Option[] { input, output, layout, forward, backward, window, noDiag, force, json }) cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            var options = new ConvertOptions
+            {
+                Layout = p.GetValue(layout)!,
+                ForwardPasses = p.GetValue(forward),
+                BackwardPasses = p.GetValue(backward),
+                SlidingWindow = p.GetValue(window),
+                ForceNoDiag = p.GetValue(noDiag) ? true : null,
+                Force = p.GetValue(force),
+            };
+            string outPath = p.GetValue(output)!;
+            var r = Converter.Convert(p.GetValue(input)!, outPath, options);
+            var c = r.Config;
+            if (p.GetValue(json))
+            {
+                stdout.WriteLine(JsonSerializer.Serialize(new
+                {
+                    output = outPath, model_type = c.ModelType, layer_types = r.Map.ToString(), kv_layers = r.Map.KvLayerCount,
+                    layers = r.Map.LayerCount, forward_passes = c.ForwardPasses, backward_passes = c.BackwardPasses,
+                    sliding_window = c.SlidingWindow, force_nodiag = c.ForceNoDiag, tensors = r.TensorCount, bytes = r.Bytes,
+                    dropped = r.Dropped, averaged = r.Averaged, copied = r.CopiedFiles,
+                }));
+                return 0;
+            }
+            stdout.WriteLine($"wrote {outPath}: {c.ModelType}, layer_types {r.Map}");
+            stdout.WriteLine($"KV layers {r.Map.KvLayerCount} of {r.Map.LayerCount}; {r.TensorCount} tensors ({r.Bytes / 1048576.0:F1} MiB), " +
+                             $"{r.Dropped.Count} k/v projections dropped, {r.Averaged.Count} averaged over their readers");
+            if (r.CopiedFiles.Count > 0) stdout.WriteLine($"copied {string.Join(", ", r.CopiedFiles)}");
+            return 0;
+        });
+        return cmd;
+    }
+}
