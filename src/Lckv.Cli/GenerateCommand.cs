@@ -37,7 +37,7 @@ public static class GenerateCommand
             if ((text is null) == (ids is null)) throw new LckvException("give exactly one of --prompt or --prompt-ids");
             var prefillMode = p.GetValue(prefill) switch
             {
-                "plan" => PrefillMode.Plan,
+                "plan" => PrefillMode.Auto,
                 "sequential" => PrefillMode.Sequential,
                 var other => throw new LckvException($"--prefill must be plan or sequential, got '{other}'"),
             };

@@ -59,7 +59,7 @@ public sealed class Generator
         _maxRows = maxStepRows;
     }
 
-    public PrefillMode Prefill { get; set; } = PrefillMode.Plan;
+    public PrefillMode Prefill { get; set; } = PrefillMode.Auto;
 
     public GenerationOutput Generate(IReadOnlyList<int[]> prompts, GenerateOptions options, TextTokenizer? tokenizer = null,
         TokenCallback? onToken = null)

@@ -34,7 +34,7 @@ public static class Perplexity
         long blocks = (window + blockSize - 1) / blockSize * (long)model.Map.KvLayerCount;
         using var pool = new KvBlockPool(layout, blocks * layout.BlockBytes);
         var cache = new KvCache(pool, model.Map.KvLayerCount, window);
-        var runner = new ForwardRunner(model, cache, maxRows, 1);
+        var runner = new ForwardRunner(model, cache, maxRows, 1) { Prefill = model.Config.UseSequential ? PrefillMode.Sequential : PrefillMode.Plan };
         var logits = new float[(long)maxRows * vocab];
 
         var sw = System.Diagnostics.Stopwatch.StartNew();

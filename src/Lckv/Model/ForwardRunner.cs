@@ -13,7 +13,11 @@ public enum LogitsRows { All, Last }
 /// <summary>How a multi-token step of a model with upward-reading layers is evaluated (kv-sharing.md §4-5).</summary>
 public enum PrefillMode
 {
-    /// <summary>The iteration plan, unless use_sequential or the prompt has at most m+b tokens.</summary>
+    /// <summary>The prefill rule of kv-sharing.md §4: the iteration plan, unless use_sequential is set or the prompt
+    /// has at most m+b tokens (then token by token).</summary>
+    Auto,
+    /// <summary>Always the iteration plan for sequences that start at position 0, whatever their length: the
+    /// whole-sequence definition (golden `logits`, training, perplexity).</summary>
     Plan,
     /// <summary>Token by token (exact).</summary>
     Sequential,
@@ -38,7 +42,7 @@ public sealed class ForwardRunner
 
     public int MaxRows { get; }
     public int MaxSequences { get; }
-    public PrefillMode Prefill { get; set; } = PrefillMode.Plan;
+    public PrefillMode Prefill { get; set; } = PrefillMode.Auto;
     public LlamaModel Model => _model;
     public KvCache Cache => _cache;
 
@@ -111,12 +115,13 @@ public sealed class ForwardRunner
     private bool UsePlan(ReadOnlySpan<StepSequence> batch)
     {
         var c = _model.Config;
-        if (Prefill == PrefillMode.Sequential || c.UseSequential) return false;
+        if (Prefill == PrefillMode.Sequential || (Prefill == PrefillMode.Auto && c.UseSequential)) return false;
         for (int s = 0; s < batch.Length; s++)
         {
-            // the plan evaluates whole prompts from position 0; a prompt of at most m+b tokens goes token by token
+            // the plan evaluates whole sequences from position 0; a continuation goes token by token
             if (_cache.Length(batch[s].SequenceId) != 0) return false;
-            if (batch[s].TokenCount <= c.ForwardPasses + c.BackwardPasses) return false;
+            // the prefill rule: a prompt of at most m+b tokens goes token by token
+            if (Prefill == PrefillMode.Auto && batch[s].TokenCount <= c.ForwardPasses + c.BackwardPasses) return false;
         }
         return true;
     }

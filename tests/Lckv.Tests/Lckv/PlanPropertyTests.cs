@@ -170,16 +170,16 @@ public sealed class PlanPropertyTests(ITestOutputHelper output)
         var plan = Evaluate(model, ids, PrefillMode.Plan, tokenByToken: false, c.BlockSize);
         var sequential = Evaluate(model, ids, PrefillMode.Sequential, tokenByToken: false, c.BlockSize);
 
-        bool planRan = map.AnyAttendsTop && t > c.Passes;
-        // rows the plan must have right: all of them unless it iterated fewer times than there are positions
-        int exactRows = planRan ? c.Passes : t;
-        var report = new StringBuilder($"{c}\n  map {map}, kv layers {map.KvLayerCount}, {(planRan ? $"plan ran, rows [0, {exactRows}) exact" : "single pass or sequential")}\n");
+        bool planRan = map.AnyAttendsTop;
+        // rows the plan must have right: all of them when m+b >= T (the property), else the first m+b
+        int exactRows = Math.Min(t, c.Passes);
+        var report = new StringBuilder($"{c}\n  map {map}, kv layers {map.KvLayerCount}, {(planRan ? $"plan ran, rows [0, {exactRows}) exact" : "single pass")}\n");
         double logitDiff = MaxDiff(plan.Logits, exact.Logits, c.Batch, t, v, exactRows);
         double kvDiff = MaxKvDiff(plan, exact, t, row, exactRows);
         double seqDiff = MaxDiff(sequential.Logits, exact.Logits, c.Batch, t, v, t);
         double seqKvDiff = MaxKvDiff(sequential, exact, t, row, t);
         report.AppendLine($"  plan vs token-by-token: logits {logitDiff:E2}, kv {kvDiff:E2}; sequential prefill: logits {seqDiff:E2}, kv {seqKvDiff:E2}");
-        if (planRan)
+        if (planRan && exactRows < t)
             report.AppendLine($"  (not converged, unchecked) rows [{exactRows}, {t}): logits differ by up to {MaxDiff(plan.Logits, exact.Logits, c.Batch, t, v, t):E2}");
         output.WriteLine(report.ToString());
         Assert.True(logitDiff <= Tolerance && kvDiff <= Tolerance && seqDiff <= Tolerance && seqKvDiff <= Tolerance, report.ToString());
@@ -197,7 +197,7 @@ public sealed class PlanPropertyTests(ITestOutputHelper output)
             $"shared {maps.Count(m => m.KvLayerCount < m.LayerCount)}, no upward {maps.Count(m => !m.AnyAttendsTop)}, nodiag {cases.Count(c => c.Config.ForceNoDiag)}, " +
             $"2+ groups {maps.Count(m => IterationPlan.Build(m, 1, 1).Count(p => p.Advances && m.AttendsTop(p.Start)) >= 2)}");
         Assert.True(cases.Where((c, i) => maps[i].AnyAttendsTop && c.Tokens > c.Passes).Count() >= 30);
-        Assert.True(cases.Count(c => c.Tokens <= c.Passes) >= 10);
+        Assert.True(cases.Where((c, i) => maps[i].AnyAttendsTop && c.Tokens <= c.Passes).Count() >= 10); // the property: m+b >= T, plan == exact on every row
         Assert.True(cases.Where((c, i) => maps[i].AnyAttendsTop && c.Tokens == c.Passes + 1).Count() >= 5);
         Assert.True(maps.Count(m => Enumerable.Range(0, m.LayerCount).Any(m.IsSliding)) >= 30);
         Assert.True(maps.Count(m => m.KvLayerCount < m.LayerCount) >= 40);
