@@ -1,10 +1,21 @@
+using System.Numerics;
+using System.Runtime.Intrinsics;
+
 namespace Lckv.Numerics;
 
-public static class Activations
+public static unsafe class Activations
 {
     /// <summary>dst = silu(gate) * up, silu(g) = g / (1 + exp(-g)). dst may alias gate or up.</summary>
     public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dst)
-        => SwiGluReference(gate, up, dst);
+    {
+        int n = dst.Length;
+        if (gate.Length < n || up.Length < n) throw new ArgumentException("gate and up must be at least as long as dst");
+        fixed (float* g = gate, u = up, d = dst)
+        {
+            if (n >= 1 << 15) WorkerPool.Shared.Run(n, new SwiGluJob { G = g, U = u, D = d }, 4096);
+            else SwiGluRange(g, u, d, n);
+        }
+    }
 
     public static void SwiGluReference(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dst)
     {
@@ -14,12 +25,46 @@ public static class Activations
             dst[i] = g / (1f + MathF.Exp(-g)) * up[i];
         }
     }
+
+    private struct SwiGluJob : IRangeBody
+    {
+        public float* G, U, D;
+        public readonly void Invoke(int start, int end) => SwiGluRange(G + start, U + start, D + start, end - start);
+    }
+
+    private static void SwiGluRange(float* g, float* u, float* d, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16)
+            {
+                var v = Vector512.Load(g + i);
+                (v / (Vector512<float>.One + Vector512.Exp(-v)) * Vector512.Load(u + i)).Store(d + i);
+            }
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= n - 8; i += 8)
+            {
+                var v = Vector256.Load(g + i);
+                (v / (Vector256<float>.One + Vector256.Exp(-v)) * Vector256.Load(u + i)).Store(d + i);
+            }
+        for (; i < n; i++) d[i] = g[i] / (1f + MathF.Exp(-g[i])) * u[i];
+    }
 }
 
 /// <summary>Numerically stable softmax (the maximum is subtracted first).</summary>
-public static class Softmax
+public static unsafe class Softmax
 {
-    public static void Apply(Span<float> x) => ApplyReference(x);
+    public static void Apply(Span<float> x)
+    {
+        if (x.IsEmpty) return;
+        fixed (float* p = x)
+        {
+            int n = x.Length;
+            float max = Max(p, n);
+            float sum = ExpSum(p, n, max);
+            Scale(p, n, 1f / sum);
+        }
+    }
 
     public static void ApplyReference(Span<float> x)
     {
@@ -42,12 +87,131 @@ public static class Softmax
         foreach (float v in x) sum += Math.Exp(v - max);
         return max + (float)Math.Log(sum);
     }
+
+    /// <summary>The maximum, NaN if any element is NaN (as MathF.Max).</summary>
+    internal static float Max(float* p, int n)
+    {
+        int i = 0;
+        float max = float.NegativeInfinity;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var m = Vector512.Create(float.NegativeInfinity);
+            for (; i <= n - 16; i += 16) m = Vector512.Max(m, Vector512.Load(p + i));
+            for (int l = 0; l < 16; l++) max = MathF.Max(max, m[l]);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var m = Vector256.Create(float.NegativeInfinity);
+            for (; i <= n - 8; i += 8) m = Vector256.Max(m, Vector256.Load(p + i));
+            for (int l = 0; l < 8; l++) max = MathF.Max(max, m[l]);
+        }
+        for (; i < n; i++) max = MathF.Max(max, p[i]);
+        return max;
+    }
+
+    // p[i] = exp(p[i] - max); returns the sum
+    private static float ExpSum(float* p, int n, float max)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var m = Vector512.Create(max);
+            var s = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                var e = Vector512.Exp(Vector512.Load(p + i) - m);
+                e.Store(p + i);
+                s += e;
+            }
+            sum = Vector512.Sum(s);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var m = Vector256.Create(max);
+            var s = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                var e = Vector256.Exp(Vector256.Load(p + i) - m);
+                e.Store(p + i);
+                s += e;
+            }
+            sum = Vector256.Sum(s);
+        }
+        for (; i < n; i++) { p[i] = MathF.Exp(p[i] - max); sum += p[i]; }
+        return sum;
+    }
+
+    private static void Scale(float* p, int n, float s)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (var v = Vector512.Create(s); i <= n - 16; i += 16) (Vector512.Load(p + i) * v).Store(p + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (var v = Vector256.Create(s); i <= n - 8; i += 8) (Vector256.Load(p + i) * v).Store(p + i);
+        for (; i < n; i++) p[i] *= s;
+    }
 }
 
-public static class Selection
+public static unsafe class Selection
 {
     /// <summary>Index of the largest value; the first one on ties; NaN never wins.</summary>
     public static int Argmax(ReadOnlySpan<float> x)
+    {
+        int n = x.Length;
+        fixed (float* p = x)
+        {
+            int i = 0;
+            float best = float.NegativeInfinity;
+            // pass 1: the largest non-NaN value
+            if (Vector512.IsHardwareAccelerated && n >= 16)
+            {
+                var m = Vector512.Create(float.NegativeInfinity);
+                for (; i <= n - 16; i += 16)
+                {
+                    var v = Vector512.Load(p + i);
+                    m = Vector512.Max(m, Vector512.ConditionalSelect(Vector512.Equals(v, v), v, m));
+                }
+                for (int l = 0; l < 16; l++) if (m[l] > best) best = m[l];
+            }
+            else if (Vector256.IsHardwareAccelerated && n >= 8)
+            {
+                var m = Vector256.Create(float.NegativeInfinity);
+                for (; i <= n - 8; i += 8)
+                {
+                    var v = Vector256.Load(p + i);
+                    m = Vector256.Max(m, Vector256.ConditionalSelect(Vector256.Equals(v, v), v, m));
+                }
+                for (int l = 0; l < 8; l++) if (m[l] > best) best = m[l];
+            }
+            for (; i < n; i++) if (p[i] > best) best = p[i];
+            // pass 2: its first occurrence (-0 and +0 compare equal, as in the reference)
+            i = 0;
+            if (Vector512.IsHardwareAccelerated)
+            {
+                var b = Vector512.Create(best);
+                for (; i <= n - 16; i += 16)
+                {
+                    ulong bits = Vector512.Equals(Vector512.Load(p + i), b).ExtractMostSignificantBits();
+                    if (bits != 0) return i + BitOperations.TrailingZeroCount(bits);
+                }
+            }
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var b = Vector256.Create(best);
+                for (; i <= n - 8; i += 8)
+                {
+                    uint bits = Vector256.Equals(Vector256.Load(p + i), b).ExtractMostSignificantBits();
+                    if (bits != 0) return i + BitOperations.TrailingZeroCount(bits);
+                }
+            }
+            for (; i < n; i++) if (p[i] == best) return i;
+            return 0; // empty or all NaN
+        }
+    }
+
+    /// <summary>Scalar reference for <see cref="Argmax"/>.</summary>
+    public static int ArgmaxReference(ReadOnlySpan<float> x)
     {
         int best = -1;
         float bv = float.NegativeInfinity;
@@ -61,6 +225,48 @@ public static class Selection
     /// Returns the number written (min(k, x.Length)).
     /// </summary>
     public static int TopK(ReadOnlySpan<float> x, int k, Span<int> dst)
+    {
+        k = Math.Min(k, x.Length);
+        if (k <= 0) return 0;
+        if (dst.Length < k) throw new ArgumentException("destination shorter than k", nameof(dst));
+        int count = 0, n = x.Length, i = 0;
+        fixed (float* p = x)
+        {
+            while (i < n)
+            {
+                // once full, skip whole vectors with nothing above the current k-th value
+                if (count == k && Vector512.IsHardwareAccelerated && i <= n - 16)
+                {
+                    if (Vector512.GreaterThanAny(Vector512.Load(p + i), Vector512.Create(p[dst[k - 1]])) == false) { i += 16; continue; }
+                    int stop = i + 16;
+                    for (; i < stop; i++) Insert(p, i, k, dst, ref count);
+                    continue;
+                }
+                if (count == k && Vector256.IsHardwareAccelerated && i <= n - 8)
+                {
+                    if (Vector256.GreaterThanAny(Vector256.Load(p + i), Vector256.Create(p[dst[k - 1]])) == false) { i += 8; continue; }
+                    int stop = i + 8;
+                    for (; i < stop; i++) Insert(p, i, k, dst, ref count);
+                    continue;
+                }
+                Insert(p, i, k, dst, ref count);
+                i++;
+            }
+        }
+        return count;
+    }
+
+    private static void Insert(float* x, int i, int k, Span<int> dst, ref int count)
+    {
+        float v = x[i];
+        if (count == k && !(v > x[dst[count - 1]])) return;
+        int p = count == k ? count - 1 : count++;
+        while (p > 0 && v > x[dst[p - 1]]) { dst[p] = dst[p - 1]; p--; }
+        dst[p] = i;
+    }
+
+    /// <summary>Scalar reference for <see cref="TopK"/>.</summary>
+    public static int TopKReference(ReadOnlySpan<float> x, int k, Span<int> dst)
     {
         k = Math.Min(k, x.Length);
         int count = 0;

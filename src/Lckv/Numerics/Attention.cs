@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace Lckv.Numerics;
 
 /// <summary>
@@ -43,10 +45,49 @@ public readonly record struct AttentionSequence(int QueryRow, int QueryCount, in
 /// </summary>
 public static unsafe class Attention
 {
+    private const int KeyTile = 16;  // keys scored and folded into the running softmax together
+    private const int RowChunk = 16; // query rows per work item
+
     // q is (rows, heads*D), output is (rows, heads*D); poolBase points at block 0
     public static void Compute(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
         ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output)
-        => ComputeReference(q, heads, poolBase, layout, sequences, rule, scale, output);
+    {
+        int d = layout.HeadDim, kvHeads = layout.KvHeads;
+        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {kvHeads} KV heads");
+        int group = heads / kvHeads;
+        if ((long)group * d > 16384 || d > 1024)
+        {
+            ComputeReference(q, heads, poolBase, layout, sequences, rule, scale, output);
+            return;
+        }
+        int items = 0;
+        foreach (var s in sequences)
+        {
+            if (s.QueryCount <= 0) continue;
+            long rows = (long)s.QueryRow + s.QueryCount;
+            if (rows * heads * d > q.Length || rows * heads * d > output.Length) throw new ArgumentException("a sequence's rows lie outside q or output");
+            if (s.KeyCount > 0 && (s.BlockTable is null || (long)s.BlockTable.Length * layout.BlockSize < s.KeyCount))
+                throw new ArgumentException("a sequence's block table does not cover its keys");
+            items += kvHeads * ((s.QueryCount + RowChunk - 1) / RowChunk);
+        }
+        if (items == 0) return;
+        fixed (float* pq = q, po = output)
+#pragma warning disable CS8500 // the sequences are pinned for the call; the block tables are read through them
+        fixed (AttentionSequence* ps = sequences)
+        {
+            var job = new Job
+            {
+                Q = pq, O = po, Sequences = ps, SequenceCount = sequences.Length, Heads = heads, Group = group,
+                PoolBase = (byte*)poolBase, Layout = layout, Rule = rule, ScoreScale = scale,
+            };
+            // one item is a (sequence, KV head, chunk of query rows); small calls run on the caller
+            long work = 0;
+            foreach (var s in sequences) work += (long)s.QueryCount * Math.Max(1, s.KeyCount) * heads * d;
+            int grain = work < 1 << 16 ? items : 1;
+            WorkerPool.Shared.Run(items, job, grain);
+        }
+#pragma warning restore CS8500
+    }
 
     public static void ComputeReference(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
         ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output)
@@ -96,5 +137,163 @@ public static unsafe class Attention
                 }
             }
         }
+    }
+
+    private struct Job : IRangeBody
+    {
+        public float* Q, O;
+#pragma warning disable CS8500
+        public AttentionSequence* Sequences;
+#pragma warning restore CS8500
+        public int SequenceCount, Heads, Group;
+        public byte* PoolBase;
+        public KvLayout Layout;
+        public MaskRule Rule;
+        public float ScoreScale;
+
+        public readonly void Invoke(int start, int end)
+        {
+            int kvHeads = Layout.KvHeads;
+            int item = 0;
+            for (int si = 0; si < SequenceCount && item < end; si++)
+            {
+                ref readonly var s = ref Sequences[si];
+                if (s.QueryCount <= 0) continue;
+                int chunks = (s.QueryCount + RowChunk - 1) / RowChunk;
+                int count = kvHeads * chunks;
+                if (item + count <= start) { item += count; continue; }
+                for (int local = Math.Max(0, start - item); local < count && item + local < end; local++)
+                {
+                    int g = local / chunks, c = local % chunks;
+                    int r0 = c * RowChunk, r1 = Math.Min(s.QueryCount, r0 + RowChunk);
+                    switch (Layout.DType)
+                    {
+                        case DType.F32: Rows<F32Element>(in s, g, r0, r1); break;
+                        case DType.BF16: Rows<BF16Element>(in s, g, r0, r1); break;
+                        case DType.F16: Rows<F16Element>(in s, g, r0, r1); break;
+                        default: throw new ArgumentException($"KV dtype {Layout.DType} is not supported");
+                    }
+                }
+                item += count;
+            }
+        }
+
+        // query rows [r0, r1) of sequence s, the query heads of KV head g
+        private readonly void Rows<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
+        {
+            int d = Layout.HeadDim, group = Group, kvHeads = Layout.KvHeads, bs = Layout.BlockSize;
+            long blockBytes = Layout.BlockBytes, half = Layout.HalfBytes;
+            long rowBytes = (long)d * TE.Size;
+            float* acc = stackalloc float[group * d];          // (group, d) running sum of p * v
+            float* scores = stackalloc float[group * KeyTile]; // (group, KeyTile)
+            float* kt = stackalloc float[KeyTile * d];         // (KeyTile, d) widened keys
+            float* vt = stackalloc float[KeyTile * d];         // (KeyTile, d) widened values
+            float* max = stackalloc float[group];
+            float* sum = stackalloc float[group];
+            int[] table = s.BlockTable;
+            for (int r = r0; r < r1; r++)
+            {
+                int row = s.QueryRow + r, t = s.FirstPosition + r;
+                var (start, end) = Rule.Visible(t, s.KeyCount);
+                float* qRow = Q + ((long)row * Heads + g * group) * d;   // (group, d)
+                float* oRow = O + ((long)row * Heads + g * group) * d;   // (group, d)
+                if (end <= start)
+                {
+                    new Span<float>(oRow, group * d).Clear();
+                    continue;
+                }
+                new Span<float>(acc, group * d).Clear();
+                for (int h = 0; h < group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
+                for (int j0 = start; j0 < end; j0 += KeyTile)
+                {
+                    int nk = Math.Min(KeyTile, end - j0);
+                    for (int jj = 0; jj < nk; jj++)
+                    {
+                        int j = j0 + jj;
+                        byte* kRow = PoolBase + table[j / bs] * blockBytes + ((long)(j % bs) * kvHeads + g) * rowBytes;
+                        Simd.Widen<TE>(kRow, kt + jj * d, d);
+                        Simd.Widen<TE>(kRow + half, vt + jj * d, d);
+                    }
+                    for (int h = 0; h < group; h++)
+                    {
+                        float* qh = qRow + h * d, sh = scores + h * KeyTile;
+                        for (int jj = 0; jj < nk; jj++) sh[jj] = Dot(qh, kt + jj * d, d) * ScoreScale;
+                        Fold(sh, nk, ref max[h], ref sum[h], acc + h * d, vt, d);
+                    }
+                }
+                for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+            }
+        }
+    }
+
+    // online softmax step over nk scores: rescale the running sum and accumulator to the new maximum, then add
+    // p_j = exp(s_j - max) and p_j * v_j. s is overwritten with p.
+    private static void Fold(float* s, int nk, ref float max, ref float sum, float* acc, float* v, int d)
+    {
+        float m = max;
+        for (int j = 0; j < nk; j++) m = MathF.Max(m, s[j]);
+        if (m > max)
+        {
+            float c = MathF.Exp(max - m);
+            sum *= c;
+            Scale(acc, c, acc, d);
+            max = m;
+        }
+        if (Vector512.IsHardwareAccelerated && nk == KeyTile)
+        {
+            var e = Vector512.Exp(Vector512.Load(s) - Vector512.Create(m));
+            e.Store(s);
+            sum += Vector512.Sum(e);
+        }
+        else
+        {
+            for (int j = 0; j < nk; j++) { s[j] = MathF.Exp(s[j] - m); sum += s[j]; }
+        }
+        for (int j = 0; j < nk; j++) Axpy(s[j], v + j * d, acc, d);
+    }
+
+    private static float Dot(float* a, float* b, int d)
+    {
+        int i = 0;
+        float s = 0;
+        if (Vector512.IsHardwareAccelerated && d >= 16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i <= d - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
+            if (i <= d - 8) { s = Vector256.Sum(Vector256.Load(a + i) * Vector256.Load(b + i)); i += 8; }
+            s += Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated && d >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i <= d - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
+            s = Vector256.Sum(acc);
+        }
+        for (; i < d; i++) s += a[i] * b[i];
+        return s;
+    }
+
+    // y += a * x
+    private static void Axpy(float a, float* x, float* y, int d)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (var va = Vector512.Create(a); i <= d - 16; i += 16)
+                Vector512.FusedMultiplyAdd(Vector512.Load(x + i), va, Vector512.Load(y + i)).Store(y + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (var va = Vector256.Create(a); i <= d - 8; i += 8)
+                Vector256.FusedMultiplyAdd(Vector256.Load(x + i), va, Vector256.Load(y + i)).Store(y + i);
+        for (; i < d; i++) y[i] += a * x[i];
+    }
+
+    // dst = src * c
+    private static void Scale(float* src, float c, float* dst, int d)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (var vc = Vector512.Create(c); i <= d - 16; i += 16) (Vector512.Load(src + i) * vc).Store(dst + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (var vc = Vector256.Create(c); i <= d - 8; i += 8) (Vector256.Load(src + i) * vc).Store(dst + i);
+        for (; i < d; i++) dst[i] = src[i] * c;
     }
 }

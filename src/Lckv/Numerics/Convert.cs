@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace Lckv.Numerics;
 
 /// <summary>Element conversions between f32 and the 16-bit storage types.</summary>
@@ -43,11 +45,43 @@ public static unsafe class Convert
 
     public static void WidenBF16(ReadOnlySpan<ushort> src, Span<float> dst)
     {
-        for (int i = 0; i < src.Length; i++) dst[i] = DTypes.BF16ToSingle(src[i]);
+        if (dst.Length < src.Length) throw new ArgumentException("destination too short", nameof(dst));
+        fixed (ushort* s = src)
+        fixed (float* d = dst)
+            Simd.Widen<BF16Element>((byte*)s, d, src.Length);
     }
 
+    /// <summary>Round to nearest even, NaN kept quiet (as <see cref="DTypes.SingleToBF16"/>).</summary>
     public static void NarrowBF16(ReadOnlySpan<float> src, Span<ushort> dst)
     {
-        for (int i = 0; i < src.Length; i++) dst[i] = DTypes.SingleToBF16(src[i]);
+        if (dst.Length < src.Length) throw new ArgumentException("destination too short", nameof(dst));
+        int n = src.Length, i = 0;
+        fixed (float* ps = src)
+        fixed (ushort* pd = dst)
+        {
+            uint* s = (uint*)ps;
+            if (Vector512.IsHardwareAccelerated)
+                for (; i <= n - 32; i += 32)
+                    Vector512.Narrow(RoundBF16(Vector512.Load(s + i)), RoundBF16(Vector512.Load(s + i + 16))).Store(pd + i);
+            if (Vector256.IsHardwareAccelerated)
+                for (; i <= n - 16; i += 16)
+                    Vector256.Narrow(RoundBF16(Vector256.Load(s + i)), RoundBF16(Vector256.Load(s + i + 8))).Store(pd + i);
+            for (; i < n; i++) pd[i] = DTypes.SingleToBF16(ps[i]);
+        }
+    }
+
+    // the bf16 bits in the low half of each lane
+    private static Vector512<uint> RoundBF16(Vector512<uint> u)
+    {
+        var nan = Vector512.GreaterThan(u & Vector512.Create(0x7FFF_FFFFu), Vector512.Create(0x7F80_0000u));
+        var rounded = Vector512.ShiftRightLogical(u + Vector512.Create(0x7FFFu) + (Vector512.ShiftRightLogical(u, 16) & Vector512<uint>.One), 16);
+        return Vector512.ConditionalSelect(nan, Vector512.ShiftRightLogical(u, 16) | Vector512.Create(0x40u), rounded);
+    }
+
+    private static Vector256<uint> RoundBF16(Vector256<uint> u)
+    {
+        var nan = Vector256.GreaterThan(u & Vector256.Create(0x7FFF_FFFFu), Vector256.Create(0x7F80_0000u));
+        var rounded = Vector256.ShiftRightLogical(u + Vector256.Create(0x7FFFu) + (Vector256.ShiftRightLogical(u, 16) & Vector256<uint>.One), 16);
+        return Vector256.ConditionalSelect(nan, Vector256.ShiftRightLogical(u, 16) | Vector256.Create(0x40u), rounded);
     }
 }

@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace Lckv.Numerics;
 
 /// <summary>
@@ -42,11 +44,50 @@ public sealed class RopeTable
 }
 
 /// <summary>x = x*cos + rotate_half(x)*sin per head, rotate_half([x1, x2]) = [-x2, x1].</summary>
-public static class Rope
+public static unsafe class Rope
 {
     // x is (rows, heads*D), positions is (rows)
     public static void Apply(Span<float> x, ReadOnlySpan<int> positions, int heads, RopeTable table)
-        => ApplyReference(x, positions, heads, table);
+    {
+        int d = table.HeadDim, half = d / 2;
+        if (x.Length < (long)positions.Length * heads * d) throw new ArgumentException("x is shorter than rows x heads x head_dim", nameof(x));
+        for (int r = 0; r < positions.Length; r++)
+        {
+            var cs = table.Cos(positions[r]);
+            var sn = table.Sin(positions[r]);
+            fixed (float* pc = cs, ps = sn, px = x.Slice(r * heads * d, heads * d))
+                for (int h = 0; h < heads; h++) Rotate(px + h * d, pc, ps, half);
+        }
+    }
+
+    // v is (2*half): [a, b] -> [a*cos - b*sin, b*cos + a*sin]
+    private static void Rotate(float* v, float* cos, float* sin, int half)
+    {
+        float* b = v + half;
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; j <= half - 16; j += 16)
+            {
+                var a = Vector512.Load(v + j); var bb = Vector512.Load(b + j);
+                var c = Vector512.Load(cos + j); var s = Vector512.Load(sin + j);
+                (a * c - bb * s).Store(v + j);
+                (bb * c + a * s).Store(b + j);
+            }
+        if (Vector256.IsHardwareAccelerated)
+            for (; j <= half - 8; j += 8)
+            {
+                var a = Vector256.Load(v + j); var bb = Vector256.Load(b + j);
+                var c = Vector256.Load(cos + j); var s = Vector256.Load(sin + j);
+                (a * c - bb * s).Store(v + j);
+                (bb * c + a * s).Store(b + j);
+            }
+        for (; j < half; j++)
+        {
+            float a = v[j], bb = b[j];
+            v[j] = a * cos[j] - bb * sin[j];
+            b[j] = bb * cos[j] + a * sin[j];
+        }
+    }
 
     public static void ApplyReference(Span<float> x, ReadOnlySpan<int> positions, int heads, RopeTable table)
     {

@@ -1,0 +1,95 @@
+using Lckv.Numerics;
+using Xunit.Abstractions;
+
+namespace Lckv.Tests.Numerics;
+
+[Trait("Category", "Kernels")]
+public class AttentionTests(ITestOutputHelper output)
+{
+    public static TheoryData<DType> Types => new(TestData.FloatTypes);
+
+    private static readonly MaskRule[] Rules = [MaskRule.Causal, new(true, 0), new(false, 3), new(true, 4)];
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void MatchesReferenceAcrossShapesMasksAndGroups(DType dtype)
+    {
+        var rng = new Random(11);
+        int cases = 0;
+        foreach (int d in new[] { 2, 6, 8, 10, 16, 24, 64, 66 })
+            foreach (int group in new[] { 1, 2, 4 })
+                foreach (int blockSize in new[] { 3, 16 })
+                {
+                    var rule = Rules[cases % Rules.Length];
+                    Compare(rng, dtype, d, kvHeads: 2, group, blockSize, rule);
+                    cases++;
+                }
+        output.WriteLine($"{dtype}: {cases} cases OK");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void AllMasksOnTinyllamaLikeHeads(DType dtype)
+    {
+        var rng = new Random(12);
+        foreach (var rule in Rules)
+            Compare(rng, dtype, d: 64, kvHeads: 4, group: 8, blockSize: 5, rule);
+    }
+
+    [Fact]
+    public void RowWithoutVisibleKeysIsExactlyZero()
+    {
+        var rng = new Random(13);
+        var layout = new KvLayout(4, 1, 8, DType.F32);
+        using var pool = FillPool(rng, layout, 2);
+        // NoDiagonal: the query at position 0 sees nothing; a sequence with no keys sees nothing
+        var seqs = new[] { new AttentionSequence(0, 3, 0, 3, [1]), new AttentionSequence(3, 1, 0, 0, []) };
+        var q = TestData.Random(rng, 4 * 2 * 8);
+        var o = new float[q.Length];
+        Array.Fill(o, float.NaN);
+        Attention.Compute(q, 2, pool.Address, layout, seqs, new MaskRule(true, 0), 0.3f, o);
+        for (int i = 0; i < 16; i++) Assert.Equal(0f, o[i]);
+        for (int i = 48; i < 64; i++) Assert.Equal(0f, o[i]);
+        Assert.True(o[16] != 0 && !float.IsNaN(o[16]));
+    }
+
+    private static NativeBuffer FillPool(Random rng, KvLayout layout, int blocks)
+    {
+        long elements = blocks * layout.BlockBytes / DTypes.SizeOf(layout.DType);
+        return NativeBuffer.From(TestData.Random(rng, (int)elements), layout.DType, out _);
+    }
+
+    private static void Compare(Random rng, DType dtype, int d, int kvHeads, int group, int blockSize, MaskRule rule)
+    {
+        int heads = kvHeads * group;
+        var layout = new KvLayout(blockSize, kvHeads, d, dtype);
+        // sequences: a prefill of 21 rows (crosses the 16-row chunk), a decode row, a middle chunk, an empty one
+        var shapes = new (int Queries, int First, int Keys)[] { (21, 0, 21), (1, 37, 38), (5, 9, 14), (2, 0, 0), (1, 0, 1) };
+        int blocksNeeded = 0;
+        foreach (var s in shapes) blocksNeeded += (s.Keys + blockSize - 1) / blockSize;
+        using var pool = FillPool(rng, layout, blocksNeeded + 1);
+        var order = Enumerable.Range(0, blocksNeeded + 1).OrderBy(_ => rng.Next()).ToArray();
+        var seqs = new AttentionSequence[shapes.Length];
+        int row = 0, used = 0;
+        for (int i = 0; i < shapes.Length; i++)
+        {
+            var (nq, first, keys) = shapes[i];
+            int nb = (keys + blockSize - 1) / blockSize;
+            seqs[i] = new AttentionSequence(row, nq, first, keys, order[used..(used + nb)]);
+            used += nb;
+            row += nq;
+        }
+        var q = TestData.Random(rng, row * heads * d, 2f);
+        var expected = new float[q.Length];
+        var actual = new float[q.Length];
+        float scale = 1f / MathF.Sqrt(d);
+        Attention.ComputeReference(q, heads, pool.Address, layout, seqs, rule, scale, expected);
+        Attention.Compute(q, heads, pool.Address, layout, seqs, rule, scale, actual);
+        for (int i = 0; i < q.Length; i++)
+        {
+            if (expected[i] == 0) Assert.True(actual[i] == 0 || Math.Abs(actual[i]) < 1e-5, $"d={d} g={group} bs={blockSize} {rule} {dtype}: [{i}] {actual[i]} vs {expected[i]}");
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 2e-5 + 1e-5 * Math.Abs(expected[i]),
+                $"d={d} g={group} bs={blockSize} {rule} {dtype}: out[{i}] = {actual[i]}, reference {expected[i]}");
+        }
+    }
+}
