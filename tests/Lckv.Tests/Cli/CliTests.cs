@@ -37,7 +37,7 @@ public sealed class CliTests(ITestOutputHelper output)
         Assert.True(doc.RootElement.GetProperty("timing").GetProperty("decode_tokens").GetInt32() > 0);
     }
 
-    private static void AssertOneLineError((int Code, string Out, string Err) r, string mustContain)
+    internal static void AssertOneLineError((int Code, string Out, string Err) r, string mustContain)
     {
         Assert.NotEqual(0, r.Code);
         var lines = r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);

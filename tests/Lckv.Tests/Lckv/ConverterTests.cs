@@ -15,16 +15,6 @@ public sealed class ConverterTests(ITestOutputHelper output)
 {
     private static string Golden(string name) => SharedData.Path("golden", name);
 
-    internal static void AssertOneLineError((int Code, string Out, string Err) r, string mustContain)
-    {
-        Assert.NotEqual(0, r.Code);
-        var lines = r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.True(lines.Length == 1, $"expected one line, got:\n{r.Err}");
-        Assert.StartsWith("error: ", lines[0]);
-        Assert.DoesNotContain("   at ", r.Err);
-        Assert.Contains(mustContain, lines[0], StringComparison.OrdinalIgnoreCase);
-    }
-
     private static string Kv(int layer, string proj) => $"model.layers.{layer}.self_attn.{proj}.weight";
 
     /// <summary>Mean of the readers' tensors, summed in f64 in reader order (the hand computation of §7).</summary>
@@ -204,7 +194,7 @@ public sealed class ConverterTests(ITestOutputHelper output)
         using (var doc = JsonDocument.Parse(info.Out)) Assert.Equal(3, doc.RootElement.GetProperty("kv_layers").GetInt32());
 
         // the output exists now: refused without --force, replaced with it
-        AssertOneLineError(CliTests.Run("convert", "-i", input, "-o", outDir, "--layout", "cla2"), "already exists");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", input, "-o", outDir, "--layout", "cla2"), "already exists");
         Assert.Equal("0s_1s_2_2", ModelConfig.Load(outDir).LayerTypes);
         var forced = CliTests.Run("convert", "-i", input, "-o", outDir, "--layout", "cla2", "--force");
         Assert.Equal(0, forced.Code);
@@ -220,16 +210,16 @@ public sealed class ConverterTests(ITestOutputHelper output)
         using var dir = new TempDir();
         string outDir = Path.Combine(dir.Root, "out");
         string llama = Golden("llama-standard");
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "sandwich-top"), "unknown layout 'sandwich-top'");
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "lckv-w10"), "needs more than 10 layers");
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "0_1_7_3"), "layer_types");
-        AssertOneLineError(CliTests.Run("convert", "-i", Golden("cla-2"), "-o", outDir, "--layout", "cla2"), "model_type");
-        AssertOneLineError(CliTests.Run("convert", "-i", Path.Combine(dir.Root, "nope"), "-o", outDir, "--layout", "cla2"), "does not exist");
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "cla2", "--backward-passes", "0"), "backward_passes");
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", llama, "--layout", "cla2", "--force"), "input folder");
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir), "--layout");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "sandwich-top"), "unknown layout 'sandwich-top'");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "lckv-w10"), "needs more than 10 layers");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "0_1_7_3"), "layer_types");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", Golden("cla-2"), "-o", outDir, "--layout", "cla2"), "model_type");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", Path.Combine(dir.Root, "nope"), "-o", outDir, "--layout", "cla2"), "does not exist");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "cla2", "--backward-passes", "0"), "backward_passes");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", llama, "--layout", "cla2", "--force"), "input folder");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir), "--layout");
         Directory.CreateDirectory(outDir);
-        AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "cla2"), "already exists");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", llama, "-o", outDir, "--layout", "cla2"), "already exists");
         Assert.Empty(Directory.GetFileSystemEntries(outDir)); // untouched
         Directory.Delete(outDir);
 
@@ -242,14 +232,14 @@ public sealed class ConverterTests(ITestOutputHelper output)
             SafeTensorsWriter.Write(Path.Combine(broken, "model.safetensors"), src.Names.Where(n => n != "model.layers.1.mlp.up_proj.weight")
                 .Select(n => new TensorData(n, src.Info(n).DType, src.Info(n).Shape, src.Bytes(n).ToArray())).ToList());
         }
-        AssertOneLineError(CliTests.Run("convert", "-i", broken, "-o", outDir, "--layout", "cla2"), "model.layers.1.mlp.up_proj.weight");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "-i", broken, "-o", outDir, "--layout", "cla2"), "model.layers.1.mlp.up_proj.weight");
         Assert.Equal(["broken"], Directory.GetFileSystemEntries(dir.Root).Select(Path.GetFileName));
     }
 
     [SharedFact]
     public void LayoutAppliesToPresetsOnly()
     {
-        AssertOneLineError(CliTests.Run("generate", "--model", Golden("llama-standard"), "--layout", "cla2", "--prompt-ids", "1,2"), "lckv convert");
-        AssertOneLineError(CliTests.Run("info", "--model", Golden("llama-standard"), "--layout", "cla2"), "lckv convert");
+        CliTests.AssertOneLineError(CliTests.Run("generate", "--model", Golden("llama-standard"), "--layout", "cla2", "--prompt-ids", "1,2"), "lckv convert");
+        CliTests.AssertOneLineError(CliTests.Run("info", "--model", Golden("llama-standard"), "--layout", "cla2"), "lckv convert");
     }
 }

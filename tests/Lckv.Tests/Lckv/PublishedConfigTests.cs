@@ -112,8 +112,8 @@ public sealed class PublishedConfigTests(ITestOutputHelper output)
         using (var doc = JsonDocument.Parse(alias.Out)) Assert.Equal(3, doc.RootElement.GetProperty("kv_layers").GetInt32());
         var w10 = CliTests.Run("info", "--preset", "tinyllama-1.1b", "--layout", "lckv-w10", "--json");
         using (var doc = JsonDocument.Parse(w10.Out)) Assert.Equal(PublishedLayerTypes, doc.RootElement.GetProperty("layer_types").GetString());
-        ConverterTests.AssertOneLineError(CliTests.Run("info", "--preset", "small", "--layout", "lckv-w10"), "needs more than 10 layers");
-        ConverterTests.AssertOneLineError(CliTests.Run("info", "--preset", "small", "--layout", "nope"), "unknown layout");
+        CliTests.AssertOneLineError(CliTests.Run("info", "--preset", "small", "--layout", "lckv-w10"), "needs more than 10 layers");
+        CliTests.AssertOneLineError(CliTests.Run("info", "--preset", "small", "--layout", "nope"), "unknown layout");
     }
 
     /// <summary>A shrunken w=10 checkpoint in the published layout, bf16, random weights (deterministic).</summary>
