@@ -73,16 +73,15 @@ public static class ThroughputCommand
             }
             else
             {
-                // the tightest budget where the first layout fits one sequence, rounded up to a whole MiB
-                long need = new ThroughputBench(settings with { BudgetBytes = 0 }).BudgetFor(names[0], 1);
-                settings = settings with { BudgetBytes = (need + 1048575) / 1048576 * 1048576 };
+                // the tightest budget where the first layout fits one sequence
+                settings = settings with { BudgetBytes = new ThroughputBench(settings).BudgetFor(names[0], 1) };
             }
             string? plotPath = p.GetValue(plot);
             if (plotPath is not null && !plotPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase))
                 throw new LckvException($"--plot must name a .png file, got '{plotPath}'");
 
             var bench = new ThroughputBench(settings);
-            stderr.WriteLine($"budget {settings.BudgetBytes / 1048576.0:F1} MiB; {names.Length} layout(s); prompt {promptLength} + gen {genLength}");
+            stderr.WriteLine($"budget {settings.BudgetBytes / 1048576.0:F2} MiB; {names.Length} layout(s); prompt {promptLength} + gen {genLength}");
             var rows = new List<ThroughputRow>();
             foreach (var name in names)
             {
@@ -115,7 +114,7 @@ public static class ThroughputCommand
     private static string Ratio(double x, double reference) => reference > 0 ? (x / reference).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
 
     private static string Header(ThroughputSettings s)
-        => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F1} MiB (weights + KV + buffers), " +
+        => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes (weights + KV + buffers), " +
            $"prompt {s.PromptLength} + gen {s.GenLength}, KV {DTypes.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
            $"{WorkerPool.Shared.ThreadCount} thread(s)";
 
@@ -179,7 +178,7 @@ public static class ThroughputCommand
     {
         var names = rows.Select(r => r.Layout).ToList();
         var chart = BarChart.Render(
-            $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F0} MiB",
+            $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F1} MiB",
             $"prompt {s.PromptLength} + gen {s.GenLength}, {DTypes.Name(s.WeightDType)} weights, {DTypes.Name(s.KvDType)} KV, greedy",
             names,
             [
