@@ -30,9 +30,10 @@ public static class ThroughputCommand
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var plot = new Option<string?>("--plot") { Description = "write a PNG bar chart of throughput and max batch per layout" };
         var seed = new Option<ulong>("--weight-seed") { Description = "seed of the random weights and prompts", DefaultValueFactory = _ => 0 };
+        var accountOnly = new Option<bool>("--account-only") { Description = "only find the max batch of each layout and print the accounting (no generation)" };
         var threads = new Option<int?>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var cmd = new Command("throughput", "max batch and throughput per KV layout under one memory budget (the LCKV paper's Table 1)");
-        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, threads })
+        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads })
             cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
@@ -81,11 +82,12 @@ public static class ThroughputCommand
                 throw new LckvException($"--plot must name a .png file, got '{plotPath}'");
 
             var bench = new ThroughputBench(settings);
+            bool noRun = p.GetValue(accountOnly);
             stderr.WriteLine($"budget {settings.BudgetBytes / 1048576.0:F2} MiB; {names.Length} layout(s); prompt {promptLength} + gen {genLength}");
             var rows = new List<ThroughputRow>();
             foreach (var name in names)
             {
-                var row = Progress.Run(name, report =>
+                var row = noRun ? bench.Run(name, fixedBatch, accountOnly: true) : Progress.Run(name, report =>
                     bench.Run(name, fixedBatch, e => { if (e.Phase == "generate") report((int)e.Done, (int)Math.Max(1, e.Total)); }), stderr);
                 rows.Add(row);
                 stderr.WriteLine($"{name}: batch {row.Batch}, {row.TotalTokensPerSecond:F2} tok/s total");

@@ -179,7 +179,8 @@ public sealed class ThroughputBench
     /// Runs one layout: the largest batch that fits (or the given batch, fitting or not), with a KV pool of exactly
     /// the accounted size, greedy decoding and no stop tokens. A layout where not even one sequence fits is not run.
     /// </summary>
-    public ThroughputRow Run(string layout, int? batch = null, Action<ThroughputProgress>? progress = null)
+    /// <param name="accountOnly">only search and account (no model is built, nothing is generated)</param>
+    public ThroughputRow Run(string layout, int? batch = null, Action<ThroughputProgress>? progress = null, bool accountOnly = false)
     {
         var s = _settings;
         var config = ConfigFor(layout);
@@ -196,7 +197,7 @@ public sealed class ThroughputBench
             Batch = found, Searched = batch is null, Capped = batch is null && found == s.MaxBatch,
             Fit = fit, Next = next, FitsBudget = found > 0 && fit.TotalBytes <= s.BudgetBytes,
         };
-        if (found == 0) return row;
+        if (found == 0 || accountOnly) return row;
 
         progress?.Invoke(new ThroughputProgress(layout, "weights", 0, 1));
         using var model = new LlamaModel(config, ModelWeights.Random(config, map, s.WeightDType, s.Seed), $"preset:{s.ShapeName}", s.SequenceLength);
@@ -230,10 +231,11 @@ public sealed class ThroughputBench
 
     /// <summary>Runs every layout; each row also gets the batch its KV per sequence allows in the KV bytes of the
     /// first layout's batch (the pure KV-size effect, without the weights that sharing frees).</summary>
-    public IReadOnlyList<ThroughputRow> RunAll(IReadOnlyList<string> layouts, int? batch = null, Action<ThroughputProgress>? progress = null)
+    public IReadOnlyList<ThroughputRow> RunAll(IReadOnlyList<string> layouts, int? batch = null, Action<ThroughputProgress>? progress = null,
+        bool accountOnly = false)
     {
         var rows = new List<ThroughputRow>();
-        foreach (var layout in layouts) rows.Add(Run(layout, batch, progress));
+        foreach (var layout in layouts) rows.Add(Run(layout, batch, progress, accountOnly));
         if (rows.Count > 0 && rows[0].Batch > 0)
         {
             long kvBudget = rows[0].Fit.KvBytes;
