@@ -23,6 +23,7 @@ public static class BenchCommand
         var cmd = new Command("bench", "benchmark prompt processing and generation against the machine's roofline");
         mo.AddTo(cmd);
         foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
+        cmd.Subcommands.Add(ThroughputCommand.Create(stdout, stderr));
         cmd.SetAction(p =>
         {
             var pps = Ints(p.GetValue(prompt)!, "--n-prompt", allowZero: true);

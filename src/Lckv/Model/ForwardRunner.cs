@@ -1,5 +1,7 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using Lckv.Cache;
+using Lckv.Formats;
 using Lckv.Numerics;
 
 namespace Lckv.Model;
@@ -59,22 +61,55 @@ public sealed class ForwardRunner
         _qDim = c.NumAttentionHeads * c.HeadDim;
         _kvDim = c.NumKeyValueHeads * c.HeadDim;
         _inter = c.IntermediateSize;
-        _x = new float[maxRows * _hidden];
-        _xIn = new float[maxRows * _hidden];
-        _xn = new float[maxRows * _hidden];
-        _q = new float[maxRows * _qDim];
-        _k = new float[maxRows * _kvDim];
-        _v = new float[maxRows * _kvDim];
-        _att = new float[maxRows * _qDim];
-        _gate = new float[maxRows * _inter];
-        _up = new float[maxRows * _inter];
-        _positions = new int[maxRows];
-        _attSeqs = new AttentionSequence[maxSequences];
-        _starts = new int[maxSequences];
-        _rowStarts = new int[maxSequences];
-        _masks = new MaskRule[c.NumHiddenLayers];
+        var size = ScratchSizes.For(c, maxRows, maxSequences);
+        _x = new float[size.Hidden];
+        _xIn = new float[size.Hidden];
+        _xn = new float[size.Hidden];
+        _q = new float[size.Query];
+        _k = new float[size.KeyValue];
+        _v = new float[size.KeyValue];
+        _att = new float[size.Query];
+        _gate = new float[size.Intermediate];
+        _up = new float[size.Intermediate];
+        _positions = new int[size.Rows];
+        _attSeqs = new AttentionSequence[size.Sequences];
+        _starts = new int[size.Sequences];
+        _rowStarts = new int[size.Sequences];
+        _masks = new MaskRule[size.Layers];
         for (int i = 0; i < c.NumHiddenLayers; i++) _masks[i] = model.Map.Mask(i, c.ForceNoDiag, c.SlidingWindow);
         _scale = 1f / MathF.Sqrt(c.HeadDim);
+    }
+
+    /// <summary>
+    /// Bytes of the scratch buffers a runner for this config allocates (array elements, headers excluded): three
+    /// [rows, hidden], two [rows, heads*head_dim], two [rows, kv_heads*head_dim], two [rows, intermediate] f32 buffers,
+    /// the row positions, the per-sequence tables and one mask per layer. The constructor allocates from the same sizes.
+    /// </summary>
+    public static long ScratchBytes(ModelConfig config, int maxRows, int maxSequences)
+        => ScratchSizes.For(config, maxRows, maxSequences).Bytes;
+
+    /// <summary>What this runner's scratch arrays actually hold, summed from their lengths (equals ScratchBytes).</summary>
+    public long AllocatedScratchBytes
+        => sizeof(float) * ((long)_x.Length + _xIn.Length + _xn.Length + _q.Length + _k.Length + _v.Length + _att.Length + _gate.Length + _up.Length)
+           + sizeof(int) * ((long)_positions.Length + _starts.Length + _rowStarts.Length)
+           + (long)Unsafe.SizeOf<AttentionSequence>() * _attSeqs.Length + (long)Unsafe.SizeOf<MaskRule>() * _masks.Length;
+
+    /// <summary>Element counts of every scratch array; the one place the constructor and ScratchBytes read them from.</summary>
+    private readonly record struct ScratchSizes(int Rows, int Sequences, int Layers, int Hidden, int Query, int KeyValue, int Intermediate)
+    {
+        public static ScratchSizes For(ModelConfig c, int maxRows, int maxSequences)
+        {
+            if (maxRows <= 0) throw new ArgumentOutOfRangeException(nameof(maxRows), maxRows, "a runner needs at least one row");
+            if (maxSequences <= 0) throw new ArgumentOutOfRangeException(nameof(maxSequences), maxSequences, "a runner needs at least one sequence");
+            return new ScratchSizes(maxRows, maxSequences, c.NumHiddenLayers, checked(maxRows * c.HiddenSize),
+                checked(maxRows * c.NumAttentionHeads * c.HeadDim), checked(maxRows * c.NumKeyValueHeads * c.HeadDim),
+                checked(maxRows * c.IntermediateSize));
+        }
+
+        public long Bytes
+            => sizeof(float) * (3L * Hidden + 2L * Query + 2L * KeyValue + 2L * Intermediate)
+               + sizeof(int) * ((long)Rows + 2L * Sequences)
+               + (long)Unsafe.SizeOf<AttentionSequence>() * Sequences + (long)Unsafe.SizeOf<MaskRule>() * Layers;
     }
 
     /// <summary>

@@ -1,0 +1,199 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Lckv.Generation;
+using Lckv.Model;
+using Lckv.Numerics;
+using Lckv.Plotting;
+
+namespace Lckv.Cli;
+
+/// <summary>
+/// lckv bench throughput: the paper's Table 1 experiment. For each layout of one model shape, the largest batch whose
+/// weights, buffers and KV fit a total memory budget, run for real (greedy, no stop tokens); throughput is
+/// batch * new tokens / total time including prefill.
+/// </summary>
+public static class ThroughputCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var preset = new Option<string>("--preset") { Description = "model shape with random weights: " + string.Join(" | ", Presets.Names), DefaultValueFactory = _ => "tinyllama-1.1b" };
+        var dtype = new Option<string?>("--dtype") { Description = "weight dtype: f32 | f16 | bf16 (default: the preset's)" };
+        var layouts = new Option<string>("--layouts") { Description = "layouts, comma-separated: " + string.Join(", ", ThroughputLayouts.Names) + ", or layer_types strings", DefaultValueFactory = _ => string.Join(',', ThroughputLayouts.Names) };
+        var budget = new Option<double?>("--budget") { Description = "total memory budget in MiB: weights + KV + working buffers (default: exactly what the first layout needs for batch 1)" };
+        var prompt = new Option<int>("--prompt") { Description = "prompt tokens per sequence", DefaultValueFactory = _ => 16 };
+        var gen = new Option<int>("--gen") { Description = "generated tokens per sequence", DefaultValueFactory = _ => 240 };
+        var kvDType = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16", DefaultValueFactory = _ => "f32" };
+        var blockSize = new Option<int>("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
+        var maxBatch = new Option<int>("--max-batch") { Description = "upper end of the batch search", DefaultValueFactory = _ => 512 };
+        var batch = new Option<int?>("--batch") { Description = "run every layout at this batch instead of searching (equal-batch comparison)" };
+        var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
+        var plot = new Option<string?>("--plot") { Description = "write a PNG bar chart of throughput and max batch per layout" };
+        var seed = new Option<ulong>("--weight-seed") { Description = "seed of the random weights and prompts", DefaultValueFactory = _ => 0 };
+        var accountOnly = new Option<bool>("--account-only") { Description = "only find the max batch of each layout and print the accounting (no generation)" };
+        var threads = new Option<int?>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var cmd = new Command("throughput", "max batch and throughput per KV layout under one memory budget (the LCKV paper's Table 1)");
+        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads })
+            cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            string fmt = p.GetValue(format)!;
+            if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
+            if (p.GetValue(threads) is int t)
+            {
+                if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
+                WorkerPool.Shared.ThreadCount = t;
+            }
+            string shapeName = p.GetValue(preset)!;
+            var shape = Presets.Config(shapeName);
+            var weightDType = p.GetValue(dtype) is { } d ? ParseDType(d, "--dtype") : Presets.DefaultDType(shapeName);
+            var names = p.GetValue(layouts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            if (names.Length == 0) throw new LckvException("--layouts is empty");
+            foreach (var n in names) ThroughputLayouts.LayerTypes(n, shape.NumHiddenLayers); // fail early on a bad name
+            int? fixedBatch = p.GetValue(batch);
+            if (fixedBatch is < 1) throw new LckvException($"--batch must be at least 1, got {fixedBatch}");
+            int maxB = p.GetValue(maxBatch);
+            if (maxB < 1) throw new LckvException($"--max-batch must be at least 1, got {maxB}");
+            int bs = p.GetValue(blockSize);
+            if (bs < 1 || bs > 4096) throw new LckvException($"--block-size must be in [1, 4096], got {bs}");
+            int promptLength = p.GetValue(prompt), genLength = p.GetValue(gen);
+            if (promptLength < 1) throw new LckvException($"--prompt must be at least 1, got {promptLength}");
+            if (genLength < 1) throw new LckvException($"--gen must be at least 1, got {genLength}");
+            if (promptLength + genLength > shape.MaxPositionEmbeddings)
+                throw new LckvException($"--prompt {promptLength} + --gen {genLength} exceed the context length {shape.MaxPositionEmbeddings} of {shapeName}");
+            var settings = new ThroughputSettings
+            {
+                Shape = shape, ShapeName = shapeName, WeightDType = weightDType, PromptLength = promptLength, GenLength = genLength,
+                KvDType = ParseDType(p.GetValue(kvDType)!, "--kv-dtype"), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed),
+            };
+            double? budgetMiB = p.GetValue(budget);
+            if (budgetMiB is { } mib)
+            {
+                if (!(mib > 0) || double.IsInfinity(mib)) throw new LckvException($"--budget must be a positive number of MiB, got {mib}");
+                settings = settings with { BudgetBytes = (long)(mib * 1048576) };
+            }
+            else
+            {
+                // the tightest budget where the first layout fits one sequence
+                settings = settings with { BudgetBytes = new ThroughputBench(settings).BudgetFor(names[0], 1) };
+            }
+            string? plotPath = p.GetValue(plot);
+            if (plotPath is not null && !plotPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase))
+                throw new LckvException($"--plot must name a .png file, got '{plotPath}'");
+
+            var bench = new ThroughputBench(settings);
+            bool noRun = p.GetValue(accountOnly);
+            stderr.WriteLine($"budget {settings.BudgetBytes / 1048576.0:F2} MiB; {names.Length} layout(s); prompt {promptLength} + gen {genLength}");
+            var rows = new List<ThroughputRow>();
+            foreach (var name in names)
+            {
+                var row = noRun ? bench.Run(name, fixedBatch, accountOnly: true) : Progress.Run(name, report =>
+                    bench.Run(name, fixedBatch, e => { if (e.Phase == "generate") report((int)e.Done, (int)Math.Max(1, e.Total)); }), stderr);
+                rows.Add(row);
+                stderr.WriteLine($"{name}: batch {row.Batch}, {row.TotalTokensPerSecond:F2} tok/s total");
+            }
+            rows = [.. WithKvOnlyBatch(bench, rows)];
+
+            if (plotPath is not null) WritePlot(plotPath, settings, rows);
+            if (fmt == "json") WriteJson(stdout, settings, rows);
+            else WriteMarkdown(stdout, settings, rows, fixedBatch is not null);
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>The batch each layout's KV per sequence allows within the first layout's KV bytes.</summary>
+    private static IEnumerable<ThroughputRow> WithKvOnlyBatch(ThroughputBench bench, List<ThroughputRow> rows)
+    {
+        long kv = rows[0].Batch > 0 ? rows[0].Fit.KvBytes : 0;
+        return rows.Select(r => r with { BatchAtKvBytes = (int)(kv / Math.Max(1, r.Fit.KvBytes / r.Fit.Batch)) });
+    }
+
+    private static ThroughputRow? Reference(List<ThroughputRow> rows)
+        => rows.FirstOrDefault(r => r.Layout.Equals("llama", StringComparison.OrdinalIgnoreCase) && r.Batch > 0)
+           ?? rows.FirstOrDefault(r => r.Batch > 0);
+
+    private static string Ratio(double x, double reference) => reference > 0 ? (x / reference).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
+
+    private static string Header(ThroughputSettings s)
+        => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes (weights + KV + buffers), " +
+           $"prompt {s.PromptLength} + gen {s.GenLength}, KV {DTypes.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
+           $"{WorkerPool.Shared.ThreadCount} thread(s)";
+
+    private static void WriteMarkdown(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows, bool fixedBatch)
+    {
+        var reference = Reference(rows);
+        double refTotal = reference?.TotalTokensPerSecond ?? 0;
+        o.WriteLine(Header(s));
+        o.WriteLine();
+        o.WriteLine($"| layout | layer_types | KV layers | KV bytes/token | {(fixedBatch ? "batch" : "max batch")} | prefill tok/s | decode tok/s | total tok/s | vs {reference?.Layout ?? "-"} | prefill ms/token |");
+        o.WriteLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var r in rows)
+            o.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {r.Layout} | {ThroughputLayouts.Abbreviate(r.LayerTypes)} | {r.KvLayers} | {r.KvBytesPerToken} | {r.Batch}{(r.Capped ? " (cap)" : "")} | " +
+                $"{r.PrefillTokensPerSecond:F1} | {r.DecodeTokensPerSecond:F2} | {r.TotalTokensPerSecond:F2} | {Ratio(r.TotalTokensPerSecond, refTotal)} | {1000 * r.PrefillSecondsPerToken:F1} |"));
+        o.WriteLine();
+        o.WriteLine("Memory accounting (MiB) of the batch run, and of one more sequence:");
+        o.WriteLine();
+        o.WriteLine("| layout | batch | weights | runner scratch | logits | cache tables | KV | total | fits | batch + 1 total | KV-only batch |");
+        o.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+        foreach (var r in rows)
+        {
+            var f = r.Fit;
+            string fits = r.Batch == 0 ? "no (batch 1 over budget)" : r.FitsBudget ? "yes" : "no (over budget)";
+            string next = r.Capped ? $"{Mib(r.Next.TotalBytes)} (cap)" : $"{Mib(r.Next.TotalBytes)}{(r.Next.TotalBytes > s.BudgetBytes ? " > budget" : "")}";
+            o.WriteLine($"| {r.Layout} | {r.Batch} | {Mib(f.WeightBytes)} | {Mib(f.ScratchBytes)} | {Mib(f.LogitsBytes)} | {Mib(f.TableBytes)} | {Mib(f.KvBytes)} | {Mib(f.TotalBytes)} | {fits} | {next} | {r.BatchAtKvBytes} |");
+        }
+        o.WriteLine();
+        o.WriteLine($"KV-only batch: sequences of the layout that fit in the KV bytes of {rows[0].Layout}'s batch (the KV-size ratio alone, without the k/v projection weights that sharing also frees).");
+    }
+
+    private static string Mib(long bytes) => (bytes / 1048576.0).ToString("F1", CultureInfo.InvariantCulture);
+
+    private static void WriteJson(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows)
+    {
+        var reference = Reference(rows);
+        o.WriteLine(JsonSerializer.Serialize(new
+        {
+            preset = s.ShapeName, dtype = DTypes.Name(s.WeightDType), budget_bytes = s.BudgetBytes, prompt = s.PromptLength, gen = s.GenLength,
+            kv_dtype = DTypes.Name(s.KvDType), block_size = s.BlockSize, threads = WorkerPool.Shared.ThreadCount, reference = reference?.Layout,
+            rows = rows.Select(r => new
+            {
+                layout = r.Layout, layer_types = r.LayerTypes, kv_layers = r.KvLayers, kv_bytes_per_token = r.KvBytesPerToken,
+                batch = r.Batch, searched = r.Searched, capped = r.Capped, fits_budget = r.FitsBudget, uses_plan = r.UsesPlan,
+                memory = Account(r.Fit), next_batch_memory = Account(r.Next), pool_bytes = r.PoolBytes, kv_only_batch = r.BatchAtKvBytes,
+                prompt_tokens = r.PromptTokens, generated_tokens = r.GeneratedTokens, decode_tokens = r.DecodeTokens,
+                prefill_seconds = r.PrefillSeconds, decode_seconds = r.DecodeSeconds, total_seconds = r.TotalSeconds,
+                prefill_tokens_per_second = r.PrefillTokensPerSecond, decode_tokens_per_second = r.DecodeTokensPerSecond,
+                total_tokens_per_second = r.TotalTokensPerSecond, prefill_seconds_per_token = r.PrefillSecondsPerToken,
+                ratio_to_reference = reference is { TotalTokensPerSecond: > 0 } ? r.TotalTokensPerSecond / reference.TotalTokensPerSecond : 0,
+            }),
+        }));
+    }
+
+    private static object Account(MemoryAccount a) => new
+    {
+        batch = a.Batch, weights = a.WeightBytes, scratch = a.ScratchBytes, logits = a.LogitsBytes, tables = a.TableBytes, kv = a.KvBytes, total = a.TotalBytes,
+    };
+
+    private static void WritePlot(string path, ThroughputSettings s, List<ThroughputRow> rows)
+    {
+        var names = rows.Select(r => r.Layout).ToList();
+        var chart = BarChart.Render(
+            $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F1} MiB",
+            $"prompt {s.PromptLength} + gen {s.GenLength}, {DTypes.Name(s.WeightDType)} weights, {DTypes.Name(s.KvDType)} KV, greedy",
+            names,
+            [
+                new BarPanel("total tok/s (incl. prefill)", rows.Select(r => r.TotalTokensPerSecond).ToList(), "0.0"),
+                new BarPanel("max batch", rows.Select(r => (double)r.Batch).ToList(), "0"),
+                new BarPanel("KV bytes/token (KiB)", rows.Select(r => r.KvBytesPerToken / 1024.0).ToList(), "0.#"),
+            ]);
+        Png.Save(path, chart.Width, chart.Height, chart.Rgb);
+    }
+
+    private static DType ParseDType(string s, string option)
+    {
+        try { return DTypes.ParseFloat(s); }
+        catch (FormatException e) { throw new LckvException($"{option}: {e.Message}"); }
+    }
+}

@@ -1,0 +1,257 @@
+using Lckv.Cache;
+using Lckv.Formats;
+using Lckv.Model;
+using Lckv.Numerics;
+
+namespace Lckv.Generation;
+
+/// <summary>The settings of one throughput experiment: a model shape, a total memory budget and a workload.</summary>
+public sealed record ThroughputSettings
+{
+    /// <summary>The model shape (its layer_types is replaced by each layout's).</summary>
+    public required ModelConfig Shape { get; init; }
+    /// <summary>A name for the shape in reports (a preset name).</summary>
+    public string ShapeName { get; init; } = "model";
+    public DType WeightDType { get; init; } = DType.BF16;
+    /// <summary>Bytes that weights + runner scratch + logits + cache tables + KV must fit in.</summary>
+    public long BudgetBytes { get; init; }
+    public int PromptLength { get; init; } = 16;
+    public int GenLength { get; init; } = 240;
+    public DType KvDType { get; init; } = DType.F32;
+    public int BlockSize { get; init; } = 16;
+    /// <summary>Upper end of the batch search.</summary>
+    public int MaxBatch { get; init; } = 512;
+    /// <summary>Most prompt tokens evaluated in one prefill step (the generator's chunk).</summary>
+    public int MaxStepRows { get; init; } = 512;
+    public ulong Seed { get; init; } = 0;
+
+    public int SequenceLength => PromptLength + GenLength;
+
+    public void Validate()
+    {
+        if (PromptLength < 1) throw new LckvException($"the prompt length must be at least 1, got {PromptLength}");
+        if (GenLength < 1) throw new LckvException($"the generation length must be at least 1, got {GenLength}");
+        if (BlockSize < 1) throw new LckvException($"the block size must be at least 1, got {BlockSize}");
+        if (MaxBatch < 1) throw new LckvException($"the batch cap must be at least 1, got {MaxBatch}");
+        if (MaxStepRows < 1) throw new LckvException($"the prefill step must be at least 1 row, got {MaxStepRows}");
+        if (BudgetBytes < 0) throw new LckvException($"the memory budget must not be negative, got {BudgetBytes}");
+        if (!DTypes.IsFloat(WeightDType) || !DTypes.IsFloat(KvDType)) throw new LckvException("weights and KV must be f32, f16 or bf16");
+    }
+}
+
+/// <summary>
+/// Where the bytes of a batch go: weights (in their dtype, each tensor 64-byte aligned as the model stores them), the
+/// forward runner's scratch, the generator's logits buffers, the KV pool's and cache's tables, and the KV blocks.
+/// </summary>
+public sealed record MemoryAccount(int Batch, long WeightBytes, long ScratchBytes, long LogitsBytes, long TableBytes, long KvBytes)
+{
+    public long TotalBytes => WeightBytes + ScratchBytes + LogitsBytes + TableBytes + KvBytes;
+}
+
+/// <summary>One layout's result: its KV geometry, the largest batch that fits the budget and the measured run.</summary>
+public sealed record ThroughputRow
+{
+    public required string Layout { get; init; }
+    public required string LayerTypes { get; init; }
+    public required int KvLayers { get; init; }
+    public required long KvBytesPerToken { get; init; }
+    /// <summary>Whether upward-reading layers make prefill use the iteration plan (m+b passes over the cyclic groups).</summary>
+    public required bool UsesPlan { get; init; }
+    /// <summary>The batch that was run: the largest that fits (or the batch asked for). 0 when not even one fits.</summary>
+    public required int Batch { get; init; }
+    /// <summary>True when Batch came from the search, false when it was given.</summary>
+    public required bool Searched { get; init; }
+    /// <summary>True when the search stopped at the cap, so Batch + 1 may still fit.</summary>
+    public required bool Capped { get; init; }
+    /// <summary>The accounting of Batch (what was allocated for the run).</summary>
+    public required MemoryAccount Fit { get; init; }
+    /// <summary>The accounting of Batch + 1 (over the budget when the search was not capped).</summary>
+    public required MemoryAccount Next { get; init; }
+    public required bool FitsBudget { get; init; }
+    /// <summary>Bytes of the KV pool actually built for the run (its CapacityBytes).</summary>
+    public long PoolBytes { get; init; }
+    /// <summary>Batch the layout would reach with only the KV bytes llama's batch takes (set by the caller, 0 if unknown).</summary>
+    public int BatchAtKvBytes { get; init; }
+    public int PromptTokens { get; init; }
+    public int GeneratedTokens { get; init; }
+    public double PrefillSeconds { get; init; }
+    public double DecodeSeconds { get; init; }
+    public int DecodeTokens { get; init; }
+
+    public double TotalSeconds => PrefillSeconds + DecodeSeconds;
+    /// <summary>batch * new tokens / total time including prefill (the paper's measure).</summary>
+    public double TotalTokensPerSecond => TotalSeconds > 0 ? GeneratedTokens / TotalSeconds : 0;
+    public double PrefillTokensPerSecond => PrefillSeconds > 0 ? PromptTokens / PrefillSeconds : 0;
+    public double DecodeTokensPerSecond => DecodeSeconds > 0 ? DecodeTokens / DecodeSeconds : 0;
+    /// <summary>Prefill seconds per prompt token (batch included: the whole prefill over every prompt token).</summary>
+    public double PrefillSecondsPerToken => PromptTokens > 0 ? PrefillSeconds / PromptTokens : 0;
+}
+
+/// <summary>What the experiment is doing: the layout, the phase and its progress in tokens.</summary>
+public readonly record struct ThroughputProgress(string Layout, string Phase, long Done, long Total);
+
+/// <summary>
+/// The paper's throughput experiment (LCKV Table 1): for each layout of one model shape, find the largest batch whose
+/// weights, working buffers and KV fit a memory budget, build exactly that, and generate (greedy, no stop tokens)
+/// prompt + gen tokens for every sequence of the batch, timing prefill and decode.
+/// </summary>
+public sealed class ThroughputBench
+{
+    private readonly ThroughputSettings _settings;
+    private readonly Func<string, int, string> _layerTypes;
+
+    /// <param name="layerTypes">maps a layout name (or a layer_types string) and a layer count to layer_types</param>
+    public ThroughputBench(ThroughputSettings settings, Func<string, int, string>? layerTypes = null)
+    {
+        settings.Validate();
+        _settings = settings;
+        _layerTypes = layerTypes ?? ThroughputLayouts.LayerTypes;
+    }
+
+    public ThroughputSettings Settings => _settings;
+
+    /// <summary>The shape's config with a layout's layer_types and the weight dtype.</summary>
+    public ModelConfig ConfigFor(string layout)
+    {
+        var c = _settings.Shape;
+        string types = _layerTypes(layout, c.NumHiddenLayers);
+        var config = c with
+        {
+            ModelType = ModelConfig.LckvLlamaType,
+            LayerTypes = types,
+            TorchDtype = _settings.WeightDType switch { DType.BF16 => "bfloat16", DType.F16 => "float16", _ => "float32" },
+        };
+        config.Validate();
+        return config;
+    }
+
+    /// <summary>Weight bytes as the model holds them: every tensor of the layout's weight table in the weight dtype,
+    /// each padded to 64 bytes (layers that compute no KV have no k_proj/v_proj).</summary>
+    public static long WeightBytes(ModelConfig config, LayerMap map, DType dtype)
+    {
+        int es = DTypes.SizeOf(dtype);
+        return ModelWeights.Specs(config, map).Sum(s => (s.Elements * es + 63) / 64 * 64);
+    }
+
+    /// <summary>Rows the generator's runner gets for a batch: its prefill chunk, or a whole prompt for upward layouts.</summary>
+    public int RunnerRows(LayerMap map, int batch)
+    {
+        int step = (int)Math.Min(_settings.MaxStepRows, (long)batch * _settings.PromptLength);
+        return Math.Max(step, map.AnyAttendsTop ? _settings.PromptLength : 1);
+    }
+
+    private bool SequentialPrefill(ModelConfig config, LayerMap map)
+        => map.AnyAttendsTop && (config.UseSequential || _settings.PromptLength <= config.ForwardPasses + config.BackwardPasses);
+
+    /// <summary>Every byte a batch needs, by where it goes.</summary>
+    public MemoryAccount Account(ModelConfig config, LayerMap map, int batch)
+    {
+        var s = _settings;
+        long weights = WeightBytes(config, map, s.WeightDType);
+        long scratch = ForwardRunner.ScratchBytes(config, RunnerRows(map, batch), batch);
+        // the generator keeps the last prefill logits, the prefill step's logits and the decode step's logits; the
+        // sequential path (short prompts of upward layouts) adds one more for its steps
+        int logitBuffers = 3 + (SequentialPrefill(config, map) ? 1 : 0);
+        long logits = (long)logitBuffers * batch * config.VocabSize * sizeof(float);
+        long seqBlocks = KvCache.BlocksFor(s.SequenceLength, s.BlockSize);
+        long blocks = batch * seqBlocks * map.KvLayerCount;
+        long blockBytes = new KvLayout(s.BlockSize, config.NumKeyValueHeads, config.HeadDim, s.KvDType).BlockBytes;
+        // the pool's free stack and reference counts, and one block table per (sequence, KV layer)
+        long tables = blocks * 2 * sizeof(int) + (long)batch * map.KvLayerCount * seqBlocks * sizeof(int);
+        return new MemoryAccount(batch, weights, scratch, logits, tables, blocks * blockBytes);
+    }
+
+    /// <summary>The largest batch in [1, MaxBatch] whose account fits the budget; 0 when batch 1 does not fit.</summary>
+    public int MaxBatch(ModelConfig config, LayerMap map)
+    {
+        bool Fits(int b) => Account(config, map, b).TotalBytes <= _settings.BudgetBytes;
+        if (!Fits(1)) return 0;
+        int lo = 1, hi = _settings.MaxBatch; // Fits(lo) holds
+        while (lo < hi)
+        {
+            int mid = lo + (hi - lo + 1) / 2;
+            if (Fits(mid)) lo = mid; else hi = mid - 1;
+        }
+        return lo;
+    }
+
+    /// <summary>
+    /// Runs one layout: the largest batch that fits (or the given batch, fitting or not), with a KV pool of exactly
+    /// the accounted size, greedy decoding and no stop tokens. A layout where not even one sequence fits is not run.
+    /// </summary>
+    /// <param name="accountOnly">only search and account (no model is built, nothing is generated)</param>
+    public ThroughputRow Run(string layout, int? batch = null, Action<ThroughputProgress>? progress = null, bool accountOnly = false)
+    {
+        var s = _settings;
+        var config = ConfigFor(layout);
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        int found = batch ?? MaxBatch(config, map);
+        if (batch is < 1) throw new LckvException($"the batch must be at least 1, got {batch}");
+        var fit = Account(config, map, Math.Max(found, 1));
+        var next = Account(config, map, found + 1);
+        var row = new ThroughputRow
+        {
+            Layout = layout, LayerTypes = config.LayerTypes!, KvLayers = map.KvLayerCount,
+            KvBytesPerToken = KvCache.BytesPerTokenFor(map.KvLayerCount, config.NumKeyValueHeads, config.HeadDim, s.KvDType),
+            UsesPlan = map.AnyAttendsTop && !SequentialPrefill(config, map),
+            Batch = found, Searched = batch is null, Capped = batch is null && found == s.MaxBatch,
+            Fit = fit, Next = next, FitsBudget = found > 0 && fit.TotalBytes <= s.BudgetBytes,
+        };
+        if (found == 0 || accountOnly) return row;
+
+        progress?.Invoke(new ThroughputProgress(layout, "weights", 0, 1));
+        using var model = new LlamaModel(config, ModelWeights.Random(config, map, s.WeightDType, s.Seed), $"preset:{s.ShapeName}", s.SequenceLength);
+        using var pool = new KvBlockPool(model.KvLayout(s.BlockSize, s.KvDType), fit.KvBytes);
+        var cache = new KvCache(pool, map.KvLayerCount, s.SequenceLength);
+        var generator = new Generator(model, cache, (int)Math.Min(s.MaxStepRows, (long)found * s.PromptLength));
+        var rng = new SplitMix64(s.Seed ^ 0x7468726F75676870UL);
+        int vocab = config.VocabSize;
+        int Token() => vocab > 3 ? 3 + (int)(rng.Next() % (ulong)(vocab - 3)) : (int)(rng.Next() % (ulong)vocab);
+
+        // warm up the code paths (JIT) on one short sequence: a prompt just long enough to take the same prefill path
+        int warmLength = Math.Min(s.PromptLength, config.ForwardPasses + config.BackwardPasses + 1);
+        progress?.Invoke(new ThroughputProgress(layout, "warmup", 0, 1));
+        generator.Generate([Enumerable.Range(0, warmLength).Select(_ => Token()).ToArray()],
+            new GenerateOptions { MaxTokens = Math.Min(2, s.GenLength), Sampling = new SamplingParams { Temperature = 0 } });
+
+        var prompts = Enumerable.Range(0, found).Select(_ => Enumerable.Range(0, s.PromptLength).Select(_ => Token()).ToArray()).ToArray();
+        long total = (long)found * s.GenLength, done = 0;
+        progress?.Invoke(new ThroughputProgress(layout, "generate", 0, total));
+        var output = generator.Generate(prompts, new GenerateOptions { MaxTokens = s.GenLength, Sampling = new SamplingParams { Temperature = 0 } },
+            onToken: (_, _, _) => progress?.Invoke(new ThroughputProgress(layout, "generate", ++done, total)));
+        int generated = output.Sequences.Sum(x => x.OutputIds.Count);
+        if (generated != total) throw new LckvException($"layout {layout}: generated {generated} tokens, expected {total}");
+        var t = output.Timing;
+        return row with
+        {
+            PoolBytes = pool.CapacityBytes, PromptTokens = t.PrefillTokens, GeneratedTokens = generated,
+            PrefillSeconds = t.PrefillSeconds, DecodeSeconds = t.DecodeSeconds, DecodeTokens = t.DecodeTokens,
+        };
+    }
+
+    /// <summary>Runs every layout; each row also gets the batch its KV per sequence allows in the KV bytes of the
+    /// first layout's batch (the pure KV-size effect, without the weights that sharing frees).</summary>
+    public IReadOnlyList<ThroughputRow> RunAll(IReadOnlyList<string> layouts, int? batch = null, Action<ThroughputProgress>? progress = null,
+        bool accountOnly = false)
+    {
+        var rows = new List<ThroughputRow>();
+        foreach (var layout in layouts) rows.Add(Run(layout, batch, progress, accountOnly));
+        if (rows.Count > 0 && rows[0].Batch > 0)
+        {
+            long kvBudget = rows[0].Fit.KvBytes;
+            for (int i = 0; i < rows.Count; i++)
+            {
+                long perSequence = rows[i].Fit.KvBytes / rows[i].Fit.Batch;
+                rows[i] = rows[i] with { BatchAtKvBytes = (int)(kvBudget / perSequence) };
+            }
+        }
+        return rows;
+    }
+
+    /// <summary>The budget at which a layout fits exactly the given batch (its account's total).</summary>
+    public long BudgetFor(string layout, int batch)
+    {
+        var config = ConfigFor(layout);
+        return Account(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers), batch).TotalBytes;
+    }
+}

@@ -1,0 +1,191 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using System.Text;
+using Lckv.Cache;
+using Lckv.Formats;
+using Lckv.Generation;
+using Lckv.Model;
+using Lckv.Numerics;
+using Lckv.Plotting;
+
+namespace Lckv.Tests.Throughput;
+
+/// <summary>The throughput experiment: its accounting matches what is allocated, the batch search is tight, the layouts
+/// are the documented ones, the PNG is valid, and the CLI subcommand runs and fails in one line.</summary>
+public sealed class ThroughputTests
+{
+    /// <summary>A tiny Llama shape: 6 layers, so every named layout but w=10 applies.</summary>
+    private static ModelConfig Tiny(int layers = 6) => new()
+    {
+        HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = layers, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+        HeadDim = 8, VocabSize = 64, MaxPositionEmbeddings = 256, BosTokenId = 1, EosTokenIds = [2], TorchDtype = "float32",
+    };
+
+    private static ThroughputSettings Settings(long budget = 0, int prompt = 12, int gen = 5) => new()
+    {
+        Shape = Tiny(), ShapeName = "tiny", WeightDType = DType.F32, BudgetBytes = budget, PromptLength = prompt, GenLength = gen,
+        KvDType = DType.F32, BlockSize = 4, MaxBatch = 64,
+    };
+
+    [Theory]
+    [InlineData("llama", 22, "0_1_2_3_4_5_6_7_8_9_10_11_12_13_14_15_16_17_18_19_20_21")]
+    [InlineData("lckv-w2", 22, "0_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_21")]
+    [InlineData("lckv-w10", 22, "0_1_2_3_4_16_16_16_16_16_16_16_16_16_16_16_16_17_18_19_20_21")]
+    [InlineData("cla2", 6, "0_0_2_2_4_4")]
+    [InlineData("yoco", 6, "0_1_2_2_2_2")]
+    [InlineData("0_2_2", 3, "0_2_2")]
+    public void LayoutsAreTheDocumentedOnes(string name, int layers, string expected)
+        => Assert.Equal(expected, ThroughputLayouts.LayerTypes(name, layers));
+
+    [Fact]
+    public void LayoutErrorsNameTheProblem()
+    {
+        Assert.Contains("unknown layout", Assert.Throws<LckvException>(() => ThroughputLayouts.LayerTypes("mistral", 6)).Message);
+        Assert.Contains("12 layers", Assert.Throws<LckvException>(() => ThroughputLayouts.LayerTypes("lckv-w10", 6)).Message);
+        Assert.Throws<LckvException>(() => ThroughputLayouts.LayerTypes("0_9_9", 3));
+        Assert.Equal("0_20x20_21", ThroughputLayouts.Abbreviate(ThroughputLayouts.LayerTypes("lckv-w2", 22)));
+        Assert.Equal("0..4_16x12_17..21", ThroughputLayouts.Abbreviate(ThroughputLayouts.LayerTypes("lckv-w10", 22)));
+    }
+
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(7, 3)]
+    [InlineData(512, 16)]
+    public void ScratchBytesEqualsWhatTheRunnerAllocates(int rows, int sequences)
+    {
+        using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(6), DType.F32, 1), "tiny");
+        using var pool = new KvBlockPool(model.KvLayout(4, DType.F32), 1 << 16);
+        var runner = new ForwardRunner(model, new KvCache(pool, model.Map.KvLayerCount, 64), rows, sequences);
+        Assert.Equal(ForwardRunner.ScratchBytes(model.Config, rows, sequences), runner.AllocatedScratchBytes);
+        Assert.True(runner.AllocatedScratchBytes > 9L * rows * 8 * sizeof(float));
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("lckv-w2")]
+    [InlineData("cla2")]
+    public void AccountedWeightsAndKvEqualTheAllocations(string layout)
+    {
+        var bench = new ThroughputBench(Settings(budget: long.MaxValue));
+        var config = bench.ConfigFor(layout);
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        var account = bench.Account(config, map, 3);
+        using var weights = ModelWeights.Random(config, map, DType.F32, 0);
+        Assert.Equal(weights.Bytes, account.WeightBytes);
+        using var pool = new KvBlockPool(new KvLayout(4, config.NumKeyValueHeads, config.HeadDim, DType.F32), account.KvBytes);
+        Assert.Equal(account.KvBytes, pool.CapacityBytes);
+        // the pool holds exactly three sequences of prompt + gen tokens
+        var cache = new KvCache(pool, map.KvLayerCount, 17);
+        for (int i = 0; i < 3; i++) Assert.True(cache.TryReserve(cache.CreateSequence(), 17));
+        Assert.Equal(0, pool.FreeBlocks);
+        Assert.Equal(ForwardRunner.ScratchBytes(config, bench.RunnerRows(map, 3), 3), account.ScratchBytes);
+    }
+
+    [Theory]
+    [InlineData("llama", 1)]
+    [InlineData("llama", 3)]
+    [InlineData("lckv-w2", 2)]
+    [InlineData("yoco", 5)]
+    public void MaxBatchIsTheLargestThatFitsAndItRuns(string layout, int llamaBatch)
+    {
+        var probe = new ThroughputBench(Settings());
+        long budget = probe.BudgetFor("llama", llamaBatch) + 100; // llama fits exactly llamaBatch
+        var bench = new ThroughputBench(Settings(budget));
+        var config = bench.ConfigFor(layout);
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        int b = bench.MaxBatch(config, map);
+        Assert.True(b >= llamaBatch);
+        Assert.True(bench.Account(config, map, b).TotalBytes <= budget);
+        Assert.True(bench.Account(config, map, b + 1).TotalBytes > budget);
+        if (layout == "llama") Assert.Equal(llamaBatch, b);
+
+        var row = bench.Run(layout);
+        Assert.Equal(b, row.Batch);
+        Assert.True(row.FitsBudget);
+        Assert.False(row.Capped);
+        Assert.Equal(row.Fit.KvBytes, row.PoolBytes);
+        Assert.True(row.Next.TotalBytes > budget);
+        Assert.Equal(b * 5, row.GeneratedTokens);
+        Assert.Equal(b * 12, row.PromptTokens);
+        Assert.Equal(b * 4, row.DecodeTokens); // the first new token comes from the prefill logits
+        Assert.True(row.TotalTokensPerSecond > 0);
+    }
+
+    [Fact]
+    public void SharingFitsMoreSequencesThanLlama()
+    {
+        var probe = new ThroughputBench(Settings(prompt: 12, gen: 400));
+        long one = probe.BudgetFor("llama", 1), two = probe.BudgetFor("llama", 2);
+        var bench = new ThroughputBench(Settings(one + (two - one) / 2, prompt: 12, gen: 400)); // llama: 1.5 sequences
+        int Max(string l) { var c = bench.ConfigFor(l); return bench.MaxBatch(c, LayerMap.Parse(c.LayerTypes, 6)); }
+        Assert.Equal(1, Max("llama"));
+        // 3 KV layers of 6: half the KV per sequence, so the 1.5 llama sequences hold 3 minus what the extra buffers take
+        foreach (var layout in new[] { "lckv-w2", "cla2", "yoco" }) Assert.InRange(Max(layout), 2, 3);
+    }
+
+    [Fact]
+    public void NothingFitsAnEmptyBudget()
+    {
+        var row = new ThroughputBench(Settings(budget: 1000)).Run("llama");
+        Assert.Equal(0, row.Batch);
+        Assert.False(row.FitsBudget);
+        Assert.Equal(0, row.GeneratedTokens);
+    }
+
+    [Fact]
+    public void Crc32MatchesTheStandardCheckValue()
+        => Assert.Equal(0xCBF43926u, Png.Crc32(Encoding.ASCII.GetBytes("123456789")));
+
+    [Fact]
+    public void PngIsValid()
+    {
+        int w = 13, h = 7;
+        var rgb = new byte[w * h * 3];
+        for (int i = 0; i < rgb.Length; i++) rgb[i] = (byte)(i * 7);
+        var png = Png.Encode(w, h, rgb);
+        Assert.Equal(Png.Signature.ToArray(), png[..8]);
+        var chunks = new List<(string Type, byte[] Data)>();
+        for (int at = 8; at < png.Length;)
+        {
+            int length = BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(at));
+            string type = Encoding.ASCII.GetString(png, at + 4, 4);
+            var data = png.AsSpan(at + 8, length).ToArray();
+            uint crc = BinaryPrimitives.ReadUInt32BigEndian(png.AsSpan(at + 8 + length));
+            Assert.Equal(Png.Crc32(png.AsSpan(at + 4, 4 + length)), crc);
+            chunks.Add((type, data));
+            at += 12 + length;
+        }
+        Assert.Equal(["IHDR", "IDAT", "IEND"], chunks.Select(c => c.Type));
+        var ihdr = chunks[0].Data;
+        Assert.Equal(w, BinaryPrimitives.ReadInt32BigEndian(ihdr));
+        Assert.Equal(h, BinaryPrimitives.ReadInt32BigEndian(ihdr.AsSpan(4)));
+        Assert.Equal(new byte[] { 8, 2, 0, 0, 0 }, ihdr[8..]);
+        Assert.Empty(chunks[2].Data);
+        using var z = new ZLibStream(new MemoryStream(chunks[1].Data), CompressionMode.Decompress);
+        using var raw = new MemoryStream();
+        z.CopyTo(raw);
+        var bytes = raw.ToArray();
+        Assert.Equal(h * (1 + w * 3), bytes.Length);
+        for (int y = 0; y < h; y++)
+        {
+            Assert.Equal(0, bytes[y * (1 + w * 3)]);
+            Assert.Equal(rgb.AsSpan(y * w * 3, w * 3).ToArray(), bytes.AsSpan(y * (1 + w * 3) + 1, w * 3).ToArray());
+        }
+    }
+
+    [Fact]
+    public void ChartRendersTextAndBarsAndSavesAtomically()
+    {
+        var chart = BarChart.Render("t", "s", ["a", "b"], [new BarPanel("x", [1, 2]), new BarPanel("y", [0, double.NaN])]);
+        Assert.Contains(chart.Rgb, v => v < 128); // something was drawn on white
+        var dir = Directory.CreateTempSubdirectory("lckv-png-");
+        try
+        {
+            var path = Path.Combine(dir.FullName, "c.png");
+            Png.Save(path, chart.Width, chart.Height, chart.Rgb);
+            Assert.Equal(Png.Signature.ToArray(), File.ReadAllBytes(path)[..8]);
+            Assert.Single(Directory.GetFiles(dir.FullName)); // no temporary file left behind
+        }
+        finally { dir.Delete(true); }
+    }
+}
