@@ -182,7 +182,9 @@ public sealed unsafe class WorkerPool
 
         private void Loop()
         {
-            int seen = Volatile.Read(ref _seq);
+            // the sequence number at construction (0), not whatever it is when this thread gets to run: a job posted
+            // between Thread.Start and here must still be seen as new, or the caller waits for it forever
+            int seen = 0;
             long spinLimit = Stopwatch.Frequency / 5000; // about 200 us
             while (true)
             {
