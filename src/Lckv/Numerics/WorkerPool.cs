@@ -182,7 +182,7 @@ public sealed unsafe class WorkerPool
 
         private void Loop()
         {
-            int seen = Volatile.Read(ref _seq);
+            int seen = 0; // posts made before this thread first runs must not be missed
             long spinLimit = Stopwatch.Frequency / 5000; // about 200 us
             while (true)
             {
