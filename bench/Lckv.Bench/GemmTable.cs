@@ -27,14 +27,16 @@ internal static unsafe class GemmTable
         int threads = WorkerPool.Shared.ThreadCount;
         var types = new List<DType>();
         var groups = new List<string>();
+        var custom = new List<string>();
         foreach (var a in args)
         {
             if (a.StartsWith("--threads=")) threads = int.Parse(a[10..]);
             else if (a is "f32" or "bf16" or "f16") types.Add(DTypes.ParseFloat(a));
+            else if (a.Contains('x') && char.IsDigit(a[0])) custom.Add(a);
             else groups.Add(a);
         }
         if (types.Count == 0) types = [DType.F32, DType.BF16];
-        if (groups.Count == 0) groups = ["square", "m1", "m16"];
+        if (groups.Count == 0 && custom.Count == 0) groups = ["square", "m1", "m16"];
         WorkerPool.Shared.ThreadCount = threads;
 
         var roof = Roofline.Measure(threads);
@@ -44,6 +46,11 @@ internal static unsafe class GemmTable
         Console.WriteLine();
         Console.WriteLine("| shape | m | k | n | W | threads | Lckv GFLOP/s | % FMA peak | Lckv W GB/s | % read bw | OpenBLAS GFLOP/s | Lckv / OpenBLAS |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var c in custom)
+        {
+            var d = c.Split('x').Select(int.Parse).ToArray(); // m x k x n
+            foreach (var t in types) Row(new Shape("custom", d[0], d[1], d[2]), t, threads, roof);
+        }
         foreach (var g in groups)
         {
             var shapes = g switch
@@ -60,41 +67,55 @@ internal static unsafe class GemmTable
         }
     }
 
+    /// <summary>Decode rows rotate over copies of W totalling at least this much, so W streams from memory, not L3.</summary>
+    private static readonly long ColdBytes = long.TryParse(Environment.GetEnvironmentVariable("LCKV_COLD_MB"), out long mb) ? mb << 20 : 128L << 20;
+
     private static void Row(Shape s, DType dtype, int threads, RooflineResult roof)
     {
         int m = s.M, k = s.K, n = s.N;
         var rng = new Random(7);
         float* x = Alloc((long)m * k), wf = Alloc((long)n * k), y = Alloc((long)m * n);
         long wBytes = (long)n * k * DTypes.SizeOf(dtype);
-        byte* wd = (byte*)NativeMemory.AlignedAlloc((nuint)wBytes, 64);
+        int copies = m <= 64 ? (int)Math.Max(1, (ColdBytes + wBytes - 1) / wBytes) : 1;
+        var wd = new nint[copies];
+        nint region = 0;
         try
         {
             for (long i = 0; i < (long)m * k; i++) x[i] = (float)(rng.NextDouble() - 0.5);
             for (long i = 0; i < (long)n * k; i++) wf[i] = (float)(rng.NextDouble() - 0.5);
-            for (long r = 0; r < n; r++)
-                Lckv.Numerics.Convert.Narrow(new ReadOnlySpan<float>(wf + r * k, k), dtype, (nint)(wd + r * k * DTypes.SizeOf(dtype)));
-            var w = new WeightMatrix((nint)wd, dtype, n, k);
-            var xs = new ReadOnlySpan<float>(x, m * k);
-            var ys = new Span<float>(y, m * n);
+            for (int c = 0; c < copies; c++)
+            {
+                if (c == 0) region = (nint)NativeMemory.AlignedAlloc((nuint)(((wBytes + 4095) & ~4095L) * copies), 4096);
+                wd[c] = region + (nint)(c * ((wBytes + 4095) & ~4095L));
+                for (long r = 0; r < n; r++)
+                    Lckv.Numerics.Convert.Narrow(new ReadOnlySpan<float>(wf + r * k, k), dtype, wd[c] + (nint)(r * k * DTypes.SizeOf(dtype)));
+            }
+            int next = 0;
             double flops = 2.0 * m * k * n;
-            double lckv = Time(() => MatMul.Multiply(new ReadOnlySpan<float>(x, m * k), w, new Span<float>(y, m * n), m), flops);
-            double blas = OpenBlas.Available ? Time(() => OpenBlas.Multiply(x, wf, y, m, k, n), flops) : double.NaN;
+            double lckv = Time(() =>
+            {
+                var w = new WeightMatrix(wd[next], dtype, n, k);
+                if (++next == copies) next = 0;
+                MatMul.Multiply(new ReadOnlySpan<float>(x, m * k), w, new Span<float>(y, m * n), m);
+            });
+            double blas = OpenBlas.Available ? Time(() => OpenBlas.Multiply(x, wf, y, m, k, n)) : double.NaN;
             double gflops = flops / lckv / 1e9, bgflops = flops / blas / 1e9;
             double gbps = wBytes / lckv / 1e9;
-            string bw = m <= 16 ? $"{gbps:F1} | {100 * gbps / roof.ReadGBps:F0}%" : "- | -";
+            string bw = m <= 64 ? $"{gbps:F1} | {100 * gbps / roof.ReadGBps:F0}%" : "- | -";
             string ob = OpenBlas.Available ? $"{bgflops:F1} | {gflops / bgflops:F2}" : "n/a | n/a";
             Console.WriteLine($"| {s.Name} | {m} | {k} | {n} | {DTypes.Name(dtype).ToLowerInvariant()} | {threads} | {gflops:F1} | {100 * gflops / roof.FmaGflops:F0}% | {bw} | {ob} |");
         }
         finally
         {
-            NativeMemory.AlignedFree(x); NativeMemory.AlignedFree(wf); NativeMemory.AlignedFree(y); NativeMemory.AlignedFree(wd);
+            NativeMemory.AlignedFree(x); NativeMemory.AlignedFree(wf); NativeMemory.AlignedFree(y);
+            if (region != 0) NativeMemory.AlignedFree((void*)region);
         }
     }
 
     private static float* Alloc(long count) => (float*)NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
 
     /// <summary>Median seconds per call over repeated runs (about 0.4 s of calls after a warm-up).</summary>
-    internal static double Time(Action call, double flops)
+    internal static double Time(Action call)
     {
         call();
         var sw = Stopwatch.StartNew();

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.Intrinsics;
 
@@ -32,6 +33,7 @@ public static unsafe class Activations
         public readonly void Invoke(int start, int end) => SwiGluRange(G + start, U + start, D + start, end - start);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void SwiGluRange(float* g, float* u, float* d, int n)
     {
         int i = 0;
@@ -89,6 +91,7 @@ public static unsafe class Softmax
     }
 
     /// <summary>The maximum, NaN if any element is NaN (as MathF.Max).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float Max(float* p, int n)
     {
         int i = 0;
@@ -110,6 +113,7 @@ public static unsafe class Softmax
     }
 
     // p[i] = exp(p[i] - max); returns the sum
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float ExpSum(float* p, int n, float max)
     {
         int i = 0;
@@ -142,6 +146,7 @@ public static unsafe class Softmax
         return sum;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Scale(float* p, int n, float s)
     {
         int i = 0;
@@ -156,6 +161,7 @@ public static unsafe class Softmax
 public static unsafe class Selection
 {
     /// <summary>Index of the largest value; the first one on ties; NaN never wins.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int Argmax(ReadOnlySpan<float> x)
     {
         int n = x.Length;
@@ -224,6 +230,7 @@ public static unsafe class Selection
     /// Writes the indices of the k largest values into dst (length >= k), largest first, ties by lower index.
     /// Returns the number written (min(k, x.Length)).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int TopK(ReadOnlySpan<float> x, int k, Span<int> dst)
     {
         k = Math.Min(k, x.Length);

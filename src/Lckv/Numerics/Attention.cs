@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Lckv.Numerics;
@@ -179,6 +180,7 @@ public static unsafe class Attention
         }
 
         // query rows [r0, r1) of sequence s, the query heads of KV head g
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private readonly void Rows<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
         {
             int d = Layout.HeadDim, group = Group, kvHeads = Layout.KvHeads, bs = Layout.BlockSize;
@@ -228,6 +230,7 @@ public static unsafe class Attention
 
     // online softmax step over nk scores: rescale the running sum and accumulator to the new maximum, then add
     // p_j = exp(s_j - max) and p_j * v_j. s is overwritten with p.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Fold(float* s, int nk, ref float max, ref float sum, float* acc, float* v, int d)
     {
         float m = max;
@@ -252,6 +255,7 @@ public static unsafe class Attention
         for (int j = 0; j < nk; j++) Axpy(s[j], v + j * d, acc, d);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Dot(float* a, float* b, int d)
     {
         int i = 0;
@@ -274,6 +278,7 @@ public static unsafe class Attention
     }
 
     // y += a * x
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Axpy(float a, float* x, float* y, int d)
     {
         int i = 0;
@@ -287,6 +292,7 @@ public static unsafe class Attention
     }
 
     // dst = src * c
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Scale(float* src, float c, float* dst, int d)
     {
         int i = 0;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Lckv.Numerics;
@@ -52,6 +53,7 @@ public static unsafe class Convert
     }
 
     /// <summary>Round to nearest even, NaN kept quiet (as <see cref="DTypes.SingleToBF16"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void NarrowBF16(ReadOnlySpan<float> src, Span<ushort> dst)
     {
         if (dst.Length < src.Length) throw new ArgumentException("destination too short", nameof(dst));

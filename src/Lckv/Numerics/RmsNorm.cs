@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Lckv.Numerics;
@@ -53,6 +54,7 @@ public static unsafe class RmsNorm
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Row<TE>(float* x, byte* w, int c, float eps, float* d) where TE : struct, IElement
     {
         int i = 0;

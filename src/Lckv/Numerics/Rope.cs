@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Lckv.Numerics;
@@ -61,6 +62,7 @@ public static unsafe class Rope
     }
 
     // v is (2*half): [a, b] -> [a*cos - b*sin, b*cos + a*sin]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rotate(float* v, float* cos, float* sin, int half)
     {
         float* b = v + half;

@@ -100,6 +100,7 @@ internal static unsafe class Simd
         for (; i < n; i++) dst[i] = TE.Load1(src + (long)i * TE.Size);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Widen(DType dtype, byte* src, float* dst, int n)
     {
         switch (dtype)

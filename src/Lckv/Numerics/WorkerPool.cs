@@ -182,9 +182,7 @@ public sealed unsafe class WorkerPool
 
         private void Loop()
         {
-            // the sequence number at construction (0), not whatever it is when this thread gets to run: a job posted
-            // between Thread.Start and here must still be seen as new, or the caller waits for it forever
-            int seen = 0;
+            int seen = 0; // posts made before this thread first runs must not be missed
             long spinLimit = Stopwatch.Frequency / 5000; // about 200 us
             while (true)
             {
