@@ -74,10 +74,11 @@ public static class GenerateCommand
             var kvDType = mo.KvStorage(p);
             int block = mo.Block(p);
             var layout = model.KvLayout(block, kvDType);
-            long needBlocks = prompts.Sum(x => (Math.Min((long)x.Length + options.MaxTokens, model.ContextLength) + block - 1) / block) * model.Map.KvLayerCount;
+            int stepRows = Generator.StepRows(model, prompts);
+            long needBlocks = prompts.Sum(x => model.KvBlocksFor((int)Math.Min((long)x.Length + options.MaxTokens, model.ContextLength), block, stepRows));
             long budget = p.GetValue(mo.KvBudget) is double mib ? (long)(mib * 1048576) : Math.Max(1, needBlocks) * layout.BlockBytes;
             using var pool = new KvBlockPool(layout, budget);
-            var cache = new KvCache(pool, model.Map.KvLayerCount, model.ContextLength);
+            var cache = model.CreateCache(pool, stepRows);
             var generator = new Generator(model, cache) { Prefill = prefillMode };
 
             bool asJson = p.GetValue(json);

@@ -49,13 +49,17 @@ public sealed class KvCache
     readonly int maxSequenceLength;
     readonly int blockSize;
     readonly int tableCapacity;
+    readonly int[] ringBlocks; // per KV layer: 0 = linear table, else a ring of that many blocks
     readonly List<Sequence> sequences = [];
     int liveCount;
 
     /// <param name="pool">where every byte of KV comes from</param>
     /// <param name="kvLayers">number of KV-computing layers (each gets its own block table per sequence)</param>
     /// <param name="maxSequenceLength">the longest sequence (sizes the block tables once)</param>
-    public KvCache(KvBlockPool pool, int kvLayers, int maxSequenceLength)
+    /// <param name="ringPositions">per KV layer, 0 for a linear store, or the positions a bounded ring keeps (a
+    /// sliding-window layer: its window plus the largest step, see LlamaModel.RingPositions); rounded up to blocks.
+    /// Position p of a ring layer lives in table[(p / BlockSize) % RingBlocks]; older positions are overwritten.</param>
+    public KvCache(KvBlockPool pool, int kvLayers, int maxSequenceLength, IReadOnlyList<int>? ringPositions = null)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (kvLayers <= 0) throw new LckvException($"a KV cache needs at least one KV layer, got {kvLayers}");
@@ -65,6 +69,27 @@ public sealed class KvCache
         this.maxSequenceLength = maxSequenceLength;
         blockSize = pool.Layout.BlockSize;
         tableCapacity = (int)BlocksFor(maxSequenceLength, blockSize);
+        if (ringPositions is not null && ringPositions.Count != kvLayers)
+            throw new ArgumentException($"ringPositions has {ringPositions.Count} entries for {kvLayers} KV layers", nameof(ringPositions));
+        ringBlocks = new int[kvLayers];
+        for (int l = 0; l < kvLayers; l++)
+        {
+            int positions = ringPositions?[l] ?? 0;
+            ArgumentOutOfRangeException.ThrowIfNegative(positions);
+            int blocks = (int)BlocksFor(positions, blockSize);
+            ringBlocks[l] = blocks > 0 && blocks < tableCapacity ? blocks : 0; // a ring as long as the context is just linear
+        }
+    }
+
+    /// <summary>0 when the KV layer's table is linear, else the number of blocks of its ring.</summary>
+    public int RingBlocks(int kvLayer) => ringBlocks[kvLayer];
+
+    /// <summary>Pool blocks one unshared sequence of <paramref name="tokens"/> positions takes over every KV layer.</summary>
+    public long BlocksForTokens(int tokens)
+    {
+        long linear = BlocksFor(tokens, blockSize), total = 0;
+        for (int l = 0; l < kvLayers; l++) total += ringBlocks[l] > 0 ? Math.Min(linear, ringBlocks[l]) : linear;
+        return total;
     }
 
     public KvBlockPool Pool => pool;
@@ -91,8 +116,9 @@ public sealed class KvCache
     public static long BytesPerTokenFor(int kvLayers, int kvHeads, int headDim, DType dtype)
         => 2L * kvLayers * kvHeads * headDim * DTypes.SizeOf(dtype);
 
-    /// <summary>Pool bytes one unshared sequence of <paramref name="tokens"/> positions takes (whole blocks, every KV layer).</summary>
-    public long BytesFor(int tokens) => BlocksFor(tokens, blockSize) * kvLayers * Layout.BlockBytes;
+    /// <summary>Pool bytes one unshared sequence of <paramref name="tokens"/> positions takes (whole blocks, every KV
+    /// layer, rings bounded).</summary>
+    public long BytesFor(int tokens) => BlocksForTokens(tokens) * Layout.BlockBytes;
 
     public KvMemoryReport Memory
     {
@@ -116,7 +142,7 @@ public sealed class KvCache
         var tables = new int[kvLayers][];
         for (int l = 0; l < kvLayers; l++)
         {
-            tables[l] = new int[tableCapacity];
+            tables[l] = new int[ringBlocks[l] > 0 ? ringBlocks[l] : tableCapacity];
             Array.Fill(tables[l], -1);
         }
         var s = new Sequence { Tables = tables };
@@ -150,8 +176,12 @@ public sealed class KvCache
         for (int l = 0; l < kvLayers; l++)
         {
             var table = s.Tables[l];
-            for (int b = first; b < end; b++)
-                if (b >= s.Blocks || pool.RefCount(table[b]) > 1) needed++;
+            int inUse = InUse(s, l);
+            for (int b = first; b < DistinctEnd(l, first, end); b++)
+            {
+                int slot = Slot(l, b);
+                if (slot >= inUse || pool.RefCount(table[slot]) > 1) needed++;
+            }
         }
         return needed;
     }
@@ -175,9 +205,14 @@ public sealed class KvCache
         for (int l = 0; l < kvLayers; l++)
         {
             var table = s.Tables[l];
-            for (int b = first; b < Math.Min(end, s.Blocks); b++)
-                if (pool.RefCount(table[b]) > 1) table[b] = CopyOnWrite(table[b], ValidSlots(s, b));
-            for (int b = s.Blocks; b < end; b++) table[b] = Allocate();
+            int inUse = InUse(s, l);
+            for (int b = first; b < DistinctEnd(l, first, end); b++)
+            {
+                int slot = Slot(l, b);
+                if (slot >= inUse) table[slot] = Allocate();
+                else if (pool.RefCount(table[slot]) > 1)
+                    table[slot] = CopyOnWrite(table[slot], ringBlocks[l] > 0 ? blockSize : ValidSlots(s, b));
+            }
         }
         s.Blocks = Math.Max(s.Blocks, end);
         s.Reserved = Math.Max(s.Reserved, length);
@@ -204,7 +239,7 @@ public sealed class KvCache
         {
             int p = start + done, b = p / blockSize, slot = p % blockSize;
             int n = Math.Min(blockSize - slot, count - done);
-            int block = table[b];
+            int block = table[Slot(kvLayer, b)];
             if (pool.RefCount(block) > 1)
                 throw new InvalidOperationException($"position {p} of sequence {seq} is in a shared block; reserve it first");
             nint at = pool.BlockPointer(block) + (nint)((long)slot * row * es);
@@ -234,7 +269,7 @@ public sealed class KvCache
         {
             int p = start + done, slot = p % blockSize;
             int n = Math.Min(blockSize - slot, count - done);
-            nint at = pool.BlockPointer(table[p / blockSize]) + (nint)((long)slot * row * es);
+            nint at = pool.BlockPointer(table[Slot(kvLayer, p / blockSize)]) + (nint)((long)slot * row * es);
             Convert.Widen(at, layout.DType, k.Slice(done * row, n * row));
             Convert.Widen(at + (nint)layout.HalfBytes, layout.DType, v.Slice(done * row, n * row));
             done += n;
@@ -278,7 +313,8 @@ public sealed class KvCache
         {
             var from = parent.Tables[l];
             var to = c.Tables[l];
-            for (int b = 0; b < shared; b++)
+            int slots = ringBlocks[l] > 0 ? Math.Min(shared, ringBlocks[l]) : shared;
+            for (int b = 0; b < slots; b++)
             {
                 pool.Retain(from[b]);
                 to[b] = from[b];
@@ -335,6 +371,15 @@ public sealed class KvCache
             throw new LckvException($"sequence of {length} tokens exceeds the context of {maxSequenceLength}");
     }
 
+    // the table entry of logical block b in KV layer l
+    int Slot(int l, int b) => ringBlocks[l] > 0 ? b % ringBlocks[l] : b;
+
+    // table entries of layer l that hold a block
+    int InUse(Sequence s, int l) => ringBlocks[l] > 0 ? Math.Min(s.Blocks, ringBlocks[l]) : s.Blocks;
+
+    // logical blocks [first, end) of a ring visit each table entry once: stop after RingBlocks of them
+    int DistinctEnd(int l, int first, int end) => ringBlocks[l] > 0 ? Math.Min(end, first + ringBlocks[l]) : end;
+
     // committed positions of block b of s
     int ValidSlots(Sequence s, int b) => Math.Clamp(s.Length - b * blockSize, 0, blockSize);
 
@@ -366,7 +411,9 @@ public sealed class KvCache
         for (int l = 0; l < kvLayers; l++)
         {
             var table = s.Tables[l];
-            for (int b = keepBlocks; b < s.Blocks; b++)
+            int ring = ringBlocks[l];
+            int from = ring > 0 ? Math.Min(keepBlocks, ring) : keepBlocks, to = ring > 0 ? Math.Min(s.Blocks, ring) : s.Blocks;
+            for (int b = from; b < to; b++)
             {
                 pool.Release(table[b]);
                 table[b] = -1;

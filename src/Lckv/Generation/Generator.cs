@@ -101,7 +101,7 @@ public sealed class Generator
             for (int i = 0; i < n; i++) seqIds[i] = _cache.CreateSequence();
             bool upwardPlan = _model.Map.AnyAttendsTop;
             int longest = prompts.Max(p => p.Length);
-            var runner = new ForwardRunner(_model, _cache, Math.Max(_maxRows, upwardPlan ? longest : 1), n) { Prefill = Prefill };
+            var runner = new ForwardRunner(_model, _cache, StepRows(_model, prompts, _maxRows), n) { Prefill = Prefill };
             var lastLogits = new float[n * vocab];
 
             // prefill
@@ -199,16 +199,22 @@ public sealed class Generator
         }
     }
 
+    /// <summary>
+    /// Rows of the largest step a generation takes: prefill chunks of maxStepRows, or whole prompts for layouts with
+    /// upward-reading layers (the plan needs the whole sequence). Size the cache's rings with it (LlamaModel.CreateCache).
+    /// </summary>
+    public static int StepRows(LlamaModel model, IReadOnlyList<int[]> prompts, int maxStepRows = 512)
+        => Math.Max(maxStepRows, model.Map.AnyAttendsTop && prompts.Count > 0 ? prompts.Max(p => p.Length) : 1);
+
     /// <summary>Fails early, with the numbers, when the prompts and their continuations cannot fit the KV budget.</summary>
     private void CheckBudget(IReadOnlyList<int[]> prompts, int maxTokens)
     {
         var pool = _cache.Pool;
-        int bs = pool.Layout.BlockSize;
         long need = 0;
         foreach (var p in prompts)
         {
             long tokens = Math.Min((long)p.Length + maxTokens, _model.ContextLength);
-            need += (tokens + bs - 1) / bs * _cache.KvLayers;
+            need += _cache.BlocksForTokens((int)tokens);
         }
         if (need > pool.FreeBlocks)
             throw new LckvException($"{prompts.Count} sequence(s) need {need} KV blocks ({need * pool.Layout.BlockBytes / 1048576.0:F1} MiB) but the KV budget has {pool.FreeBlocks} free ({pool.FreeBlocks * pool.Layout.BlockBytes / 1048576.0:F1} MiB)");

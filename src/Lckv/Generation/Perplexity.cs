@@ -31,9 +31,8 @@ public static class Perplexity
         bool whole = model.Map.AnyAttendsTop;
         int maxRows = whole ? window : Math.Min(window, 256);
         var layout = model.KvLayout(blockSize, kvDType);
-        long blocks = (window + blockSize - 1) / blockSize * (long)model.Map.KvLayerCount;
-        using var pool = new KvBlockPool(layout, blocks * layout.BlockBytes);
-        var cache = new KvCache(pool, model.Map.KvLayerCount, window);
+        using var pool = new KvBlockPool(layout, model.KvBlocksFor(window, blockSize, maxRows) * layout.BlockBytes);
+        var cache = model.CreateCache(pool, maxRows);
         var runner = new ForwardRunner(model, cache, maxRows, 1) { Prefill = model.Config.UseSequential ? PrefillMode.Sequential : PrefillMode.Plan };
         var logits = new float[(long)maxRows * vocab];
 

@@ -57,13 +57,12 @@ public sealed class SpeedBench
         int total = depth + tokens;
         if (total > _model.ContextLength) throw new LckvException($"depth {depth} + {tokens} tokens exceed the context length {_model.ContextLength}");
         var layout = _model.KvLayout(_blockSize, _kvDType);
-        long blocks = KvCache.BlocksFor(total, _blockSize) * batch * _model.Map.KvLayerCount;
-        using var pool = new KvBlockPool(layout, blocks * layout.BlockBytes);
-        LargestPoolBytes = Math.Max(LargestPoolBytes, pool.CapacityBytes);
-        var cache = new KvCache(pool, _model.Map.KvLayerCount, total);
         bool upward = _model.Map.AnyAttendsTop;
         int maxRows = kind == BenchKind.PromptProcessing ? batch * tokens : batch;
         maxRows = Math.Max(maxRows, upward ? Math.Max(depth, tokens) : Math.Min(depth, 512));
+        using var pool = new KvBlockPool(layout, _model.KvBlocksFor(total, _blockSize, maxRows) * batch * layout.BlockBytes);
+        LargestPoolBytes = Math.Max(LargestPoolBytes, pool.CapacityBytes);
+        var cache = _model.CreateCache(pool, maxRows);
         var runner = new ForwardRunner(_model, cache, maxRows, batch);
         var rng = new SplitMix64(1234);
         var samples = new List<double>(repetitions);

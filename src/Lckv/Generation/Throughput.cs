@@ -154,10 +154,19 @@ public sealed class ThroughputBench
         int logitBuffers = 3 + (SequentialPrefill(config, map) ? 1 : 0);
         long logits = (long)logitBuffers * batch * config.VocabSize * sizeof(float);
         long seqBlocks = KvCache.BlocksFor(s.SequenceLength, s.BlockSize);
-        long blocks = batch * seqBlocks * map.KvLayerCount;
+        // sliding-window KV layers keep a bounded ring (LlamaModel.RingPositions, as the cache is built in Run)
+        long perSequence = 0, tableEntries = 0;
+        foreach (int ring in LlamaModel.RingPositions(config, map, s.SequenceLength, RunnerRows(map, batch), s.BlockSize))
+        {
+            long ringBlocks = KvCache.BlocksFor(ring, s.BlockSize);
+            bool bounded = ringBlocks > 0 && ringBlocks < seqBlocks;
+            perSequence += bounded ? Math.Min(seqBlocks, ringBlocks) : seqBlocks;
+            tableEntries += bounded ? ringBlocks : seqBlocks;
+        }
+        long blocks = batch * perSequence;
         long blockBytes = new KvLayout(s.BlockSize, config.NumKeyValueHeads, config.HeadDim, s.KvDType).BlockBytes;
         // the pool's free stack and reference counts, and one block table per (sequence, KV layer)
-        long tables = blocks * 2 * sizeof(int) + (long)batch * map.KvLayerCount * seqBlocks * sizeof(int);
+        long tables = blocks * 2 * sizeof(int) + (long)batch * tableEntries * sizeof(int);
         return new MemoryAccount(batch, weights, scratch, logits, tables, blocks * blockBytes);
     }
 
@@ -202,7 +211,7 @@ public sealed class ThroughputBench
         progress?.Invoke(new ThroughputProgress(layout, "weights", 0, 1));
         using var model = new LlamaModel(config, ModelWeights.Random(config, map, s.WeightDType, s.Seed), $"preset:{s.ShapeName}", s.SequenceLength);
         using var pool = new KvBlockPool(model.KvLayout(s.BlockSize, s.KvDType), fit.KvBytes);
-        var cache = new KvCache(pool, map.KvLayerCount, s.SequenceLength);
+        var cache = model.CreateCache(pool, RunnerRows(map, found));
         var generator = new Generator(model, cache, (int)Math.Min(s.MaxStepRows, (long)found * s.PromptLength));
         var rng = new SplitMix64(s.Seed ^ 0x7468726F75676870UL);
         int vocab = config.VocabSize;

@@ -77,6 +77,12 @@ public sealed class ForwardRunner
         _rowStarts = new int[size.Sequences];
         _masks = new MaskRule[size.Layers];
         for (int i = 0; i < c.NumHiddenLayers; i++) _masks[i] = model.Map.Mask(i, c.ForceNoDiag, c.SlidingWindow);
+        for (int kv = 0; kv < cache.KvLayers; kv++)
+        {
+            int ring = cache.RingBlocks(kv);
+            if (ring > 0 && (long)ring * cache.Layout.BlockSize < (long)c.SlidingWindow + maxRows + cache.Layout.BlockSize)
+                throw new ArgumentException($"KV layer {kv}'s ring of {ring} blocks is too small for steps of {maxRows} rows (create the cache with LlamaModel.CreateCache)");
+        }
         _scale = 1f / MathF.Sqrt(c.HeadDim);
     }
 
@@ -281,7 +287,7 @@ public sealed class ForwardRunner
             {
                 int n = batch[s].TokenCount;
                 _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], _starts[s] + n,
-                    _cache.BlockTable(batch[s].SequenceId, readKv));
+                    _cache.BlockTable(batch[s].SequenceId, readKv), _cache.RingBlocks(readKv));
             }
             var pool = _cache.Pool;
             Attention.Compute(q, cfg.NumAttentionHeads, pool.Base, pool.Layout, _attSeqs.AsSpan(0, batch.Length),

@@ -99,6 +99,45 @@ public sealed class LlamaModel : IDisposable
     /// <summary>KV geometry of this model's cache for a block size and storage dtype.</summary>
     public KvLayout KvLayout(int blockSize, DType dtype) => new(blockSize, KvHeads, HeadDim, dtype);
 
+    /// <summary>
+    /// Per KV layer, the positions a bounded ring must keep (0: a linear store). A KV layer can be a ring when every
+    /// layer that reads it uses the sliding window: a step of up to maxStepRows queries starting at position s sees
+    /// keys [s - W, s + rows), so the ring keeps W + maxStepRows positions plus a block of slack (kv-sharing.md §6).
+    /// </summary>
+    public int[] RingPositions(int maxStepRows, int blockSize) => RingPositions(Config, Map, ContextLength, maxStepRows, blockSize);
+
+    /// <summary>RingPositions for a config and layer map without weights (for accounting).</summary>
+    public static int[] RingPositions(ModelConfig config, LayerMap map, int contextLength, int maxStepRows, int blockSize)
+    {
+        var rings = new int[map.KvLayerCount];
+        for (int layer = 0; layer < map.LayerCount; layer++)
+        {
+            if (!map.ComputesKv(layer)) continue;
+            bool allSliding = true;
+            for (int reader = 0; reader < map.LayerCount; reader++)
+                if (map.Target(reader) == layer && !map.IsSliding(reader)) allSliding = false;
+            long positions = (long)config.SlidingWindow + maxStepRows + blockSize;
+            if (allSliding && positions < contextLength) rings[map.KvIndex(layer)] = (int)positions;
+        }
+        return rings;
+    }
+
+    /// <summary>Pool blocks one sequence of `tokens` positions takes over every KV layer (rings bounded).</summary>
+    public long KvBlocksFor(int tokens, int blockSize, int maxStepRows)
+    {
+        long linear = (tokens + (long)blockSize - 1) / blockSize, tableBlocks = (ContextLength + (long)blockSize - 1) / blockSize, total = 0;
+        foreach (int ring in RingPositions(maxStepRows, blockSize))
+        {
+            long ringBlocks = (ring + (long)blockSize - 1) / blockSize;
+            total += ringBlocks > 0 && ringBlocks < tableBlocks ? Math.Min(linear, ringBlocks) : linear;
+        }
+        return total;
+    }
+
+    /// <summary>A KV cache for this model over a pool: one table per KV layer, rings for sliding-window layers.</summary>
+    public Cache.KvCache CreateCache(Cache.KvBlockPool pool, int maxStepRows)
+        => new(pool, Map.KvLayerCount, ContextLength, RingPositions(maxStepRows, pool.Layout.BlockSize));
+
     /// <summary>2 * kv_layers * kv_heads * head_dim * bytes(dtype) (kv-sharing.md §6).</summary>
     public long KvBytesPerToken(DType dtype) => 2L * Map.KvLayerCount * KvHeads * HeadDim * DTypes.SizeOf(dtype);
 

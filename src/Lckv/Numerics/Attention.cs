@@ -37,7 +37,32 @@ public readonly record struct MaskRule(bool NoDiagonal, int Window)
 /// <param name="KeyCount">keys at positions 0..KeyCount-1 are present; position p lives in block
 /// BlockTable[p / BlockSize] at slot p % BlockSize</param>
 /// <param name="BlockTable">block indices into the pool</param>
-public readonly record struct AttentionSequence(int QueryRow, int QueryCount, int FirstPosition, int KeyCount, int[] BlockTable);
+/// <param name="RingBlocks">0: the table is linear. Otherwise the KV is a ring of that many blocks (a sliding-window
+/// layer's bounded store): position p lives in BlockTable[(p / BlockSize) % RingBlocks], and only the last
+/// RingBlocks * BlockSize positions are present, so the mask's window must keep every visible key among them.</param>
+public readonly record struct AttentionSequence(int QueryRow, int QueryCount, int FirstPosition, int KeyCount, int[] BlockTable, int RingBlocks = 0)
+{
+    /// <summary>The table entry holding position p.</summary>
+    public int BlockOf(int p, int blockSize) => RingBlocks > 0 ? p / blockSize % RingBlocks : p / blockSize;
+
+    /// <summary>Throws if the table cannot hold every key the rule lets these queries see.</summary>
+    public void CheckCovers(int blockSize, MaskRule rule)
+    {
+        if (KeyCount <= 0 || QueryCount <= 0) return;
+        if (BlockTable is null) throw new ArgumentException("a sequence has keys but no block table");
+        if (RingBlocks == 0)
+        {
+            if ((long)BlockTable.Length * blockSize < KeyCount) throw new ArgumentException("a sequence's block table does not cover its keys");
+            return;
+        }
+        if (BlockTable.Length < RingBlocks) throw new ArgumentException("a ring's block table is shorter than the ring");
+        // the ring holds the blocks of the newest RingBlocks block indices; the first query's window must start there
+        long firstPresent = Math.Max(0L, ((long)(KeyCount - 1) / blockSize - RingBlocks + 1) * blockSize);
+        long oldestVisible = rule.Window > 0 ? Math.Max(0L, FirstPosition - (long)rule.Window) : 0;
+        if (oldestVisible < firstPresent)
+            throw new ArgumentException($"a KV ring of {RingBlocks} blocks no longer holds position {oldestVisible}, which the mask makes visible");
+    }
+}
 
 /// <summary>
 /// Grouped-query attention over a paged KV store. KV head g serves query heads [g*H/KV, (g+1)*H/KV).
@@ -67,8 +92,7 @@ public static unsafe class Attention
             if (s.QueryCount <= 0) continue;
             long rows = (long)s.QueryRow + s.QueryCount;
             if (rows * heads * d > q.Length || rows * heads * d > output.Length) throw new ArgumentException("a sequence's rows lie outside q or output");
-            if (s.KeyCount > 0 && (s.BlockTable is null || (long)s.BlockTable.Length * layout.BlockSize < s.KeyCount))
-                throw new ArgumentException("a sequence's block table does not cover its keys");
+            s.CheckCovers(layout.BlockSize, rule);
             items += kvHeads * ((s.QueryCount + RowChunk - 1) / RowChunk);
         }
         if (items == 0) return;
@@ -100,6 +124,7 @@ public static unsafe class Attention
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
         var acc = new float[d];
+        foreach (var s in sequences) s.CheckCovers(layout.BlockSize, rule);
         foreach (var s in sequences)
         {
             for (int r = 0; r < s.QueryCount; r++)
@@ -115,7 +140,7 @@ public static unsafe class Attention
                     Array.Clear(acc);
                     for (int j = start; j < end; j++)
                     {
-                        nint block = poolBase + (nint)(s.BlockTable[j / layout.BlockSize] * layout.BlockBytes);
+                        nint block = poolBase + (nint)(s.BlockTable[s.BlockOf(j, layout.BlockSize)] * layout.BlockBytes);
                         nint off = (nint)(((long)(j % layout.BlockSize) * kvHeads + g) * d * es);
                         Convert.Widen(block + off, layout.DType, k);
                         Convert.Widen(block + (nint)layout.HalfBytes + off, layout.DType, v);
@@ -193,6 +218,7 @@ public static unsafe class Attention
             float* max = stackalloc float[group];
             float* sum = stackalloc float[group];
             int[] table = s.BlockTable;
+            int ring = s.RingBlocks;
             for (int r = r0; r < r1; r++)
             {
                 int row = s.QueryRow + r, t = s.FirstPosition + r;
@@ -212,7 +238,8 @@ public static unsafe class Attention
                     for (int jj = 0; jj < nk; jj++)
                     {
                         int j = j0 + jj;
-                        byte* kRow = PoolBase + table[j / bs] * blockBytes + ((long)(j % bs) * kvHeads + g) * rowBytes;
+                        int slot = ring > 0 ? j / bs % ring : j / bs;
+                        byte* kRow = PoolBase + table[slot] * blockBytes + ((long)(j % bs) * kvHeads + g) * rowBytes;
                         Simd.Widen<TE>(kRow, kt + jj * d, d);
                         Simd.Widen<TE>(kRow + half, vt + jj * d, d);
                     }
