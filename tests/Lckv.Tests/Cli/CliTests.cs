@@ -161,4 +161,26 @@ public sealed class CliTests(ITestOutputHelper output)
         Assert.Equal(3, doc.RootElement.GetProperty("kv_layers").GetInt32()); // 0_4_4_4_4_5: layers 0, 4, 5
         Assert.Equal(2 * 3 * 2 * 16 * 4, doc.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
     }
+
+    [SharedFact]
+    public void TextPromptsStreamTheTextOfTheGeneratedIds()
+    {
+        string model = SharedData.Path("golden", "llama-standard"), tok = SharedData.Path("tokenizers", "en4k.model");
+        string[] common = ["generate", "--model", model, "--tokenizer", tok, "--prompt", "First Citizen: héllo 世界", "--max-tokens", "24",
+            "--temperature", "0.9", "--seed", "7", "--ignore-eos"];
+        var json = Run([.. common, "--json"]);
+        Assert.True(json.Code == 0, json.Err);
+        using var doc = JsonDocument.Parse(json.Out);
+        var ids = doc.RootElement.GetProperty("output_ids")[0].EnumerateArray().Select(x => x.GetInt32()).ToArray();
+        string text = doc.RootElement.GetProperty("text")[0].GetString()!;
+        var tokenizer = TextTokenizer.Load(tok);
+        Assert.Equal(24, ids.Length);
+        Assert.Equal(tokenizer.Decode(ids), text);
+        var streamed = Run(common);
+        Assert.True(streamed.Code == 0, streamed.Err);
+        Assert.Equal(text + Environment.NewLine, streamed.Out); // the same sample (same seed), streamed piece by piece
+        var prompt = doc.RootElement.GetProperty("prompt_ids")[0].EnumerateArray().Select(x => x.GetInt32()).ToArray();
+        Assert.Equal(tokenizer.BosId, prompt[0]);
+        Assert.Equal(tokenizer.Encode("First Citizen: héllo 世界", addBos: true), prompt);
+    }
 }
