@@ -60,7 +60,7 @@ public sealed record DataMeta
     [JsonPropertyName("val_tokens")] public long ValTokens { get; init; }
     [JsonPropertyName("sources")] public IReadOnlyList<DataSource> Sources { get; init; } = [];
 
-    public int BytesPerToken => DType == "uint16" ? 2 : 4;
+    [JsonIgnore] public int BytesPerToken => DType == "uint16" ? 2 : 4;
 }
 
 /// <summary>

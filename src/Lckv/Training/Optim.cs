@@ -88,7 +88,7 @@ public sealed class AdamW
     public static double GradNorm(IReadOnlyList<Parameter> parameters)
     {
         double sum = 0;
-        foreach (var p in parameters) sum += TensorPrimitives.SumOfSquares<float>(p.Grad);
+        for (int i = 0; i < parameters.Count; i++) sum += TensorPrimitives.SumOfSquares<float>(parameters[i].Grad);
         return Math.Sqrt(sum);
     }
 
@@ -181,7 +181,7 @@ public sealed record CosineSchedule(double MaxLr, double MinLr, int Warmup, int 
 
     public double LearningRate(long t)
     {
-        if (t <= Warmup) return MaxLr * Math.Max(t, 0) / Warmup;
+        if (Warmup > 0 && t <= Warmup) return MaxLr * Math.Max(t, 0) / Warmup;
         if (TotalSteps <= Warmup) return MinLr;
         double progress = Math.Min(1.0, (double)(t - Warmup) / (TotalSteps - Warmup));
         return MinLr + (MaxLr - MinLr) * (1 + Math.Cos(Math.PI * progress)) / 2;

@@ -33,8 +33,8 @@ public sealed record TrainerOptions
     /// <summary>Updates between checkpoints; 0: only at the end (and on interrupt).</summary>
     [JsonPropertyName("save_every")] public int SaveEvery { get; init; } = 500;
 
-    public CosineSchedule Schedule => new(Lr, MinLr, Warmup, Steps);
-    public AdamWOptions AdamW => new() { Beta1 = Beta1, Beta2 = Beta2, Eps = Eps, WeightDecay = WeightDecay };
+    [JsonIgnore] public CosineSchedule Schedule => new(Lr, MinLr, Warmup, Steps);
+    [JsonIgnore] public AdamWOptions AdamW => new() { Beta1 = Beta1, Beta2 = Beta2, Eps = Eps, WeightDecay = WeightDecay };
 
     public void Validate()
     {
