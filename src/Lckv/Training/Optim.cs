@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Numerics.Tensors;
+using Lckv.Numerics;
 
 namespace Lckv.Training;
 
@@ -30,15 +31,20 @@ public sealed record AdamWOptions
 /// p = p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 /// </code>
 /// The first and second moments (m, v) and the update count are the state; <see cref="Moments"/> exposes them so a
-/// checkpoint can save and restore them bit for bit. A step allocates nothing.
+/// checkpoint can save and restore them bit for bit. A step allocates nothing. The loops run on the shared worker pool in
+/// chunks; every result is independent of the thread count (element-wise updates; the norm sums fixed blocks in order).
 /// </summary>
 public sealed class AdamW
 {
     private readonly Parameter[] _parameters;
     private readonly float[][] _m, _v;
+    private readonly double[] _partials;
+    private readonly WorkerPool _pool;
 
-    public AdamW(IReadOnlyList<Parameter> parameters, AdamWOptions options)
+    /// <param name="pool">Threads for the loops (default: the shared pool).</param>
+    public AdamW(IReadOnlyList<Parameter> parameters, AdamWOptions options, WorkerPool? pool = null)
     {
+        _pool = pool ?? WorkerPool.Shared;
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
@@ -51,6 +57,7 @@ public sealed class AdamW
         }
         _m = [.. _parameters.Select(p => new float[p.Value.Length])];
         _v = [.. _parameters.Select(p => new float[p.Value.Length])];
+        _partials = new double[_parameters.Select(p => Blocks(p.Value.Length)).DefaultIfEmpty(0).Max()];
         Options = options;
     }
 
@@ -73,27 +80,100 @@ public sealed class AdamW
     /// The global L2 norm of all gradients; when it exceeds maxNorm (and maxNorm is positive) every gradient is scaled
     /// by maxNorm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_ does. Returns the norm before clipping.
     /// </summary>
-    public double ClipGradNorm(double maxNorm)
+    public unsafe double ClipGradNorm(double maxNorm)
     {
-        double norm = GradNorm(_parameters);
+        double sum = 0;
+        fixed (double* partials = _partials)
+        {
+            foreach (var p in _parameters)
+            {
+                fixed (float* g = p.Grad)
+                {
+                    int blocks = Blocks(p.Grad.Length);
+                    _pool.Run(blocks, new SquaresJob { G = g, N = p.Grad.Length, Partials = partials });
+                    for (int b = 0; b < blocks; b++) sum += partials[b];
+                }
+            }
+        }
+        double norm = Math.Sqrt(sum);
         if (maxNorm > 0 && norm > maxNorm && double.IsFinite(norm))
         {
             float scale = (float)(maxNorm / (norm + 1e-6));
-            foreach (var p in _parameters) TensorPrimitives.Multiply(p.Grad, scale, p.Grad);
+            foreach (var p in _parameters)
+                fixed (float* g = p.Grad)
+                    _pool.Run(p.Grad.Length, new ScaleJob { G = g, Scale = scale }, Grain);
         }
         return norm;
     }
 
-    /// <summary>Global L2 norm of the gradients (sum of squares per parameter in f32, summed in f64; deterministic).</summary>
+    /// <summary>
+    /// Global L2 norm of the gradients: sums of squares over fixed blocks of <see cref="NormBlock"/> elements in f32,
+    /// added in order in f64, so the result does not depend on the thread count (the same sum ClipGradNorm computes).
+    /// </summary>
     public static double GradNorm(IReadOnlyList<Parameter> parameters)
     {
         double sum = 0;
-        for (int i = 0; i < parameters.Count; i++) sum += TensorPrimitives.SumOfSquares<float>(parameters[i].Grad);
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var g = parameters[i].Grad;
+            for (int s = 0; s < g.Length; s += NormBlock)
+                sum += TensorPrimitives.SumOfSquares<float>(g.AsSpan(s, Math.Min(NormBlock, g.Length - s)));
+        }
         return Math.Sqrt(sum);
     }
 
+    /// <summary>Elements per partial sum of the gradient norm.</summary>
+    public const int NormBlock = 1 << 16;
+
+    /// <summary>Elements per thread chunk of the element-wise loops (a multiple of every vector width).</summary>
+    private const int Grain = 1 << 14;
+
+    private static int Blocks(int n) => (n + NormBlock - 1) / NormBlock;
+
+    private unsafe struct SquaresJob : IRangeBody
+    {
+        public float* G;
+        public int N;
+        public double* Partials;
+
+        public readonly void Invoke(int start, int end)
+        {
+            for (int b = start; b < end; b++)
+            {
+                int s = b * NormBlock, e = Math.Min(N, s + NormBlock);
+                Partials[b] = TensorPrimitives.SumOfSquares<float>(new ReadOnlySpan<float>(G + s, e - s));
+            }
+        }
+    }
+
+    private unsafe struct ScaleJob : IRangeBody
+    {
+        public float* G;
+        public float Scale;
+
+        public readonly void Invoke(int start, int end)
+        {
+            var span = new Span<float>(G + start, end - start);
+            TensorPrimitives.Multiply(span, Scale, span);
+        }
+    }
+
+    private unsafe struct UpdateJob : IRangeBody
+    {
+        public float* P, G, M, V;
+        public float Decay;
+        public Coefficients K;
+
+        public readonly void Invoke(int start, int end)
+        {
+            int n = end - start;
+            Update(new Span<float>(P + start, n), new ReadOnlySpan<float>(G + start, n), new Span<float>(M + start, n),
+                new Span<float>(V + start, n), Decay, K);
+        }
+    }
+
     /// <summary>One update of every parameter from its gradient with learning rate lr.</summary>
-    public void Step(double lr)
+    public unsafe void Step(double lr)
     {
         if (!(lr >= 0) || !double.IsFinite(lr)) throw new LckvException($"learning rate must be 0 or more, not {lr}");
         long t = ++StepCount;
@@ -113,7 +193,8 @@ public sealed class AdamW
         {
             var p = _parameters[i];
             float decay = p.Decay ? (float)(1 - lr * o.WeightDecay) : 1f;
-            Update(p.Value, p.Grad, _m[i], _v[i], decay, k);
+            fixed (float* pv = p.Value, g = p.Grad, m = _m[i], v = _v[i])
+                _pool.Run(p.Value.Length, new UpdateJob { P = pv, G = g, M = m, V = v, Decay = decay, K = k }, Grain);
         }
     }
 

@@ -136,6 +136,32 @@ public sealed class OptimTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ResultsDoNotDependOnTheThreadCount()
+    {
+        float[][] Run(int threads, out double norm)
+        {
+            var ps = new[] { new Parameter("big", [300_001], true), new Parameter("small", [7], false) };
+            var rng = new TrainingRng(5);
+            foreach (var p in ps)
+            {
+                for (int i = 0; i < p.Value.Length; i++) p.Value[i] = (float)((rng.Next() >> 40) / (double)(1UL << 24) - 0.5);
+                for (int i = 0; i < p.Grad.Length; i++) p.Grad[i] = (float)((rng.Next() >> 40) / (double)(1UL << 24) - 0.5);
+            }
+            var opt = new AdamW(ps, new AdamWOptions(), new Lckv.Numerics.WorkerPool(threads));
+            norm = opt.ClipGradNorm(1.0);
+            Assert.Equal(AdamW.GradNorm(ps) * (norm + 1e-6), norm, 1e-3); // clipped to ~1
+            opt.Step(1e-3);
+            opt.Step(1e-3);
+            return [.. ps.Select(p => p.Value)];
+        }
+        var one = Run(1, out double n1);
+        var four = Run(4, out double n4);
+        Assert.Equal(n1, n4);
+        Assert.Equal(one[0], four[0]);
+        Assert.Equal(one[1], four[1]);
+    }
+
+    [Fact]
     public void AStepAllocatesNothing()
     {
         var ps = new[] { new Parameter("a", [1000], true), new Parameter("b", [33], false) };
