@@ -17,6 +17,8 @@ public static class Cli
         root.Subcommands.Add(BenchCommand.Create(output, error));
         root.Subcommands.Add(InfoCommand.Create(output, error));
         root.Subcommands.Add(ConvertCommand.Create(output, error));
+        root.Subcommands.Add(DataCommand.Create(output, error));
+        root.Subcommands.Add(TrainCommand.Create(output, error));
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
