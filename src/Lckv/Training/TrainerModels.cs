@@ -24,11 +24,6 @@ public static class TrainerModels
         _ => throw new LckvException($"unknown --arch '{arch}' (expected {string.Join(" or ", Archs)})"),
     };
 
-    /// <summary>The seam for the trainable decoder (TrainableModel.FromConfig(config, seed)).</summary>
-    private static ITrainable CreateDecoder(ModelConfig config, ulong seed)
-    {
-        _ = config;
-        _ = seed;
-        throw new LckvException("training the decoder needs TrainableModel, which this build does not include yet (--arch bigram trains a baseline)");
-    }
+    /// <summary>The trainable decoder (autograd through the iteration plan).</summary>
+    private static ITrainable CreateDecoder(ModelConfig config, ulong seed) => TrainableModel.FromConfig(config, seed);
 }

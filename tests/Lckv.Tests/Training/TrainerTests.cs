@@ -220,7 +220,7 @@ public sealed class TrainerTests(ITestOutputHelper output)
         string config = WriteConfig(dir);
         CliTests.AssertOneLineError(CliTests.Run("train", "--data", data, "--out", dir.File("x"), "--steps", "2"), "--preset");
         CliTests.AssertOneLineError(CliTests.Run("train", "--preset", "small", "--config", config, "--data", data, "--out", dir.File("x")), "exactly one");
-        CliTests.AssertOneLineError(CliTests.Run("train", "--config", config, "--data", data, "--out", dir.File("x"), "--steps", "2"), "TrainableModel");
+        CliTests.AssertOneLineError(CliTests.Run("train", "--config", config, "--data", data, "--out", dir.File("x"), "--steps", "2"), "--seq-len");
         CliTests.AssertOneLineError(CliTests.Run("train", "--config", config, "--arch", "rnn", "--data", data, "--out", dir.File("x")), "rnn");
         CliTests.AssertOneLineError(CliTests.Run("train", "--config", config, "--arch", "bigram", "--data", dir.File("nodata"), "--out", dir.File("x")), "nodata");
         CliTests.AssertOneLineError(CliTests.Run(TrainArgs(dir, data, config, "--lr", "-1")), "--lr");
