@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using Lckv.Model;
 using Lckv.Numerics;
 using Lckv.Numerics.Backward;
 
@@ -7,11 +8,18 @@ namespace Lckv.Training;
 /// <summary>Which KV a layer read: zeros (K null: a first pass reading upward), a constant, or a recorded version.</summary>
 internal readonly record struct KvRef(float[]? K, float[]? V, int Record);
 
+/// <summary>
+/// How much of a layer a pass needs. A pass that does not advance only matters through the KV it writes, so layers
+/// after its last KV-computing layer are skipped and that layer stops once its KV is written.
+/// </summary>
+internal enum LayerWork { Full, KvOnly, Skip }
+
 /// <summary>What one layer evaluation keeps for its backward (a recorded pass), or its scratch (a no-grad pass).</summary>
-internal sealed class LayerActivations(int layer, bool ownsKv)
+internal sealed class LayerActivations(int layer, bool ownsKv, LayerWork work = LayerWork.Full)
 {
     public readonly int Layer = layer;
     public readonly bool OwnsKv = ownsKv;
+    public readonly LayerWork Work = work;
     public float[] X = [], Xn1 = [], Q = [], Att = [], Lse = [], H1 = [], Xn2 = [], G = [], U = [], A = [];
     /// <summary>The KV this evaluation wrote (post-RoPE K) and the gradients its readers add to it.</summary>
     public float[] K = [], V = [], DK = [], DV = [];
@@ -87,15 +95,21 @@ public sealed unsafe partial class TrainableModel
                 Slice(_hGroup, n * c).CopyTo(_records[rec].X);
                 for (int layer = pass.Start; layer < pass.End; layer++, rec++)
                 {
+                    var a = _records[rec];
+                    if (a.Work == LayerWork.Skip) continue;
                     var dst = layer + 1 < pass.End ? _records[rec + 1].X : _hOut;
-                    LayerForward(_records[rec], rec, dst);
+                    LayerForward(a, rec, dst, a.Work);
                 }
             }
             else
             {
                 var s = _scratch!;
                 Slice(_hGroup, n * c).CopyTo(s.X);
-                for (int layer = pass.Start; layer < pass.End; layer++) LayerForward(s, -1, s.X, layer);
+                for (int layer = pass.Start; layer < pass.End; layer++)
+                {
+                    var work = Work(pass, layer);
+                    if (work != LayerWork.Skip) LayerForward(s, -1, s.X, work, layer);
+                }
                 if (pass.Advances) Slice(s.X, n * c).CopyTo(_hOut);
             }
             if (pass.Advances) (_hGroup, _hOut) = (_hOut, _hGroup);
@@ -122,7 +136,7 @@ public sealed unsafe partial class TrainableModel
             var list = new List<LayerActivations>();
             foreach (var pass in _plan)
                 if (pass.Gradient)
-                    for (int l = pass.Start; l < pass.End; l++) list.Add(new LayerActivations(l, Map.ComputesKv(l)));
+                    for (int l = pass.Start; l < pass.End; l++) list.Add(new LayerActivations(l, Map.ComputesKv(l), Work(pass, l)));
             _records = list.ToArray();
             _scratch = new LayerActivations(-1, ownsKv: false);
             _slotK = new float[Map.KvLayerCount][];
@@ -147,7 +161,7 @@ public sealed unsafe partial class TrainableModel
     }
 
     // a.X (rows, hidden) -> dst (rows, hidden); dst may be a.X. record >= 0: a is recorded and owns the KV it writes.
-    private void LayerForward(LayerActivations a, int record, float[] dst, int layer = -1)
+    private void LayerForward(LayerActivations a, int record, float[] dst, LayerWork work, int layer = -1)
     {
         if (layer < 0) layer = a.Layer;
         var lp = _layers[layer];
@@ -156,9 +170,6 @@ public sealed unsafe partial class TrainableModel
         var positions = _positions.AsSpan(0, n);
         var xn1 = Slice(a.Xn1, n * c);
         Norm(Slice(a.X, n * c), lp.InputNorm, xn1, n);
-        var q = Slice(a.Q, n * qd);
-        Linear(xn1, lp.Q, q, n);
-        Numerics.Rope.Apply(q, positions, cfg.NumAttentionHeads, _rope);
         if (Map.ComputesKv(layer))
         {
             int slot = Map.KvIndex(layer);
@@ -169,6 +180,10 @@ public sealed unsafe partial class TrainableModel
             Numerics.Rope.Apply(Slice(k, n * kvd), positions, cfg.NumKeyValueHeads, _rope);
             _current[slot] = new KvRef(k, v, own ? record : -1);
         }
+        if (work == LayerWork.KvOnly) return;
+        var q = Slice(a.Q, n * qd);
+        Linear(xn1, lp.Q, q, n);
+        Numerics.Rope.Apply(q, positions, cfg.NumAttentionHeads, _rope);
         var src = _current[Map.ReadsKvIndex(layer)];
         a.Read = src;
         var att = Slice(a.Att, n * qd);
@@ -221,7 +236,11 @@ public sealed unsafe partial class TrainableModel
                 dAcc.Clear();
             }
             else dCur.Clear();
-            for (int layer = pass.End - 1; layer >= pass.Start; layer--) LayerBackward(_records[--rec], dCur);
+            for (int layer = pass.End - 1; layer >= pass.Start; layer--)
+            {
+                var a = _records[--rec];
+                if (a.Work != LayerWork.Skip) LayerBackward(a, dCur);
+            }
             // every pass of a group starts from the group's input: their input gradients add up
             TensorPrimitives.Add(dAcc, dCur, dAcc);
             bool firstRecorded = p == 0 || !_plan[p - 1].Gradient || _plan[p - 1].Start != pass.Start;
@@ -241,17 +260,18 @@ public sealed unsafe partial class TrainableModel
         var cfg = Config;
         int n = _rows, c = Hidden, qd = QDim, kvd = KvDim, inter = Inter;
         var positions = _positions.AsSpan(0, n);
+        var dXn = Slice(_dXn, n * c);
+        var xn1 = Slice(a.Xn1, n * c);
+        bool any = false;
+        if (a.Work == LayerWork.KvOnly) goto Kv; // dCur is zero: only the KV this layer wrote carries gradient
         var dA = Slice(_dInter, n * inter);
         var dU = Slice(_dUp, n * inter);
-        var dXn = Slice(_dXn, n * c);
         LinearBackward(dCur, Slice(a.A, n * inter), lp.Down, dA, accumulate: false, n);
         SwiGluBackward.Apply(dA, Slice(a.G, n * inter), Slice(a.U, n * inter), dA, dU);
         var xn2 = Slice(a.Xn2, n * c);
         LinearBackward(dA, xn2, lp.Gate, dXn, accumulate: false, n);
         LinearBackward(dU, xn2, lp.Up, dXn, accumulate: true, n);
         RmsNormBackward.Apply(dXn, Slice(a.H1, n * c), lp.PostNorm.Value, Eps, dCur, lp.PostNorm.Grad, _rstd, n);
-        var xn1 = Slice(a.Xn1, n * c);
-        bool any = false;
         var src = a.Read;
         if (src.K is not null)
         {
@@ -270,6 +290,7 @@ public sealed unsafe partial class TrainableModel
             LinearBackward(dQ, xn1, lp.Q, dXn, accumulate: false, n);
             any = true;
         }
+    Kv:
         if (a.OwnsKv)
         {
             // every reader of this KV comes later in the forward, so its gradient is complete here
@@ -280,6 +301,15 @@ public sealed unsafe partial class TrainableModel
             any = true;
         }
         if (any) RmsNormBackward.Apply(dXn, Slice(a.X, n * c), lp.InputNorm.Value, Eps, dCur, lp.InputNorm.Grad, _rstd, n);
+    }
+
+    private LayerWork Work(PlanPass pass, int layer)
+    {
+        if (pass.Advances) return LayerWork.Full;
+        int lastKv = pass.Start;
+        for (int l = pass.Start; l < pass.End; l++)
+            if (Map.ComputesKv(l)) lastKv = l;
+        return layer < lastKv ? LayerWork.Full : layer == lastKv ? LayerWork.KvOnly : LayerWork.Skip;
     }
 
     private static void Linear(ReadOnlySpan<float> x, Parameter w, Span<float> y, int n)

@@ -188,7 +188,7 @@ public sealed unsafe partial class TrainableModel : ITrainable
     }
 
     /// <summary>The parameter with this Hugging Face name.</summary>
-    public Parameter Parameter(string name)
+    public Parameter ParameterNamed(string name)
         => _parameters.FirstOrDefault(p => p.Name == name) ?? throw new LckvException($"no parameter '{name}'");
 
     public long ParameterCount => _parameters.Sum(p => p.Value.LongLength);

@@ -57,6 +57,20 @@ public sealed class TrainableModelTests
         Assert.Equal(TrainableModel.FromConfig(Tiny("0_3_3_3"), 3).Loss(tokens.AsSpan(0, 2 * 5), 2, 5), small);
     }
 
+    [Fact]
+    public void SteadyStateStepsDoNotAllocateBuffers()
+    {
+        var model = TrainableModel.FromConfig(Tiny("0_3_3_3") with { ForwardPasses = 3 }, 4);
+        var tokens = Enumerable.Range(0, 4 * 16).Select(i => i * 5 % 37).ToArray();
+        model.LossAndGradients(tokens, 4, 16);
+        model.Loss(tokens, 4, 16);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        model.LossAndGradients(tokens, 4, 16);
+        model.Loss(tokens, 4, 16);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated < 4096, $"a steady-state step allocated {allocated} bytes");
+    }
+
     [SharedFact]
     public void SaveLoadRoundTripAndInferenceModelMatch()
     {
