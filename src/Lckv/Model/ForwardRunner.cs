@@ -41,6 +41,8 @@ public sealed class ForwardRunner
     private readonly int[] _starts, _rowStarts;
     private readonly MaskRule[] _masks;
     private readonly float _scale;
+    private readonly IReadOnlyList<PlanPass> _plan;   // whole sequences (multi-token steps)
+    private readonly IReadOnlyList<PlanPass> _onePass; // one token per sequence: every layer once
 
     public int MaxRows { get; }
     public int MaxSequences { get; }
@@ -84,6 +86,8 @@ public sealed class ForwardRunner
                 throw new ArgumentException($"KV layer {kv}'s ring of {ring} blocks is too small for steps of {maxRows} rows (create the cache with LlamaModel.CreateCache)");
         }
         _scale = 1f / MathF.Sqrt(c.HeadDim);
+        _plan = IterationPlan.Build(model.Map, c.ForwardPasses, c.BackwardPasses);
+        _onePass = [new PlanPass(0, model.Map.LayerCount, false, true)];
     }
 
     /// <summary>
@@ -134,8 +138,7 @@ public sealed class ForwardRunner
             RunSequential(batch, tokens, rows, logits);
             return;
         }
-        var plan = IterationPlan.Build(map, _model.Config.ForwardPasses, _model.Config.BackwardPasses);
-        if (!multi) plan = [new PlanPass(0, map.LayerCount, false, true)];
+        var plan = multi ? _plan : _onePass;
         Prepare(batch, total);
         Embed(tokens, total);
         for (int p = 0; p < plan.Count; p++)
@@ -221,10 +224,10 @@ public sealed class ForwardRunner
                 throw new LckvException($"sequence of {need} tokens exceeds the context length {_model.ContextLength}");
         }
         if (total != tokens.Length) throw new ArgumentException($"batch has {total} tokens, tokens span {tokens.Length}");
-        bool anyUpward = _model.Map.AnyAttendsTop;
-        if (total > MaxRows && !anyUpward) throw new ArgumentException($"{total} rows exceed the runner's {MaxRows}; split the step");
-        int need2 = rows == LogitsRows.All ? total : batch.Length;
-        if (logits.Length < (long)need2 * _model.Vocab) throw new ArgumentException("logits buffer too small");
+        // (a step of an upward layout that goes token by token may exceed MaxRows: each of its steps has one row per sequence)
+        if (total > MaxRows && !_model.Map.AnyAttendsTop) throw new ArgumentException($"{total} rows exceed the runner's {MaxRows}; split the step");
+        int logitRows = rows == LogitsRows.All ? total : batch.Length;
+        if (logits.Length < (long)logitRows * _model.Vocab) throw new ArgumentException("logits buffer too small");
         foreach (int id in tokens)
             if ((uint)id >= (uint)_model.Vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {_model.Vocab})");
         return total;

@@ -22,6 +22,7 @@ public sealed partial class LayerMap
         int n = 0;
         for (int i = 0; i < targets.Length; i++) _kvIndex[i] = Array.IndexOf(targets, i) >= 0 ? n++ : -1;
         KvLayerCount = n;
+        for (int i = 0; i < targets.Length; i++) AnyAttendsTop |= targets[i] > i;
     }
 
     public int LayerCount => _targets.Length;
@@ -31,7 +32,7 @@ public sealed partial class LayerMap
     public bool IsSliding(int layer) => _sliding[layer];
     public bool ComputesKv(int layer) => _kvIndex[layer] >= 0;
     public bool AttendsTop(int layer) => _targets[layer] > layer;
-    public bool AnyAttendsTop => Enumerable.Range(0, LayerCount).Any(AttendsTop);
+    public bool AnyAttendsTop { get; }
     /// <summary>Index of a KV-computing layer among the KV layers (cache slot), -1 otherwise.</summary>
     public int KvIndex(int layer) => _kvIndex[layer];
     /// <summary>The cache slot that layer reads: KvIndex(Target(layer)).</summary>
