@@ -17,7 +17,11 @@ namespace Lckv.Bench;
 [Config(typeof(RooflineConfig))]
 public unsafe class GemmBenchmarks
 {
+    /// <summary>The shapes (m x k x n), or those listed in LCKV_BENCH_SHAPES (comma separated).</summary>
     public static IEnumerable<string> Shapes =>
+        Environment.GetEnvironmentVariable("LCKV_BENCH_SHAPES") is { Length: > 0 } list ? list.Split(',') : DefaultShapes;
+
+    private static readonly string[] DefaultShapes =
     [
         "1024x1024x1024", "2048x2048x2048", "4096x4096x4096",
         "1x512x1408", "1x1408x512", "1x2048x5632", "1x5632x2048", "1x2048x32000",

@@ -16,7 +16,9 @@ namespace Lckv.Numerics;
 public static unsafe class MatMul
 {
     /// <summary>From this many rows of x the blocked GEMM is used; below, the streaming dot kernel.</summary>
-    internal static int GemmMinRows = 8;
+    internal static int GemmMinRows = int.TryParse(Environment.GetEnvironmentVariable("LCKV_GEMM_MIN_ROWS"), out int g) ? g : 8;
+
+    private static readonly bool PrefetchTile = Environment.GetEnvironmentVariable("LCKV_YPF") != "0";
 
     /// <summary>
     /// How far ahead the streaming kernel prefetches each row of 16-bit W, in bytes (0: off). It lets one core keep
@@ -26,6 +28,7 @@ public static unsafe class MatMul
 
     private const int KC = 256;  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
     private const int MC = 384;  // m block: packed x is MC x KC f32 (384 KiB, stays in L2)
+    private const int AllKFloats = 192 * 1024; // packed x up to 768 KiB (L2) is packed whole: W is then streamed once, row panel by row panel
     private const long MinWorkPerThread = 1 << 16; // multiply-adds below which a chunk is not worth a thread
 
     /// <summary>Fast path: SIMD, split across the worker pool in chunks.</summary>
@@ -312,7 +315,7 @@ public static unsafe class MatMul
 
         private Scratch()
         {
-            X = (float*)NativeMemory.AlignedAlloc((nuint)(MC * KC * sizeof(float)), 64);
+            X = (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(MC * KC, AllKFloats) * sizeof(float)), 64);
             W = (float*)NativeMemory.AlignedAlloc((nuint)(16 * KC * sizeof(float)), 64);
         }
 
@@ -338,6 +341,34 @@ public static unsafe class MatMul
             float* xp = scratch.X, wp = scratch.W;
             bool wide = Vector512.IsHardwareAccelerated;
             int lanes = wide ? 16 : 8;
+            int mPad = (M + lanes - 1) / lanes * lanes;
+            int kBlocks = (K + KC - 1) / KC;
+            if ((long)mPad * kBlocks * KC <= AllKFloats)
+            {
+                // few rows (batched decode): pack all of x once, then stream each 16-row panel of W along k
+                for (int b = 0; b < kBlocks; b++)
+                    PackX(X + b * KC, K, M, Math.Min(KC, K - b * KC), lanes, xp + (long)b * mPad * KC);
+                for (int jr = j0; jr < j1; jr += lanes)
+                {
+                    int nb = Math.Min(lanes, j1 - jr);
+                    for (int b = 0; b < kBlocks; b++)
+                    {
+                        int pc = b * KC, kb = Math.Min(KC, K - pc);
+                        // while this panel computes, the same k block of the next panel streams into L2
+                        byte* next = jr + lanes < j1 ? W + ((long)(jr + lanes) * K + pc) * TE.Size : null;
+                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, next, Math.Min(lanes, j1 - jr - lanes));
+                        float* xb = xp + (long)b * mPad * KC;
+                        for (int q = 0; q < M; q += lanes)
+                        {
+                            float* yt = Y + (long)q * N + jr;
+                            int rows = Math.Min(lanes, M - q);
+                            if (wide) Tile16x16(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
+                            else Tile8x8(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
+                        }
+                    }
+                }
+                return;
+            }
             for (int pc = 0; pc < K; pc += KC)
             {
                 int kb = Math.Min(KC, K - pc);
@@ -349,7 +380,7 @@ public static unsafe class MatMul
                     for (int jr = j0; jr < j1; jr += lanes)
                     {
                         int nb = Math.Min(lanes, j1 - jr);
-                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp);
+                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, null, 0);
                         for (int q = 0; q < mb; q += lanes)
                         {
                             float* yt = Y + (long)(ic + q) * N + jr;
@@ -387,11 +418,17 @@ public static unsafe class MatMul
     }
 
     // w is (rows, ldw) stored elements, a block of (rows, kb); wp receives `lanes` rows of stride KC widened to f32,
-    // rows past the end zero
+    // rows past the end zero; the same block of prefetchRows rows at prefetch (the next panel) is fetched into L2
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackW<TE>(byte* w, int ldw, int rows, int kb, int lanes, float* wp) where TE : struct, IElement
+    private static void PackW<TE>(byte* w, int ldw, int rows, int kb, int lanes, float* wp, byte* prefetch, int prefetchRows) where TE : struct, IElement
     {
         for (int r = 0; r < rows; r++) Simd.Widen<TE>(w + (long)r * ldw * TE.Size, wp + r * KC, kb);
+        if (prefetch != null && Sse.IsSupported)
+            for (int r = 0; r < prefetchRows; r++)
+            {
+                byte* src = prefetch + (long)r * ldw * TE.Size;
+                for (int b = 0; b < kb * TE.Size; b += 64) Sse.Prefetch1(src + b);
+            }
         for (int r = rows; r < lanes; r++) new Span<float>(wp + r * KC, kb).Clear();
     }
 
@@ -399,6 +436,8 @@ public static unsafe class MatMul
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile16x16(float* xp, float* wp, int kb, float* y, int ldy, int rows, int cols, bool accumulate)
     {
+        if (Sse.IsSupported && PrefetchTile)
+            for (int i = 0; i < rows; i++) Sse.Prefetch1(y + (long)i * ldy);
         var c0 = Vector512<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
         var c4 = c0; var c5 = c0; var c6 = c0; var c7 = c0;
         var c8 = c0; var c9 = c0; var c10 = c0; var c11 = c0;
