@@ -27,16 +27,6 @@ public sealed class ThroughputTests
         KvDType = DType.F32, BlockSize = 4, MaxBatch = 64,
     };
 
-    [Theory]
-    [InlineData("llama", 22, "0_1_2_3_4_5_6_7_8_9_10_11_12_13_14_15_16_17_18_19_20_21")]
-    [InlineData("lckv-w2", 22, "0_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_21")]
-    [InlineData("lckv-w10", 22, "0_1_2_3_4_16_16_16_16_16_16_16_16_16_16_16_16_17_18_19_20_21")]
-    [InlineData("cla2", 6, "0_0_2_2_4_4")]
-    [InlineData("yoco", 6, "0s_1s_2s_3_3_3")]
-    [InlineData("0_2_2", 3, "0_2_2")]
-    public void LayoutsAreTheDocumentedOnes(string name, int layers, string expected)
-        => Assert.Equal(expected, ThroughputLayouts.LayerTypes(name, layers));
-
     [Fact]
     public void LayoutErrorsNameTheProblem()
     {
