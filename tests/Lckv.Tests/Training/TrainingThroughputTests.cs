@@ -1,3 +1,4 @@
+using Lckv.Numerics;
 using System.Diagnostics;
 using Lckv.Model;
 using Lckv.Training;
@@ -20,23 +21,39 @@ public sealed class TrainingThroughputTests(ITestOutputHelper output)
     [BenchFact]
     public void SmallPresetStep()
     {
+        var roof = Roofline.Measure(WorkerPool.Shared.ThreadCount);
+        output.WriteLine($"machine: {roof}");
         foreach (var (name, layers) in new (string, string?)[] { ("llama", null), ("lckv w=2 m=7 b=2", "0_6_6_6_6_6_6_7") })
         {
             var config = Presets.Config("small");
             if (layers is not null) config = config with { ModelType = "lckv-llama", LayerTypes = layers };
             var model = TrainableModel.FromConfig(config, 1);
+            var optimizer = new AdamW(model.Parameters, new AdamWOptions());
             int batch = 8, seqLen = 128;
             var rng = new SplitMix64(5);
             var tokens = Enumerable.Range(0, batch * seqLen).Select(_ => (int)(rng.Next() % 4096)).ToArray();
-            model.LossAndGradients(tokens, batch, seqLen); // warm-up: buffers, JIT
+            void Step()
+            {
+                optimizer.ZeroGrad();
+                model.LossAndGradients(tokens, batch, seqLen);
+                optimizer.ClipGradNorm(1.0);
+                optimizer.Step(1e-4);
+            }
+            Step(); // warm-up: buffers, JIT
             int steps = 3;
             var sw = Stopwatch.StartNew();
-            for (int s = 0; s < steps; s++) model.LossAndGradients(tokens, batch, seqLen);
+            for (int s = 0; s < steps; s++) Step();
             double t = sw.Elapsed.TotalSeconds / steps;
             sw.Restart();
             model.Loss(tokens, batch, seqLen);
             double f = sw.Elapsed.TotalSeconds;
-            output.WriteLine($"{name}: {model.ParameterCount / 1e6:F1}M params, step {t * 1000:F0} ms = {batch * seqLen / t:F0} tok/s (forward only {f * 1000:F0} ms), {Environment.ProcessorCount} cores");
+            // model FLOP: 6 per weight per token (forward + backward) over the matrices that multiply (not the embedding
+            // lookup); an upward layout's plan does more (m no-grad and b-1 extra passes over its cyclic layers)
+            long weights = ModelWeights.Specs(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers))
+                .Where(x => x.Shape.Length == 2 && x.Slot != WeightSlot.Embed).Sum(x => x.Elements);
+            double tokPerSec = batch * seqLen / t, gflops = 6.0 * weights * tokPerSec / 1e9;
+            output.WriteLine($"{name}: step (loss, gradients, clip, AdamW) {t * 1000:F0} ms = {tokPerSec:F0} tok/s, " +
+                $"{gflops:F1} model GFLOP/s = {100 * gflops / roof.FmaGflops:F0}% of the FMA peak (forward only {f * 1000:F0} ms)");
         }
     }
 }
