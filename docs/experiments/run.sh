@@ -58,7 +58,7 @@ done
 # 4. loss curves and the table
 logs=()
 for l in $LAYOUTS; do logs+=(--log "$OUT/runs/$l/log.jsonl:$l"); done
-$LCKV plot loss "${logs[@]}" --out "$OUT/loss.png" --smooth 20 --y-max 7 \
-  --title "Training loss, 8 layers x 256, $STEPS x $BATCH x $SEQ tokens" --subtitle "moving average over 20 steps; lr $LR, warmup $WARMUP, cosine"
+$LCKV plot loss "${logs[@]}" --out "$OUT/loss.png" --smooth 20 --y-max 6 \
+  --title "Training loss, 8 layers x 256, $STEPS x $BATCH x $SEQ tokens" --subtitle "moving average over 20 steps, lr $LR, warmup $WARMUP, cosine"
 python3 docs/experiments/table.py "$OUT" $LAYOUTS | tee "$OUT/table.md"
 echo "total wall time: $(( $(date +%s) - start ))s; outputs in $OUT"
