@@ -12,7 +12,7 @@ SEQ=${SEQ:-128}            # tokens per row; 384 x 16 x 128 = 786,432 tokens, ~0
 LR=${LR:-1e-3}             # peak; cosine decay to LR/10
 WARMUP=${WARMUP:-40}
 SEED=${SEED:-1}
-WT_TOKENS=${WT_TOKENS:-40000}  # first N tokens of wikitext-2/test.txt are scored
+WT_TOKENS=${WT_TOKENS:-all}    # score all of wikitext-2/test.txt, or only its first N tokens
 LAYOUTS=${LAYOUTS:-"llama lckv-w2 lckv-w4 cla2 yoco"}
 CONFIG=docs/experiments/config.json
 LCKV="dotnet src/Lckv.Cli/bin/Release/net10.0/Lckv.Cli.dll"
@@ -48,8 +48,9 @@ done
 # 3. evaluation: perplexity with 128-token windows (the training length), stride 128
 for l in $LAYOUTS; do
   run="$OUT/runs/$l"
+  limit=(); [ "$WT_TOKENS" = all ] || limit=(--max-tokens "$WT_TOKENS")
   $LCKV perplexity --model "$run/checkpoint" --file "$SHARED/data/wikitext-2/test.txt" --ctx "$SEQ" --stride "$SEQ" \
-    --max-tokens "$WT_TOKENS" --json 2>/dev/null > "$run/ppl-wikitext2-test.json"
+    "${limit[@]}" --json 2>/dev/null > "$run/ppl-wikitext2-test.json"
   $LCKV perplexity --model "$run/checkpoint" --ids-file "$OUT/tinyshakespeare-tail.ids" --ctx "$SEQ" --stride "$SEQ" \
     --json 2>/dev/null > "$run/ppl-tinyshakespeare-tail.json"
   echo "$l: wikitext-2 $(cat "$run/ppl-wikitext2-test.json")"
