@@ -19,6 +19,7 @@ public static class Cli
         root.Subcommands.Add(ConvertCommand.Create(output, error));
         root.Subcommands.Add(DataCommand.Create(output, error));
         root.Subcommands.Add(TrainCommand.Create(output, error));
+        root.Subcommands.Add(PlotCommand.Create(output, error));
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
