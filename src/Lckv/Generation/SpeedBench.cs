@@ -38,7 +38,21 @@ public sealed class SpeedBench
     private readonly LlamaModel _model;
     private readonly DType _kvDType;
     private readonly int _blockSize;
-    private readonly MachineRoofline _machine;
+    private MachineRoofline _machine;
+
+    /// <summary>The limits results are compared with; set it to re-judge results with a later measurement.</summary>
+    public MachineRoofline Machine
+    {
+        get => _machine;
+        set => _machine = value;
+    }
+
+    /// <summary>A result judged against the current <see cref="Machine"/>.</summary>
+    public BenchResult Rejudge(BenchResult r)
+    {
+        var (roof, bound) = Roofline(r.Kind, r.Tokens, r.Batch, r.Depth);
+        return r with { RooflineTokensPerSecond = roof, Bound = bound };
+    }
 
     public SpeedBench(LlamaModel model, DType kvDType, int blockSize, MachineRoofline machine)
     {

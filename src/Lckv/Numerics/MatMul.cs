@@ -26,7 +26,8 @@ public static unsafe class MatMul
     /// </summary>
     internal static int PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("LCKV_PREFETCH"), out int pf) ? pf : 1024;
 
-    private const int KC = 256;  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
+    private const int KC = 256;
+    private const int PrefetchChunk = 16; // k steps of a tile between two rows of the next panel's prefetch  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
     private const int MC = 384;  // m block: packed x is MC x KC f32 (384 KiB, stays in L2)
     private const int AllKFloats = 192 * 1024; // packed x up to 768 KiB (L2) is packed whole: W is then streamed once, row panel by row panel
     private const long MinWorkPerThread = 1 << 16; // multiply-adds below which a chunk is not worth a thread
@@ -91,7 +92,10 @@ public static unsafe class MatMul
         else if (m < GemmMinRows)
         {
             grain = (grain + 3) & ~3;
-            pool.Run(n, new DotJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+            if (typeof(TE) == typeof(BF16Element) && Vector512.IsHardwareAccelerated && k >= 32)
+                pool.Run(n, new DotBf16Job { X = PairSplit.Apply(x, m, k), W = w, Y = y, M = m, K = k, N = n }, grain);
+            else
+                pool.Run(n, new DotJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
         }
         else
         {
@@ -304,6 +308,198 @@ public static unsafe class MatMul
         y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
     }
 
+    // ---------------------------------------------------------------- few rows, bf16 W: even/odd lanes
+
+    /// <summary>
+    /// x with every whole block of 32 values reordered as its 16 even-index values then its 16 odd-index values (the
+    /// tail after the last whole block stays in place). 32 bf16 values of W loaded as 16 uints then widen with one
+    /// shift (the even ones, low halves) and one mask (the odd ones, high halves), in the same order, without the
+    /// cross-lane widening of a natural-order load. Reordering x once per call costs m*k moves; W has n*k values.
+    /// </summary>
+    private static class PairSplit
+    {
+        [ThreadStatic] private static float[]? t_buffer;
+
+        public static float* Apply(float* x, int m, int k)
+        {
+            long need = (long)m * k;
+            var buf = t_buffer;
+            if (buf is null || buf.Length < need) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
+            float* dst = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf));
+            var evenIdx = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            var oddIdx = evenIdx + Vector512<int>.One;
+            for (int i = 0; i < m; i++)
+            {
+                float* src = x + (long)i * k, d = dst + (long)i * k;
+                int p = 0;
+                for (; p <= k - 32; p += 32)
+                {
+                    var lo = Vector512.Load(src + p);
+                    var hi = Vector512.Load(src + p + 16);
+                    Avx512F.PermuteVar16x32x2(lo, evenIdx, hi).Store(d + p);
+                    Avx512F.PermuteVar16x32x2(lo, oddIdx, hi).Store(d + p + 16);
+                }
+                for (; p < k; p++) d[p] = src[p];
+            }
+            return dst;
+        }
+    }
+
+    private struct DotBf16Job : IRangeBody
+    {
+        public float* X, Y; // X in PairSplit order
+        public byte* W;
+        public int M, K, N;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public readonly void Invoke(int j0, int j1)
+        {
+            long rowBytes = (long)K * 2;
+            int j = j0;
+            for (; j + 4 <= j1; j += 4)
+            {
+                byte* wr = W + j * rowBytes;
+                for (int i = 0; i < M; i += 4)
+                {
+                    int rows = Math.Min(4, M - i);
+                    if (rows == 1) Bf16Dot1x4(X + (long)i * K, wr, rowBytes, K, Y + (long)i * N + j);
+                    else Bf16Dot4x4(X + (long)i * K, rows, wr, rowBytes, K, Y + (long)i * N + j, N);
+                }
+            }
+            for (; j < j1; j++)
+                for (int i = 0; i < M; i++)
+                    Y[(long)i * N + j] = Bf16Dot(X + (long)i * K, W + j * rowBytes, K);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Even(Vector512<uint> u) => Vector512.ShiftLeft(u, 16).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Odd(Vector512<uint> u) => (u & Vector512.Create(0xFFFF0000u)).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Bf16Dot(float* x, byte* w, int k)
+    {
+        var a = Vector512<float>.Zero;
+        var b = a;
+        int p = 0;
+        for (; p <= k - 32; p += 32)
+        {
+            var u = Vector512.Load((uint*)(w + 2L * p));
+            a = Vector512.FusedMultiplyAdd(Vector512.Load(x + p), Even(u), a);
+            b = Vector512.FusedMultiplyAdd(Vector512.Load(x + p + 16), Odd(u), b);
+        }
+        float s = Vector512.Sum(a + b);
+        for (; p < k; p++) s += x[p] * BF16Element.Load1(w + 2L * p);
+        return s;
+    }
+
+    // one row of x (PairSplit order) against 4 bf16 rows of W; y[0..4) written
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Bf16Dot1x4(float* x, byte* w, long rowBytes, int k, float* y)
+    {
+        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
+        var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
+        bool prefetch = Sse.IsSupported && PrefetchBytes > 0;
+        int p = 0;
+        for (; p <= k - 32; p += 32)
+        {
+            long o = 2L * p;
+            if (prefetch)
+            {
+                // past a row's end, fetch the start of the same row of the next group of 4 (3 rows further on)
+                long f = o + PrefetchBytes;
+                if (f >= rowBytes) f += 3 * rowBytes;
+                Sse.Prefetch0(w0 + f); Sse.Prefetch0(w1 + f); Sse.Prefetch0(w2 + f); Sse.Prefetch0(w3 + f);
+            }
+            var xe = Vector512.Load(x + p);
+            var xo = Vector512.Load(x + p + 16);
+            var u0 = Vector512.Load((uint*)(w0 + o));
+            var u1 = Vector512.Load((uint*)(w1 + o));
+            var u2 = Vector512.Load((uint*)(w2 + o));
+            var u3 = Vector512.Load((uint*)(w3 + o));
+            a0 = Vector512.FusedMultiplyAdd(xe, Even(u0), a0); b0 = Vector512.FusedMultiplyAdd(xo, Odd(u0), b0);
+            a1 = Vector512.FusedMultiplyAdd(xe, Even(u1), a1); b1 = Vector512.FusedMultiplyAdd(xo, Odd(u1), b1);
+            a2 = Vector512.FusedMultiplyAdd(xe, Even(u2), a2); b2 = Vector512.FusedMultiplyAdd(xo, Odd(u2), b2);
+            a3 = Vector512.FusedMultiplyAdd(xe, Even(u3), a3); b3 = Vector512.FusedMultiplyAdd(xo, Odd(u3), b3);
+        }
+        float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
+        for (; p < k; p++)
+        {
+            long o = 2L * p;
+            float xs = x[p];
+            s0 += xs * BF16Element.Load1(w0 + o);
+            s1 += xs * BF16Element.Load1(w1 + o);
+            s2 += xs * BF16Element.Load1(w2 + o);
+            s3 += xs * BF16Element.Load1(w3 + o);
+        }
+        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
+    }
+
+    // rows (2..4) rows of x (PairSplit order) against 4 bf16 rows of W; y is (rows, ldy), columns [0, 4) written
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Bf16Dot4x4(float* x, int rows, byte* w, long rowBytes, int k, float* y, int ldy)
+    {
+        float* x0 = x, x1 = x + k, x2 = rows > 2 ? x + 2 * k : x, x3 = rows > 3 ? x + 3 * k : x;
+        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
+        var c00 = Vector512<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
+        var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
+        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
+        var c30 = c00; var c31 = c00; var c32 = c00; var c33 = c00;
+        bool prefetch = Sse.IsSupported && PrefetchBytes > 0;
+        int p = 0;
+        for (; p <= k - 32; p += 32)
+        {
+            long o = 2L * p;
+            if (prefetch)
+            {
+                long f = o + PrefetchBytes;
+                Sse.Prefetch0(w0 + f); Sse.Prefetch0(w1 + f); Sse.Prefetch0(w2 + f); Sse.Prefetch0(w3 + f);
+            }
+            var u0 = Vector512.Load((uint*)(w0 + o));
+            var u1 = Vector512.Load((uint*)(w1 + o));
+            var u2 = Vector512.Load((uint*)(w2 + o));
+            var u3 = Vector512.Load((uint*)(w3 + o));
+            for (int half = 0; half < 2; half++)
+            {
+                Vector512<float> v0, v1, v2, v3;
+                if (half == 0) { v0 = Even(u0); v1 = Even(u1); v2 = Even(u2); v3 = Even(u3); }
+                else { v0 = Odd(u0); v1 = Odd(u1); v2 = Odd(u2); v3 = Odd(u3); }
+                int q = p + 16 * half;
+                var u = Vector512.Load(x0 + q);
+                c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
+                c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
+                u = Vector512.Load(x1 + q);
+                c10 = Vector512.FusedMultiplyAdd(u, v0, c10); c11 = Vector512.FusedMultiplyAdd(u, v1, c11);
+                c12 = Vector512.FusedMultiplyAdd(u, v2, c12); c13 = Vector512.FusedMultiplyAdd(u, v3, c13);
+                u = Vector512.Load(x2 + q);
+                c20 = Vector512.FusedMultiplyAdd(u, v0, c20); c21 = Vector512.FusedMultiplyAdd(u, v1, c21);
+                c22 = Vector512.FusedMultiplyAdd(u, v2, c22); c23 = Vector512.FusedMultiplyAdd(u, v3, c23);
+                u = Vector512.Load(x3 + q);
+                c30 = Vector512.FusedMultiplyAdd(u, v0, c30); c31 = Vector512.FusedMultiplyAdd(u, v1, c31);
+                c32 = Vector512.FusedMultiplyAdd(u, v2, c32); c33 = Vector512.FusedMultiplyAdd(u, v3, c33);
+            }
+        }
+        float* s = stackalloc float[16];
+        s[0] = Vector512.Sum(c00); s[1] = Vector512.Sum(c01); s[2] = Vector512.Sum(c02); s[3] = Vector512.Sum(c03);
+        s[4] = Vector512.Sum(c10); s[5] = Vector512.Sum(c11); s[6] = Vector512.Sum(c12); s[7] = Vector512.Sum(c13);
+        s[8] = Vector512.Sum(c20); s[9] = Vector512.Sum(c21); s[10] = Vector512.Sum(c22); s[11] = Vector512.Sum(c23);
+        s[12] = Vector512.Sum(c30); s[13] = Vector512.Sum(c31); s[14] = Vector512.Sum(c32); s[15] = Vector512.Sum(c33);
+        for (int r = 0; r < rows; r++)
+        {
+            float* xr = x + (long)r * k;
+            for (int c = 0; c < 4; c++)
+            {
+                float acc = s[r * 4 + c];
+                byte* wr = w + c * rowBytes;
+                for (int q = p; q < k; q++) acc += xr[q] * BF16Element.Load1(wr + 2L * q);
+                y[(long)r * ldy + c] = acc;
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- many rows: blocked GEMM, lanes along m
 
     /// <summary>Per-thread packing buffers, freed with the thread.</summary>
@@ -356,13 +552,17 @@ public static unsafe class MatMul
                         int pc = b * KC, kb = Math.Min(KC, K - pc);
                         // while this panel computes, the same k block of the next panel streams into L2
                         byte* next = jr + lanes < j1 ? W + ((long)(jr + lanes) * K + pc) * TE.Size : null;
-                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, next, Math.Min(lanes, j1 - jr - lanes));
+                        int nextRows = next == null ? 0 : Math.Min(lanes, j1 - jr - lanes);
+                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, wide ? null : next, nextRows);
                         float* xb = xp + (long)b * mPad * KC;
                         for (int q = 0; q < M; q += lanes)
                         {
                             float* yt = Y + (long)q * N + jr;
                             int rows = Math.Min(lanes, M - q);
-                            if (wide) Tile16x16(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
+                            // the first tile spreads the prefetch of the next panel's block over its k loop, so that
+                            // W streams from memory while the FMAs run (a burst of prefetches would mostly be dropped)
+                            if (wide) Tile16x16(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0,
+                                q == 0 ? next : null, (long)K * TE.Size, nextRows, kb * TE.Size);
                             else Tile8x8(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
                         }
                     }
@@ -434,35 +634,55 @@ public static unsafe class MatMul
 
     // y tile (rows <= 16, cols <= 16) at y with row stride ldy, = or += xp panel (kb, 16) · wp (16 rows, stride KC)^T
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile16x16(float* xp, float* wp, int kb, float* y, int ldy, int rows, int cols, bool accumulate)
+    // pf: optional rows (pfRows of stride pfStride, pfBytes each) fetched into L2 a row at a time, one row per
+    // PrefetchChunk steps of k
+    private static void Tile16x16(float* xp, float* wp, int kb, float* y, int ldy, int rows, int cols, bool accumulate,
+        byte* pf = null, long pfStride = 0, int pfRows = 0, int pfBytes = 0)
     {
         if (Sse.IsSupported && PrefetchTile)
             for (int i = 0; i < rows; i++) Sse.Prefetch1(y + (long)i * ldy);
+        if (pf == null || !Sse.IsSupported) pfRows = 0;
         var c0 = Vector512<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
         var c4 = c0; var c5 = c0; var c6 = c0; var c7 = c0;
         var c8 = c0; var c9 = c0; var c10 = c0; var c11 = c0;
         var c12 = c0; var c13 = c0; var c14 = c0; var c15 = c0;
         float* w = wp;
         float* end = xp + (long)kb * 16;
-        for (float* a = xp; a < end; a += 16, w++)
+        int pr = 0;
+        for (float* a = xp; a < end;)
         {
-            var v = Vector512.Load(a);
-            c0 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[0 * KC]), c0);
-            c1 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[1 * KC]), c1);
-            c2 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[2 * KC]), c2);
-            c3 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[3 * KC]), c3);
-            c4 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[4 * KC]), c4);
-            c5 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[5 * KC]), c5);
-            c6 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[6 * KC]), c6);
-            c7 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[7 * KC]), c7);
-            c8 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[8 * KC]), c8);
-            c9 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[9 * KC]), c9);
-            c10 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[10 * KC]), c10);
-            c11 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[11 * KC]), c11);
-            c12 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[12 * KC]), c12);
-            c13 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[13 * KC]), c13);
-            c14 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[14 * KC]), c14);
-            c15 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[15 * KC]), c15);
+            float* stop = end - a > PrefetchChunk * 16 ? a + PrefetchChunk * 16 : end;
+            if (pr < pfRows)
+            {
+                byte* src = pf + pr * pfStride;
+                for (int o = 0; o < pfBytes; o += 64) Sse.Prefetch1(src + o);
+                pr++;
+            }
+            for (; a < stop; a += 16, w++)
+            {
+                var v = Vector512.Load(a);
+                c0 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[0 * KC]), c0);
+                c1 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[1 * KC]), c1);
+                c2 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[2 * KC]), c2);
+                c3 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[3 * KC]), c3);
+                c4 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[4 * KC]), c4);
+                c5 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[5 * KC]), c5);
+                c6 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[6 * KC]), c6);
+                c7 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[7 * KC]), c7);
+                c8 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[8 * KC]), c8);
+                c9 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[9 * KC]), c9);
+                c10 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[10 * KC]), c10);
+                c11 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[11 * KC]), c11);
+                c12 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[12 * KC]), c12);
+                c13 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[13 * KC]), c13);
+                c14 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[14 * KC]), c14);
+                c15 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[15 * KC]), c15);
+            }
+        }
+        for (; pr < pfRows; pr++)
+        {
+            byte* src = pf + pr * pfStride;
+            for (int o = 0; o < pfBytes; o += 64) Sse.Prefetch1(src + o);
         }
         // c_j holds column j for the 16 rows; transpose so that r_i holds row i for the 16 columns
         Transpose16(ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7,
