@@ -38,14 +38,8 @@ public sealed class SpeedBench
     private readonly LlamaModel _model;
     private readonly DType _kvDType;
     private readonly int _blockSize;
-    private MachineRoofline _machine;
-
     /// <summary>The limits results are compared with; set it to re-judge results with a later measurement.</summary>
-    public MachineRoofline Machine
-    {
-        get => _machine;
-        set => _machine = value;
-    }
+    public MachineRoofline Machine { get; set; }
 
     /// <summary>A result judged against the current <see cref="Machine"/>.</summary>
     public BenchResult Rejudge(BenchResult r)
@@ -59,7 +53,7 @@ public sealed class SpeedBench
         _model = model;
         _kvDType = kvDType;
         _blockSize = blockSize;
-        _machine = machine;
+        Machine = machine;
     }
 
     /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
@@ -152,18 +146,18 @@ public sealed class SpeedBench
         // attention: q·k and p·v for every head over the visible context, in every layer
         double attnFlops = 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * c.HeadDim * avgContext;
         double flopsPerToken = _model.FlopsPerToken + attnFlops;
-        double compute = _machine.PeakGflops * 1e9 / flopsPerToken;
+        double compute = Machine.PeakGflops * 1e9 / flopsPerToken;
         double weights = _model.DecodeWeightBytes;
         double memory;
         if (kind == BenchKind.TextGeneration)
         {
             // per step: all weights once, and each sequence's KV once per layer that reads it
             double kvPerStep = batch * c.NumHiddenLayers * avgContext * kvRowBytes;
-            memory = batch * _machine.BandwidthGBs * 1e9 / (weights + kvPerStep);
+            memory = batch * Machine.BandwidthGBs * 1e9 / (weights + kvPerStep);
         }
         else
         {
-            memory = batch * (double)tokens * _machine.BandwidthGBs * 1e9 / weights;
+            memory = batch * (double)tokens * Machine.BandwidthGBs * 1e9 / weights;
         }
         return compute < memory ? (compute, "compute") : (memory, "memory");
     }
