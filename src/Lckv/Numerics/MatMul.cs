@@ -13,7 +13,7 @@ namespace Lckv.Numerics;
 /// register tile (16 accumulators, W broadcast) is transposed in registers when it is written to y.
 /// Work is split across the <see cref="WorkerPool"/> in contiguous chunks of W's rows (columns of y).
 /// </remarks>
-public static unsafe class MatMul
+public static unsafe partial class MatMul
 {
     /// <summary>From this many rows of x the blocked GEMM is used; below, the streaming dot kernel.</summary>
     internal static int GemmMinRows = int.TryParse(Environment.GetEnvironmentVariable("LCKV_GEMM_MIN_ROWS"), out int g) ? g : 8;
@@ -89,13 +89,16 @@ public static unsafe class MatMul
         {
             pool.Run(n, new ScalarJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
         }
+        else if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k))
+        {
+            grain = (grain + 3) & ~3;
+            float* xp = m == 1 && typeof(TE) != typeof(BF16Element) ? x : RowPack.Apply(x, m, k, typeof(TE) == typeof(BF16Element));
+            pool.Run(n, new DotRowsJob<TE> { X = x, XP = xp, W = w, Y = y, M = m, K = k, N = n }, grain);
+        }
         else if (m < GemmMinRows)
         {
             grain = (grain + 3) & ~3;
-            if (typeof(TE) == typeof(BF16Element) && Vector512.IsHardwareAccelerated && k >= 32)
-                pool.Run(n, new DotBf16Job { X = PairSplit.Apply(x, m, k), W = w, Y = y, M = m, K = k, N = n }, grain);
-            else
-                pool.Run(n, new DotJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+            pool.Run(n, new DotJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
         }
         else
         {
@@ -127,6 +130,7 @@ public static unsafe class MatMul
 
     // ---------------------------------------------------------------- few rows: streaming dot products
 
+    // 256-bit hardware: each row of x against 4 rows of W at a time
     private struct DotJob<TE> : IRangeBody where TE : struct, IElement
     {
         public float* X, Y;
@@ -139,22 +143,8 @@ public static unsafe class MatMul
             long rowBytes = (long)K * TE.Size;
             int j = j0;
             for (; j + 4 <= j1; j += 4)
-            {
-                byte* wr = W + j * rowBytes;
-                for (int i = 0; i < M; i += 4)
-                {
-                    int rows = Math.Min(4, M - i);
-                    if (Vector512.IsHardwareAccelerated)
-                    {
-                        if (rows == 1) Dot1x4V512<TE>(X + (long)i * K, wr, rowBytes, K, Y + (long)i * N + j);
-                        else Dot4x4V512<TE>(X + (long)i * K, rows, wr, rowBytes, K, Y + (long)i * N + j, N);
-                    }
-                    else
-                    {
-                        for (int r = 0; r < rows; r++) Dot1x4V256<TE>(X + (long)(i + r) * K, wr, rowBytes, K, Y + (long)(i + r) * N + j);
-                    }
-                }
-            }
+                for (int i = 0; i < M; i++)
+                    Dot1x4V256<TE>(X + (long)i * K, W + j * rowBytes, rowBytes, K, Y + (long)i * N + j);
             for (; j < j1; j++)
                 for (int i = 0; i < M; i++)
                     Y[(long)i * N + j] = Dot<TE>(X + (long)i * K, W + j * rowBytes, K);
@@ -231,55 +221,6 @@ public static unsafe class MatMul
         y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
     }
 
-    // rows (2..4) rows of x against 4 rows of W; y is (rows, ldy), columns [0, 4) written
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4x4V512<TE>(float* x, int rows, byte* w, long rowBytes, int k, float* y, int ldy) where TE : struct, IElement
-    {
-        float* x0 = x, x1 = x + k, x2 = rows > 2 ? x + 2 * k : x, x3 = rows > 3 ? x + 3 * k : x;
-        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
-        var c00 = Vector512<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
-        var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
-        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
-        var c30 = c00; var c31 = c00; var c32 = c00; var c33 = c00;
-        int p = 0;
-        for (; p <= k - 16; p += 16)
-        {
-            long o = (long)p * TE.Size;
-            var v0 = TE.Load512(w0 + o);
-            var v1 = TE.Load512(w1 + o);
-            var v2 = TE.Load512(w2 + o);
-            var v3 = TE.Load512(w3 + o);
-            var u = Vector512.Load(x0 + p);
-            c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
-            c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
-            u = Vector512.Load(x1 + p);
-            c10 = Vector512.FusedMultiplyAdd(u, v0, c10); c11 = Vector512.FusedMultiplyAdd(u, v1, c11);
-            c12 = Vector512.FusedMultiplyAdd(u, v2, c12); c13 = Vector512.FusedMultiplyAdd(u, v3, c13);
-            u = Vector512.Load(x2 + p);
-            c20 = Vector512.FusedMultiplyAdd(u, v0, c20); c21 = Vector512.FusedMultiplyAdd(u, v1, c21);
-            c22 = Vector512.FusedMultiplyAdd(u, v2, c22); c23 = Vector512.FusedMultiplyAdd(u, v3, c23);
-            u = Vector512.Load(x3 + p);
-            c30 = Vector512.FusedMultiplyAdd(u, v0, c30); c31 = Vector512.FusedMultiplyAdd(u, v1, c31);
-            c32 = Vector512.FusedMultiplyAdd(u, v2, c32); c33 = Vector512.FusedMultiplyAdd(u, v3, c33);
-        }
-        Span<float> s = stackalloc float[16];
-        s[0] = Vector512.Sum(c00); s[1] = Vector512.Sum(c01); s[2] = Vector512.Sum(c02); s[3] = Vector512.Sum(c03);
-        s[4] = Vector512.Sum(c10); s[5] = Vector512.Sum(c11); s[6] = Vector512.Sum(c12); s[7] = Vector512.Sum(c13);
-        s[8] = Vector512.Sum(c20); s[9] = Vector512.Sum(c21); s[10] = Vector512.Sum(c22); s[11] = Vector512.Sum(c23);
-        s[12] = Vector512.Sum(c30); s[13] = Vector512.Sum(c31); s[14] = Vector512.Sum(c32); s[15] = Vector512.Sum(c33);
-        for (int r = 0; r < rows; r++)
-        {
-            float* xr = x + (long)r * k;
-            for (int c = 0; c < 4; c++)
-            {
-                float acc = s[r * 4 + c];
-                byte* wr = w + c * rowBytes;
-                for (int q = p; q < k; q++) acc += xr[q] * TE.Load1(wr + (long)q * TE.Size);
-                y[(long)r * ldy + c] = acc;
-            }
-        }
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Dot1x4V256<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
     {
@@ -310,92 +251,13 @@ public static unsafe class MatMul
 
     // ---------------------------------------------------------------- few rows, bf16 W: even/odd lanes
 
-    /// <summary>
-    /// x with every whole block of 32 values reordered as its 16 even-index values then its 16 odd-index values (the
-    /// tail after the last whole block stays in place). 32 bf16 values of W loaded as 16 uints then widen with one
-    /// shift (the even ones, low halves) and one mask (the odd ones, high halves), in the same order, without the
-    /// cross-lane widening of a natural-order load. Reordering x once per call costs m*k moves; W has n*k values.
-    /// </summary>
-    private static class PairSplit
-    {
-        [ThreadStatic] private static float[]? t_buffer;
-
-        public static float* Apply(float* x, int m, int k)
-        {
-            long need = (long)m * k;
-            var buf = t_buffer;
-            if (buf is null || buf.Length < need) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
-            float* dst = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf));
-            var evenIdx = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            var oddIdx = evenIdx + Vector512<int>.One;
-            for (int i = 0; i < m; i++)
-            {
-                float* src = x + (long)i * k, d = dst + (long)i * k;
-                int p = 0;
-                for (; p <= k - 32; p += 32)
-                {
-                    var lo = Vector512.Load(src + p);
-                    var hi = Vector512.Load(src + p + 16);
-                    Avx512F.PermuteVar16x32x2(lo, evenIdx, hi).Store(d + p);
-                    Avx512F.PermuteVar16x32x2(lo, oddIdx, hi).Store(d + p + 16);
-                }
-                for (; p < k; p++) d[p] = src[p];
-            }
-            return dst;
-        }
-    }
-
-    private struct DotBf16Job : IRangeBody
-    {
-        public float* X, Y; // X in PairSplit order
-        public byte* W;
-        public int M, K, N;
-
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public readonly void Invoke(int j0, int j1)
-        {
-            long rowBytes = (long)K * 2;
-            int j = j0;
-            for (; j + 4 <= j1; j += 4)
-            {
-                byte* wr = W + j * rowBytes;
-                for (int i = 0; i < M; i += 4)
-                {
-                    int rows = Math.Min(4, M - i);
-                    if (rows == 1) Bf16Dot1x4(X + (long)i * K, wr, rowBytes, K, Y + (long)i * N + j);
-                    else Bf16Dot4x4(X + (long)i * K, rows, wr, rowBytes, K, Y + (long)i * N + j, N);
-                }
-            }
-            for (; j < j1; j++)
-                for (int i = 0; i < M; i++)
-                    Y[(long)i * N + j] = Bf16Dot(X + (long)i * K, W + j * rowBytes, K);
-        }
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Even(Vector512<uint> u) => Vector512.ShiftLeft(u, 16).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Odd(Vector512<uint> u) => (u & Vector512.Create(0xFFFF0000u)).AsSingle();
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Bf16Dot(float* x, byte* w, int k)
-    {
-        var a = Vector512<float>.Zero;
-        var b = a;
-        int p = 0;
-        for (; p <= k - 32; p += 32)
-        {
-            var u = Vector512.Load((uint*)(w + 2L * p));
-            a = Vector512.FusedMultiplyAdd(Vector512.Load(x + p), Even(u), a);
-            b = Vector512.FusedMultiplyAdd(Vector512.Load(x + p + 16), Odd(u), b);
-        }
-        float s = Vector512.Sum(a + b);
-        for (; p < k; p++) s += x[p] * BF16Element.Load1(w + 2L * p);
-        return s;
-    }
-
-    // one row of x (PairSplit order) against 4 bf16 rows of W; y[0..4) written
+    // one row of x (RowPack order: each block of 32 as its 16 even then 16 odd values) against 4 bf16 rows of W; y[0..4) written
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Bf16Dot1x4(float* x, byte* w, long rowBytes, int k, float* y)
     {
@@ -436,68 +298,6 @@ public static unsafe class MatMul
             s3 += xs * BF16Element.Load1(w3 + o);
         }
         y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
-    }
-
-    // rows (2..4) rows of x (PairSplit order) against 4 bf16 rows of W; y is (rows, ldy), columns [0, 4) written
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Bf16Dot4x4(float* x, int rows, byte* w, long rowBytes, int k, float* y, int ldy)
-    {
-        float* x0 = x, x1 = x + k, x2 = rows > 2 ? x + 2 * k : x, x3 = rows > 3 ? x + 3 * k : x;
-        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
-        var c00 = Vector512<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
-        var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
-        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
-        var c30 = c00; var c31 = c00; var c32 = c00; var c33 = c00;
-        bool prefetch = Sse.IsSupported && PrefetchBytes > 0;
-        int p = 0;
-        for (; p <= k - 32; p += 32)
-        {
-            long o = 2L * p;
-            if (prefetch)
-            {
-                long f = o + PrefetchBytes;
-                Sse.Prefetch0(w0 + f); Sse.Prefetch0(w1 + f); Sse.Prefetch0(w2 + f); Sse.Prefetch0(w3 + f);
-            }
-            var u0 = Vector512.Load((uint*)(w0 + o));
-            var u1 = Vector512.Load((uint*)(w1 + o));
-            var u2 = Vector512.Load((uint*)(w2 + o));
-            var u3 = Vector512.Load((uint*)(w3 + o));
-            for (int half = 0; half < 2; half++)
-            {
-                Vector512<float> v0, v1, v2, v3;
-                if (half == 0) { v0 = Even(u0); v1 = Even(u1); v2 = Even(u2); v3 = Even(u3); }
-                else { v0 = Odd(u0); v1 = Odd(u1); v2 = Odd(u2); v3 = Odd(u3); }
-                int q = p + 16 * half;
-                var u = Vector512.Load(x0 + q);
-                c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
-                c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
-                u = Vector512.Load(x1 + q);
-                c10 = Vector512.FusedMultiplyAdd(u, v0, c10); c11 = Vector512.FusedMultiplyAdd(u, v1, c11);
-                c12 = Vector512.FusedMultiplyAdd(u, v2, c12); c13 = Vector512.FusedMultiplyAdd(u, v3, c13);
-                u = Vector512.Load(x2 + q);
-                c20 = Vector512.FusedMultiplyAdd(u, v0, c20); c21 = Vector512.FusedMultiplyAdd(u, v1, c21);
-                c22 = Vector512.FusedMultiplyAdd(u, v2, c22); c23 = Vector512.FusedMultiplyAdd(u, v3, c23);
-                u = Vector512.Load(x3 + q);
-                c30 = Vector512.FusedMultiplyAdd(u, v0, c30); c31 = Vector512.FusedMultiplyAdd(u, v1, c31);
-                c32 = Vector512.FusedMultiplyAdd(u, v2, c32); c33 = Vector512.FusedMultiplyAdd(u, v3, c33);
-            }
-        }
-        float* s = stackalloc float[16];
-        s[0] = Vector512.Sum(c00); s[1] = Vector512.Sum(c01); s[2] = Vector512.Sum(c02); s[3] = Vector512.Sum(c03);
-        s[4] = Vector512.Sum(c10); s[5] = Vector512.Sum(c11); s[6] = Vector512.Sum(c12); s[7] = Vector512.Sum(c13);
-        s[8] = Vector512.Sum(c20); s[9] = Vector512.Sum(c21); s[10] = Vector512.Sum(c22); s[11] = Vector512.Sum(c23);
-        s[12] = Vector512.Sum(c30); s[13] = Vector512.Sum(c31); s[14] = Vector512.Sum(c32); s[15] = Vector512.Sum(c33);
-        for (int r = 0; r < rows; r++)
-        {
-            float* xr = x + (long)r * k;
-            for (int c = 0; c < 4; c++)
-            {
-                float acc = s[r * 4 + c];
-                byte* wr = w + c * rowBytes;
-                for (int q = p; q < k; q++) acc += xr[q] * BF16Element.Load1(wr + 2L * q);
-                y[(long)r * ldy + c] = acc;
-            }
-        }
     }
 
     // ---------------------------------------------------------------- many rows: blocked GEMM, lanes along m

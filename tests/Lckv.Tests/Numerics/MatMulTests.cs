@@ -6,7 +6,7 @@ namespace Lckv.Tests.Numerics;
 [Trait("Category", "Kernels")]
 public class MatMulTests(ITestOutputHelper output)
 {
-    private static readonly int[] Ms = [1, 2, 3, 5, 7, 8, 16, 17];
+    private static readonly int[] Ms = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17];
 
     public static TheoryData<DType> Types => new(TestData.FloatTypes);
 
@@ -31,7 +31,7 @@ public class MatMulTests(ITestOutputHelper output)
     public void MatchesReferenceOnLargerShapes(DType dtype)
     {
         var rng = new Random(2);
-        foreach (var (m, k, n) in new[] { (1, 259, 131), (3, 259, 131), (17, 259, 131), (33, 300, 70), (16, 512, 96), (40, 600, 33), (400, 520, 40), (1, 1000, 37), (7, 1027, 19), (12, 1100, 37), (15, 1024, 9) })
+        foreach (var (m, k, n) in new[] { (1, 259, 131), (3, 259, 131), (17, 259, 131), (33, 300, 70), (16, 512, 96), (40, 600, 33), (400, 520, 40), (1, 1000, 37), (7, 1027, 19), (12, 1100, 37), (15, 1024, 9), (20, 300, 41), (29, 130, 21), (64, 520, 37) })
             Compare(rng, m, k, n, dtype);
     }
 

@@ -1,0 +1,298 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Lckv.Numerics;
+
+public static unsafe partial class MatMul
+{
+    /// <summary>
+    /// Which few-row shapes (512-bit hardware) take the row-blocked dot kernel rather than the blocked GEMM. It
+    /// streams W once, 4 rows at a time, against all rows of x (lanes along k: no padding rows, no packing of W), as
+    /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy): measured better
+    /// up to 64 rows. For f32 W the GEMM wins where its 16-row tiles are nearly full (m = 15, 16, 31, 32 and up).
+    /// </summary>
+    internal static int DotMaxRowsBf16 = int.TryParse(Environment.GetEnvironmentVariable("LCKV_DOT_MAX_BF16"), out int b) ? b : 64;
+    internal static int DotMaxRowsF32 = int.TryParse(Environment.GetEnvironmentVariable("LCKV_DOT_MAX_F32"), out int a) ? a : 28;
+    private const long DotMaxXFloats = 128 * 1024; // x up to 512 KiB: half of L2
+
+    private const int MaxPassRows = 6;
+
+    private static bool UseDotRows<TE>(int m, int k) where TE : struct, IElement
+    {
+        if (m < GemmMinRows) return true;
+        if ((long)m * k > DotMaxXFloats) return false;
+        if (typeof(TE) == typeof(BF16Element)) return m <= DotMaxRowsBf16;
+        if (typeof(TE) == typeof(F32Element)) return m <= DotMaxRowsF32 && m % 16 is > 0 and <= 14;
+        return false;
+    }
+
+    private interface IRowCount { static abstract int Value { get; } }
+    private struct R1 : IRowCount { public static int Value => 1; }
+    private struct R2 : IRowCount { public static int Value => 2; }
+    private struct R3 : IRowCount { public static int Value => 3; }
+    private struct R4 : IRowCount { public static int Value => 4; }
+    private struct R5 : IRowCount { public static int Value => 5; }
+    private struct R6 : IRowCount { public static int Value => 6; }
+
+    /// <summary>
+    /// x copied so that the row-blocked kernel reads it with one advancing pointer. Rows are split into passes of at
+    /// most <see cref="MaxPassRows"/> rows of nearly equal size; the block of a pass starting at row i (r rows) starts at
+    /// i * k and holds, for each whole block of 32 values of k, the r rows' first 16 values then their last 16 (bf16:
+    /// the 16 even-index values then the 16 odd-index ones, to match how bf16 W widens: 32 values loaded as 16 uints,
+    /// even ones by a shift, odd ones by a mask, without a cross-lane widening); then the k tail of each row in order.
+    /// One row (r = 1) in f32 is x itself. Packing costs m*k moves; W has n*k values.
+    /// </summary>
+    private static class RowPack
+    {
+        [ThreadStatic] private static float[]? t_buffer;
+
+        /// <summary>Rows in pass `pass` of `passes` when rows [0, i) are done.</summary>
+        public static int PassRows(int m, int i, int pass, int passes)
+        {
+            int left = passes - pass;
+            return (m - i + left - 1) / left;
+        }
+
+        public static int Passes(int m) => (m + MaxPassRows - 1) / MaxPassRows;
+
+        public static float* Apply(float* x, int m, int k, bool split)
+        {
+            long need = (long)m * k;
+            var buf = t_buffer;
+            if (buf is null || buf.Length < need) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need, pinned: true);
+            float* dst = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf));
+            var evenIdx = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            var oddIdx = evenIdx + Vector512<int>.One;
+            int steps = k / 32, tail = k - 32 * steps, passes = Passes(m);
+            for (int pass = 0, i = 0; pass < passes; pass++)
+            {
+                int r = PassRows(m, i, pass, passes);
+                float* block = dst + (long)i * k;
+                for (int rr = 0; rr < r; rr++)
+                {
+                    float* src = x + (long)(i + rr) * k;
+                    float* d = block + rr * 16;
+                    for (int s = 0; s < steps; s++, src += 32, d += 32 * r)
+                    {
+                        var lo = Vector512.Load(src);
+                        var hi = Vector512.Load(src + 16);
+                        if (split)
+                        {
+                            Avx512F.PermuteVar16x32x2(lo, evenIdx, hi).Store(d);
+                            Avx512F.PermuteVar16x32x2(lo, oddIdx, hi).Store(d + 16 * r);
+                        }
+                        else
+                        {
+                            lo.Store(d);
+                            hi.Store(d + 16 * r);
+                        }
+                    }
+                    float* t = block + 32L * steps * r + rr * tail;
+                    for (int q = 0; q < tail; q++) t[q] = src[q];
+                }
+                i += r;
+            }
+            return dst;
+        }
+    }
+
+    /// <summary>
+    /// Few rows of x, 512-bit: each group of 4 W rows is dotted against every row of x, in passes of at most
+    /// <see cref="MaxPassRows"/> rows (lanes along k). While a group computes, the next group is prefetched into L2, so
+    /// W is read from memory once, in the background of the FMAs. XP is x in <see cref="RowPack"/> order.
+    /// </summary>
+    private struct DotRowsJob<TE> : IRangeBody where TE : struct, IElement
+    {
+        public float* X, XP, Y;
+        public byte* W;
+        public int M, K, N;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public readonly void Invoke(int j0, int j1)
+        {
+            long rowBytes = (long)K * TE.Size;
+            int passes = RowPack.Passes(M);
+            int j = j0;
+            for (; j + 4 <= j1; j += 4)
+            {
+                byte* wr = W + j * rowBytes;
+                if (M == 1)
+                {
+                    if (typeof(TE) == typeof(BF16Element)) Bf16Dot1x4(XP, wr, rowBytes, K, Y + j);
+                    else Dot1x4V512<TE>(XP, wr, rowBytes, K, Y + j);
+                    continue;
+                }
+                // past the chunk's last group, prefetching the current group again is harmless
+                byte* next = j + 8 <= j1 ? wr + 4 * rowBytes : wr;
+                for (int pass = 0, i = 0; pass < passes; pass++)
+                {
+                    int rows = RowPack.PassRows(M, i, pass, passes);
+                    float* xi = XP + (long)i * K, yi = Y + (long)i * N + j;
+                    switch (rows)
+                    {
+                        case 1: Rows4<TE, R1>(xi, wr, rowBytes, K, yi, N, next); break;
+                        case 2: Rows4<TE, R2>(xi, wr, rowBytes, K, yi, N, next); break;
+                        case 3: Rows4<TE, R3>(xi, wr, rowBytes, K, yi, N, next); break;
+                        case 4: Rows4<TE, R4>(xi, wr, rowBytes, K, yi, N, next); break;
+                        case 5: Rows4<TE, R5>(xi, wr, rowBytes, K, yi, N, next); break;
+                        default: Rows4<TE, R6>(xi, wr, rowBytes, K, yi, N, next); break;
+                    }
+                    i += rows;
+                }
+            }
+            for (; j < j1; j++)
+                for (int i = 0; i < M; i++)
+                    Y[(long)i * N + j] = Dot<TE>(X + (long)i * K, W + j * rowBytes, K);
+        }
+    }
+
+    // the 16 values of W at [0, 16) (bf16: the even ones of [0, 32)) and at [16, 32) (bf16: the odd ones)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> FirstHalf<TE>(byte* w) where TE : struct, IElement
+        => typeof(TE) == typeof(BF16Element) ? Even(Vector512.Load((uint*)w)) : TE.Load512(w);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> SecondHalf<TE>(byte* w) where TE : struct, IElement
+        => typeof(TE) == typeof(BF16Element) ? Odd(Vector512.Load((uint*)w)) : TE.Load512(w + 16 * TE.Size);
+
+    // TR rows of x (a RowPack block) against the 4 rows of W at w; y is (TR, ldy), columns [0, 4) written. The same
+    // bytes of the 4 rows at pf are prefetched into L2 along the way.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf)
+        where TE : struct, IElement where TR : struct, IRowCount
+    {
+        int rn = TR.Value;
+        var c00 = Vector512<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
+        var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
+        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
+        var c30 = c00; var c31 = c00; var c32 = c00; var c33 = c00;
+        var c40 = c00; var c41 = c00; var c42 = c00; var c43 = c00;
+        var c50 = c00; var c51 = c00; var c52 = c00; var c53 = c00;
+        int steps = k / 32;
+        long rb3 = 3 * rowBytes;
+        float* end = xp + 32L * steps * rn;
+        byte* wc = w;
+        bool prefetch = Sse.IsSupported;
+        for (float* a = xp; a < end; a += 32 * rn, wc += 32 * TE.Size, pf += 32 * TE.Size)
+        {
+            if (prefetch)
+            {
+                Sse.Prefetch1(pf); Sse.Prefetch1(pf + rowBytes); Sse.Prefetch1(pf + 2 * rowBytes); Sse.Prefetch1(pf + rb3);
+                if (TE.Size == 4)
+                {
+                    Sse.Prefetch1(pf + 64); Sse.Prefetch1(pf + rowBytes + 64); Sse.Prefetch1(pf + 2 * rowBytes + 64); Sse.Prefetch1(pf + rb3 + 64);
+                }
+            }
+            var v0 = FirstHalf<TE>(wc); var v1 = FirstHalf<TE>(wc + rowBytes);
+            var v2 = FirstHalf<TE>(wc + 2 * rowBytes); var v3 = FirstHalf<TE>(wc + rb3);
+            var u = Vector512.Load(a);
+            c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
+            c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
+            if (rn > 1)
+            {
+                u = Vector512.Load(a + 16);
+                c10 = Vector512.FusedMultiplyAdd(u, v0, c10); c11 = Vector512.FusedMultiplyAdd(u, v1, c11);
+                c12 = Vector512.FusedMultiplyAdd(u, v2, c12); c13 = Vector512.FusedMultiplyAdd(u, v3, c13);
+            }
+            if (rn > 2)
+            {
+                u = Vector512.Load(a + 32);
+                c20 = Vector512.FusedMultiplyAdd(u, v0, c20); c21 = Vector512.FusedMultiplyAdd(u, v1, c21);
+                c22 = Vector512.FusedMultiplyAdd(u, v2, c22); c23 = Vector512.FusedMultiplyAdd(u, v3, c23);
+            }
+            if (rn > 3)
+            {
+                u = Vector512.Load(a + 48);
+                c30 = Vector512.FusedMultiplyAdd(u, v0, c30); c31 = Vector512.FusedMultiplyAdd(u, v1, c31);
+                c32 = Vector512.FusedMultiplyAdd(u, v2, c32); c33 = Vector512.FusedMultiplyAdd(u, v3, c33);
+            }
+            if (rn > 4)
+            {
+                u = Vector512.Load(a + 64);
+                c40 = Vector512.FusedMultiplyAdd(u, v0, c40); c41 = Vector512.FusedMultiplyAdd(u, v1, c41);
+                c42 = Vector512.FusedMultiplyAdd(u, v2, c42); c43 = Vector512.FusedMultiplyAdd(u, v3, c43);
+            }
+            if (rn > 5)
+            {
+                u = Vector512.Load(a + 80);
+                c50 = Vector512.FusedMultiplyAdd(u, v0, c50); c51 = Vector512.FusedMultiplyAdd(u, v1, c51);
+                c52 = Vector512.FusedMultiplyAdd(u, v2, c52); c53 = Vector512.FusedMultiplyAdd(u, v3, c53);
+            }
+            float* b = a + 16 * rn;
+            v0 = SecondHalf<TE>(wc); v1 = SecondHalf<TE>(wc + rowBytes);
+            v2 = SecondHalf<TE>(wc + 2 * rowBytes); v3 = SecondHalf<TE>(wc + rb3);
+            u = Vector512.Load(b);
+            c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
+            c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
+            if (rn > 1)
+            {
+                u = Vector512.Load(b + 16);
+                c10 = Vector512.FusedMultiplyAdd(u, v0, c10); c11 = Vector512.FusedMultiplyAdd(u, v1, c11);
+                c12 = Vector512.FusedMultiplyAdd(u, v2, c12); c13 = Vector512.FusedMultiplyAdd(u, v3, c13);
+            }
+            if (rn > 2)
+            {
+                u = Vector512.Load(b + 32);
+                c20 = Vector512.FusedMultiplyAdd(u, v0, c20); c21 = Vector512.FusedMultiplyAdd(u, v1, c21);
+                c22 = Vector512.FusedMultiplyAdd(u, v2, c22); c23 = Vector512.FusedMultiplyAdd(u, v3, c23);
+            }
+            if (rn > 3)
+            {
+                u = Vector512.Load(b + 48);
+                c30 = Vector512.FusedMultiplyAdd(u, v0, c30); c31 = Vector512.FusedMultiplyAdd(u, v1, c31);
+                c32 = Vector512.FusedMultiplyAdd(u, v2, c32); c33 = Vector512.FusedMultiplyAdd(u, v3, c33);
+            }
+            if (rn > 4)
+            {
+                u = Vector512.Load(b + 64);
+                c40 = Vector512.FusedMultiplyAdd(u, v0, c40); c41 = Vector512.FusedMultiplyAdd(u, v1, c41);
+                c42 = Vector512.FusedMultiplyAdd(u, v2, c42); c43 = Vector512.FusedMultiplyAdd(u, v3, c43);
+            }
+            if (rn > 5)
+            {
+                u = Vector512.Load(b + 80);
+                c50 = Vector512.FusedMultiplyAdd(u, v0, c50); c51 = Vector512.FusedMultiplyAdd(u, v1, c51);
+                c52 = Vector512.FusedMultiplyAdd(u, v2, c52); c53 = Vector512.FusedMultiplyAdd(u, v3, c53);
+            }
+        }
+        // all sums first: the accumulators must not live across the calls below (every zmm is caller-saved)
+        float* sums = stackalloc float[4 * MaxPassRows];
+        Sum4(c00, c01, c02, c03).Store(sums);
+        if (rn > 1) Sum4(c10, c11, c12, c13).Store(sums + 4);
+        if (rn > 2) Sum4(c20, c21, c22, c23).Store(sums + 8);
+        if (rn > 3) Sum4(c30, c31, c32, c33).Store(sums + 12);
+        if (rn > 4) Sum4(c40, c41, c42, c43).Store(sums + 16);
+        if (rn > 5) Sum4(c50, c51, c52, c53).Store(sums + 20);
+        int p = 32 * steps, tail = k - p;
+        if (tail == 0)
+            for (int r = 0; r < rn; r++) Vector128.Load(sums + 4 * r).Store(y + (long)r * ldy);
+        else
+            for (int r = 0; r < rn; r++) Finish(end + r * tail, w, rowBytes, k, p, y + (long)r * ldy, sums + 4 * r);
+
+        // y[0..4) = the sums plus the k tail [p, k) (at t) against the 4 rows of W, scalar
+        static void Finish(float* t, byte* w, long rowBytes, int k, int p, float* y, float* sums)
+        {
+            for (int c = 0; c < 4; c++)
+            {
+                byte* wc = w + c * rowBytes;
+                float acc = sums[c];
+                for (int q = p; q < k; q++) acc += t[q - p] * TE.Load1(wc + (long)q * TE.Size);
+                y[c] = acc;
+            }
+        }
+    }
+
+    // the horizontal sums of a, b, c, d
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Sum4(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
+    {
+        var a2 = a.GetLower() + a.GetUpper();
+        var b2 = b.GetLower() + b.GetUpper();
+        var c2 = c.GetLower() + c.GetUpper();
+        var d2 = d.GetLower() + d.GetUpper();
+        var abcd = Avx.HorizontalAdd(Avx.HorizontalAdd(a2, b2), Avx.HorizontalAdd(c2, d2));
+        return abcd.GetLower() + abcd.GetUpper();
+    }
+}
