@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lckv.Numerics;
 
@@ -192,8 +193,12 @@ public static unsafe class Attention
                 {
                     int g = local / chunks, c = local % chunks;
                     int r0 = c * RowChunk, r1 = Math.Min(s.QueryCount, r0 + RowChunk);
+                    bool fast = Vector512.IsHardwareAccelerated && Layout.HeadDim == 64;
                     switch (Layout.DType)
                     {
+                        case DType.F32 when fast: Rows64<F32Element>(in s, g, r0, r1); break;
+                        case DType.BF16 when fast: Rows64<BF16Element>(in s, g, r0, r1); break;
+                        case DType.F16 when fast: Rows64<F16Element>(in s, g, r0, r1); break;
                         case DType.F32: Rows<F32Element>(in s, g, r0, r1); break;
                         case DType.BF16: Rows<BF16Element>(in s, g, r0, r1); break;
                         case DType.F16: Rows<F16Element>(in s, g, r0, r1); break;
@@ -252,6 +257,144 @@ public static unsafe class Attention
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
             }
+        }
+
+        // Rows for head_dim 64 on 512-bit hardware: a head's 64 values are 4 registers. Keys come a tile of 16 at a time
+        // (f32 K/V read in place, 16-bit ones widened once per tile for all heads of the group; a short last tile is
+        // padded with key 0 and its scores masked to -inf). For each query head: 16 scores (4 keys per horizontal
+        // reduction), one vector exp, then the p * v sums with the accumulator in registers. Nothing that lives in a
+        // register spans a call (every zmm is caller-saved).
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private readonly void Rows64<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
+        {
+            const int d = 64;
+            int group = Group, kvHeads = Layout.KvHeads, bs = Layout.BlockSize;
+            long blockBytes = Layout.BlockBytes, half = Layout.HalfBytes;
+            long rowBytes = (long)d * TE.Size, keyStride = kvHeads * rowBytes;
+            bool inPlace = typeof(TE) == typeof(F32Element);
+            float* acc = stackalloc float[group * d];
+            float* max = stackalloc float[group];
+            float* sum = stackalloc float[group];
+            float* kt = stackalloc float[inPlace ? 1 : KeyTile * d];
+            float* vt = stackalloc float[inPlace ? 1 : KeyTile * d];
+            float** kp = stackalloc float*[KeyTile];
+            float** vp = stackalloc float*[KeyTile];
+            float* p = stackalloc float[KeyTile];
+            int[] table = s.BlockTable;
+            int ring = s.RingBlocks;
+            var scale = Vector128.Create(ScoreScale);
+            for (int r = r0; r < r1; r++)
+            {
+                int row = s.QueryRow + r, t = s.FirstPosition + r;
+                var (start, end) = Rule.Visible(t, s.KeyCount);
+                float* qRow = Q + ((long)row * Heads + g * group) * d;
+                float* oRow = O + ((long)row * Heads + g * group) * d;
+                if (end <= start)
+                {
+                    new Span<float>(oRow, group * d).Clear();
+                    continue;
+                }
+                new Span<float>(acc, group * d).Clear();
+                for (int h = 0; h < group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
+                int block = start / bs, slotInBlock = start % bs; // walked forward, no division per key
+                // a second walker a tile ahead prefetches the keys and values of the next tile
+                int aheadKey = start + KeyTile, aheadBlock = aheadKey / bs, aheadSlot = aheadKey % bs;
+                for (int j0 = start; j0 < end; j0 += KeyTile)
+                {
+                    int nk = Math.Min(KeyTile, end - j0);
+                    int nAhead = Math.Min(KeyTile, end - j0 - KeyTile);
+                    for (int jj = 0; jj < nAhead; jj++)
+                    {
+                        byte* next = PoolBase + table[ring > 0 ? aheadBlock % ring : aheadBlock] * blockBytes + aheadSlot * keyStride + g * rowBytes;
+                        if (++aheadSlot == bs) { aheadSlot = 0; aheadBlock++; }
+                        for (int b = 0; b < rowBytes; b += 64) { Sse.Prefetch0(next + b); Sse.Prefetch0(next + half + b); }
+                    }
+                    for (int jj = 0; jj < nk; jj++)
+                    {
+                        byte* kRow = PoolBase + table[ring > 0 ? block % ring : block] * blockBytes + slotInBlock * keyStride + g * rowBytes;
+                        if (++slotInBlock == bs) { slotInBlock = 0; block++; }
+                        if (inPlace)
+                        {
+                            kp[jj] = (float*)kRow;
+                            vp[jj] = (float*)(kRow + half);
+                        }
+                        else
+                        {
+                            float* kd = kt + jj * d, vd = vt + jj * d;
+                            TE.Load512(kRow).Store(kd); TE.Load512(kRow + 16 * TE.Size).Store(kd + 16);
+                            TE.Load512(kRow + 32 * TE.Size).Store(kd + 32); TE.Load512(kRow + 48 * TE.Size).Store(kd + 48);
+                            byte* vRow = kRow + half;
+                            TE.Load512(vRow).Store(vd); TE.Load512(vRow + 16 * TE.Size).Store(vd + 16);
+                            TE.Load512(vRow + 32 * TE.Size).Store(vd + 32); TE.Load512(vRow + 48 * TE.Size).Store(vd + 48);
+                            kp[jj] = kd;
+                            vp[jj] = vd;
+                        }
+                    }
+                    for (int jj = nk; jj < KeyTile; jj++) kp[jj] = kp[0];
+                    for (int h = 0; h < group; h++)
+                    {
+                        float* qh = qRow + h * d;
+                        var q0 = Vector512.Load(qh); var q1 = Vector512.Load(qh + 16);
+                        var q2 = Vector512.Load(qh + 32); var q3 = Vector512.Load(qh + 48);
+                        for (int jj = 0; jj < KeyTile; jj += 4)
+                        {
+                            var e0 = Score(q0, q1, q2, q3, kp[jj]);
+                            var e1 = Score(q0, q1, q2, q3, kp[jj + 1]);
+                            var e2 = Score(q0, q1, q2, q3, kp[jj + 2]);
+                            var e3 = Score(q0, q1, q2, q3, kp[jj + 3]);
+                            (Simd.Sum4(e0, e1, e2, e3) * scale).Store(p + jj);
+                        }
+                        var sc = Vector512.Load(p);
+                        if (nk < KeyTile)
+                            sc = Vector512.ConditionalSelect(Vector512.LessThan(Vector512<int>.Indices, Vector512.Create(nk)).AsSingle(),
+                                sc, Vector512.Create(float.NegativeInfinity));
+                        float m = max[h], tileMax = HMax(Vector512.Max(sc, Vector512.Create(m)));
+                        float* ah = acc + h * d;
+                        if (tileMax > m)
+                        {
+                            float c = MathF.Exp(m - tileMax);
+                            sum[h] *= c;
+                            Scale(ah, c, ah, d);
+                            m = tileMax;
+                            max[h] = m;
+                        }
+                        var pe = Vector512.Exp(sc - Vector512.Create(m));
+                        pe.Store(p);
+                        sum[h] += Vector512.Sum(pe);
+                        var a0 = Vector512.Load(ah); var a1 = Vector512.Load(ah + 16);
+                        var a2 = Vector512.Load(ah + 32); var a3 = Vector512.Load(ah + 48);
+                        for (int jj = 0; jj < nk; jj++)
+                        {
+                            float* v = vp[jj];
+                            var pj = Vector512.Create(p[jj]);
+                            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(v), pj, a0);
+                            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 16), pj, a1);
+                            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 32), pj, a2);
+                            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 48), pj, a3);
+                        }
+                        a0.Store(ah); a1.Store(ah + 16); a2.Store(ah + 32); a3.Store(ah + 48);
+                    }
+                }
+                for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector512<float> Score(Vector512<float> q0, Vector512<float> q1, Vector512<float> q2, Vector512<float> q3, float* k)
+        {
+            var e = Vector512.FusedMultiplyAdd(q1, Vector512.Load(k + 16), q0 * Vector512.Load(k));
+            e = Vector512.FusedMultiplyAdd(q2, Vector512.Load(k + 32), e);
+            return Vector512.FusedMultiplyAdd(q3, Vector512.Load(k + 48), e);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static float HMax(Vector512<float> v)
+        {
+            var a = Vector256.Max(v.GetLower(), v.GetUpper());
+            var b = Vector128.Max(a.GetLower(), a.GetUpper());
+            b = Vector128.Max(b, Vector128.Shuffle(b, Vector128.Create(2, 3, 0, 1)));
+            b = Vector128.Max(b, Vector128.Shuffle(b, Vector128.Create(1, 0, 3, 2)));
+            return b.ToScalar();
         }
     }
 

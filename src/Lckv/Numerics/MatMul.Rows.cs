@@ -259,12 +259,12 @@ public static unsafe partial class MatMul
         }
         // all sums first: the accumulators must not live across the calls below (every zmm is caller-saved)
         float* sums = stackalloc float[4 * MaxPassRows];
-        Sum4(c00, c01, c02, c03).Store(sums);
-        if (rn > 1) Sum4(c10, c11, c12, c13).Store(sums + 4);
-        if (rn > 2) Sum4(c20, c21, c22, c23).Store(sums + 8);
-        if (rn > 3) Sum4(c30, c31, c32, c33).Store(sums + 12);
-        if (rn > 4) Sum4(c40, c41, c42, c43).Store(sums + 16);
-        if (rn > 5) Sum4(c50, c51, c52, c53).Store(sums + 20);
+        Simd.Sum4(c00, c01, c02, c03).Store(sums);
+        if (rn > 1) Simd.Sum4(c10, c11, c12, c13).Store(sums + 4);
+        if (rn > 2) Simd.Sum4(c20, c21, c22, c23).Store(sums + 8);
+        if (rn > 3) Simd.Sum4(c30, c31, c32, c33).Store(sums + 12);
+        if (rn > 4) Simd.Sum4(c40, c41, c42, c43).Store(sums + 16);
+        if (rn > 5) Simd.Sum4(c50, c51, c52, c53).Store(sums + 20);
         int p = 32 * steps, tail = k - p;
         if (tail == 0)
             for (int r = 0; r < rn; r++) Vector128.Load(sums + 4 * r).Store(y + (long)r * ldy);
@@ -282,17 +282,5 @@ public static unsafe partial class MatMul
                 y[c] = acc;
             }
         }
-    }
-
-    // the horizontal sums of a, b, c, d
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Sum4(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
-    {
-        var a2 = a.GetLower() + a.GetUpper();
-        var b2 = b.GetLower() + b.GetUpper();
-        var c2 = c.GetLower() + c.GetUpper();
-        var d2 = d.GetLower() + d.GetUpper();
-        var abcd = Avx.HorizontalAdd(Avx.HorizontalAdd(a2, b2), Avx.HorizontalAdd(c2, d2));
-        return abcd.GetLower() + abcd.GetUpper();
     }
 }

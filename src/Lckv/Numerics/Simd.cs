@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lckv.Numerics;
 
@@ -110,5 +111,17 @@ internal static unsafe class Simd
             case DType.F16: Widen<F16Element>(src, dst, n); break;
             default: throw new ArgumentException($"cannot widen {dtype}");
         }
+    }
+
+    // the horizontal sums of a, b, c, d
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<float> Sum4(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
+    {
+        var a2 = a.GetLower() + a.GetUpper();
+        var b2 = b.GetLower() + b.GetUpper();
+        var c2 = c.GetLower() + c.GetUpper();
+        var d2 = d.GetLower() + d.GetUpper();
+        var abcd = Avx.HorizontalAdd(Avx.HorizontalAdd(a2, b2), Avx.HorizontalAdd(c2, d2));
+        return abcd.GetLower() + abcd.GetUpper();
     }
 }

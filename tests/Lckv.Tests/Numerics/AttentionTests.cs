@@ -36,6 +36,29 @@ public class AttentionTests(ITestOutputHelper output)
             Compare(rng, dtype, d: 64, kvHeads: 4, group: 8, blockSize: 5, rule);
     }
 
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void RingTableMatchesReference(DType dtype)
+    {
+        // a sliding-window layer's ring of 3 blocks of 4: positions 17..19 see 10..19 through a window of 7
+        var rng = new Random(14);
+        foreach (int d in new[] { 8, 64 })
+        {
+            var layout = new KvLayout(4, 2, d, dtype);
+            using var pool = FillPool(rng, layout, 5);
+            var seqs = new[] { new AttentionSequence(0, 3, 17, 20, [4, 1, 3], RingBlocks: 3), new AttentionSequence(3, 1, 13, 14, [0, 2, 4], RingBlocks: 3) };
+            var rule = new MaskRule(false, 7);
+            int heads = 2 * 4;
+            var q = TestData.Random(rng, 4 * heads * d, 2f);
+            var expected = new float[q.Length];
+            var actual = new float[q.Length];
+            Attention.ComputeReference(q, heads, pool.Address, layout, seqs, rule, 0.125f, expected);
+            Attention.Compute(q, heads, pool.Address, layout, seqs, rule, 0.125f, actual);
+            for (int i = 0; i < q.Length; i++)
+                Assert.True(Math.Abs(expected[i] - actual[i]) <= 2e-5 + 1e-5 * Math.Abs(expected[i]), $"d={d} {dtype}: out[{i}] = {actual[i]}, reference {expected[i]}");
+        }
+    }
+
     [Fact]
     public void RowWithoutVisibleKeysIsExactlyZero()
     {
