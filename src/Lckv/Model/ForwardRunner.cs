@@ -262,14 +262,14 @@ public sealed class ForwardRunner
         var positions = _positions.AsSpan(0, total);
         RmsNorm.Apply(x, w.InputNorm, cfg.RmsNormEps, xn, total);
         var q = _q.AsSpan(0, total * _qDim);
-        MatMul.Multiply(xn, w.Q, q, total);
+        bool computesKv = map.ComputesKv(layer);
+        var k = _k.AsSpan(0, total * _kvDim);
+        var v = _v.AsSpan(0, total * _kvDim);
+        if (computesKv) MatMul.Multiply(xn, w.Q, q, w.K!.Value, k, w.V!.Value, v, total);
+        else MatMul.Multiply(xn, w.Q, q, total);
         Numerics.Rope.Apply(q, positions, cfg.NumAttentionHeads, _model.Rope);
-        if (map.ComputesKv(layer))
+        if (computesKv)
         {
-            var k = _k.AsSpan(0, total * _kvDim);
-            var v = _v.AsSpan(0, total * _kvDim);
-            MatMul.Multiply(xn, w.K!.Value, k, total);
-            MatMul.Multiply(xn, w.V!.Value, v, total);
             Numerics.Rope.Apply(k, positions, cfg.NumKeyValueHeads, _model.Rope);
             int kvIndex = map.KvIndex(layer);
             for (int s = 0; s < batch.Length; s++)
@@ -301,8 +301,7 @@ public sealed class ForwardRunner
         RmsNorm.Apply(x, w.PostNorm, cfg.RmsNormEps, xn, total);
         var gate = _gate.AsSpan(0, total * _inter);
         var up = _up.AsSpan(0, total * _inter);
-        MatMul.Multiply(xn, w.Gate, gate, total);
-        MatMul.Multiply(xn, w.Up, up, total);
+        MatMul.Multiply(xn, w.Gate, gate, w.Up, up, total);
         Activations.SwiGlu(gate, up, gate);
         MatMul.Multiply(gate, w.Down, xn, total);
         TensorPrimitives.Add(x, xn, x);

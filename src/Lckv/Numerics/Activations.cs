@@ -41,7 +41,7 @@ public static unsafe class Activations
             for (; i <= n - 16; i += 16)
             {
                 var v = Vector512.Load(g + i);
-                (v / (Vector512<float>.One + Vector512.Exp(-v)) * Vector512.Load(u + i)).Store(d + i);
+                (v / (Vector512<float>.One + Simd.Exp(-v)) * Vector512.Load(u + i)).Store(d + i);
             }
         if (Vector256.IsHardwareAccelerated)
             for (; i <= n - 8; i += 8)
@@ -124,7 +124,7 @@ public static unsafe class Softmax
             var s = Vector512<float>.Zero;
             for (; i <= n - 16; i += 16)
             {
-                var e = Vector512.Exp(Vector512.Load(p + i) - m);
+                var e = Simd.Exp(Vector512.Load(p + i) - m);
                 e.Store(p + i);
                 s += e;
             }

@@ -358,21 +358,38 @@ public static unsafe class Attention
                             m = tileMax;
                             max[h] = m;
                         }
-                        var pe = Vector512.Exp(sc - Vector512.Create(m));
+                        var pe = Simd.Exp(sc - Vector512.Create(m));
                         pe.Store(p);
                         sum[h] += Vector512.Sum(pe);
                         var a0 = Vector512.Load(ah); var a1 = Vector512.Load(ah + 16);
                         var a2 = Vector512.Load(ah + 32); var a3 = Vector512.Load(ah + 48);
-                        for (int jj = 0; jj < nk; jj++)
+                        // two sets of accumulators, so that consecutive keys do not wait on each other's FMAs
+                        var b0 = Vector512<float>.Zero; var b1 = b0; var b2 = b0; var b3 = b0;
+                        int jv = 0;
+                        for (; jv + 2 <= nk; jv += 2)
                         {
-                            float* v = vp[jj];
-                            var pj = Vector512.Create(p[jj]);
+                            float* v = vp[jv], w = vp[jv + 1];
+                            var pj = Vector512.Create(p[jv]);
+                            var pw = Vector512.Create(p[jv + 1]);
+                            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(v), pj, a0);
+                            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 16), pj, a1);
+                            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 32), pj, a2);
+                            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 48), pj, a3);
+                            b0 = Vector512.FusedMultiplyAdd(Vector512.Load(w), pw, b0);
+                            b1 = Vector512.FusedMultiplyAdd(Vector512.Load(w + 16), pw, b1);
+                            b2 = Vector512.FusedMultiplyAdd(Vector512.Load(w + 32), pw, b2);
+                            b3 = Vector512.FusedMultiplyAdd(Vector512.Load(w + 48), pw, b3);
+                        }
+                        if (jv < nk)
+                        {
+                            float* v = vp[jv];
+                            var pj = Vector512.Create(p[jv]);
                             a0 = Vector512.FusedMultiplyAdd(Vector512.Load(v), pj, a0);
                             a1 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 16), pj, a1);
                             a2 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 32), pj, a2);
                             a3 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 48), pj, a3);
                         }
-                        a0.Store(ah); a1.Store(ah + 16); a2.Store(ah + 32); a3.Store(ah + 48);
+                        (a0 + b0).Store(ah); (a1 + b1).Store(ah + 16); (a2 + b2).Store(ah + 32); (a3 + b3).Store(ah + 48);
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
@@ -414,7 +431,7 @@ public static unsafe class Attention
         }
         if (Vector512.IsHardwareAccelerated && nk == KeyTile)
         {
-            var e = Vector512.Exp(Vector512.Load(s) - Vector512.Create(m));
+            var e = Simd.Exp(Vector512.Load(s) - Vector512.Create(m));
             e.Store(s);
             sum += Vector512.Sum(e);
         }

@@ -105,12 +105,22 @@ public static unsafe partial class MatMul
     /// </summary>
     private struct DotRowsJob<TE> : IRangeBody where TE : struct, IElement
     {
-        public float* X, XP, Y;
-        public byte* W;
-        public int M, K, N;
+        public float* X, XP;
+        public Targets T;
+        public int M, K;
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void Invoke(int j0, int j1)
+        {
+            for (int s = 0; s < T.Count; s++)
+            {
+                T.Clip(s, j0, j1, out int a, out int b);
+                if (a < b) Columns(T.W(s), T.Y(s), T.N(s), a, b);
+            }
+        }
+
+        // columns [j0, j1) of one matrix
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private readonly void Columns(byte* W, float* Y, int N, int j0, int j1)
         {
             long rowBytes = (long)K * TE.Size;
             int passes = RowPack.Passes(M);
@@ -124,7 +134,7 @@ public static unsafe partial class MatMul
                     else Dot1x4V512<TE>(XP, wr, rowBytes, K, Y + j);
                     continue;
                 }
-                // past the chunk's last group, prefetching the current group again is harmless
+                // past the range's last group, prefetching the current group again is harmless
                 byte* next = j + 8 <= j1 ? wr + 4 * rowBytes : wr;
                 for (int pass = 0, i = 0; pass < passes; pass++)
                 {

@@ -37,22 +37,106 @@ public static unsafe partial class MatMul
     public static void Multiply(ReadOnlySpan<float> x, in WeightMatrix w, Span<float> y, int m)
     {
         Check(x, w, y, m);
-        int k = w.Cols, n = w.Rows;
+        fixed (float* px = x, py = y)
+            Run(px, new Targets(w, py), m);
+    }
+
+    /// <summary>
+    /// y0 = x · w0^T and y1 = x · w1^T in one call (e.g. a layer's gate and up projections): x is read and packed
+    /// once, and one split of the columns of both across the workers replaces two.
+    /// </summary>
+    public static void Multiply(ReadOnlySpan<float> x, in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1, int m)
+    {
+        Check(x, w0, y0, m);
+        Check(x, w1, y1, m);
+        SameInput(w0, w1);
+        fixed (float* px = x, p0 = y0, p1 = y1)
+        {
+            var t = new Targets(w0, p0);
+            t.Add(w1, p1);
+            Run(px, t, m);
+        }
+    }
+
+    /// <summary>Three products of the same x in one call (e.g. a layer's q, k and v projections).</summary>
+    public static void Multiply(ReadOnlySpan<float> x, in WeightMatrix w0, Span<float> y0, in WeightMatrix w1, Span<float> y1,
+        in WeightMatrix w2, Span<float> y2, int m)
+    {
+        Check(x, w0, y0, m);
+        Check(x, w1, y1, m);
+        Check(x, w2, y2, m);
+        SameInput(w0, w1);
+        SameInput(w0, w2);
+        fixed (float* px = x, p0 = y0, p1 = y1, p2 = y2)
+        {
+            var t = new Targets(w0, p0);
+            t.Add(w1, p1);
+            t.Add(w2, p2);
+            Run(px, t, m);
+        }
+    }
+
+    private static void SameInput(in WeightMatrix a, in WeightMatrix b)
+    {
+        if (a.Cols != b.Cols || a.DType != b.DType)
+            throw new ArgumentException($"weights multiplied together must share width and dtype ({a.Rows}x{a.Cols} {a.DType}, {b.Rows}x{b.Cols} {b.DType})");
+    }
+
+    private static void Run(float* x, in Targets t, int m)
+    {
+        int k = t.K, n = t.Total;
         if (m == 0 || n == 0) return;
         if (k == 0)
         {
-            y[..(m * n)].Clear();
+            for (int s = 0; s < t.Count; s++) new Span<float>(t.Y(s), m * t.N(s)).Clear();
             return;
         }
-        fixed (float* px = x, py = y)
+        switch (t.DType)
         {
-            switch (w.DType)
-            {
-                case DType.F32: Dispatch<F32Element>(px, (byte*)w.Data, py, m, k, n); break;
-                case DType.BF16: Dispatch<BF16Element>(px, (byte*)w.Data, py, m, k, n); break;
-                case DType.F16: Dispatch<F16Element>(px, (byte*)w.Data, py, m, k, n); break;
-                default: throw new ArgumentException($"weights must be f32, f16 or bf16, not {w.DType}");
-            }
+            case DType.F32: Dispatch<F32Element>(x, t, m); break;
+            case DType.BF16: Dispatch<BF16Element>(x, t, m); break;
+            case DType.F16: Dispatch<F16Element>(x, t, m); break;
+            default: throw new ArgumentException($"weights must be f32, f16 or bf16, not {t.DType}");
+        }
+    }
+
+    /// <summary>
+    /// Up to three weight matrices of the same width and dtype with their outputs, seen as one run of columns
+    /// [0, Total): matrix s holds columns [Start(s), Start(s) + N(s)).
+    /// </summary>
+    private struct Targets
+    {
+        private byte* _w0, _w1, _w2;
+        private float* _y0, _y1, _y2;
+        private int _n0, _n1, _n2;
+        public int Count, K, Total;
+        public DType DType;
+
+        public Targets(in WeightMatrix w, float* y)
+        {
+            _w0 = (byte*)w.Data; _y0 = y; _n0 = w.Rows;
+            Count = 1; K = w.Cols; Total = w.Rows; DType = w.DType;
+        }
+
+        public void Add(in WeightMatrix w, float* y)
+        {
+            if (Count == 1) { _w1 = (byte*)w.Data; _y1 = y; _n1 = w.Rows; }
+            else { _w2 = (byte*)w.Data; _y2 = y; _n2 = w.Rows; }
+            Count++;
+            Total += w.Rows;
+        }
+
+        public readonly byte* W(int s) => s == 0 ? _w0 : s == 1 ? _w1 : _w2;
+        public readonly float* Y(int s) => s == 0 ? _y0 : s == 1 ? _y1 : _y2;
+        public readonly int N(int s) => s == 0 ? _n0 : s == 1 ? _n1 : _n2;
+        public readonly int Start(int s) => s == 0 ? 0 : s == 1 ? _n0 : _n0 + _n1;
+
+        /// <summary>The part of the global columns [j0, j1) in matrix s, in its own columns [a, b) (empty: a &gt;= b).</summary>
+        public readonly void Clip(int s, int j0, int j1, out int a, out int b)
+        {
+            int o = Start(s);
+            a = Math.Max(j0 - o, 0);
+            b = Math.Min(j1 - o, N(s));
         }
     }
 
@@ -80,30 +164,33 @@ public static unsafe partial class MatMul
         if (y.Length < (long)m * w.Rows) throw new ArgumentException($"y holds {y.Length} values, needs {m}x{w.Rows}", nameof(y));
     }
 
-    private static void Dispatch<TE>(float* x, byte* w, float* y, int m, int k, int n) where TE : struct, IElement
+    private static void Dispatch<TE>(float* x, in Targets t, int m) where TE : struct, IElement
     {
         var pool = WorkerPool.Shared;
+        int k = t.K, n = t.Total;
         long perRow = (long)m * k; // multiply-adds per row of W
         int grain = (int)Math.Clamp((MinWorkPerThread + perRow - 1) / perRow, 1, int.MaxValue);
         if (!Vector256.IsHardwareAccelerated)
         {
-            pool.Run(n, new ScalarJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+            for (int s = 0; s < t.Count; s++)
+                pool.Run(t.N(s), new ScalarJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
         }
         else if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k))
         {
             grain = (grain + 3) & ~3;
             float* xp = m == 1 && typeof(TE) != typeof(BF16Element) ? x : RowPack.Apply(x, m, k, typeof(TE) == typeof(BF16Element));
-            pool.Run(n, new DotRowsJob<TE> { X = x, XP = xp, W = w, Y = y, M = m, K = k, N = n }, grain);
+            pool.Run(n, new DotRowsJob<TE> { X = x, XP = xp, T = t, M = m, K = k }, grain);
         }
         else if (m < GemmMinRows)
         {
             grain = (grain + 3) & ~3;
-            pool.Run(n, new DotJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+            for (int s = 0; s < t.Count; s++)
+                pool.Run(t.N(s), new DotJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
         }
         else
         {
             grain = (grain + 15) & ~15;
-            pool.Run(n, new GemmJob<TE> { X = x, W = w, Y = y, M = m, K = k, N = n }, grain);
+            pool.Run(n, new GemmJob<TE> { X = x, T = t, M = m, K = k }, grain);
         }
     }
 
@@ -326,9 +413,9 @@ public static unsafe partial class MatMul
 
     private struct GemmJob<TE> : IRangeBody where TE : struct, IElement
     {
-        public float* X, Y;
-        public byte* W;
-        public int M, K, N;
+        public float* X;
+        public Targets T;
+        public int M, K;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void Invoke(int j0, int j1)
@@ -344,26 +431,33 @@ public static unsafe partial class MatMul
                 // few rows (batched decode): pack all of x once, then stream each 16-row panel of W along k
                 for (int b = 0; b < kBlocks; b++)
                     PackX(X + b * KC, K, M, Math.Min(KC, K - b * KC), lanes, xp + (long)b * mPad * KC);
-                for (int jr = j0; jr < j1; jr += lanes)
+                for (int s = 0; s < T.Count; s++)
                 {
-                    int nb = Math.Min(lanes, j1 - jr);
-                    for (int b = 0; b < kBlocks; b++)
+                    T.Clip(s, j0, j1, out int c0, out int c1);
+                    byte* W = T.W(s);
+                    float* Y = T.Y(s);
+                    int N = T.N(s);
+                    for (int jr = c0; jr < c1; jr += lanes)
                     {
-                        int pc = b * KC, kb = Math.Min(KC, K - pc);
-                        // while this panel computes, the same k block of the next panel streams into L2
-                        byte* next = jr + lanes < j1 ? W + ((long)(jr + lanes) * K + pc) * TE.Size : null;
-                        int nextRows = next == null ? 0 : Math.Min(lanes, j1 - jr - lanes);
-                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, wide ? null : next, nextRows);
-                        float* xb = xp + (long)b * mPad * KC;
-                        for (int q = 0; q < M; q += lanes)
+                        int nb = Math.Min(lanes, c1 - jr);
+                        for (int b = 0; b < kBlocks; b++)
                         {
-                            float* yt = Y + (long)q * N + jr;
-                            int rows = Math.Min(lanes, M - q);
-                            // the first tile spreads the prefetch of the next panel's block over its k loop, so that
-                            // W streams from memory while the FMAs run (a burst of prefetches would mostly be dropped)
-                            if (wide) Tile16x16(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0,
-                                q == 0 ? next : null, (long)K * TE.Size, nextRows, kb * TE.Size);
-                            else Tile8x8(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
+                            int pc = b * KC, kb = Math.Min(KC, K - pc);
+                            // while this panel computes, the same k block of the next panel streams into L2
+                            byte* next = jr + lanes < c1 ? W + ((long)(jr + lanes) * K + pc) * TE.Size : null;
+                            int nextRows = next == null ? 0 : Math.Min(lanes, c1 - jr - lanes);
+                            PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, wide ? null : next, nextRows);
+                            float* xb = xp + (long)b * mPad * KC;
+                            for (int q = 0; q < M; q += lanes)
+                            {
+                                float* yt = Y + (long)q * N + jr;
+                                int rows = Math.Min(lanes, M - q);
+                                // the first tile spreads the prefetch of the next panel's block over its k loop, so that
+                                // W streams from memory while the FMAs run (a burst of prefetches would mostly be dropped)
+                                if (wide) Tile16x16(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0,
+                                    q == 0 ? next : null, (long)K * TE.Size, nextRows, kb * TE.Size);
+                                else Tile8x8(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
+                            }
                         }
                     }
                 }
@@ -377,16 +471,23 @@ public static unsafe partial class MatMul
                 {
                     int mb = Math.Min(MC, M - ic);
                     PackX(X + (long)ic * K + pc, K, mb, kb, lanes, xp);
-                    for (int jr = j0; jr < j1; jr += lanes)
+                    for (int s = 0; s < T.Count; s++)
                     {
-                        int nb = Math.Min(lanes, j1 - jr);
-                        PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, null, 0);
-                        for (int q = 0; q < mb; q += lanes)
+                        T.Clip(s, j0, j1, out int c0, out int c1);
+                        byte* W = T.W(s);
+                        float* Y = T.Y(s);
+                        int N = T.N(s);
+                        for (int jr = c0; jr < c1; jr += lanes)
                         {
-                            float* yt = Y + (long)(ic + q) * N + jr;
-                            int rows = Math.Min(lanes, mb - q);
-                            if (wide) Tile16x16(xp + (long)q * kb, wp, kb, yt, N, rows, nb, accumulate);
-                            else Tile8x8(xp + (long)q * kb, wp, kb, yt, N, rows, nb, accumulate);
+                            int nb = Math.Min(lanes, c1 - jr);
+                            PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, null, 0);
+                            for (int q = 0; q < mb; q += lanes)
+                            {
+                                float* yt = Y + (long)(ic + q) * N + jr;
+                                int rows = Math.Min(lanes, mb - q);
+                                if (wide) Tile16x16(xp + (long)q * kb, wp, kb, yt, N, rows, nb, accumulate);
+                                else Tile8x8(xp + (long)q * kb, wp, kb, yt, N, rows, nb, accumulate);
+                            }
                         }
                     }
                 }

@@ -124,4 +124,30 @@ internal static unsafe class Simd
         var abcd = Avx.HorizontalAdd(Avx.HorizontalAdd(a2, b2), Avx.HorizontalAdd(c2, d2));
         return abcd.GetLower() + abcd.GetUpper();
     }
+
+    /// <summary>
+    /// exp(x) in f32, within 2 ulp of the exact value (the range reduction and polynomial of Cephes'
+    /// expf), inlined: the library's Vector512.Exp is a call that works in f64. Below -87.3 the result is 0, above 88.7
+    /// it is +inf; NaN stays NaN.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Exp(Vector512<float> x)
+    {
+        var xc = Vector512.Min(Vector512.Max(x, Vector512.Create(-87.5f)), Vector512.Create(88.75f));
+        var n = Vector512.Round(xc * Vector512.Create(1.44269504088896341f));
+        // r = x - n ln2, ln2 split in two so that n * hi is exact
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), xc);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
+        var p = Vector512.Create(1.9875691500e-4f);
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.3981999507e-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073e-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894e-2f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459e-1f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201e-1f));
+        p = Vector512.FusedMultiplyAdd(p * r, r, r) + Vector512<float>.One;
+        var e = Avx512F.Scale(p, n); // p * 2^n
+        e = Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(-87.33654f)), Vector512<float>.Zero, e);
+        e = Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512.Create(88.72283f)), Vector512.Create(float.PositiveInfinity), e);
+        return Vector512.ConditionalSelect(Vector512.Equals(x, x), e, x);
+    }
 }

@@ -44,6 +44,47 @@ public class MatMulTests(ITestOutputHelper output)
                 Compare(rng, m, k, 35, DType.BF16);
     }
 
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void SeveralWeightsOfOneInputMatchSeparateProducts(DType dtype)
+    {
+        var rng = new Random(4);
+        foreach (var (m, k, ns) in new[] { (1, 67, new[] { 5, 33 }), (3, 130, new[] { 16, 9, 40 }), (10, 259, new[] { 64, 17, 17 }),
+            (16, 100, new[] { 35, 48 }), (20, 77, new[] { 7, 30, 3 }), (40, 300, new[] { 50, 19 }), (130, 40, new[] { 21, 16, 33 }) })
+        {
+            var x = TestData.Random(rng, m * k);
+            var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
+            try
+            {
+                var w = buffers.Select((b, i) => new WeightMatrix(b.Address, dtype, ns[i], k)).ToArray();
+                var y = ns.Select(n => new float[m * n]).ToArray();
+                if (ns.Length == 2) MatMul.Multiply(x, w[0], y[0], w[1], y[1], m);
+                else MatMul.Multiply(x, w[0], y[0], w[1], y[1], w[2], y[2], m);
+                for (int i = 0; i < ns.Length; i++)
+                {
+                    var expected = new float[m * ns[i]];
+                    MatMul.MultiplyReference(x, w[i], expected, m);
+                    for (int j = 0; j < expected.Length; j++)
+                        Assert.True(Math.Abs(expected[j] - y[i][j]) <= 1e-4 * (1 + Math.Abs(expected[j])), $"m={m} k={k} {dtype}: output {i} [{j}] = {y[i][j]}, reference {expected[j]}");
+                }
+            }
+            finally
+            {
+                foreach (var b in buffers) b.Dispose();
+            }
+        }
+    }
+
+    [Fact]
+    public void SeveralWeightsMustShareWidthAndDtype()
+    {
+        using var a = NativeBuffer.From(new float[4 * 8], DType.F32, out _);
+        using var b = NativeBuffer.From(new float[4 * 6], DType.F32, out _);
+        var e = Assert.Throws<ArgumentException>(() => MatMul.Multiply(new float[8], new WeightMatrix(a.Address, DType.F32, 4, 8), new float[4],
+            new WeightMatrix(b.Address, DType.F32, 4, 6), new float[4], 1));
+        Assert.Contains("share width", e.Message);
+    }
+
     private static unsafe void Compare(Random rng, int m, int k, int n, DType dtype)
     {
         var x = TestData.Random(rng, m * k);
