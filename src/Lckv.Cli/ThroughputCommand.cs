@@ -32,8 +32,9 @@ public static class ThroughputCommand
         var seed = new Option<ulong>("--weight-seed") { Description = "seed of the random weights and prompts", DefaultValueFactory = _ => 0 };
         var accountOnly = new Option<bool>("--account-only") { Description = "only find the max batch of each layout and print the accounting (no generation)" };
         var threads = new Option<int?>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var rounds = new Option<int>("--rounds") { Description = "run the layouts this many times, interleaved, and report the median times (fairer on a noisy machine)", DefaultValueFactory = _ => 1 };
         var cmd = new Command("throughput", "max batch and throughput per KV layout under one memory budget (the LCKV paper's Table 1)");
-        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads })
+        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads, rounds })
             cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
@@ -50,6 +51,8 @@ public static class ThroughputCommand
             var names = p.GetValue(layouts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (names.Length == 0) throw new LckvException("--layouts is empty");
             foreach (var n in names) ThroughputLayouts.LayerTypes(n, shape.NumHiddenLayers); // fail early on a bad name
+            int requestedRounds = p.GetValue(rounds);
+            if (requestedRounds < 1 || requestedRounds > 100) throw new LckvException($"--rounds must be in [1, 100], got {requestedRounds}");
             int? fixedBatch = p.GetValue(batch);
             if (fixedBatch is < 1) throw new LckvException($"--batch must be at least 1, got {fixedBatch}");
             int maxB = p.GetValue(maxBatch);
@@ -84,14 +87,18 @@ public static class ThroughputCommand
             var bench = new ThroughputBench(settings);
             bool noRun = p.GetValue(accountOnly);
             stderr.WriteLine($"budget {settings.BudgetBytes / 1048576.0:F2} MiB; {names.Length} layout(s); prompt {promptLength} + gen {genLength}");
-            var rows = new List<ThroughputRow>();
-            foreach (var name in names)
-            {
-                var row = noRun ? bench.Run(name, fixedBatch, accountOnly: true) : Progress.Run(name, report =>
-                    bench.Run(name, fixedBatch, e => { if (e.Phase == "generate") report((int)e.Done, (int)Math.Max(1, e.Total)); }), stderr);
-                rows.Add(row);
-                stderr.WriteLine($"{name}: batch {row.Batch}, {row.TotalTokensPerSecond:F2} tok/s total");
-            }
+            int roundCount = noRun ? 1 : requestedRounds;
+            var runs = names.Select(_ => new List<ThroughputRow>()).ToArray();
+            for (int round = 1; round <= roundCount; round++)
+                for (int i = 0; i < names.Length; i++)
+                {
+                    string name = names[i], label = roundCount > 1 ? $"{name} ({round}/{roundCount})" : name;
+                    var row = noRun ? bench.Run(name, fixedBatch, accountOnly: true) : Progress.Run(label, report =>
+                        bench.Run(name, fixedBatch, e => { if (e.Phase == "generate") report((int)e.Done, (int)Math.Max(1, e.Total)); }), stderr);
+                    runs[i].Add(row);
+                    stderr.WriteLine($"{label}: batch {row.Batch}, {row.TotalTokensPerSecond:F2} tok/s total");
+                }
+            var rows = runs.Select(ThroughputRow.Median).ToList();
             rows = [.. WithKvOnlyBatch(bench, rows)];
 
             if (plotPath is not null) WritePlot(plotPath, settings, rows);
@@ -132,6 +139,12 @@ public static class ThroughputCommand
             o.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {r.Layout} | {ThroughputLayouts.Abbreviate(r.LayerTypes)} | {r.KvLayers} | {r.KvBytesPerToken} | {r.Batch}{(r.Capped ? " (cap)" : "")} | " +
                 $"{r.PrefillTokensPerSecond:F1} | {r.DecodeTokensPerSecond:F2} | {r.TotalTokensPerSecond:F2} | {Ratio(r.TotalTokensPerSecond, refTotal)} | {1000 * r.PrefillSecondsPerToken:F1} |"));
+        if (rows.Any(r => r.Rounds > 1))
+        {
+            o.WriteLine();
+            o.WriteLine($"Times are medians of {rows.Max(r => r.Rounds)} interleaved rounds; total tok/s per round ranged over " +
+                string.Join(", ", rows.Where(r => r.Rounds > 1).Select(r => string.Create(CultureInfo.InvariantCulture, $"{r.Layout} {r.TotalMin:F2}-{r.TotalMax:F2}"))) + ".");
+        }
         o.WriteLine();
         o.WriteLine("Memory accounting (MiB) of the batch run, and of one more sequence:");
         o.WriteLine();
@@ -167,6 +180,7 @@ public static class ThroughputCommand
                 prefill_tokens_per_second = r.PrefillTokensPerSecond, decode_tokens_per_second = r.DecodeTokensPerSecond,
                 total_tokens_per_second = r.TotalTokensPerSecond, prefill_seconds_per_token = r.PrefillSecondsPerToken,
                 ratio_to_reference = reference is { TotalTokensPerSecond: > 0 } ? r.TotalTokensPerSecond / reference.TotalTokensPerSecond : 0,
+                rounds = r.Rounds, total_tokens_per_second_min = r.TotalMin, total_tokens_per_second_max = r.TotalMax,
             }),
         }));
     }

@@ -78,7 +78,34 @@ public sealed record ThroughputRow
     public double DecodeSeconds { get; init; }
     public int DecodeTokens { get; init; }
 
+    /// <summary>How many runs of this layout the times are the medians of (interleaved with the other layouts).</summary>
+    public int Rounds { get; init; } = 1;
+    /// <summary>The lowest and highest total tokens/s among those runs.</summary>
+    public double TotalMin { get; init; }
+    public double TotalMax { get; init; }
+
     public double TotalSeconds => PrefillSeconds + DecodeSeconds;
+
+    /// <summary>
+    /// One row for several runs of the same layout and batch: the median prefill and decode times (each on its own),
+    /// with the range of total throughput. Runs of one layout interleaved with the others' see the same drift of the
+    /// machine, so medians of rounds compare layouts more fairly than single runs.
+    /// </summary>
+    public static ThroughputRow Median(IReadOnlyList<ThroughputRow> runs)
+    {
+        if (runs.Count == 0) throw new ArgumentException("no runs", nameof(runs));
+        static double Mid(IEnumerable<double> v)
+        {
+            var a = v.Order().ToArray();
+            return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
+        }
+        var totals = runs.Select(r => r.TotalTokensPerSecond).ToArray();
+        return runs[0] with
+        {
+            PrefillSeconds = Mid(runs.Select(r => r.PrefillSeconds)), DecodeSeconds = Mid(runs.Select(r => r.DecodeSeconds)),
+            Rounds = runs.Count, TotalMin = totals.Min(), TotalMax = totals.Max(),
+        };
+    }
     /// <summary>batch * new tokens / total time including prefill (the paper's measure).</summary>
     public double TotalTokensPerSecond => TotalSeconds > 0 ? GeneratedTokens / TotalSeconds : 0;
     public double PrefillTokensPerSecond => PrefillSeconds > 0 ? PromptTokens / PrefillSeconds : 0;

@@ -51,6 +51,24 @@ public sealed class ThroughputCliTests
     }
 
     [Fact]
+    public void RoundsReportMediansAndTheirRange()
+    {
+        var (code, stdout, stderr) = Run([.. Tiny, "--batch", "1", "--rounds", "3", "--output", "json"]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("llama (3/3)", stderr); // the rounds ran interleaved: the last round's llama run is announced
+        using var doc = JsonDocument.Parse(stdout);
+        foreach (var r in doc.RootElement.GetProperty("rows").EnumerateArray())
+        {
+            Assert.Equal(3, r.GetProperty("rounds").GetInt32());
+            double total = r.GetProperty("total_tokens_per_second").GetDouble();
+            double min = r.GetProperty("total_tokens_per_second_min").GetDouble(), max = r.GetProperty("total_tokens_per_second_max").GetDouble();
+            Assert.True(min > 0 && min <= max, $"{min} {max}");
+            Assert.Equal(3, r.GetProperty("generated_tokens").GetInt32()); // one run's tokens, not three
+            Assert.True(total > 0);
+        }
+    }
+
+    [Fact]
     public void BenchWithoutSubcommandStillParses()
     {
         var (code, _, stderr) = Run("bench", "--n-prompt", "x");
@@ -70,6 +88,7 @@ public sealed class ThroughputCliTests
     [InlineData("--batch", "0", "--batch")]
     [InlineData("--preset", "huge", "huge")]
     [InlineData("--prompt", "abc", "abc")]
+    [InlineData("--rounds", "0", "--rounds")]
     public void BadOptionsAreOneLine(string option, string value, string mustContain)
     {
         var args = new List<string> { "bench", "throughput" };

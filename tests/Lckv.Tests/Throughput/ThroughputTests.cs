@@ -28,6 +28,27 @@ public sealed class ThroughputTests
     };
 
     [Fact]
+    public void MedianOfRunsTakesEachTimeOnItsOwn()
+    {
+        var bench = new ThroughputBench(Settings(budget: 1L << 30));
+        var row = bench.Run("llama", batch: 2, accountOnly: true) with { GeneratedTokens = 10, PromptTokens = 24 };
+        var runs = new[]
+        {
+            row with { PrefillSeconds = 1, DecodeSeconds = 9 },
+            row with { PrefillSeconds = 3, DecodeSeconds = 4 },
+            row with { PrefillSeconds = 2, DecodeSeconds = 5 },
+        };
+        var m = ThroughputRow.Median(runs);
+        Assert.Equal(2, m.PrefillSeconds);
+        Assert.Equal(5, m.DecodeSeconds);
+        Assert.Equal(3, m.Rounds);
+        Assert.Equal(1.0, m.TotalMin, 9); // 10 tokens in 10 s
+        Assert.Equal(10 / 7.0, m.TotalMax, 9);
+        Assert.Equal(6.5, ThroughputRow.Median(runs[..2]).DecodeSeconds); // an even count: the mean of the middle two
+        Assert.Throws<ArgumentException>(() => ThroughputRow.Median([]));
+    }
+
+    [Fact]
     public void LayoutErrorsNameTheProblem()
     {
         Assert.Contains("unknown layout", Assert.Throws<LckvException>(() => ThroughputLayouts.LayerTypes("mistral", 6)).Message);
