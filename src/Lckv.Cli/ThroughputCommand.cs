@@ -32,9 +32,10 @@ public static class ThroughputCommand
         var seed = new Option<ulong>("--weight-seed") { Description = "seed of the random weights and prompts", DefaultValueFactory = _ => 0 };
         var accountOnly = new Option<bool>("--account-only") { Description = "only find the max batch of each layout and print the accounting (no generation)" };
         var threads = new Option<int?>("--threads", "-t") { Description = "worker threads (default: all cores)" };
+        var budgetKind = new Option<string>("--budget-kind") { Description = "what --budget covers: total (weights + KV + buffers) | kv (the KV cache alone: every layout charged as if its weights were llama's)", DefaultValueFactory = _ => "total" };
         var rounds = new Option<int>("--rounds") { Description = "run the layouts this many times, interleaved, and report the median times (fairer on a noisy machine)", DefaultValueFactory = _ => 1 };
         var cmd = new Command("throughput", "max batch and throughput per KV layout under one memory budget (the LCKV paper's Table 1)");
-        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads, rounds })
+        foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads, rounds, budgetKind })
             cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
@@ -51,6 +52,12 @@ public static class ThroughputCommand
             var names = p.GetValue(layouts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (names.Length == 0) throw new LckvException("--layouts is empty");
             foreach (var n in names) ThroughputLayouts.LayerTypes(n, shape.NumHiddenLayers); // fail early on a bad name
+            var kind = p.GetValue(budgetKind) switch
+            {
+                "total" => BudgetKind.Total,
+                "kv" => BudgetKind.KvOnly,
+                var other => throw new LckvException($"--budget-kind must be total or kv, got '{other}'"),
+            };
             int requestedRounds = p.GetValue(rounds);
             if (requestedRounds < 1 || requestedRounds > 100) throw new LckvException($"--rounds must be in [1, 100], got {requestedRounds}");
             int? fixedBatch = p.GetValue(batch);
@@ -67,7 +74,7 @@ public static class ThroughputCommand
             var settings = new ThroughputSettings
             {
                 Shape = shape, ShapeName = shapeName, WeightDType = weightDType, PromptLength = promptLength, GenLength = genLength,
-                KvDType = ParseDType(p.GetValue(kvDType)!, "--kv-dtype"), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed),
+                KvDType = ParseDType(p.GetValue(kvDType)!, "--kv-dtype"), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
             };
             double? budgetMiB = p.GetValue(budget);
             if (budgetMiB is { } mib)
@@ -123,7 +130,7 @@ public static class ThroughputCommand
     private static string Ratio(double x, double reference) => reference > 0 ? (x / reference).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
 
     private static string Header(ThroughputSettings s)
-        => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes (weights + KV + buffers), " +
+        => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes ({(s.BudgetKind == BudgetKind.KvOnly ? "KV only" : "weights + KV + buffers")}), " +
            $"prompt {s.PromptLength} + gen {s.GenLength}, KV {DTypes.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
            $"{WorkerPool.Shared.ThreadCount} thread(s)";
 
@@ -148,13 +155,14 @@ public static class ThroughputCommand
         o.WriteLine();
         o.WriteLine("Memory accounting (MiB) of the batch run, and of one more sequence:");
         o.WriteLine();
-        o.WriteLine("| layout | batch | weights | runner scratch | logits | cache tables | KV | total | fits | batch + 1 total | KV-only batch |");
+        o.WriteLine($"| layout | batch | weights | runner scratch | logits | cache tables | KV | total | fits | batch + 1 {(s.BudgetKind == BudgetKind.KvOnly ? "KV" : "total")} | KV-only batch |");
         o.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
         foreach (var r in rows)
         {
             var f = r.Fit;
             string fits = r.Batch == 0 ? "no (batch 1 over budget)" : r.FitsBudget ? "yes" : "no (over budget)";
-            string next = r.Capped ? $"{Mib(r.Next.TotalBytes)} (cap)" : $"{Mib(r.Next.TotalBytes)}{(r.Next.TotalBytes > s.BudgetBytes ? " > budget" : "")}";
+            long nextCharged = r.Next.Charged(s.BudgetKind);
+            string next = r.Capped ? $"{Mib(nextCharged)} (cap)" : $"{Mib(nextCharged)}{(nextCharged > s.BudgetBytes ? " > budget" : "")}";
             o.WriteLine($"| {r.Layout} | {r.Batch} | {Mib(f.WeightBytes)} | {Mib(f.ScratchBytes)} | {Mib(f.LogitsBytes)} | {Mib(f.TableBytes)} | {Mib(f.KvBytes)} | {Mib(f.TotalBytes)} | {fits} | {next} | {r.BatchAtKvBytes} |");
         }
         o.WriteLine();
@@ -168,7 +176,7 @@ public static class ThroughputCommand
         var reference = Reference(rows);
         o.WriteLine(JsonSerializer.Serialize(new
         {
-            preset = s.ShapeName, dtype = DTypes.Name(s.WeightDType), budget_bytes = s.BudgetBytes, prompt = s.PromptLength, gen = s.GenLength,
+            preset = s.ShapeName, dtype = DTypes.Name(s.WeightDType), budget_bytes = s.BudgetBytes, budget_kind = s.BudgetKind == BudgetKind.KvOnly ? "kv" : "total", prompt = s.PromptLength, gen = s.GenLength,
             kv_dtype = DTypes.Name(s.KvDType), block_size = s.BlockSize, threads = WorkerPool.Shared.ThreadCount, reference = reference?.Layout,
             rows = rows.Select(r => new
             {
@@ -194,7 +202,7 @@ public static class ThroughputCommand
     {
         var names = rows.Select(r => r.Layout).ToList();
         var chart = BarChart.Render(
-            $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F1} MiB",
+            $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F1} MiB{(s.BudgetKind == BudgetKind.KvOnly ? " of KV" : "")}",
             $"prompt {s.PromptLength} + gen {s.GenLength}, {DTypes.Name(s.WeightDType)} weights, {DTypes.Name(s.KvDType)} KV, greedy",
             names,
             [

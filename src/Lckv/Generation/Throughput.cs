@@ -15,6 +15,8 @@ public sealed record ThroughputSettings
     public DType WeightDType { get; init; } = DType.BF16;
     /// <summary>Bytes that weights + runner scratch + logits + cache tables + KV must fit in.</summary>
     public long BudgetBytes { get; init; }
+    /// <summary>What the budget covers: everything (weights + KV + buffers), or the KV cache alone.</summary>
+    public BudgetKind BudgetKind { get; init; } = BudgetKind.Total;
     public int PromptLength { get; init; } = 16;
     public int GenLength { get; init; } = 240;
     public DType KvDType { get; init; } = DType.F32;
@@ -43,9 +45,19 @@ public sealed record ThroughputSettings
 /// Where the bytes of a batch go: weights (in their dtype, each tensor 64-byte aligned as the model stores them), the
 /// forward runner's scratch, the generator's logits buffers, the KV pool's and cache's tables, and the KV blocks.
 /// </summary>
+/// <summary>
+/// What a throughput budget covers. Total: the whole process's model memory, so a layout that drops k/v projection
+/// weights also spends those bytes on KV. KvOnly: the KV cache alone, as if every layout had the same weights (the
+/// pure KV-size effect; close to a large accelerator where the weights are a small share of memory).
+/// </summary>
+public enum BudgetKind { Total, KvOnly }
+
 public sealed record MemoryAccount(int Batch, long WeightBytes, long ScratchBytes, long LogitsBytes, long TableBytes, long KvBytes)
 {
     public long TotalBytes => WeightBytes + ScratchBytes + LogitsBytes + TableBytes + KvBytes;
+
+    /// <summary>The bytes a budget of the given kind is charged.</summary>
+    public long Charged(BudgetKind kind) => kind == BudgetKind.KvOnly ? KvBytes : TotalBytes;
 }
 
 /// <summary>One layout's result: its KV geometry, the largest batch that fits the budget and the measured run.</summary>
@@ -200,7 +212,7 @@ public sealed class ThroughputBench
     /// <summary>The largest batch in [1, MaxBatch] whose account fits the budget; 0 when batch 1 does not fit.</summary>
     public int MaxBatch(ModelConfig config, LayerMap map)
     {
-        bool Fits(int b) => Account(config, map, b).TotalBytes <= _settings.BudgetBytes;
+        bool Fits(int b) => Account(config, map, b).Charged(_settings.BudgetKind) <= _settings.BudgetBytes;
         if (!Fits(1)) return 0;
         int lo = 1, hi = _settings.MaxBatch; // Fits(lo) holds
         while (lo < hi)
@@ -231,7 +243,7 @@ public sealed class ThroughputBench
             KvBytesPerToken = KvCache.BytesPerTokenFor(map.KvLayerCount, config.NumKeyValueHeads, config.HeadDim, s.KvDType),
             UsesPlan = map.AnyAttendsTop && !SequentialPrefill(config, map),
             Batch = found, Searched = batch is null, Capped = batch is null && found == s.MaxBatch,
-            Fit = fit, Next = next, FitsBudget = found > 0 && fit.TotalBytes <= s.BudgetBytes,
+            Fit = fit, Next = next, FitsBudget = found > 0 && fit.Charged(s.BudgetKind) <= s.BudgetBytes,
         };
         if (found == 0 || accountOnly) return row;
 
@@ -284,10 +296,10 @@ public sealed class ThroughputBench
         return rows;
     }
 
-    /// <summary>The budget at which a layout fits exactly the given batch (its account's total).</summary>
+    /// <summary>The budget at which a layout fits exactly the given batch (its account's charged bytes).</summary>
     public long BudgetFor(string layout, int batch)
     {
         var config = ConfigFor(layout);
-        return Account(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers), batch).TotalBytes;
+        return Account(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers), batch).Charged(_settings.BudgetKind);
     }
 }

@@ -89,6 +89,7 @@ public sealed class ThroughputCliTests
     [InlineData("--preset", "huge", "huge")]
     [InlineData("--prompt", "abc", "abc")]
     [InlineData("--rounds", "0", "--rounds")]
+    [InlineData("--budget-kind", "gpu", "--budget-kind")]
     public void BadOptionsAreOneLine(string option, string value, string mustContain)
     {
         var args = new List<string> { "bench", "throughput" };

@@ -135,6 +135,24 @@ public sealed class ThroughputTests
     }
 
     [Fact]
+    public void AKvOnlyBudgetGivesTheKvSizeRatio()
+    {
+        // llama's KV for one sequence as the budget: a layout with 2 KV layers of 6 fits floor(6 / 2) = 3, whatever
+        // the weights it drops
+        var settings = Settings(prompt: 12, gen: 400) with { BudgetKind = BudgetKind.KvOnly };
+        long budget = new ThroughputBench(settings).BudgetFor("llama", 1);
+        var bench = new ThroughputBench(settings with { BudgetBytes = budget });
+        Assert.Equal(bench.Account(bench.ConfigFor("llama"), LayerMap.Parse(bench.ConfigFor("llama").LayerTypes, 6), 1).KvBytes, budget);
+        int Max(string l) { var c = bench.ConfigFor(l); return bench.MaxBatch(c, LayerMap.Parse(c.LayerTypes, 6)); }
+        Assert.Equal(1, Max("llama"));
+        Assert.Equal(3, Max("0_5_5_5_5_5"));
+        // the same bytes as a total budget do not even hold the weights
+        var total = new ThroughputBench(settings with { BudgetKind = BudgetKind.Total, BudgetBytes = budget });
+        var c2 = total.ConfigFor("0_5_5_5_5_5");
+        Assert.Equal(0, total.MaxBatch(c2, LayerMap.Parse(c2.LayerTypes, 6)));
+    }
+
+    [Fact]
     public void NothingFitsAnEmptyBudget()
     {
         var row = new ThroughputBench(Settings(budget: 1000)).Run("llama");
