@@ -113,8 +113,8 @@ public static unsafe partial class MatMul
         {
             for (int s = 0; s < T.Count; s++)
             {
-                T.Clip(s, j0, j1, out int a, out int b);
-                if (a < b) Columns(T.W(s), T.Y(s), T.N(s), a, b);
+                T.Clip(s, j0, j1, out byte* w, out float* y, out int n, out int a, out int b);
+                if (a < b) Columns(w, y, n, a, b);
             }
         }
 

@@ -131,12 +131,16 @@ public static unsafe partial class MatMul
         public readonly int N(int s) => s == 0 ? _n0 : s == 1 ? _n1 : _n2;
         public readonly int Start(int s) => s == 0 ? 0 : s == 1 ? _n0 : _n0 + _n1;
 
-        /// <summary>The part of the global columns [j0, j1) in matrix s, in its own columns [a, b) (empty: a &gt;= b).</summary>
-        public readonly void Clip(int s, int j0, int j1, out int a, out int b)
+        /// <summary>Matrix s (w, y, n) and the part of the global columns [j0, j1) in it, as its own columns [a, b)
+        /// (empty: a &gt;= b).</summary>
+        public readonly void Clip(int s, int j0, int j1, out byte* w, out float* y, out int n, out int a, out int b)
         {
             int o = Start(s);
+            w = W(s);
+            y = Y(s);
+            n = N(s);
             a = Math.Max(j0 - o, 0);
-            b = Math.Min(j1 - o, N(s));
+            b = Math.Min(j1 - o, n);
         }
     }
 
@@ -433,10 +437,7 @@ public static unsafe partial class MatMul
                     PackX(X + b * KC, K, M, Math.Min(KC, K - b * KC), lanes, xp + (long)b * mPad * KC);
                 for (int s = 0; s < T.Count; s++)
                 {
-                    T.Clip(s, j0, j1, out int c0, out int c1);
-                    byte* W = T.W(s);
-                    float* Y = T.Y(s);
-                    int N = T.N(s);
+                    T.Clip(s, j0, j1, out byte* W, out float* Y, out int N, out int c0, out int c1);
                     for (int jr = c0; jr < c1; jr += lanes)
                     {
                         int nb = Math.Min(lanes, c1 - jr);
@@ -473,10 +474,7 @@ public static unsafe partial class MatMul
                     PackX(X + (long)ic * K + pc, K, mb, kb, lanes, xp);
                     for (int s = 0; s < T.Count; s++)
                     {
-                        T.Clip(s, j0, j1, out int c0, out int c1);
-                        byte* W = T.W(s);
-                        float* Y = T.Y(s);
-                        int N = T.N(s);
+                        T.Clip(s, j0, j1, out byte* W, out float* Y, out int N, out int c0, out int c1);
                         for (int jr = c0; jr < c1; jr += lanes)
                         {
                             int nb = Math.Min(lanes, c1 - jr);

@@ -103,9 +103,29 @@ public static class BarChart
                 c.DrawTextCentered(cx, y - 20, v.ToString(panel.ValueFormat, CultureInfo.InvariantCulture), 2, Ink);
             }
             else c.DrawTextCentered(cx, bottom - 20, double.IsFinite(v) ? "0" : "-", 2, Ink);
-            int scale = BitmapFont.MeasureWidth(categories[i], 2) <= slot - 4 ? 2 : 1;
-            c.DrawTextCentered(cx, bottom + 12, categories[i], scale, Ink);
+            DrawCategory(c, cx, bottom + 12, categories[i], slot - 4);
         }
+    }
+
+    // a category label under its bar: at scale 2 if it fits the slot, else broken after its last '-' or '_' that
+    // lets both lines fit at scale 2, else at scale 1
+    private static void DrawCategory(Canvas c, int cx, int y, string label, int width)
+    {
+        if (BitmapFont.MeasureWidth(label, 2) <= width)
+        {
+            c.DrawTextCentered(cx, y, label, 2, Ink);
+            return;
+        }
+        for (int cut = label.Length - 2; cut > 0; cut--)
+        {
+            if (label[cut] is not ('-' or '_')) continue;
+            string first = label[..(cut + 1)], second = label[(cut + 1)..];
+            if (BitmapFont.MeasureWidth(first, 2) > width || BitmapFont.MeasureWidth(second, 2) > width) continue;
+            c.DrawTextCentered(cx, y, first, 2, Ink);
+            c.DrawTextCentered(cx, y + 18, second, 2, Ink);
+            return;
+        }
+        c.DrawTextCentered(cx, y, label, 1, Ink);
     }
 
     /// <summary>1, 2 or 5 times a power of ten, at least raw.</summary>

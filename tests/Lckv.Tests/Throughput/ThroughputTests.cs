@@ -203,6 +203,25 @@ public sealed class ThroughputTests
     }
 
     [Fact]
+    public void ALongCategoryBreaksIntoTwoLinesInsteadOfShrinking()
+    {
+        string[] names = ["llama", "lckv-w2", "lckv-w10", "cla2", "yoco"];
+        var chart = BarChart.Render("t", "s", names, [new BarPanel("x", [1, 2, 3, 4, 5])]);
+        // one 520 x 560 panel: plot area from x 70 to 500, axis at y 500, labels from y 512; a second line at y 530
+        int slot = (500 - 70) / names.Length;
+        bool Ink(int i, int y0, int y1)
+        {
+            for (int y = y0; y < y1; y++)
+                for (int x = 70 + slot * i + 2; x < 70 + slot * (i + 1) - 2; x++)
+                    if (chart.Rgb[(y * chart.Width + x) * 3] < 128) return true;
+            return false;
+        }
+        Assert.True(Ink(2, 530, 544), "lckv-w10 has a second line");
+        Assert.True(Ink(2, 512, 526), "and a first one at full size");
+        Assert.False(Ink(0, 530, 544), "llama fits on one line");
+    }
+
+    [Fact]
     public void ChartRendersTextAndBarsAndSavesAtomically()
     {
         var chart = BarChart.Render("t", "s", ["a", "b"], [new BarPanel("x", [1, 2]), new BarPanel("y", [0, double.NaN])]);
