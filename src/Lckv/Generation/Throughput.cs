@@ -42,16 +42,16 @@ public sealed record ThroughputSettings
 }
 
 /// <summary>
-/// Where the bytes of a batch go: weights (in their dtype, each tensor 64-byte aligned as the model stores them), the
-/// forward runner's scratch, the generator's logits buffers, the KV pool's and cache's tables, and the KV blocks.
-/// </summary>
-/// <summary>
 /// What a throughput budget covers. Total: the whole process's model memory, so a layout that drops k/v projection
 /// weights also spends those bytes on KV. KvOnly: the KV cache alone, as if every layout had the same weights (the
 /// pure KV-size effect; close to a large accelerator where the weights are a small share of memory).
 /// </summary>
 public enum BudgetKind { Total, KvOnly }
 
+/// <summary>
+/// Where the bytes of a batch go: weights (in their dtype, each tensor 64-byte aligned as the model stores them), the
+/// forward runner's scratch, the generator's logits buffers, the KV pool's and cache's tables, and the KV blocks.
+/// </summary>
 public sealed record MemoryAccount(int Batch, long WeightBytes, long ScratchBytes, long LogitsBytes, long TableBytes, long KvBytes)
 {
     public long TotalBytes => WeightBytes + ScratchBytes + LogitsBytes + TableBytes + KvBytes;
@@ -118,6 +118,7 @@ public sealed record ThroughputRow
             Rounds = runs.Count, TotalMin = totals.Min(), TotalMax = totals.Max(),
         };
     }
+
     /// <summary>batch * new tokens / total time including prefill (the paper's measure).</summary>
     public double TotalTokensPerSecond => TotalSeconds > 0 ? GeneratedTokens / TotalSeconds : 0;
     public double PrefillTokensPerSecond => PrefillSeconds > 0 ? PromptTokens / PrefillSeconds : 0;

@@ -320,14 +320,10 @@ public static unsafe class Attention
                         }
                         else
                         {
-                            float* kd = kt + jj * d, vd = vt + jj * d;
-                            TE.Load512(kRow).Store(kd); TE.Load512(kRow + 16 * TE.Size).Store(kd + 16);
-                            TE.Load512(kRow + 32 * TE.Size).Store(kd + 32); TE.Load512(kRow + 48 * TE.Size).Store(kd + 48);
-                            byte* vRow = kRow + half;
-                            TE.Load512(vRow).Store(vd); TE.Load512(vRow + 16 * TE.Size).Store(vd + 16);
-                            TE.Load512(vRow + 32 * TE.Size).Store(vd + 32); TE.Load512(vRow + 48 * TE.Size).Store(vd + 48);
-                            kp[jj] = kd;
-                            vp[jj] = vd;
+                            kp[jj] = kt + jj * d;
+                            vp[jj] = vt + jj * d;
+                            Simd.Widen<TE>(kRow, kp[jj], d);
+                            Simd.Widen<TE>(kRow + half, vp[jj], d);
                         }
                     }
                     for (int jj = nk; jj < KeyTile; jj++) kp[jj] = kp[0];

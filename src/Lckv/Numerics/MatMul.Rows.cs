@@ -13,8 +13,8 @@ public static unsafe partial class MatMul
     /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy): measured better
     /// up to 64 rows. For f32 W the GEMM wins where its 16-row tiles are nearly full (m = 15, 16, 31, 32 and up).
     /// </summary>
-    internal static int DotMaxRowsBf16 = int.TryParse(Environment.GetEnvironmentVariable("LCKV_DOT_MAX_BF16"), out int b) ? b : 64;
-    internal static int DotMaxRowsF32 = int.TryParse(Environment.GetEnvironmentVariable("LCKV_DOT_MAX_F32"), out int a) ? a : 28;
+    private const int DotMaxRowsBf16 = 64;
+    private const int DotMaxRowsF32 = 28;
     private const long DotMaxXFloats = 128 * 1024; // x up to 512 KiB: half of L2
 
     private const int MaxPassRows = 6;
@@ -267,30 +267,16 @@ public static unsafe partial class MatMul
                 c52 = Vector512.FusedMultiplyAdd(u, v2, c52); c53 = Vector512.FusedMultiplyAdd(u, v3, c53);
             }
         }
-        // all sums first: the accumulators must not live across the calls below (every zmm is caller-saved)
-        float* sums = stackalloc float[4 * MaxPassRows];
-        Simd.Sum4(c00, c01, c02, c03).Store(sums);
-        if (rn > 1) Simd.Sum4(c10, c11, c12, c13).Store(sums + 4);
-        if (rn > 2) Simd.Sum4(c20, c21, c22, c23).Store(sums + 8);
-        if (rn > 3) Simd.Sum4(c30, c31, c32, c33).Store(sums + 12);
-        if (rn > 4) Simd.Sum4(c40, c41, c42, c43).Store(sums + 16);
-        if (rn > 5) Simd.Sum4(c50, c51, c52, c53).Store(sums + 20);
+        // every sum is stored before the first call: the accumulators must not live across a call (every zmm is
+        // caller-saved, and the JIT would spill them on every iteration of the loop)
+        Simd.Sum4(c00, c01, c02, c03).Store(y);
+        if (rn > 1) Simd.Sum4(c10, c11, c12, c13).Store(y + ldy);
+        if (rn > 2) Simd.Sum4(c20, c21, c22, c23).Store(y + 2L * ldy);
+        if (rn > 3) Simd.Sum4(c30, c31, c32, c33).Store(y + 3L * ldy);
+        if (rn > 4) Simd.Sum4(c40, c41, c42, c43).Store(y + 4L * ldy);
+        if (rn > 5) Simd.Sum4(c50, c51, c52, c53).Store(y + 5L * ldy);
         int p = 32 * steps, tail = k - p;
-        if (tail == 0)
-            for (int r = 0; r < rn; r++) Vector128.Load(sums + 4 * r).Store(y + (long)r * ldy);
-        else
-            for (int r = 0; r < rn; r++) Finish(end + r * tail, w, rowBytes, k, p, y + (long)r * ldy, sums + 4 * r);
-
-        // y[0..4) = the sums plus the k tail [p, k) (at t) against the 4 rows of W, scalar
-        static void Finish(float* t, byte* w, long rowBytes, int k, int p, float* y, float* sums)
-        {
-            for (int c = 0; c < 4; c++)
-            {
-                byte* wc = w + c * rowBytes;
-                float acc = sums[c];
-                for (int q = p; q < k; q++) acc += t[q - p] * TE.Load1(wc + (long)q * TE.Size);
-                y[c] = acc;
-            }
-        }
+        if (tail > 0)
+            for (int r = 0; r < rn; r++) AddTail4<TE>(end + r * tail - p, w, rowBytes, p, k, y + (long)r * ldy); // row r's tail at end + r * tail
     }
 }

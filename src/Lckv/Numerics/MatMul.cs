@@ -16,9 +16,7 @@ namespace Lckv.Numerics;
 public static unsafe partial class MatMul
 {
     /// <summary>From this many rows of x the blocked GEMM is used; below, the streaming dot kernel.</summary>
-    internal static int GemmMinRows = int.TryParse(Environment.GetEnvironmentVariable("LCKV_GEMM_MIN_ROWS"), out int g) ? g : 8;
-
-    private static readonly bool PrefetchTile = Environment.GetEnvironmentVariable("LCKV_YPF") != "0";
+    internal const int GemmMinRows = 8;
 
     /// <summary>
     /// How far ahead the streaming kernel prefetches each row of 16-bit W, in bytes (0: off). It lets one core keep
@@ -26,8 +24,8 @@ public static unsafe partial class MatMul
     /// </summary>
     internal static int PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("LCKV_PREFETCH"), out int pf) ? pf : 1024;
 
-    private const int KC = 256;
-    private const int PrefetchChunk = 16; // k steps of a tile between two rows of the next panel's prefetch  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
+    private const int KC = 256;  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
+    private const int PrefetchChunk = 16; // k steps of a tile between two rows of the next panel's prefetch
     private const int MC = 384;  // m block: packed x is MC x KC f32 (384 KiB, stays in L2)
     private const int AllKFloats = 192 * 1024; // packed x up to 768 KiB (L2) is packed whole: W is then streamed once, row panel by row panel
     private const long MinWorkPerThread = 1 << 16; // multiply-adds below which a chunk is not worth a thread
@@ -299,17 +297,8 @@ public static unsafe partial class MatMul
             a2 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w2 + o), a2);
             a3 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w3 + o), a3);
         }
-        float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
-        for (; p < k; p++)
-        {
-            long o = (long)p * TE.Size;
-            float xs = x[p];
-            s0 += xs * TE.Load1(w0 + o);
-            s1 += xs * TE.Load1(w1 + o);
-            s2 += xs * TE.Load1(w2 + o);
-            s3 += xs * TE.Load1(w3 + o);
-        }
-        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
+        y[0] = Vector512.Sum(a0 + b0); y[1] = Vector512.Sum(a1 + b1); y[2] = Vector512.Sum(a2 + b2); y[3] = Vector512.Sum(a3 + b3);
+        AddTail4<TE>(x, w, rowBytes, p, k, y);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -327,17 +316,20 @@ public static unsafe partial class MatMul
             a2 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w2 + o), a2);
             a3 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w3 + o), a3);
         }
-        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-        for (; p < k; p++)
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
+        AddTail4<TE>(x, w, rowBytes, p, k, y);
+    }
+
+    // y[c] += x[q] * W[c, q] for q in [p, k), for the 4 rows of W at w: the k tail of a 4-row dot kernel, in k order
+    private static void AddTail4<TE>(float* x, byte* w, long rowBytes, int p, int k, float* y) where TE : struct, IElement
+    {
+        for (int c = 0; c < 4; c++)
         {
-            long o = (long)p * TE.Size;
-            float xs = x[p];
-            s0 += xs * TE.Load1(w0 + o);
-            s1 += xs * TE.Load1(w1 + o);
-            s2 += xs * TE.Load1(w2 + o);
-            s3 += xs * TE.Load1(w3 + o);
+            byte* wc = w + c * rowBytes;
+            float acc = y[c];
+            for (int q = p; q < k; q++) acc += x[q] * TE.Load1(wc + (long)q * TE.Size);
+            y[c] = acc;
         }
-        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
     }
 
     // ---------------------------------------------------------------- few rows, bf16 W: even/odd lanes
@@ -378,17 +370,8 @@ public static unsafe partial class MatMul
             a2 = Vector512.FusedMultiplyAdd(xe, Even(u2), a2); b2 = Vector512.FusedMultiplyAdd(xo, Odd(u2), b2);
             a3 = Vector512.FusedMultiplyAdd(xe, Even(u3), a3); b3 = Vector512.FusedMultiplyAdd(xo, Odd(u3), b3);
         }
-        float s0 = Vector512.Sum(a0 + b0), s1 = Vector512.Sum(a1 + b1), s2 = Vector512.Sum(a2 + b2), s3 = Vector512.Sum(a3 + b3);
-        for (; p < k; p++)
-        {
-            long o = 2L * p;
-            float xs = x[p];
-            s0 += xs * BF16Element.Load1(w0 + o);
-            s1 += xs * BF16Element.Load1(w1 + o);
-            s2 += xs * BF16Element.Load1(w2 + o);
-            s3 += xs * BF16Element.Load1(w3 + o);
-        }
-        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
+        y[0] = Vector512.Sum(a0 + b0); y[1] = Vector512.Sum(a1 + b1); y[2] = Vector512.Sum(a2 + b2); y[3] = Vector512.Sum(a3 + b3);
+        AddTail4<BF16Element>(x, w, rowBytes, p, k, y);
     }
 
     // ---------------------------------------------------------------- many rows: blocked GEMM, lanes along m
@@ -531,14 +514,14 @@ public static unsafe partial class MatMul
         for (int r = rows; r < lanes; r++) new Span<float>(wp + r * KC, kb).Clear();
     }
 
-    // y tile (rows <= 16, cols <= 16) at y with row stride ldy, = or += xp panel (kb, 16) · wp (16 rows, stride KC)^T
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    // y tile (rows <= 16, cols <= 16) at y with row stride ldy, = or += xp panel (kb, 16) · wp (16 rows, stride KC)^T.
     // pf: optional rows (pfRows of stride pfStride, pfBytes each) fetched into L2 a row at a time, one row per
     // PrefetchChunk steps of k
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile16x16(float* xp, float* wp, int kb, float* y, int ldy, int rows, int cols, bool accumulate,
         byte* pf = null, long pfStride = 0, int pfRows = 0, int pfBytes = 0)
     {
-        if (Sse.IsSupported && PrefetchTile)
+        if (Sse.IsSupported)
             for (int i = 0; i < rows; i++) Sse.Prefetch1(y + (long)i * ldy);
         if (pf == null || !Sse.IsSupported) pfRows = 0;
         var c0 = Vector512<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
