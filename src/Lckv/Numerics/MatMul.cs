@@ -180,7 +180,7 @@ public static unsafe partial class MatMul
         else if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k))
         {
             grain = (grain + 3) & ~3;
-            float* xp = m == 1 && typeof(TE) != typeof(BF16Element) ? x : RowPack.Apply(x, m, k, typeof(TE) == typeof(BF16Element));
+            float* xp = RowPack.Apply(x, m, k, typeof(TE) == typeof(BF16Element)); // also aligns x (one row of f32: a copy)
             pool.Run(n, new DotRowsJob<TE> { X = x, XP = xp, T = t, M = m, K = k }, grain);
         }
         else if (m < GemmMinRows)
@@ -261,46 +261,6 @@ public static unsafe partial class MatMul
         return s;
     }
 
-    // one row of x against 4 rows of W; y[0..4) written
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot1x4V512<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
-    {
-        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
-        var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
-        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
-        int p = 0;
-        for (; p <= k - 32; p += 32)
-        {
-            long o = (long)p * TE.Size, o2 = o + 16 * TE.Size;
-            if (Sse.IsSupported && TE.Size == 2 && PrefetchBytes > 0)
-            {
-                long f = o + PrefetchBytes;
-                Sse.Prefetch0(w0 + f); Sse.Prefetch0(w1 + f); Sse.Prefetch0(w2 + f); Sse.Prefetch0(w3 + f);
-            }
-            var xv = Vector512.Load(x + p);
-            var xu = Vector512.Load(x + p + 16);
-            a0 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w0 + o), a0);
-            a1 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w1 + o), a1);
-            a2 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w2 + o), a2);
-            a3 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w3 + o), a3);
-            b0 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w0 + o2), b0);
-            b1 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w1 + o2), b1);
-            b2 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w2 + o2), b2);
-            b3 = Vector512.FusedMultiplyAdd(xu, TE.Load512(w3 + o2), b3);
-        }
-        for (; p <= k - 16; p += 16)
-        {
-            long o = (long)p * TE.Size;
-            var xv = Vector512.Load(x + p);
-            a0 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w0 + o), a0);
-            a1 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w1 + o), a1);
-            a2 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w2 + o), a2);
-            a3 = Vector512.FusedMultiplyAdd(xv, TE.Load512(w3 + o), a3);
-        }
-        y[0] = Vector512.Sum(a0 + b0); y[1] = Vector512.Sum(a1 + b1); y[2] = Vector512.Sum(a2 + b2); y[3] = Vector512.Sum(a3 + b3);
-        AddTail4<TE>(x, w, rowBytes, p, k, y);
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Dot1x4V256<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
     {
@@ -339,40 +299,6 @@ public static unsafe partial class MatMul
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Odd(Vector512<uint> u) => (u & Vector512.Create(0xFFFF0000u)).AsSingle();
-
-    // one row of x (RowPack order: each block of 32 as its 16 even then 16 odd values) against 4 bf16 rows of W; y[0..4) written
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Bf16Dot1x4(float* x, byte* w, long rowBytes, int k, float* y)
-    {
-        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
-        var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
-        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
-        bool prefetch = Sse.IsSupported && PrefetchBytes > 0;
-        int p = 0;
-        for (; p <= k - 32; p += 32)
-        {
-            long o = 2L * p;
-            if (prefetch)
-            {
-                // past a row's end, fetch the start of the same row of the next group of 4 (3 rows further on)
-                long f = o + PrefetchBytes;
-                if (f >= rowBytes) f += 3 * rowBytes;
-                Sse.Prefetch0(w0 + f); Sse.Prefetch0(w1 + f); Sse.Prefetch0(w2 + f); Sse.Prefetch0(w3 + f);
-            }
-            var xe = Vector512.Load(x + p);
-            var xo = Vector512.Load(x + p + 16);
-            var u0 = Vector512.Load((uint*)(w0 + o));
-            var u1 = Vector512.Load((uint*)(w1 + o));
-            var u2 = Vector512.Load((uint*)(w2 + o));
-            var u3 = Vector512.Load((uint*)(w3 + o));
-            a0 = Vector512.FusedMultiplyAdd(xe, Even(u0), a0); b0 = Vector512.FusedMultiplyAdd(xo, Odd(u0), b0);
-            a1 = Vector512.FusedMultiplyAdd(xe, Even(u1), a1); b1 = Vector512.FusedMultiplyAdd(xo, Odd(u1), b1);
-            a2 = Vector512.FusedMultiplyAdd(xe, Even(u2), a2); b2 = Vector512.FusedMultiplyAdd(xo, Odd(u2), b2);
-            a3 = Vector512.FusedMultiplyAdd(xe, Even(u3), a3); b3 = Vector512.FusedMultiplyAdd(xo, Odd(u3), b3);
-        }
-        y[0] = Vector512.Sum(a0 + b0); y[1] = Vector512.Sum(a1 + b1); y[2] = Vector512.Sum(a2 + b2); y[3] = Vector512.Sum(a3 + b3);
-        AddTail4<BF16Element>(x, w, rowBytes, p, k, y);
-    }
 
     // ---------------------------------------------------------------- many rows: blocked GEMM, lanes along m
 
