@@ -56,6 +56,15 @@ public sealed class SpeedBench
         Machine = machine;
     }
 
+    /// <summary>
+    /// Untimed repetitions run first until this much time has passed (at least one, at most <see cref="MaxWarmups"/>):
+    /// the JIT recompiles hot methods with profile data during the first second or so, and a timed run in that phase
+    /// measured up to 30% slower than the steady state a server sees.
+    /// </summary>
+    public const double WarmupSeconds = 2.0;
+
+    public const int MaxWarmups = 20;
+
     /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
     public long LargestPoolBytes { get; private set; }
 
@@ -77,8 +86,12 @@ public sealed class SpeedBench
         var logits = new float[(long)batch * _model.Vocab];
         var steps = new StepSequence[batch];
         var ids = new int[Math.Max(batch * tokens, runner.MaxRows)];
-        for (int rep = -1; rep < repetitions; rep++) // rep -1 warms up
+        var warm = Stopwatch.StartNew();
+        int warmups = 0;
+        for (int rep = -1; rep < repetitions; rep++) // negative reps warm up
         {
+            if (rep == 0 && warmups < MaxWarmups && warm.Elapsed.TotalSeconds < WarmupSeconds) rep = -1;
+            if (rep < 0) warmups++;
             var seqs = new int[batch];
             for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
             if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
