@@ -87,11 +87,10 @@ public sealed class SpeedBench
         var steps = new StepSequence[batch];
         var ids = new int[Math.Max(batch * tokens, runner.MaxRows)];
         var warm = Stopwatch.StartNew();
-        int warmups = 0;
-        for (int rep = -1; rep < repetitions; rep++) // negative reps warm up
+        for (int warmups = 0; samples.Count < repetitions;)
         {
-            if (rep == 0 && warmups < MaxWarmups && warm.Elapsed.TotalSeconds < WarmupSeconds) rep = -1;
-            if (rep < 0) warmups++;
+            bool timed = warmups > 0 && (warmups >= MaxWarmups || warm.Elapsed.TotalSeconds >= WarmupSeconds);
+            if (!timed) warmups++;
             var seqs = new int[batch];
             for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
             if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
@@ -111,7 +110,7 @@ public sealed class SpeedBench
                 }
             }
             double seconds = sw.Elapsed.TotalSeconds;
-            if (rep >= 0) samples.Add(batch * (double)tokens / seconds);
+            if (timed) samples.Add(batch * (double)tokens / seconds);
             foreach (var s in seqs) cache.Remove(s);
         }
         var (roof, bound) = Roofline(kind, tokens, batch, depth);

@@ -18,12 +18,6 @@ public static unsafe partial class MatMul
     /// <summary>From this many rows of x the blocked GEMM is used; below, the streaming dot kernel.</summary>
     internal const int GemmMinRows = 8;
 
-    /// <summary>
-    /// How far ahead the streaming kernel prefetches each row of 16-bit W, in bytes (0: off). It lets one core keep
-    /// more lines in flight than the hardware prefetcher alone (bf16 at 1 thread: ~17 -> ~23 GB/s); f32 gains nothing.
-    /// </summary>
-    internal static int PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("LCKV_PREFETCH"), out int pf) ? pf : 1024;
-
     private const int KC = 256;  // k block: a packed W micro-panel is 16 x KC f32 (16 KiB, stays in L1)
     private const int PrefetchChunk = 16; // k steps of a tile between two rows of the next panel's prefetch
     private const int MC = 384;  // m block: packed x is MC x KC f32 (384 KiB, stays in L2)
