@@ -11,9 +11,9 @@ public static unsafe partial class MatMul
     /// Which few-row shapes (512-bit hardware) take the row-blocked dot kernel rather than the blocked GEMM. It
     /// streams W once, 4 rows at a time, against all rows of x (lanes along k: no padding rows, no packing of W), as
     /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy): measured better
-    /// up to 64 rows. For f32 W the GEMM wins where its 16-row tiles are nearly full (m = 15, 16, 31, 32 and up) and
-    /// x is larger than L1 (16 x 1408 measured better on the GEMM); while x is small (16 x 512) the dot kernel
-    /// measured 20% faster over the `small` preset's batch-16 decode.
+    /// up to 64 rows. For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is
+    /// larger than L1 (16 x 1408 measured better on a 16-lane tile: the panel kernel at 15-16 rows, else the GEMM);
+    /// while x is small (16 x 512) the dot kernel measured 20% faster over the `small` preset's batch-16 decode.
     /// </summary>
     private const int DotMaxRowsBf16 = 64;
     private const int DotMaxRowsF32 = 28;
@@ -109,22 +109,25 @@ public static unsafe partial class MatMul
     /// </summary>
     private struct DotRowsJob<TE> : IRangeBody where TE : struct, IElement
     {
-        public float* X, XP;
+        public float* X;
         public Targets T;
         public int M, K;
 
         public readonly void Invoke(int j0, int j1)
         {
+            // each thread packs its own copy: packing on the caller made the other thread read x twice over (once
+            // for the pack, once from it), which costs most where the two cores share no cache
+            float* xp = RowPack.Apply(X, M, K, typeof(TE) == typeof(BF16Element)); // also aligns x (one row of f32: a copy)
             for (int s = 0; s < T.Count; s++)
             {
                 T.Clip(s, j0, j1, out byte* w, out float* y, out int n, out int a, out int b);
-                if (a < b) Columns(w, y, n, a, b);
+                if (a < b) Columns(xp, w, y, n, a, b);
             }
         }
 
         // columns [j0, j1) of one matrix
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void Columns(byte* W, float* Y, int N, int j0, int j1)
+        private readonly void Columns(float* XP, byte* W, float* Y, int N, int j0, int j1)
         {
             long rowBytes = (long)K * TE.Size;
             int passes = RowPack.Passes(M);

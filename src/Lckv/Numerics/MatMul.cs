@@ -7,10 +7,11 @@ namespace Lckv.Numerics;
 
 /// <summary>y[m, n] = x[m, k] · w[n, k]^T with x, y in f32 and w in f32/f16/bf16 (widened in registers).</summary>
 /// <remarks>
-/// Two regimes. Few rows of x (decode): each thread streams its share of W's rows once, 4 rows at a time, and dots
-/// them against up to 4 rows of x kept in cache (lanes along k). Many rows (prefill, batched decode): a blocked GEMM
-/// with lanes along m: x is packed transposed into 16-row panels, W into 16-row panels widened to f32, and a 16x16
-/// register tile (16 accumulators, W broadcast) is transposed in registers when it is written to y.
+/// Few rows of x (decode): each thread streams its share of W's rows once, 4 rows at a time, and dots them against
+/// the rows of x kept in cache (lanes along k). Many rows (prefill, batched decode): a blocked GEMM with lanes along m:
+/// x is packed transposed into 16-row panels, W into 16-row panels widened to f32, and a 16x16 register tile (16
+/// accumulators, W broadcast) is transposed in registers when it is written to y. Between the two, 15-16 rows with f32
+/// W and a larger x: the same 16x16 tile over all of k, W copied into L1 behind the FMAs (MatMul.Panel.cs).
 /// Work is split across the <see cref="WorkerPool"/> in contiguous chunks of W's rows (columns of y).
 /// </remarks>
 public static unsafe partial class MatMul
@@ -174,8 +175,12 @@ public static unsafe partial class MatMul
         else if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k))
         {
             grain = (grain + 3) & ~3;
-            float* xp = RowPack.Apply(x, m, k, typeof(TE) == typeof(BF16Element)); // also aligns x (one row of f32: a copy)
-            pool.Run(n, new DotRowsJob<TE> { X = x, XP = xp, T = t, M = m, K = k }, grain);
+            pool.Run(n, new DotRowsJob<TE> { X = x, T = t, M = m, K = k }, grain);
+        }
+        else if (Vector512.IsHardwareAccelerated && UsePanel<TE>(m, k))
+        {
+            grain = (grain + 15) & ~15;
+            pool.Run(n, new PanelJob<TE> { X = x, T = t, M = m, K = k }, grain);
         }
         else if (m < GemmMinRows)
         {
@@ -302,17 +307,20 @@ public static unsafe partial class MatMul
         [ThreadStatic] private static Scratch? t_current;
         public readonly float* X; // MC x KC
         public readonly float* W; // 16 x KC
+        public readonly float* W2; // 16 x KC: the second buffer of the panel kernel
 
         private Scratch()
         {
             X = (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(MC * KC, AllKFloats) * sizeof(float)), 64);
             W = (float*)NativeMemory.AlignedAlloc((nuint)(16 * KC * sizeof(float)), 64);
+            W2 = (float*)NativeMemory.AlignedAlloc((nuint)(16 * KC * sizeof(float)), 64);
         }
 
         ~Scratch()
         {
             NativeMemory.AlignedFree(X);
             NativeMemory.AlignedFree(W);
+            NativeMemory.AlignedFree(W2);
         }
 
         public static Scratch Current => t_current ??= new Scratch();

@@ -31,7 +31,7 @@ public class MatMulTests(ITestOutputHelper output)
     public void MatchesReferenceOnLargerShapes(DType dtype)
     {
         var rng = new Random(2);
-        foreach (var (m, k, n) in new[] { (1, 259, 131), (3, 259, 131), (17, 259, 131), (33, 300, 70), (16, 512, 96), (40, 600, 33), (400, 520, 40), (1, 1000, 37), (7, 1027, 19), (12, 1100, 37), (15, 1024, 9), (20, 300, 41), (29, 130, 21), (64, 520, 37), (16, 1100, 37), (32, 600, 33) })
+        foreach (var (m, k, n) in new[] { (1, 259, 131), (3, 259, 131), (17, 259, 131), (33, 300, 70), (16, 512, 96), (40, 600, 33), (400, 520, 40), (1, 1000, 37), (7, 1027, 19), (12, 1100, 37), (15, 1024, 9), (20, 300, 41), (29, 130, 21), (64, 520, 37), (16, 1100, 37), (32, 600, 33), (15, 1200, 70), (16, 1500, 101), (16, 2049, 48) })
             Compare(rng, m, k, n, dtype);
     }
 
@@ -50,7 +50,7 @@ public class MatMulTests(ITestOutputHelper output)
     {
         var rng = new Random(4);
         foreach (var (m, k, ns) in new[] { (1, 67, new[] { 5, 33 }), (3, 130, new[] { 16, 9, 40 }), (10, 259, new[] { 64, 17, 17 }),
-            (16, 100, new[] { 35, 48 }), (20, 77, new[] { 7, 30, 3 }), (40, 300, new[] { 50, 19 }), (130, 40, new[] { 21, 16, 33 }) })
+            (16, 100, new[] { 35, 48 }), (16, 1100, new[] { 35, 48, 20 }), (15, 1409, new[] { 64, 33 }), (20, 77, new[] { 7, 30, 3 }), (40, 300, new[] { 50, 19 }), (130, 40, new[] { 21, 16, 33 }) })
         {
             var x = TestData.Random(rng, m * k);
             var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
