@@ -128,7 +128,7 @@ public static unsafe partial class MatMul
             PrefetchPanelChunk(copy);
             CopyRows<TE>(cur, bufA, 0);
             int parity = 0;
-            while (cur.Valid) PanelTile<TE>(xT, M, ref cur, ref copy, ref fetch, bufA, bufB, ref parity);
+            while (cur.Valid) PanelTile<TE>(xT, M, ref cur, ref copy, ref fetch, bufA, bufB, scratch.Acc, ref parity);
         }
     }
 
@@ -170,12 +170,10 @@ public static unsafe partial class MatMul
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static void PanelTile<TE>(float* xT, int m, ref PanelChunks cur, ref PanelChunks copy, ref PanelChunks fetch,
-        float* bufA, float* bufB, ref int parity) where TE : struct, IElement
+        float* bufA, float* bufB, float* acc, ref int parity) where TE : struct, IElement
     {
         float* y = cur.Y;
         int ldy = cur.Ldy, cols = cur.Rows, blocks = cur.Blocks;
-        float* acc = stackalloc float[256 + 16];
-        acc = (float*)(((nint)acc + 63) & ~(nint)63);
         bool prefetch = Sse.IsSupported;
         for (int blk = 0; blk < blocks; blk++)
         {
@@ -239,13 +237,15 @@ public static unsafe partial class MatMul
         long crb = s.Crb, frb = s.Frb;
         int cLast = s.CRows - 1, fLast = s.FRows - 1, nCopy = s.NCopy, nFetch = s.NFetch;
         float* w = wb;
-        int groups = kb / 16;
-        for (int g = 0; g < groups; g++)
+        // groups of 16 steps; a group copies and prefetches only when it is whole (the caller copies the rest)
+        for (int g = 0, p0 = 0; p0 < kb; g++, p0 += 16)
         {
+            int steps = Math.Min(16, kb - p0);
+            int nc = steps == 16 ? nCopy : 0, nf = steps == 16 ? nFetch : 0;
             byte* cs = cw + Math.Min(g, cLast) * crb;
             float* cd = nbuf + g * PanelKb;
             byte* fs = fw + Math.Min(g, fLast) * frb;
-            for (int q = 0; q < 16; q++, a += 16, w++)
+            for (int q = 0; q < steps; q++, a += 16, w++)
             {
                 var v = Vector512.Load(a);
                 c0 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[0 * PanelKb]), c0);
@@ -264,29 +264,9 @@ public static unsafe partial class MatMul
                 c13 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[13 * PanelKb]), c13);
                 c14 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[14 * PanelKb]), c14);
                 c15 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[15 * PanelKb]), c15);
-                if (q < nCopy) TE.Load512(cs + q * 16 * TE.Size).Store(cd + q * 16);
-                if (q < nFetch) Sse.Prefetch1(fs + q * 64);
+                if (q < nc) TE.Load512(cs + q * 16 * TE.Size).Store(cd + q * 16);
+                if (q < nf) Sse.Prefetch1(fs + q * 64);
             }
-        }
-        for (int p = groups * 16; p < kb; p++, a += 16, w++)
-        {
-            var v = Vector512.Load(a);
-            c0 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[0 * PanelKb]), c0);
-            c1 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[1 * PanelKb]), c1);
-            c2 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[2 * PanelKb]), c2);
-            c3 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[3 * PanelKb]), c3);
-            c4 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[4 * PanelKb]), c4);
-            c5 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[5 * PanelKb]), c5);
-            c6 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[6 * PanelKb]), c6);
-            c7 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[7 * PanelKb]), c7);
-            c8 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[8 * PanelKb]), c8);
-            c9 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[9 * PanelKb]), c9);
-            c10 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[10 * PanelKb]), c10);
-            c11 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[11 * PanelKb]), c11);
-            c12 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[12 * PanelKb]), c12);
-            c13 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[13 * PanelKb]), c13);
-            c14 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[14 * PanelKb]), c14);
-            c15 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[15 * PanelKb]), c15);
         }
         c0.Store(acc); c1.Store(acc + 16); c2.Store(acc + 32); c3.Store(acc + 48);
         c4.Store(acc + 64); c5.Store(acc + 80); c6.Store(acc + 96); c7.Store(acc + 112);

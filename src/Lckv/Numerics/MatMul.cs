@@ -308,12 +308,14 @@ public static unsafe partial class MatMul
         public readonly float* X; // MC x KC
         public readonly float* W; // 16 x KC
         public readonly float* W2; // 16 x KC: the second buffer of the panel kernel
+        public readonly float* Acc; // 16 x 16: the panel kernel's sums between k blocks
 
         private Scratch()
         {
             X = (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(MC * KC, AllKFloats) * sizeof(float)), 64);
             W = (float*)NativeMemory.AlignedAlloc((nuint)(16 * KC * sizeof(float)), 64);
             W2 = (float*)NativeMemory.AlignedAlloc((nuint)(16 * KC * sizeof(float)), 64);
+            Acc = (float*)NativeMemory.AlignedAlloc(256 * sizeof(float), 64);
         }
 
         ~Scratch()
@@ -321,6 +323,7 @@ public static unsafe partial class MatMul
             NativeMemory.AlignedFree(X);
             NativeMemory.AlignedFree(W);
             NativeMemory.AlignedFree(W2);
+            NativeMemory.AlignedFree(Acc);
         }
 
         public static Scratch Current => t_current ??= new Scratch();
