@@ -112,12 +112,23 @@ public static unsafe partial class MatMul
         public float* X;
         public Targets T;
         public int M, K;
+        public ColumnSplit Split;
 
-        public readonly void Invoke(int j0, int j1)
+        public readonly void Invoke(int p0, int p1)
         {
             // each thread packs its own copy: packing on the caller made the other thread read x twice over (once
             // for the pack, once from it), which costs most where the two cores share no cache
             float* xp = RowPack.Apply(X, M, K, typeof(TE) == typeof(BF16Element)); // also aligns x (one row of f32: a copy)
+            for (int p = p0; p < p1; p++)
+            {
+                var (a, b) = Split.Fixed(p);
+                Range(xp, a, b);
+            }
+            while (Split.Claim(out int a, out int b)) Range(xp, a, b);
+        }
+
+        private readonly void Range(float* xp, int j0, int j1)
+        {
             for (int s = 0; s < T.Count; s++)
             {
                 T.Clip(s, j0, j1, out byte* w, out float* y, out int n, out int a, out int b);

@@ -175,12 +175,16 @@ public static unsafe partial class MatMul
         else if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k))
         {
             grain = (grain + 3) & ~3;
-            pool.Run(n, new DotRowsJob<TE> { X = x, T = t, M = m, K = k }, grain);
+            byte* line = stackalloc byte[3 * 64];
+            var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
+            pool.Run(split.Parts, new DotRowsJob<TE> { X = x, T = t, M = m, K = k, Split = split });
         }
         else if (Vector512.IsHardwareAccelerated && UsePanel<TE>(m, k))
         {
             grain = (grain + 15) & ~15;
-            pool.Run(n, new PanelJob<TE> { X = x, T = t, M = m, K = k }, grain);
+            byte* line = stackalloc byte[3 * 64];
+            var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
+            pool.Run(split.Parts, new PanelJob<TE> { X = x, T = t, M = m, K = k, Split = split });
         }
         else if (m < GemmMinRows)
         {
@@ -194,6 +198,69 @@ public static unsafe partial class MatMul
             pool.Run(n, new GemmJob<TE> { X = x, T = t, M = m, K = k }, grain);
         }
     }
+
+    /// <summary>
+    /// How the columns [0, N) of a product are divided among Parts threads (a job over [0, Parts) of the pool, one
+    /// part per thread). Products that stream W (at most <see cref="SharedMaxRows"/> rows of x, at least
+    /// <see cref="SharedSplitBytes"/> of W) share their columns: each part computes a fixed range of
+    /// <see cref="SharedFixedFraction"/> percent of an even share first, then claims the remaining columns Unit at a
+    /// time from a counter the parts share. The two cores of this machine stream W at rates that differ from one call
+    /// to the next (over a whole batch-1 decode of tinyllama, one thread's chunks took 6-10% longer than the other's,
+    /// and a call lasts as long as its slower chunk), so an even split leaves the faster core idle at the end of every
+    /// call. Other products take an even split: at 16 rows the claims measured ~1% slower (the threads' rates there
+    /// are set by their FMAs, and agree). Every column is computed once, by whichever thread claims it, the same way
+    /// on any thread, so results do not depend on the split.
+    /// </summary>
+    private readonly struct ColumnSplit
+    {
+        public readonly int N, Parts, Grain, Share, Unit;
+        private readonly int* _next; // the next unclaimed column, alone on its cache line
+
+        private ColumnSplit(int n, int parts, int grain, int share, int unit, int* next)
+        {
+            N = n; Parts = parts; Grain = grain; Share = share; Unit = unit; _next = next;
+        }
+
+        /// <param name="line">at least 3 * 64 bytes the call owns until the job is done (the counter gets a cache line of its own in it)</param>
+        public static ColumnSplit Create(WorkerPool pool, int m, int n, int grain, long wBytes, byte* line)
+        {
+            int parts = pool.PartsFor(n, grain);
+            int* next = (int*)(((nint)line + 63) & ~(nint)63);
+            *next = n;
+            if (parts <= 1 || m > SharedMaxRows || wBytes < SharedSplitBytes) return new ColumnSplit(n, parts, grain, 0, 0, next);
+            int share = (int)((long)n * SharedFixedFraction / 100 / parts) / grain * grain;
+            int unit = Math.Max(grain, (n / (parts * SharedUnitsPerPart) + grain - 1) / grain * grain);
+            *next = parts * share;
+            return new ColumnSplit(n, parts, grain, share, unit, next);
+        }
+
+        /// <summary>The fixed range of a part (an even split when nothing is shared).</summary>
+        public (int Start, int End) Fixed(int part)
+        {
+            if (Unit > 0) return (part * Share, (part + 1) * Share);
+            long units = (N + (long)Grain - 1) / Grain;
+            long u0 = units * part / Parts, u1 = units * (part + 1) / Parts;
+            return ((int)Math.Min(u0 * Grain, N), (int)Math.Min(u1 * Grain, N));
+        }
+
+        /// <summary>Claims the next shared range; false when none is left.</summary>
+        public bool Claim(out int start, out int end)
+        {
+            start = end = N;
+            if (Unit == 0) return false;
+            int c = Interlocked.Add(ref *_next, Unit) - Unit;
+            if (c >= N) return false;
+            start = c;
+            end = Math.Min(c + Unit, N);
+            return true;
+        }
+    }
+
+    /// <summary>W bytes from which the columns are shared dynamically (below, a call is too short for the claims to pay).</summary>
+    private const long SharedSplitBytes = 4L << 20;
+    private const int SharedMaxRows = 4;
+    private const int SharedFixedFraction = 70; // percent of an even share computed before claiming
+    private const int SharedUnitsPerPart = 20;  // claim unit: N / (parts * this)
 
     private struct ScalarJob<TE> : IRangeBody where TE : struct, IElement
     {

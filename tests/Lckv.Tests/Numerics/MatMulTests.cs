@@ -35,6 +35,17 @@ public class MatMulTests(ITestOutputHelper output)
             Compare(rng, m, k, n, dtype);
     }
 
+    /// <summary>Few rows against 4+ MiB of W: the columns are split into fixed ranges plus units the threads claim.</summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void StreamedProductsWithSharedColumnsMatchReference(DType dtype)
+    {
+        var rng = new Random(5);
+        int scale = dtype == DType.F32 ? 1 : 2;
+        foreach (var (m, k, n) in new[] { (1, 1031, 1029 * scale), (3, 1031, 1031 * scale), (4, 515, 2063 * scale) })
+            Compare(rng, m, k, n, dtype);
+    }
+
     [Fact]
     public void EveryKFromOneTo67WithGemmAndDot()
     {
@@ -50,7 +61,7 @@ public class MatMulTests(ITestOutputHelper output)
     {
         var rng = new Random(4);
         foreach (var (m, k, ns) in new[] { (1, 67, new[] { 5, 33 }), (3, 130, new[] { 16, 9, 40 }), (10, 259, new[] { 64, 17, 17 }),
-            (16, 100, new[] { 35, 48 }), (16, 1100, new[] { 35, 48, 20 }), (15, 1409, new[] { 64, 33 }), (20, 77, new[] { 7, 30, 3 }), (40, 300, new[] { 50, 19 }), (130, 40, new[] { 21, 16, 33 }) })
+            (16, 100, new[] { 35, 48 }), (16, 1100, new[] { 35, 48, 20 }), (2, 701, new[] { 1601, 1599 }), (15, 1409, new[] { 64, 33 }), (20, 77, new[] { 7, 30, 3 }), (40, 300, new[] { 50, 19 }), (130, 40, new[] { 21, 16, 33 }) })
         {
             var x = TestData.Random(rng, m * k);
             var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
