@@ -193,6 +193,19 @@ public static unsafe class Attention
                 {
                     int g = local / chunks, c = local % chunks;
                     int r0 = c * RowChunk, r1 = Math.Min(s.QueryCount, r0 + RowChunk);
+                    if (Sse.IsSupported && item + local + 1 < end)
+                    {
+                        // the next item's first tile of keys and values, so that its first scores do not wait on memory
+                        // (the tile walker in Rows64 only prefetches within an item; at decode a short context is one
+                        // or two tiles): `small` batch-16 decode, interleaved steps in one process, 1-2% faster
+                        if (local + 1 < count) PrefetchFirstTile(in s, (local + 1) / chunks, (local + 1) % chunks * RowChunk);
+                        else
+                        {
+                            int sn = si + 1;
+                            while (sn < SequenceCount && Sequences[sn].QueryCount <= 0) sn++;
+                            if (sn < SequenceCount) PrefetchFirstTile(in Sequences[sn], 0, 0);
+                        }
+                    }
                     bool fast = Vector512.IsHardwareAccelerated && Layout.HeadDim == 64;
                     switch (Layout.DType)
                     {
@@ -206,6 +219,19 @@ public static unsafe class Attention
                     }
                 }
                 item += count;
+            }
+        }
+
+        // the keys and values of KV head g that query row r0 of s sees first (up to a tile), prefetched into L1
+        private readonly void PrefetchFirstTile(in AttentionSequence s, int g, int r0)
+        {
+            var (start, end) = Rule.Visible(s.FirstPosition + r0, s.KeyCount);
+            int bs = Layout.BlockSize;
+            long rowBytes = (long)Layout.HeadDim * DTypes.SizeOf(Layout.DType), keyStride = Layout.KvHeads * rowBytes, half = Layout.HalfBytes;
+            for (int j = start, last = Math.Min(end, start + KeyTile); j < last; j++)
+            {
+                byte* row = PoolBase + s.BlockTable[s.BlockOf(j, bs)] * Layout.BlockBytes + j % bs * keyStride + g * rowBytes;
+                for (long b = 0; b < rowBytes; b += 64) { Sse.Prefetch0(row + b); Sse.Prefetch0(row + half + b); }
             }
         }
 
