@@ -43,7 +43,10 @@ public static class BenchCommand
             var roof = Roofline.Measure(threads);
             var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
             var kvDType = mo.KvStorage(p);
-            var bench = new SpeedBench(model, kvDType, mo.Block(p), machine);
+            using var probe = new Roofline.BandwidthProbe(threads);
+            // the bandwidth is probed again after the warm-up of each test and after each repetition: this machine's
+            // moves by up to 1.6x from one half-minute to the next, and each repetition is judged against its own
+            var bench = new SpeedBench(model, kvDType, mo.Block(p), machine) { BandwidthProbe = probe.Measure };
 
             var tests = new List<(BenchKind Kind, int Tokens, int Batch, int Depth)>();
             foreach (int d in depths)
@@ -63,8 +66,7 @@ public static class BenchCommand
                 }
                 return list;
             }, stderr);
-            // the machine's bandwidth moves with its neighbours' load: measure again after the tests and judge every
-            // result against the better of the two measurements (the stricter roofline)
+            // the FMA peak is measured again after the tests too, and every result judged against the better of the two
             stderr.WriteLine("measuring the roofline again...");
             var after = Roofline.Measure(threads);
             machine = new MachineRoofline(threads, Math.Max(roof.FmaGflops, after.FmaGflops), Math.Max(roof.ReadGBps, after.ReadGBps));
@@ -88,12 +90,15 @@ public static class BenchCommand
                         test = x.Name, batch = x.Batch, depth = x.Depth, tokens_per_second = x.TokensPerSecond.Mean,
                         stddev = x.TokensPerSecond.StdDev, samples = x.TokensPerSecond.Samples,
                         roofline_tokens_per_second = x.RooflineTokensPerSecond, bound = x.Bound, fraction_of_roofline = x.FractionOfRoofline,
+                        repetition_read_bandwidth_gbs = x.RepetitionBandwidths,
                     }),
                 }));
                 return 0;
             }
             stdout.WriteLine($"model {name}: {model.ParameterCount / 1e6:F1}M parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {DTypes.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
-            stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run, the better of before the tests {roof.FmaGflops:F1} GFLOP/s, {roof.ReadGBps:F1} GB/s and after them {after.FmaGflops:F1} GFLOP/s, {after.ReadGBps:F1} GB/s)");
+            var repBw = results.SelectMany(x => x.RepetitionBandwidths ?? []).ToArray();
+            string beside = repBw.Length == 0 ? "" : $"; each repetition is judged against the read bandwidth probed just before and after it, {repBw.Min():F1}-{repBw.Max():F1} GB/s in this run";
+            stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run, the better of before the tests {roof.FmaGflops:F1} GFLOP/s, {roof.ReadGBps:F1} GB/s and after them {after.FmaGflops:F1} GFLOP/s, {after.ReadGBps:F1} GB/s{beside})");
             stdout.WriteLine($"memory: working set after load {afterLoad / 1048576.0:F0} MiB ({(double)afterLoad / model.Weights.Bytes:F2}x the weights); peak {peak / 1048576.0:F0} MiB including the bandwidth probe; largest KV pool {kvPeak / 1048576.0:F1} MiB");
             stdout.WriteLine();
             stdout.WriteLine("| test | batch | depth | t/s | roofline t/s | bound | % of roofline |");

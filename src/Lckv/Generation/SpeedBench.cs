@@ -22,7 +22,11 @@ public sealed record MachineRoofline(int Threads, double PeakGflops, double Band
 /// <summary>What a test is: pp (prompt processing) or tg (text generation), llama-bench style.</summary>
 public enum BenchKind { PromptProcessing, TextGeneration }
 
-public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Depth, Stats TokensPerSecond, double RooflineTokensPerSecond, string Bound)
+/// <param name="RepetitionBandwidths">when the bench probed the read bandwidth between repetitions: for each timed
+/// repetition, the better of the probes just before and just after it (GB/s); the roofline is then the mean of the
+/// repetitions' own rooflines</param>
+public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Depth, Stats TokensPerSecond, double RooflineTokensPerSecond, string Bound,
+    IReadOnlyList<double>? RepetitionBandwidths = null)
 {
     public string Name => (Kind == BenchKind.PromptProcessing ? "pp" : "tg") + Tokens;
     public double FractionOfRoofline => RooflineTokensPerSecond > 0 ? TokensPerSecond.Mean / RooflineTokensPerSecond : 0;
@@ -44,8 +48,30 @@ public sealed class SpeedBench
     /// <summary>A result judged against the current <see cref="Machine"/>.</summary>
     public BenchResult Rejudge(BenchResult r)
     {
-        var (roof, bound) = Roofline(r.Kind, r.Tokens, r.Batch, r.Depth);
+        var (roof, bound) = Judge(r.Kind, r.Tokens, r.Batch, r.Depth, r.RepetitionBandwidths);
         return r with { RooflineTokensPerSecond = roof, Bound = bound };
+    }
+
+    /// <summary>
+    /// Read bandwidth probe (GB/s) taken after the warm-up, then after every timed repetition, so that each repetition
+    /// is judged against the machine as it was around it. Null: every repetition is judged against <see cref="Machine"/>.
+    /// </summary>
+    public Func<double>? BandwidthProbe { get; set; }
+
+    // the roofline of a test: against Machine, or (per-repetition bandwidths) the mean of the repetitions' rooflines
+    // with Machine's FMA peak; the bound is the one most repetitions hit
+    private (double TokensPerSecond, string Bound) Judge(BenchKind kind, int tokens, int batch, int depth, IReadOnlyList<double>? bandwidths)
+    {
+        if (bandwidths is null || bandwidths.Count == 0) return Roofline(kind, tokens, batch, depth);
+        double sum = 0;
+        int memory = 0;
+        foreach (double bw in bandwidths)
+        {
+            var (roof, bound) = Roofline(kind, tokens, batch, depth, Machine.PeakGflops, bw);
+            sum += roof;
+            if (bound == "memory") memory++;
+        }
+        return (sum / bandwidths.Count, 2 * memory >= bandwidths.Count ? "memory" : "compute");
     }
 
     public SpeedBench(LlamaModel model, DType kvDType, int blockSize, MachineRoofline machine)
@@ -87,10 +113,12 @@ public sealed class SpeedBench
         var steps = new StepSequence[batch];
         var ids = new int[Math.Max(batch * tokens, runner.MaxRows)];
         var warm = Stopwatch.StartNew();
+        var probes = BandwidthProbe is null ? null : new List<double>(repetitions + 1);
         for (int warmups = 0; samples.Count < repetitions;)
         {
             bool timed = warmups > 0 && (warmups >= MaxWarmups || warm.Elapsed.TotalSeconds >= WarmupSeconds);
             if (!timed) warmups++;
+            if (timed && probes is { Count: 0 }) probes.Add(BandwidthProbe!());
             var seqs = new int[batch];
             for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
             if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
@@ -112,9 +140,11 @@ public sealed class SpeedBench
             double seconds = sw.Elapsed.TotalSeconds;
             if (timed) samples.Add(batch * (double)tokens / seconds);
             foreach (var s in seqs) cache.Remove(s);
+            if (timed) probes?.Add(BandwidthProbe!());
         }
-        var (roof, bound) = Roofline(kind, tokens, batch, depth);
-        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound);
+        double[]? bandwidths = probes is null ? null : Enumerable.Range(0, repetitions).Select(i => Math.Max(probes[i], probes[i + 1])).ToArray();
+        var (roof, bound) = Judge(kind, tokens, batch, depth, bandwidths);
+        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound, bandwidths);
     }
 
     /// <summary>Evaluates `tokens` more tokens of every sequence, splitting into steps of at most MaxRows rows.</summary>
@@ -151,6 +181,10 @@ public sealed class SpeedBench
     /// at the FMA peak) and the memory bound (weights once per step plus the KV every layer reads, at the read bandwidth).
     /// </summary>
     public (double TokensPerSecond, string Bound) Roofline(BenchKind kind, int tokens, int batch, int depth)
+        => Roofline(kind, tokens, batch, depth, Machine.PeakGflops, Machine.BandwidthGBs);
+
+    /// <summary>The roofline of a test against the given FMA peak (GFLOP/s) and read bandwidth (GB/s).</summary>
+    public (double TokensPerSecond, string Bound) Roofline(BenchKind kind, int tokens, int batch, int depth, double peakGflops, double bandwidthGBs)
     {
         var c = _model.Config;
         double kvRowBytes = 2.0 * c.NumKeyValueHeads * c.HeadDim * DTypes.SizeOf(_kvDType); // one position of one layer
@@ -158,18 +192,18 @@ public sealed class SpeedBench
         // attention: q·k and p·v for every head over the visible context, in every layer
         double attnFlops = 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * c.HeadDim * avgContext;
         double flopsPerToken = _model.FlopsPerToken + attnFlops;
-        double compute = Machine.PeakGflops * 1e9 / flopsPerToken;
+        double compute = peakGflops * 1e9 / flopsPerToken;
         double weights = _model.DecodeWeightBytes;
         double memory;
         if (kind == BenchKind.TextGeneration)
         {
             // per step: all weights once, and each sequence's KV once per layer that reads it
             double kvPerStep = batch * c.NumHiddenLayers * avgContext * kvRowBytes;
-            memory = batch * Machine.BandwidthGBs * 1e9 / (weights + kvPerStep);
+            memory = batch * bandwidthGBs * 1e9 / (weights + kvPerStep);
         }
         else
         {
-            memory = batch * (double)tokens * Machine.BandwidthGBs * 1e9 / weights;
+            memory = batch * (double)tokens * bandwidthGBs * 1e9 / weights;
         }
         return compute < memory ? (compute, "compute") : (memory, "memory");
     }

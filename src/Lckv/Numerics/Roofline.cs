@@ -48,28 +48,48 @@ public static unsafe class Roofline
     /// <summary>GB/s read by summing a 256 MiB f32 array split across the threads (best of 8 passes).</summary>
     public static double MeasureReadBandwidth(int threads)
     {
-        threads = Math.Clamp(threads, 1, WorkerPool.Shared.ThreadCount);
-        long count = BandwidthBytes / sizeof(float);
-        var data = (float*)NativeMemory.AlignedAlloc((nuint)BandwidthBytes, 64);
-        try
+        using var probe = new BandwidthProbe(threads);
+        return probe.Measure();
+    }
+
+    /// <summary>
+    /// The read-bandwidth measurement with its 256 MiB array kept between measurements, for taking it many times in a
+    /// run (between the repetitions of a benchmark: this machine's bandwidth changes by up to 1.6x within a minute).
+    /// </summary>
+    public sealed class BandwidthProbe : IDisposable
+    {
+        private readonly int _threads;
+        private float* _data;
+
+        public BandwidthProbe(int threads)
         {
-            var sums = stackalloc float[threads];
-            WorkerPool.Shared.Run(threads, new FillJob { Data = data, Count = count, Parts = threads });
+            _threads = Math.Clamp(threads, 1, WorkerPool.Shared.ThreadCount);
+            _data = (float*)NativeMemory.AlignedAlloc((nuint)BandwidthBytes, 64);
+            WorkerPool.Shared.Run(_threads, new FillJob { Data = _data, Count = BandwidthBytes / sizeof(float), Parts = _threads });
+        }
+
+        /// <summary>GB/s, the best of <see cref="BandwidthPasses"/> timed passes after an untimed one.</summary>
+        public double Measure()
+        {
+            ObjectDisposedException.ThrowIf(_data == null, this);
+            var sums = stackalloc float[_threads];
             double best = 0;
             for (int run = 0; run < 1 + BandwidthPasses; run++)
             {
-                var job = new SumJob { Data = data, Count = count, Parts = threads, Sums = sums };
+                var job = new SumJob { Data = _data, Count = BandwidthBytes / sizeof(float), Parts = _threads, Sums = sums };
                 long t0 = Stopwatch.GetTimestamp();
-                WorkerPool.Shared.Run(threads, job);
+                WorkerPool.Shared.Run(_threads, job);
                 double s = Stopwatch.GetElapsedTime(t0).TotalSeconds;
                 if (run == 0) continue;
                 best = Math.Max(best, BandwidthBytes / s / 1e9);
             }
             return best;
         }
-        finally
+
+        public void Dispose()
         {
-            NativeMemory.AlignedFree(data);
+            if (_data != null) NativeMemory.AlignedFree(_data);
+            _data = null;
         }
     }
 
