@@ -116,8 +116,7 @@ public sealed unsafe class WorkerPool
             {
                 Interlocked.CompareExchange(ref _error, ex, null);
             }
-            var spin = new SpinWait();
-            while (Volatile.Read(ref _pending) != 0) spin.SpinOnce(-1);
+            WaitForWorkers();
             error = _error;
             _error = null;
             _state = null;
@@ -127,6 +126,24 @@ public sealed unsafe class WorkerPool
             Volatile.Write(ref _busy, 0);
         }
         if (error is not null) throw new AggregateException("a worker failed", error);
+    }
+
+    /// <summary>
+    /// The caller's wait for the other chunks: a short pause between reads of the pending count. SpinWait's back-off
+    /// yields the core from its tenth round on, and a yield cost ~10 us on this machine, longer than many chunks; the
+    /// tight wait measured 0.5-1% faster over batch-1 and batch-16 decode (interleaved steps in one process). Past ~1 ms
+    /// of waiting it yields: a worker that is that late has likely been descheduled, and the core is better given to it.
+    /// </summary>
+    private void WaitForWorkers()
+    {
+        long start = 0;
+        for (int i = 1; Volatile.Read(ref _pending) != 0; i++)
+        {
+            Thread.SpinWait(1);
+            if ((i & 255) != 0) continue;
+            if (start == 0) start = Stopwatch.GetTimestamp();
+            else if (Stopwatch.GetTimestamp() - start > Stopwatch.Frequency / 1000) Thread.Yield();
+        }
     }
 
     private (int Start, int End) Chunk(int part)
@@ -190,7 +207,7 @@ public sealed unsafe class WorkerPool
                 int i = 0;
                 while (Volatile.Read(ref _seq) == seen)
                 {
-                    Thread.SpinWait(16);
+                    Thread.SpinWait(1); // ~40 ns here (SpinWait(16) was ~410 ns between two looks at the sequence number)
                     if ((++i & 63) == 0 && Stopwatch.GetTimestamp() - start > spinLimit)
                     {
                         Interlocked.Exchange(ref _sleeping, 1);
