@@ -40,10 +40,10 @@ public static class BenchCommand
             long afterLoad = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64; // before the roofline probe's buffers
             int threads = WorkerPool.Shared.ThreadCount;
             stderr.WriteLine($"measuring the roofline on {threads} thread(s)...");
-            var roof = Roofline.Measure(threads);
+            using var probe = new Roofline.BandwidthProbe(threads); // one 256 MiB array for every bandwidth probe of the run
+            var roof = new RooflineResult(threads, Roofline.MeasureFmaPeak(threads), probe.Measure());
             var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
             var kvDType = mo.KvStorage(p);
-            using var probe = new Roofline.BandwidthProbe(threads);
             // the bandwidth is probed again after the warm-up of each test and after each repetition: this machine's
             // moves by up to 1.6x from one half-minute to the next, and each repetition is judged against its own
             var bench = new SpeedBench(model, kvDType, mo.Block(p), machine) { BandwidthProbe = probe.Measure };
@@ -68,7 +68,7 @@ public static class BenchCommand
             }, stderr);
             // the FMA peak is measured again after the tests too, and every result judged against the better of the two
             stderr.WriteLine("measuring the roofline again...");
-            var after = Roofline.Measure(threads);
+            var after = new RooflineResult(threads, Roofline.MeasureFmaPeak(threads), probe.Measure());
             machine = new MachineRoofline(threads, Math.Max(roof.FmaGflops, after.FmaGflops), Math.Max(roof.ReadGBps, after.ReadGBps));
             bench.Machine = machine;
             results = results.Select(bench.Rejudge).ToList();
