@@ -211,7 +211,7 @@ public static unsafe partial class MatMul
     /// are set by their FMAs, and agree). Every column is computed once, by whichever thread claims it, the same way
     /// on any thread, so results do not depend on the split.
     /// </summary>
-    private readonly struct ColumnSplit
+    internal readonly struct ColumnSplit
     {
         public readonly int N, Parts, Grain, Share, Unit;
         private readonly int* _next; // the next unclaimed column, alone on its cache line
@@ -237,10 +237,7 @@ public static unsafe partial class MatMul
         /// <summary>The fixed range of a part (an even split when nothing is shared).</summary>
         public (int Start, int End) Fixed(int part)
         {
-            if (Unit > 0) return (part * Share, (part + 1) * Share);
-            long units = (N + (long)Grain - 1) / Grain;
-            long u0 = units * part / Parts, u1 = units * (part + 1) / Parts;
-            return ((int)Math.Min(u0 * Grain, N), (int)Math.Min(u1 * Grain, N));
+            return Unit > 0 ? (part * Share, (part + 1) * Share) : WorkerPool.EvenChunk(N, Grain, part, Parts);
         }
 
         /// <summary>Claims the next shared range; false when none is left.</summary>

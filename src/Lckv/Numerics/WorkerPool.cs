@@ -146,11 +146,14 @@ public sealed unsafe class WorkerPool
         }
     }
 
-    private (int Start, int End) Chunk(int part)
+    private (int Start, int End) Chunk(int part) => EvenChunk(_count, _grain, part, _parts);
+
+    /// <summary>Chunk `part` of `parts` of [0, count) split evenly in multiples of grain (the last chunk takes the rest).</summary>
+    internal static (int Start, int End) EvenChunk(int count, int grain, int part, int parts)
     {
-        long units = (_count + (long)_grain - 1) / _grain;
-        long u0 = units * part / _parts, u1 = units * (part + 1) / _parts;
-        return ((int)Math.Min(u0 * _grain, _count), (int)Math.Min(u1 * _grain, _count));
+        long units = (count + (long)grain - 1) / grain;
+        long u0 = units * part / parts, u1 = units * (part + 1) / parts;
+        return ((int)Math.Min(u0 * grain, count), (int)Math.Min(u1 * grain, count));
     }
 
     private void RunPart(int part)
