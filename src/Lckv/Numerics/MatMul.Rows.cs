@@ -289,6 +289,7 @@ public static unsafe partial class MatMul
         int perStep = Math.Max(1, (totalLines + passes * steps - 1) / Math.Max(1, passes * steps));
         int cursor = Math.Max(pass, 0) * steps * perStep;
         int prow = cursor % 4, pline = cursor / 4 % rowLines; // the 4 rows' lines in the order the next group reads them
+        byte* pfBase = pf;
         for (float* a = xp; a < end; a += 32 * rn, wc += 32 * TE.Size, pf += 32 * TE.Size)
         {
             if (prefetch)
@@ -303,10 +304,14 @@ public static unsafe partial class MatMul
             {
                 for (int q = 0; q < perStep; q++)
                 {
-                    long off = prow * rowBytes + pline % rowLines * 64;
-                    Sse.Prefetch0(pf - (wc - w) + off);
+                    long off = prow * rowBytes + pline * 64;
+                    Sse.Prefetch0(pfBase + off);
                     if (pf2 != null) Sse.Prefetch1(pf2 + off);
-                    if (++prow == 4) { prow = 0; pline++; }
+                    if (++prow == 4)
+                    {
+                        prow = 0;
+                        if (++pline == rowLines) pline = 0; // the last pass's spare slots go round again
+                    }
                 }
             }
             var v0 = FirstHalf<TE>(wc); var v1 = FirstHalf<TE>(wc + rowBytes);
