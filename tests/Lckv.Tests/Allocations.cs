@@ -4,9 +4,10 @@ namespace Lckv.Tests;
 public static class Allocations
 {
     /// <summary>
-    /// The fewest bytes any of `attempts` runs of the action allocated. A run can see the runtime's own work on the
-    /// thread (a method reaching its tier-up threshold mid-run, under load), which a second run does not repeat; code
-    /// that allocates does so on every run, so the least of a few runs still catches it.
+    /// The fewest bytes any of `attempts` runs of the action allocated. A single run under load occasionally counted
+    /// bytes the code under test does not allocate (most likely the runtime's own work on the thread, such as a tier-up
+    /// mid-run), which the next run did not repeat; code that allocates does so on every run, so the least of a few
+    /// runs still catches it.
     /// </summary>
     public static long Least(Action action, int attempts = 3)
     {
