@@ -36,6 +36,17 @@ public static unsafe partial class MatMul
 
     private const int MaxPassRows = 6;
 
+    /// <summary>
+    /// When x's block takes this much of L1 (48 KiB per core here) and is read in 3 or more passes per group of W, the
+    /// next group is prefetched non-temporally and not into L2 ahead of that. On this CPU that keeps x in L1 (f32
+    /// 16 x 512 x 1408, hot W, 2 threads: 321 -> 381 GFLOP/s) and, it seems, W out of L3, so that the KV and the
+    /// activations stay there across a decode step: the `small` preset's batch-16 step took 0.93-0.99 of the time
+    /// (median 0.96, six runs of 300-400 pairs, the two ways alternated in blocks of 8 steps), attention 20% less. bf16
+    /// 24-32 x 2048 x 2048, cold W: 2-5% faster. Not used with fewer passes: up to 12 rows the stream of W is what counts
+    /// (12 x 512 x 2816 5-10% slower; the batch-4, -8 and -12 steps 5-7% slower), and at 14 rows it measured even.
+    /// </summary>
+    private const long CrowdedXBytes = 32 * 1024;
+
     private static bool UseDotRows<TE>(int m, int k) where TE : struct, IElement
     {
         if (m < GemmMinRows) return true;
@@ -170,24 +181,25 @@ public static unsafe partial class MatMul
                     int kb = Math.Min(kBlock, K - k0);
                     bool add = k0 > 0;
                     bool spread = kb == K; // see Rows4
+                    bool crowded = spread && passes >= 3 && (long)M * kb * sizeof(float) >= CrowdedXBytes;
                     for (j = j0; j < jEnd; j += 4)
                     {
                         byte* wr = W + j * rowBytes + (long)k0 * TE.Size;
                         // past the range's last group, prefetching the current group again is harmless
                         byte* next = j + 8 <= j1 ? wr + 4 * rowBytes : wr;
-                        byte* after = spread && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
+                        byte* after = spread && !crowded && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
                         for (int pass = 0, i = 0; pass < passes; pass++)
                         {
                             int rows = RowPack.PassRows(M, i, pass, passes);
                             float* xi = XP + (long)i * K + (long)k0 * rows, yi = Y + (long)i * N + j;
                             switch (rows)
                             {
-                                case 1: Rows4<TE, R1>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
-                                case 2: Rows4<TE, R2>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
-                                case 3: Rows4<TE, R3>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
-                                case 4: Rows4<TE, R4>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
-                                case 5: Rows4<TE, R5>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
-                                default: Rows4<TE, R6>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
+                                case 1: Rows4<TE, R1>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
+                                case 2: Rows4<TE, R2>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
+                                case 3: Rows4<TE, R3>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
+                                case 4: Rows4<TE, R4>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
+                                case 5: Rows4<TE, R5>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
+                                default: Rows4<TE, R6>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
                             }
                             i += rows;
                         }
@@ -269,7 +281,7 @@ public static unsafe partial class MatMul
     // spread, the same lines of the group after next (pf2, unless null) are prefetched into L2 alongside: another
     // 0.2-2.7% (six runs, median 2%).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2)
+    private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2, bool nonTemporal)
         where TE : struct, IElement where TR : struct, IRowCount
     {
         int rn = TR.Value;
@@ -305,7 +317,8 @@ public static unsafe partial class MatMul
                 for (int q = 0; q < perStep; q++)
                 {
                     long off = prow * rowBytes + pline * 64;
-                    Sse.Prefetch0(pfBase + off);
+                    if (nonTemporal) Sse.PrefetchNonTemporal(pfBase + off);
+                    else Sse.Prefetch0(pfBase + off);
                     if (pf2 != null) Sse.Prefetch1(pf2 + off);
                     if (++prow == 4)
                     {
