@@ -233,11 +233,15 @@ public static unsafe class Attention
         {
             var (start, end) = Rule.Visible(s.FirstPosition + r0, s.KeyCount);
             int bs = Layout.BlockSize;
-            long rowBytes = (long)Layout.HeadDim * DTypes.SizeOf(Layout.DType), keyStride = Layout.KvHeads * rowBytes, half = Layout.HalfBytes;
+            long rowBytes = (long)Layout.HeadDim * DTypes.SizeOf(Layout.DType), keyStride = Layout.KvHeads * rowBytes;
+            long half = Layout.HalfBytes, blockBytes = 2 * half;
+            int[] table = s.BlockTable;
+            int ring = s.RingBlocks, block = start / bs, slot = start % bs; // walked forward, no division per key
             for (int j = start, last = Math.Min(end, start + KeyTile); j < last; j++)
             {
-                byte* row = PoolBase + s.BlockTable[s.BlockOf(j, bs)] * Layout.BlockBytes + j % bs * keyStride + g * rowBytes;
+                byte* row = PoolBase + table[ring > 0 ? block % ring : block] * blockBytes + slot * keyStride + g * rowBytes;
                 for (long b = 0; b < rowBytes; b += 64) { Sse.Prefetch0(row + b); Sse.Prefetch0(row + half + b); }
+                if (++slot == bs) { slot = 0; block++; }
             }
         }
 
