@@ -39,7 +39,7 @@ public static unsafe partial class MatMul
     /// <summary>
     /// When x's block takes this much of L1 (48 KiB per core here) and is read in 3 or more passes per group of W, the
     /// next group is prefetched non-temporally and not into L2 ahead of that. f32 16 x 512 x 1408, hot W, 2 threads:
-    /// 321 -> 381 GFLOP/s; the `small` preset's batch-16 step took 0.93-0.99 of the time (median 0.97, six runs of
+    /// 321 -> 354-381 GFLOP/s; the `small` preset's batch-16 step took 0.93-0.99 of the time (median 0.97, six runs of
     /// 300-400 pairs, the two ways alternated in blocks of 8 steps, since the effect may carry from step to step). The
     /// likely cause (not confirmed): such lines do not push x out of L1, nor the KV and activations out of L3. bf16
     /// 24-32 x 2048 x 2048, cold W: 2-5% faster. Not used with fewer passes: up to 12 rows the stream of W is what counts
@@ -279,7 +279,8 @@ public static unsafe partial class MatMul
     // Spread measured 1.5-2.5% faster over the batch-16 `small` decode step (5-8% while the machine's neighbours were
     // busy); with k in blocks it measured no better or slower, and blocked products keep the per-pass prefetch. With
     // spread, the same lines of the group after next (pf2, unless null) are prefetched into L2 alongside: another
-    // 0.2-2.7% (six runs, median 2%).
+    // 0.2-2.7% (six runs, median 2%). nonTemporal (spread only): the next group's lines come with prefetchnta instead
+    // (see CrowdedXBytes).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2, bool nonTemporal)
         where TE : struct, IElement where TR : struct, IRowCount
