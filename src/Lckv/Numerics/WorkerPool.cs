@@ -11,7 +11,9 @@ public interface IRangeBody
 
 /// <summary>
 /// Persistent worker threads for the kernels. A call splits its items into one contiguous chunk per thread; the caller
-/// runs the first chunk itself. Workers spin briefly after a job, then block. Nothing is allocated per call.
+/// runs the first chunk itself, and every chunk goes to whichever thread claims it first: a worker that has not started
+/// its chunk by the time the caller is done with its own (descheduled because another process holds its core) finds it
+/// taken, and the call does not wait for it. Workers spin briefly after a job, then block. Nothing is allocated per call.
 /// A call made while the pool is busy (from a worker, or from another thread) runs inline on its caller.
 /// </summary>
 public sealed unsafe class WorkerPool
@@ -24,15 +26,28 @@ public sealed unsafe class WorkerPool
     private int _threads;
     private int _busy;
 
-    // the job being run: read by the workers after they see their sequence number move
+    // the job being run: read by a thread after it claims one of its chunks
     private delegate*<void*, int, int, void> _invoke;
     private void* _state;
     private int _count, _grain, _parts;
     private int _pending;
+    // the chunks not yet claimed: job number (bits 32-63), chunk count (16-31), next unclaimed chunk (0-15)
+    private long _claims;
+    private int _job;
     private Exception? _error;
 
-    public WorkerPool(int threads)
+    private readonly CoreMonitor? _cores;
+
+    /// <summary>Run by a worker before it claims chunks (tests hold workers back with it).</summary>
+    internal Action? WorkerClaimHook;
+
+    public WorkerPool(int threads) : this(threads, CoreMonitor.TryCreate())
     {
+    }
+
+    internal WorkerPool(int threads, CoreMonitor? cores)
+    {
+        _cores = cores;
         ThreadCount = threads;
     }
 
@@ -95,27 +110,28 @@ public sealed unsafe class WorkerPool
             local.Invoke(0, count);
             return;
         }
+        if (_cores is not null && (parts = Math.Min(parts, _cores.Available(this))) <= 1)
+        {
+            Volatile.Write(ref _busy, 0);
+            local.Invoke(0, count);
+            return;
+        }
         Exception? error;
         try
         {
-            parts = Math.Min(parts, _workers.Length + 1);
+            parts = Math.Min(parts, Math.Min(_workers.Length + 1, 0xFFFF));
             _invoke = &Invoker<T>.Invoke;
             _state = Unsafe.AsPointer(ref local);
             _count = count;
             _grain = grain;
             _parts = parts;
             _error = null;
-            Volatile.Write(ref _pending, parts - 1);
+            Volatile.Write(ref _pending, parts);
+            // the job is published by this write (the fields above are in place before it); chunk 0 is the caller's
+            Volatile.Write(ref _claims, ((long)++_job << 32) | ((long)parts << 16) | 1);
             for (int w = 0; w < parts - 1; w++) _workers[w].Post();
-            var (s, e) = Chunk(0);
-            try
-            {
-                if (s < e) local.Invoke(s, e);
-            }
-            catch (Exception ex)
-            {
-                Interlocked.CompareExchange(ref _error, ex, null);
-            }
+            RunPart(0);
+            while (TryClaim(out int part)) RunPart(part);
             WaitForWorkers();
             error = _error;
             _error = null;
@@ -146,7 +162,36 @@ public sealed unsafe class WorkerPool
         }
     }
 
+    /// <summary>How many of the workers are awake (spinning or working: runnable, for the scheduler).</summary>
+    internal int AwakeWorkers()
+    {
+        int n = 0;
+        var workers = _workers;
+        for (int i = 0; i < workers.Length && i < ThreadCount - 1; i++) n += workers[i].Awake ? 1 : 0;
+        return n;
+    }
+
+    /// <summary>How often the pool has sampled the machine's runnable threads, and how often it found another process holding a core (null where it does not look: not Linux, or this process may not use every core).</summary>
+    public (long Samples, long Contended)? CoreSamples => _cores is null ? null : (_cores.Samples, _cores.Contended);
+
     private (int Start, int End) Chunk(int part) => EvenChunk(_count, _grain, part, _parts);
+
+    /// <summary>
+    /// Claims the next chunk of the current job; false when all are taken. A claim that races with the publication of
+    /// a new job retries on the new one (the job number makes the compare-exchange fail), so a late worker never runs a
+    /// chunk of a job that is over, and a job's fields are not rewritten while a claimed chunk of it runs (the caller
+    /// waits for every chunk).
+    /// </summary>
+    private bool TryClaim(out int part)
+    {
+        while (true)
+        {
+            long c = Volatile.Read(ref _claims);
+            part = (int)(c & 0xFFFF);
+            if (part >= (int)((c >> 16) & 0xFFFF)) return false;
+            if (Interlocked.CompareExchange(ref _claims, c + 1, c) == c) return true;
+        }
+    }
 
     /// <summary>Chunk `part` of `parts` of [0, count) split evenly in multiples of grain (the last chunk takes the rest).</summary>
     internal static (int Start, int End) EvenChunk(int count, int grain, int part, int parts)
@@ -178,7 +223,6 @@ public sealed unsafe class WorkerPool
     private sealed class Worker
     {
         private readonly WorkerPool _pool;
-        private readonly int _part;
         private readonly ManualResetEventSlim _wake = new(false, 0);
 #pragma warning disable CS0169, IDE0051 // padding against false sharing between workers
         private long _pad0, _pad1, _pad2, _pad3, _pad4, _pad5, _pad6;
@@ -189,10 +233,11 @@ public sealed unsafe class WorkerPool
         public Worker(WorkerPool pool, int part)
         {
             _pool = pool;
-            _part = part;
             var thread = new Thread(Loop) { IsBackground = true, Name = $"Lckv worker {part}" };
             thread.Start();
         }
+
+        public bool Awake => Volatile.Read(ref _sleeping) == 0;
 
         public void Post()
         {
@@ -221,7 +266,8 @@ public sealed unsafe class WorkerPool
                     }
                 }
                 seen = Volatile.Read(ref _seq);
-                _pool.RunPart(_part);
+                _pool.WorkerClaimHook?.Invoke();
+                while (_pool.TryClaim(out int part)) _pool.RunPart(part);
             }
         }
     }
