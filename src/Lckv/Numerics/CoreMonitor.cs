@@ -6,8 +6,8 @@ namespace Lckv.Numerics;
 /// <summary>
 /// Linux: how many threads a call of the <see cref="WorkerPool"/> may use without a core that another process is
 /// running on. A worker that shares its core with a busy process is descheduled for whole time slices while its
-/// caller waits for its chunk: against a busy loop on one of this machine's 2 cores, batch-16 decode on 2 threads ran
-/// at 0.5-0.7x of one thread. Every 10 ms (looked at when a call starts) the monitor reads the number of runnable
+/// caller waits for its chunk: beside a busy loop on one of this machine's 2 cores, batch-16 decode on 2 threads ran
+/// at 0.54x of one thread, and at 0.73-0.80x once the caller could take chunks no worker had started. Every 10 ms (looked at when a call starts) the monitor reads the number of runnable
 /// threads from /proc/loadavg, takes away the pool's own (the caller and its awake workers), and allows as many threads
 /// as cores are left, at least one. It goes by the least that its last eight samples found, so contention has to last
 /// ~80 ms to take a thread away (with three samples, 30 ms, a few percent of the samples of a batch-16 decode on an
