@@ -40,10 +40,12 @@ public static unsafe partial class MatMul
     /// When x's block takes this much of L1 (48 KiB per core here) and is read in 3 or more passes per group of W, the
     /// next group is prefetched non-temporally and not into L2 ahead of that. f32 16 x 512 x 1408, hot W, 2 threads:
     /// 321 -> 354-381 GFLOP/s; the `small` preset's batch-16 step took 0.93-0.99 of the time (median 0.97, six runs of
-    /// 300-400 pairs, the two ways alternated in blocks of 8 steps, since the effect may carry from step to step). The
+    /// 300-400 pairs, the two ways alternated in blocks of 8 steps; that harness later measured 0.982 with nothing
+    /// switched, since its blocks fell on different positions of the 64-step context, so the gain may be nearer 1%). The
     /// likely cause (not confirmed): such lines do not push x out of L1, nor the KV and activations out of L3. bf16
     /// 24-32 x 2048 x 2048, cold W: 2-5% faster. Not used with fewer passes: up to 12 rows the stream of W is what counts
-    /// (12 x 512 x 2816 5-10% slower; the batch-4, -8 and -12 steps 5-7% slower), and at 14 rows it measured even.
+    /// (12 x 512 x 2816 5-10% slower; the batch-4, -8 and -12 steps 5-7% slower in the same harness), and at 14 rows it
+    /// measured even.
     /// </summary>
     private const long CrowdedXBytes = 32 * 1024;
 

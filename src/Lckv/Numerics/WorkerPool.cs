@@ -13,7 +13,8 @@ public interface IRangeBody
 /// Persistent worker threads for the kernels. A call splits its items into one contiguous chunk per thread; the caller
 /// runs the first chunk itself, and every chunk goes to whichever thread claims it first: a worker that has not started
 /// its chunk by the time the caller is done with its own (descheduled because another process holds its core) finds it
-/// taken, and the call does not wait for it. Workers spin briefly after a job, then block. Nothing is allocated per call.
+/// taken, and the call does not wait for it. On Linux a call uses only as many threads as other processes leave cores
+/// (<see cref="CoreMonitor"/>). Workers spin briefly after a job, then block. Nothing is allocated per call.
 /// A call made while the pool is busy (from a worker, or from another thread) runs inline on its caller.
 /// </summary>
 public sealed unsafe class WorkerPool

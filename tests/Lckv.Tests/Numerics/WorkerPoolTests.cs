@@ -8,10 +8,15 @@ public class WorkerPoolTests
     private unsafe struct Mark : IRangeBody
     {
         public int* Hits;
+        public int* Threads; // null, or where each item records the thread that ran it
 
         public readonly void Invoke(int start, int end)
         {
-            for (int i = start; i < end; i++) Interlocked.Increment(ref Hits[i]);
+            for (int i = start; i < end; i++)
+            {
+                Interlocked.Increment(ref Hits[i]);
+                if (Threads != null) Threads[i] = Environment.CurrentManagedThreadId;
+            }
         }
     }
 
@@ -61,31 +66,12 @@ public class WorkerPoolTests
         });
         foreach (var r in results) Assert.All(r, v => Assert.Equal(50, v));
     }
-}
-
-[Trait("Category", "Kernels")]
-public class WorkerPoolSharingTests
-{
-    private unsafe struct Record : IRangeBody
-    {
-        public int* Hits;
-        public int* Threads;
-
-        public readonly void Invoke(int start, int end)
-        {
-            for (int i = start; i < end; i++)
-            {
-                Interlocked.Increment(ref Hits[i]);
-                Threads[i] = Environment.CurrentManagedThreadId;
-            }
-        }
-    }
 
     private static unsafe (int[] Hits, int[] Threads) RunRecorded(WorkerPool pool, int count)
     {
         var hits = new int[count];
         var threads = new int[count];
-        fixed (int* h = hits, t = threads) pool.Run(count, new Record { Hits = h, Threads = t });
+        fixed (int* h = hits, t = threads) pool.Run(count, new Mark { Hits = h, Threads = t });
         return (hits, threads);
     }
 
