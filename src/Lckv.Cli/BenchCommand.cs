@@ -46,7 +46,12 @@ public static class BenchCommand
             var kvDType = mo.KvStorage(p);
             // the bandwidth is probed again after the warm-up of each test and after each repetition: this machine's
             // moves by up to 1.6x from one half-minute to the next, and each repetition is judged against its own
-            var bench = new SpeedBench(model, kvDType, mo.Block(p), machine) { BandwidthProbe = probe.Measure };
+            // and a repetition during which the host took CPU time from this machine (a virtual machine's steal) runs again
+            var bench = new SpeedBench(model, kvDType, mo.Block(p), machine)
+            {
+                BandwidthProbe = probe.Measure,
+                StealSeconds = StealTime.ReadSeconds() is null ? null : StealTime.ReadSeconds,
+            };
 
             var tests = new List<(BenchKind Kind, int Tokens, int Batch, int Depth)>();
             foreach (int d in depths)
@@ -90,7 +95,9 @@ public static class BenchCommand
                         test = x.Name, batch = x.Batch, depth = x.Depth, tokens_per_second = x.TokensPerSecond.Mean,
                         stddev = x.TokensPerSecond.StdDev, samples = x.TokensPerSecond.Samples,
                         roofline_tokens_per_second = x.RooflineTokensPerSecond, bound = x.Bound, fraction_of_roofline = x.FractionOfRoofline,
-                        repetition_read_bandwidth_gbs = x.RepetitionBandwidths,
+                        repetition_read_bandwidth_gbs = x.RepetitionBandwidths, probe_read_bandwidth_gbs = x.Probes,
+                        repetition_fractions = x.RepetitionFractions, steady = x.Steady, fraction_spread = x.FractionSpread, probe_swing = x.ProbeSwing,
+                        reruns = x.Reruns, rerun_steal_seconds = x.RerunSteal, repetition_steal_seconds = x.Steal,
                     }),
                 }));
                 return 0;
@@ -101,15 +108,38 @@ public static class BenchCommand
             stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run, the better of before the tests {roof.FmaGflops:F1} GFLOP/s, {roof.ReadGBps:F1} GB/s and after them {after.FmaGflops:F1} GFLOP/s, {after.ReadGBps:F1} GB/s{beside})");
             if (WorkerPool.Shared.CoreSamples is { Contended: > 0 } cores)
                 stdout.WriteLine($"contention: another process held a core in {cores.Contended} of {cores.Samples} samples (every 10 ms of work); the kernels ran on fewer threads then, which lowers these figures");
+            int reruns = results.Sum(x => x.Reruns);
+            if (reruns > 0)
+                stdout.WriteLine($"steal: {reruns} repetition(s) ran again: the host gave {1000 * results.Sum(x => x.RerunSteal):F0} ms of this machine's CPU time to other guests during them (/proc/stat)");
             stdout.WriteLine($"memory: working set after load {afterLoad / 1048576.0:F0} MiB ({(double)afterLoad / model.Weights.Bytes:F2}x the weights); peak {peak / 1048576.0:F0} MiB including the bandwidth probe; largest KV pool {kvPeak / 1048576.0:F1} MiB");
             stdout.WriteLine();
             stdout.WriteLine("| test | batch | depth | t/s | roofline t/s | bound | % of roofline |");
             stdout.WriteLine("|---|---:|---:|---:|---:|---|---:|");
             foreach (var x in results)
-                stdout.WriteLine($"| {x.Name} | {x.Batch} | {x.Depth} | {x.TokensPerSecond.Mean:F1} ± {x.TokensPerSecond.StdDev:F1} | {x.RooflineTokensPerSecond:F1} | {x.Bound} | {100 * x.FractionOfRoofline:F0}% |");
+                stdout.WriteLine($"| {x.Name} | {x.Batch} | {x.Depth} | {x.TokensPerSecond.Mean:F1} ± {x.TokensPerSecond.StdDev:F1} | {x.RooflineTokensPerSecond:F1} | {x.Bound} | {100 * x.FractionOfRoofline:F0}%{(x.Steady ? "" : " (unsteady)")} |");
+            var unsteady = results.Where(x => !x.Steady).ToList();
+            if (unsteady.Count > 0) stdout.WriteLine();
+            foreach (var x in unsteady) stdout.WriteLine(Unsteady(x));
             return 0;
         });
         return cmd;
+    }
+
+    // why a test's figure is marked unsteady, in one line
+    internal static string Unsteady(BenchResult x)
+    {
+        var f = x.RepetitionFractions;
+        var why = new List<string>();
+        if (x.FractionSpread > BenchResult.MaxFractionSpread)
+            why.Add($"its repetitions ({1000.0 * x.Batch * x.Tokens / x.TokensPerSecond.Mean:F0} ms each) reached {100 * f.Min():F0}-{100 * f.Max():F0}% of their own rooflines");
+        if (x.ProbeSwing > BenchResult.MaxProbeSwing && x.Probes is { } p)
+        {
+            int at = Enumerable.Range(0, p.Count - 1).MaxBy(i => Math.Abs(p[i] - p[i + 1]) / Math.Max(p[i], p[i + 1]));
+            why.Add($"the read bandwidth moved from {p[at]:F1} to {p[at + 1]:F1} GB/s between two probes");
+        }
+        if (x.KeptSteal > 0)
+            why.Add($"the host took {1000 * x.KeptSteal:F0} ms of CPU time during repetitions kept after {x.Reruns} reruns");
+        return $"unsteady: {x.Name} at batch {x.Batch}, depth {x.Depth}: {string.Join(", and ", why)}; the machine's load changed during the test, so its figure says more about the machine than the engine: rerun it";
     }
 
     private static int[] Ints(string text, string option, bool allowZero)

@@ -25,11 +25,73 @@ public enum BenchKind { PromptProcessing, TextGeneration }
 /// <param name="RepetitionBandwidths">when the bench probed the read bandwidth between repetitions: for each timed
 /// repetition, the better of the probes just before and just after it (GB/s); the roofline is then the mean of the
 /// repetitions' own rooflines</param>
+/// <param name="Probes">those probes as taken: after the warm-up, then after each repetition (GB/s)</param>
+/// <param name="RepetitionRooflines">each timed repetition's own roofline (tokens/s)</param>
+/// <param name="Reruns">repetitions run again because the host took CPU time from this machine during them</param>
+/// <param name="RerunSteal">the CPU time the host took during those (seconds, all CPUs)</param>
+/// <param name="Steal">CPU time the host took during each kept repetition (seconds; null where the kernel does not
+/// say): non-zero only when the reruns ran out</param>
 public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Depth, Stats TokensPerSecond, double RooflineTokensPerSecond, string Bound,
-    IReadOnlyList<double>? RepetitionBandwidths = null)
+    IReadOnlyList<double>? RepetitionBandwidths = null, IReadOnlyList<double>? Probes = null, IReadOnlyList<double>? RepetitionRooflines = null,
+    int Reruns = 0, double RerunSteal = 0, IReadOnlyList<double>? Steal = null)
 {
     public string Name => (Kind == BenchKind.PromptProcessing ? "pp" : "tg") + Tokens;
     public double FractionOfRoofline => RooflineTokensPerSecond > 0 ? TokensPerSecond.Mean / RooflineTokensPerSecond : 0;
+
+    /// <summary>Each timed repetition's tokens/s over its own roofline.</summary>
+    public IReadOnlyList<double> RepetitionFractions => TokensPerSecond.Samples
+        .Select((t, i) => RepetitionRooflines is { } r && i < r.Count ? (r[i] > 0 ? t / r[i] : 0) : (RooflineTokensPerSecond > 0 ? t / RooflineTokensPerSecond : 0))
+        .ToArray();
+
+    /// <summary>The highest repetition fraction over the lowest (1: all alike).</summary>
+    public double FractionSpread
+    {
+        get
+        {
+            var f = RepetitionFractions;
+            return f.Count == 0 || f.Min() <= 0 ? 1 : f.Max() / f.Min();
+        }
+    }
+
+    /// <summary>The largest change between two consecutive bandwidth probes, as a fraction of the larger (0 without probes).</summary>
+    public double ProbeSwing
+    {
+        get
+        {
+            double swing = 0;
+            if (Probes is { } p)
+                for (int i = 0; i + 1 < p.Count; i++)
+                {
+                    double hi = Math.Max(p[i], p[i + 1]);
+                    if (hi > 0) swing = Math.Max(swing, Math.Abs(p[i] - p[i + 1]) / hi);
+                }
+            return swing;
+        }
+    }
+
+    /// <summary>
+    /// Whether the machine held still during the test: the repetitions reached nearly the same fraction of their own
+    /// rooflines (<see cref="MaxFractionSpread"/>) and no probe moved from the one before it by more than
+    /// <see cref="MaxProbeSwing"/>. When it did not, a neighbour's load came or went while the test ran (between the
+    /// probes, or within a repetition), and the figure says more about the machine than about the engine.
+    /// </summary>
+    public bool Steady => FractionSpread <= MaxFractionSpread && ProbeSwing <= MaxProbeSwing && KeptSteal == 0;
+
+    /// <summary>CPU time the host took during the kept repetitions (seconds).</summary>
+    public double KeptSteal => Steal?.Sum() ?? 0;
+
+    /// <summary>
+    /// The largest spread of the repetitions' fractions of roofline a steady test shows. On this machine's quiet minutes
+    /// tg16 at batch 1 (`tinyllama-1.1b`) and tg64 at batch 16 (`small`) measured 1.02-1.07; a neighbour's burst
+    /// within one repetition showed as 1.23-1.50.
+    /// </summary>
+    public const double MaxFractionSpread = 1.15;
+
+    /// <summary>
+    /// The largest change between consecutive bandwidth probes a steady test shows. Quiet minutes measured up to 0.04;
+    /// this machine's bandwidth also switches between about 50 and 73 GB/s (0.3) from one minute to the next.
+    /// </summary>
+    public const double MaxProbeSwing = 0.10;
 }
 
 /// <summary>
@@ -48,8 +110,8 @@ public sealed class SpeedBench
     /// <summary>A result judged against the current <see cref="Machine"/>.</summary>
     public BenchResult Rejudge(BenchResult r)
     {
-        var (roof, bound) = Judge(r.Kind, r.Tokens, r.Batch, r.Depth, r.RepetitionBandwidths);
-        return r with { RooflineTokensPerSecond = roof, Bound = bound };
+        var (roof, bound, each) = Judge(r.Kind, r.Tokens, r.Batch, r.Depth, r.RepetitionBandwidths);
+        return r with { RooflineTokensPerSecond = roof, Bound = bound, RepetitionRooflines = each };
     }
 
     /// <summary>
@@ -58,20 +120,31 @@ public sealed class SpeedBench
     /// </summary>
     public Func<double>? BandwidthProbe { get; set; }
 
+    /// <summary>
+    /// CPU time the host has taken from this machine so far (seconds, e.g. <see cref="StealTime.ReadSeconds"/>); null
+    /// result: unknown. A timed repetition during which it grows is run again, up to as many extra times as there
+    /// are repetitions; after that the repetitions are kept and the result says how much was taken.
+    /// </summary>
+    public Func<double?>? StealSeconds { get; set; }
+
     // the roofline of a test: against Machine, or (per-repetition bandwidths) the mean of the repetitions' rooflines
     // with Machine's FMA peak; the bound is the one most repetitions hit
-    private (double TokensPerSecond, string Bound) Judge(BenchKind kind, int tokens, int batch, int depth, IReadOnlyList<double>? bandwidths)
+    private (double TokensPerSecond, string Bound, double[]? PerRepetition) Judge(BenchKind kind, int tokens, int batch, int depth, IReadOnlyList<double>? bandwidths)
     {
-        if (bandwidths is null || bandwidths.Count == 0) return Roofline(kind, tokens, batch, depth);
-        double sum = 0;
-        int memory = 0;
-        foreach (double bw in bandwidths)
+        if (bandwidths is null || bandwidths.Count == 0)
         {
-            var (roof, bound) = Roofline(kind, tokens, batch, depth, Machine.PeakGflops, bw);
-            sum += roof;
+            var (t, b) = Roofline(kind, tokens, batch, depth);
+            return (t, b, null);
+        }
+        var each = new double[bandwidths.Count];
+        int memory = 0;
+        for (int i = 0; i < each.Length; i++)
+        {
+            var (roof, bound) = Roofline(kind, tokens, batch, depth, Machine.PeakGflops, bandwidths[i]);
+            each[i] = roof;
             if (bound == "memory") memory++;
         }
-        return (sum / bandwidths.Count, 2 * memory >= bandwidths.Count ? "memory" : "compute");
+        return (each.Average(), 2 * memory >= each.Length ? "memory" : "compute", each);
     }
 
     public SpeedBench(LlamaModel model, DType kvDType, int blockSize, MachineRoofline machine)
@@ -114,6 +187,9 @@ public sealed class SpeedBench
         var ids = new int[Math.Max(batch * tokens, runner.MaxRows)];
         var warm = Stopwatch.StartNew();
         var probes = BandwidthProbe is null ? null : new List<double>(repetitions + 1);
+        var steal = StealSeconds is null ? null : new List<double>(repetitions);
+        int reruns = 0;
+        double rerunSteal = 0;
         for (int warmups = 0; samples.Count < repetitions;)
         {
             bool timed = warmups > 0 && (warmups >= MaxWarmups || warm.Elapsed.TotalSeconds >= WarmupSeconds);
@@ -123,6 +199,7 @@ public sealed class SpeedBench
             for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
             if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
             for (int i = 0; i < ids.Length; i++) ids[i] = 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
+            double? steal0 = timed ? StealSeconds?.Invoke() : null;
             var sw = Stopwatch.StartNew();
             if (kind == BenchKind.PromptProcessing)
             {
@@ -138,13 +215,29 @@ public sealed class SpeedBench
                 }
             }
             double seconds = sw.Elapsed.TotalSeconds;
-            if (timed) samples.Add(batch * (double)tokens / seconds);
+            double stolen = steal0 is double before && StealSeconds?.Invoke() is double after ? Math.Max(0, after - before) : 0;
+            bool rerun = timed && stolen > 0 && reruns < repetitions;
+            if (rerun)
+            {
+                reruns++;
+                rerunSteal += stolen;
+            }
+            else if (timed)
+            {
+                samples.Add(batch * (double)tokens / seconds);
+                steal?.Add(stolen);
+            }
             foreach (var s in seqs) cache.Remove(s);
-            if (timed) probes?.Add(BandwidthProbe!());
+            // the probe before the next repetition: after a rerun it replaces the one taken before that repetition
+            if (timed && probes is not null)
+            {
+                if (rerun) probes[^1] = BandwidthProbe!();
+                else probes.Add(BandwidthProbe!());
+            }
         }
         double[]? bandwidths = probes is null ? null : Enumerable.Range(0, repetitions).Select(i => Math.Max(probes[i], probes[i + 1])).ToArray();
-        var (roof, bound) = Judge(kind, tokens, batch, depth, bandwidths);
-        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound, bandwidths);
+        var (roof, bound, each) = Judge(kind, tokens, batch, depth, bandwidths);
+        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound, bandwidths, probes, each, reruns, rerunSteal, steal);
     }
 
     /// <summary>Evaluates `tokens` more tokens of every sequence, splitting into steps of at most MaxRows rows.</summary>

@@ -53,4 +53,95 @@ public class SpeedBenchTests
         Assert.Equal(expected, bench.Roofline(BenchKind.TextGeneration, 2, 1, 0).TokensPerSecond);
         Assert.Equal(expected, r.RooflineTokensPerSecond);
     }
+
+    [Fact]
+    public void ARepetitionDuringWhichTheHostTookCpuTimeRunsAgain()
+    {
+        using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000));
+        var probes = new Queue<double>([10, 11, 12, 13, 14]);
+        bench.BandwidthProbe = () => probes.Dequeue();
+        // read before and after each timed repetition: the second repetition (the 3rd and 4th reads) is robbed of 0.1 s
+        var clock = new Queue<double?>([0, 0, 0, 0.1, 0.1, 0.1, 0.1, 0.1]);
+        bench.StealSeconds = () => clock.Dequeue();
+
+        var r = bench.Run(BenchKind.TextGeneration, tokens: 2, batch: 1, depth: 0, repetitions: 3);
+
+        Assert.Empty(clock);
+        Assert.Empty(probes);
+        Assert.Equal(1, r.Reruns);
+        Assert.Equal(0.1, r.RerunSteal, 1e-12);
+        Assert.Equal(3, r.TokensPerSecond.Samples.Count);
+        Assert.Equal([0.0, 0, 0], r.Steal!);
+        // the probe after the rerun replaced the one before it, so each kept repetition sits between its own two probes
+        Assert.Equal([10.0, 12, 13, 14], r.Probes!);
+        Assert.Equal([12.0, 13, 14], r.RepetitionBandwidths!);
+    }
+
+    [Fact]
+    public void RerunsStopAtAsManyAsTheRepetitionsAndTheResultSaysItIsUnsteady()
+    {
+        using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000));
+        double stolen = 0;
+        bench.StealSeconds = () => stolen += 0.01; // every reading later than the one before
+        var r = bench.Run(BenchKind.TextGeneration, tokens: 2, batch: 1, depth: 0, repetitions: 2);
+        Assert.Equal(2, r.Reruns);
+        Assert.Equal(2, r.TokensPerSecond.Samples.Count);
+        Assert.All(r.Steal!, s => Assert.True(s > 0));
+        Assert.False(r.Steady);
+        Assert.Contains("CPU time", Lckv.Cli.BenchCommand.Unsteady(r));
+
+        // where the kernel does not say, nothing is rerun
+        bench.StealSeconds = () => null;
+        var unknown = bench.Run(BenchKind.TextGeneration, tokens: 2, batch: 1, depth: 0, repetitions: 2);
+        Assert.Equal(0, unknown.Reruns);
+        Assert.Equal([0.0, 0], unknown.Steal!);
+    }
+
+    private static BenchResult Result(double[] tokensPerSecond, double[] rooflines, double[]? probes) =>
+        new(BenchKind.TextGeneration, 16, 1, 0, Stats.Of(tokensPerSecond), rooflines.Average(), "memory",
+            Probes: probes, RepetitionRooflines: rooflines);
+
+    [Fact]
+    public void ATestIsSteadyWhenItsRepetitionsReachAlikeFractionsAndTheProbesHoldStill()
+    {
+        var steady = Result([80, 85, 82], [100, 100, 100], [60, 61, 59, 60]);
+        Assert.Equal(85.0 / 80, steady.FractionSpread, 1e-12);
+        Assert.Equal(2.0 / 61, steady.ProbeSwing, 1e-12);
+        Assert.True(steady.Steady);
+
+        // one repetition held a neighbour's burst: 0.6 of its roofline against 0.8 for the others
+        var burst = Result([80, 60, 80], [100, 100, 100], [60, 60, 60, 60]);
+        Assert.False(burst.Steady);
+        Assert.Contains("60-80% of their own rooflines", Lckv.Cli.BenchCommand.Unsteady(burst));
+
+        // the machine's bandwidth moved from 73 to 51 GB/s between two probes; each repetition is judged against its
+        // own roofline, so the fractions alone would not show it
+        var moved = Result([73, 73, 51], [100, 100, 70], [73, 73, 73, 51]);
+        Assert.True(moved.FractionSpread < BenchResult.MaxFractionSpread);
+        Assert.False(moved.Steady);
+        Assert.Contains("from 73.0 to 51.0 GB/s", Lckv.Cli.BenchCommand.Unsteady(moved));
+
+        // without probes only the fractions count
+        Assert.True(Result([80, 81], [100, 100], null).Steady);
+    }
+
+    [Theory]
+    [InlineData("cpu  4606393 2422 439210 3438876 4861 0 1023 43633 0 0", 436.33)]
+    [InlineData("cpu 1 2 3 4 5 6 7 0", 0.0)]
+    public void StealIsTheEighthFieldOfTheCpuLineInTicksOf10Ms(string line, double seconds)
+    {
+        Assert.Equal(seconds, StealTime.Parse(line)!.Value, 1e-9);
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("cpu 1 2 3 4 5 6 7")]            // a kernel without the steal field
+    [InlineData("cpu0 1 2 3 4 5 6 7 8 9 10")]    // a per-CPU line
+    [InlineData("cpu 1 2 3 4 5 6 7 x")]
+    public void AnythingElseIsNoSteal(string? line)
+    {
+        Assert.Null(StealTime.Parse(line));
+    }
 }
