@@ -81,14 +81,14 @@ public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Dept
     public double KeptSteal => Steal?.Sum() ?? 0;
 
     /// <summary>
-    /// The largest spread of the repetitions' fractions of roofline a steady test shows. On this machine's quiet minutes
-    /// tg16 at batch 1 (`tinyllama-1.1b`) and tg64 at batch 16 (`small`) measured 1.02-1.07; a neighbour's burst
-    /// within one repetition showed as 1.23-1.50.
+    /// The largest spread of the repetitions' fractions of roofline a steady test shows. On this machine tg16 at batch 1
+    /// (`tinyllama-1.1b`) and tg64 at batch 16 (`small`), 5 repetitions, measured 1.01-1.09 in quiet runs; a
+    /// neighbour's burst within one repetition showed as 1.19-1.59.
     /// </summary>
     public const double MaxFractionSpread = 1.15;
 
     /// <summary>
-    /// The largest change between consecutive bandwidth probes a steady test shows. Quiet minutes measured up to 0.04;
+    /// The largest change between consecutive bandwidth probes a steady test shows. Quiet runs measured up to 0.08;
     /// this machine's bandwidth also switches between about 50 and 73 GB/s (0.3) from one minute to the next.
     /// </summary>
     public const double MaxProbeSwing = 0.10;
