@@ -97,7 +97,7 @@ public static class BenchCommand
                         roofline_tokens_per_second = x.RooflineTokensPerSecond, bound = x.Bound, fraction_of_roofline = x.FractionOfRoofline,
                         repetition_read_bandwidth_gbs = x.RepetitionBandwidths, probe_read_bandwidth_gbs = x.Probes,
                         repetition_fractions = x.RepetitionFractions, steady = x.Steady, fraction_spread = x.FractionSpread, probe_swing = x.ProbeSwing,
-                        reruns = x.Reruns, rerun_steal_seconds = x.RerunSteal, repetition_steal_seconds = x.Steal,
+                        reruns = x.Reruns, rerun_steal_seconds = x.RerunSteal, repetition_steal_seconds = x.Steal, runs_per_repetition = x.RunsPerRepetition,
                     }),
                 }));
                 return 0;
@@ -131,7 +131,7 @@ public static class BenchCommand
         var f = x.RepetitionFractions;
         var why = new List<string>();
         if (x.FractionSpread > BenchResult.MaxFractionSpread)
-            why.Add($"its repetitions ({1000.0 * x.Batch * x.Tokens / x.TokensPerSecond.Mean:F0} ms each) reached {100 * f.Min():F0}-{100 * f.Max():F0}% of their own rooflines");
+            why.Add($"its repetitions ({1000 * x.RepetitionSeconds:F0} ms each) reached {100 * f.Min():F0}-{100 * f.Max():F0}% of their own rooflines");
         if (x.ProbeSwing > BenchResult.MaxProbeSwing && x.Probes is { } p)
         {
             int at = Enumerable.Range(0, p.Count - 1).MaxBy(i => Math.Abs(p[i] - p[i + 1]) / Math.Max(p[i], p[i + 1]));

@@ -31,10 +31,14 @@ public enum BenchKind { PromptProcessing, TextGeneration }
 /// <param name="RerunSteal">the CPU time the host took during those (seconds, all CPUs)</param>
 /// <param name="Steal">CPU time the host took during each kept repetition (seconds; null where the kernel does not
 /// say): non-zero only when the reruns ran out</param>
+/// <param name="RunsPerRepetition">runs of the test timed together as one repetition (see <see cref="SpeedBench.MinRepetitionSeconds"/>)</param>
 public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Depth, Stats TokensPerSecond, double RooflineTokensPerSecond, string Bound,
     IReadOnlyList<double>? RepetitionBandwidths = null, IReadOnlyList<double>? Probes = null, IReadOnlyList<double>? RepetitionRooflines = null,
-    int Reruns = 0, double RerunSteal = 0, IReadOnlyList<double>? Steal = null)
+    int Reruns = 0, double RerunSteal = 0, IReadOnlyList<double>? Steal = null, int RunsPerRepetition = 1)
 {
+    /// <summary>How long one timed repetition took on average (seconds).</summary>
+    public double RepetitionSeconds => TokensPerSecond.Mean > 0 ? RunsPerRepetition * Batch * (double)Tokens / TokensPerSecond.Mean : 0;
+
     public string Name => (Kind == BenchKind.PromptProcessing ? "pp" : "tg") + Tokens;
     public double FractionOfRoofline => RooflineTokensPerSecond > 0 ? TokensPerSecond.Mean / RooflineTokensPerSecond : 0;
 
@@ -164,6 +168,15 @@ public sealed class SpeedBench
 
     public const int MaxWarmups = 20;
 
+    /// <summary>
+    /// A timed repetition runs the test as many times as it takes to last about this long (judged by the last warm-up
+    /// run; seconds). A repetition of a short test (pp64 at batch 1: 12 ms) measured 30-61% of its roofline from one
+    /// repetition to the next on this machine, where the neighbours' memory traffic comes in bursts of ~100 ms.
+    /// </summary>
+    public double MinRepetitionSeconds { get; set; } = 0.5;
+
+    public const int MaxRunsPerRepetition = 1000;
+
     /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
     public long LargestPoolBytes { get; private set; }
 
@@ -190,16 +203,13 @@ public sealed class SpeedBench
         var steal = StealSeconds is null ? null : new List<double>(repetitions);
         int reruns = 0;
         double rerunSteal = 0;
-        for (int warmups = 0; samples.Count < repetitions;)
+        // one run of the test: sequences created, filled to the depth (untimed), the test timed, sequences removed
+        double Once()
         {
-            bool timed = warmups > 0 && (warmups >= MaxWarmups || warm.Elapsed.TotalSeconds >= WarmupSeconds);
-            if (!timed) warmups++;
-            if (timed && probes is { Count: 0 }) probes.Add(BandwidthProbe!());
             var seqs = new int[batch];
             for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
             if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
             for (int i = 0; i < ids.Length; i++) ids[i] = 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
-            double? steal0 = timed ? StealSeconds?.Invoke() : null;
             var sw = Stopwatch.StartNew();
             if (kind == BenchKind.PromptProcessing)
             {
@@ -215,21 +225,40 @@ public sealed class SpeedBench
                 }
             }
             double seconds = sw.Elapsed.TotalSeconds;
+            foreach (var s in seqs) cache.Remove(s);
+            return seconds;
+        }
+
+        int runs = 0;
+        double lastWarm = 0;
+        for (int warmups = 0; samples.Count < repetitions;)
+        {
+            bool timed = warmups > 0 && (warmups >= MaxWarmups || warm.Elapsed.TotalSeconds >= WarmupSeconds);
+            if (!timed)
+            {
+                warmups++;
+                lastWarm = Once();
+                continue;
+            }
+            if (runs == 0) runs = (int)Math.Clamp(Math.Ceiling(MinRepetitionSeconds / Math.Max(lastWarm, 1e-9)), 1, MaxRunsPerRepetition);
+            if (probes is { Count: 0 }) probes.Add(BandwidthProbe!());
+            double? steal0 = StealSeconds?.Invoke();
+            double seconds = 0;
+            for (int r = 0; r < runs; r++) seconds += Once();
             double stolen = steal0 is double before && StealSeconds?.Invoke() is double after ? Math.Max(0, after - before) : 0;
-            bool rerun = timed && stolen > 0 && reruns < repetitions;
+            bool rerun = stolen > 0 && reruns < repetitions;
             if (rerun)
             {
                 reruns++;
                 rerunSteal += stolen;
             }
-            else if (timed)
+            else
             {
-                samples.Add(batch * (double)tokens / seconds);
+                samples.Add(runs * batch * (double)tokens / seconds);
                 steal?.Add(stolen);
             }
-            foreach (var s in seqs) cache.Remove(s);
             // the probe before the next repetition: after a rerun it replaces the one taken before that repetition
-            if (timed && probes is not null)
+            if (probes is not null)
             {
                 if (rerun) probes[^1] = BandwidthProbe!();
                 else probes.Add(BandwidthProbe!());
@@ -237,7 +266,7 @@ public sealed class SpeedBench
         }
         double[]? bandwidths = probes is null ? null : Enumerable.Range(0, repetitions).Select(i => Math.Max(probes[i], probes[i + 1])).ToArray();
         var (roof, bound, each) = Judge(kind, tokens, batch, depth, bandwidths);
-        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound, bandwidths, probes, each, reruns, rerunSteal, steal);
+        return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound, bandwidths, probes, each, reruns, rerunSteal, steal, runs);
     }
 
     /// <summary>Evaluates `tokens` more tokens of every sequence, splitting into steps of at most MaxRows rows.</summary>

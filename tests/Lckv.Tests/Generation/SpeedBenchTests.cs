@@ -18,7 +18,7 @@ public class SpeedBenchTests
     {
         using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
         // an FMA peak so high that every test here is memory-bound
-        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000));
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000)) { MinRepetitionSeconds = 0 };
         var probes = new Queue<double>([10, 30, 20, 5, 40]);
         int calls = 0;
         bench.BandwidthProbe = () => { calls++; return probes.Dequeue(); };
@@ -46,7 +46,7 @@ public class SpeedBenchTests
     public void WithoutAProbeTheMachineFiguresJudgeTheTest()
     {
         using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
-        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 25));
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 25)) { MinRepetitionSeconds = 0 };
         var r = bench.Run(BenchKind.TextGeneration, tokens: 2, batch: 1, depth: 0, repetitions: 2);
         Assert.Null(r.RepetitionBandwidths);
         double expected = bench.Roofline(BenchKind.TextGeneration, 2, 1, 0, 1e9, 25).TokensPerSecond;
@@ -58,7 +58,7 @@ public class SpeedBenchTests
     public void ARepetitionDuringWhichTheHostTookCpuTimeRunsAgain()
     {
         using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
-        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000));
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000)) { MinRepetitionSeconds = 0 };
         var probes = new Queue<double>([10, 11, 12, 13, 14]);
         bench.BandwidthProbe = () => probes.Dequeue();
         // read before and after each timed repetition: the second repetition (the 3rd and 4th reads) is robbed of 0.1 s
@@ -82,7 +82,7 @@ public class SpeedBenchTests
     public void RerunsStopAtAsManyAsTheRepetitionsAndTheResultSaysItIsUnsteady()
     {
         using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
-        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000));
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000)) { MinRepetitionSeconds = 0 };
         double stolen = 0;
         bench.StealSeconds = () => stolen += 0.01; // every reading later than the one before
         var r = bench.Run(BenchKind.TextGeneration, tokens: 2, batch: 1, depth: 0, repetitions: 2);
@@ -143,5 +143,21 @@ public class SpeedBenchTests
     public void AnythingElseIsNoSteal(string? line)
     {
         Assert.Null(StealTime.Parse(line));
+    }
+
+    [Fact]
+    public void AShortTestRunsSeveralTimesInOneRepetition()
+    {
+        using var model = new LlamaModel(Tiny(), ModelWeights.Random(Tiny(), LayerMap.Identity(2), DType.F32, 1), "tiny");
+        var bench = new SpeedBench(model, DType.F32, 4, new MachineRoofline(2, 1e9, 1000)) { MinRepetitionSeconds = 0.02 };
+        var r = bench.Run(BenchKind.PromptProcessing, tokens: 4, batch: 2, depth: 3, repetitions: 3);
+        Assert.True(r.RunsPerRepetition > 1, $"{r.RunsPerRepetition} run(s) per repetition");
+        Assert.True(r.RunsPerRepetition <= SpeedBench.MaxRunsPerRepetition);
+        Assert.Equal(3, r.TokensPerSecond.Samples.Count);
+        // tokens/s counts every run: a repetition lasts about the minimum, not one run's time
+        Assert.InRange(r.RepetitionSeconds, 0.005, 1.0);
+
+        bench.MinRepetitionSeconds = 0;
+        Assert.Equal(1, bench.Run(BenchKind.PromptProcessing, tokens: 4, batch: 2, depth: 3, repetitions: 1).RunsPerRepetition);
     }
 }
