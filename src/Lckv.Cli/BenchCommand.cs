@@ -132,11 +132,8 @@ public static class BenchCommand
         var why = new List<string>();
         if (x.FractionSpread > BenchResult.MaxFractionSpread)
             why.Add($"its repetitions ({1000 * x.RepetitionSeconds:F0} ms each) reached {100 * f.Min():F0}-{100 * f.Max():F0}% of their own rooflines");
-        if (x.ProbeSwing > BenchResult.MaxProbeSwing && x.Probes is { } p)
-        {
-            int at = Enumerable.Range(0, p.Count - 1).MaxBy(i => Math.Abs(p[i] - p[i + 1]) / Math.Max(p[i], p[i + 1]));
-            why.Add($"the read bandwidth moved from {p[at]:F1} to {p[at + 1]:F1} GB/s between two probes");
-        }
+        if (x.ProbeSwing > BenchResult.MaxProbeSwing)
+            why.Add($"the read bandwidth moved from {x.Probes![x.ProbeSwingAt]:F1} to {x.Probes[x.ProbeSwingAt + 1]:F1} GB/s between two probes");
         if (x.KeptSteal > 0)
             why.Add($"the host took {1000 * x.KeptSteal:F0} ms of CPU time during repetitions kept after {x.Reruns} reruns");
         return $"unsteady: {x.Name} at batch {x.Batch}, depth {x.Depth}: {string.Join(", and ", why)}; the machine's load changed during the test, so its figure says more about the machine than the engine: rerun it";

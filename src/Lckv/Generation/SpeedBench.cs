@@ -58,20 +58,12 @@ public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Dept
     }
 
     /// <summary>The largest change between two consecutive bandwidth probes, as a fraction of the larger (0 without probes).</summary>
-    public double ProbeSwing
-    {
-        get
-        {
-            double swing = 0;
-            if (Probes is { } p)
-                for (int i = 0; i + 1 < p.Count; i++)
-                {
-                    double hi = Math.Max(p[i], p[i + 1]);
-                    if (hi > 0) swing = Math.Max(swing, Math.Abs(p[i] - p[i + 1]) / hi);
-                }
-            return swing;
-        }
-    }
+    public double ProbeSwing => ProbeSwingAt is int i and >= 0 ? Swing(Probes![i], Probes[i + 1]) : 0;
+
+    /// <summary>Where that change is: between probe i and probe i + 1 (-1 without two probes).</summary>
+    public int ProbeSwingAt => Probes is { Count: > 1 } p ? Enumerable.Range(0, p.Count - 1).MaxBy(i => Swing(p[i], p[i + 1])) : -1;
+
+    private static double Swing(double a, double b) => Math.Max(a, b) > 0 ? Math.Abs(a - b) / Math.Max(a, b) : 0;
 
     /// <summary>
     /// Whether the machine held still during the test: the repetitions reached nearly the same fraction of their own
