@@ -49,7 +49,7 @@ internal static unsafe class AttentionTable
             {
                 var table = new int[blocksPerSeq];
                 for (int b = 0; b < blocksPerSeq; b++) table[b] = b * batch + s;
-                seqs[s] = new AttentionSequence(s, 1, ctx - 1, ctx, table);
+                seqs[s] = AttentionSequence.Linear(s, 1, ctx - 1, ctx, table);
             }
             var q = new float[batch * heads * d];
             for (int i = 0; i < q.Length; i++) q[i] = (float)(rng.NextDouble() - 0.5);

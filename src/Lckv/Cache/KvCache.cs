@@ -22,87 +22,114 @@ public readonly record struct KvMemoryReport(int Sequences, long Tokens, int Use
 }
 
 /// <summary>
-/// The KV of many sequences for the KV-computing layers of one model. Each (sequence, kv layer) has a block table;
-/// position p of a sequence lives in block table[p / BlockSize], slot p % BlockSize. Verbs on sequence ids in the
-/// spirit of llama.cpp: create, reserve, remove, fork (share the prefix), truncate, keep.
+/// The KV of many sequences for the KV-computing layers (stores) of one model. Each (sequence, store) has a block table
+/// and a state; the store's <see cref="KvPolicy"/> decides where each position lives (logical slot L in block
+/// table[L / BlockSize] at slot L % BlockSize, cyclically for a ring), what the attention kernel sees
+/// (<see cref="View"/>), and what is evicted after a step. Verbs on sequence ids in the spirit of llama.cpp: create,
+/// reserve, commit, remove, fork (share the prefix), truncate, keep.
 /// </summary>
 /// <remarks>
 /// Each sequence has a committed length (positions written and visible) and a reserved length (positions that may be
-/// written). Blocks covering [Length, Reserved) belong to the sequence alone, so writes there never disturb a
-/// sequence that shares the prefix. Block tables are int arrays of ceil(MaxSequenceLength / BlockSize) entries owned by
-/// the cache, allocated when a sequence id is first used and reused with the id; entries past the sequence's blocks
-/// are -1. The structural verbs are not thread-safe; writes to distinct (sequence, layer) pairs may run concurrently.
+/// written). Blocks covering the reserved slots belong to the sequence alone, so writes there never disturb a sequence
+/// that shares the prefix. Block tables are int arrays owned by the cache, allocated when a sequence id is first used
+/// and reused with the id; entries past the sequence's blocks are -1. The structural verbs are not thread-safe; writes
+/// to distinct (sequence, store) pairs may run concurrently.
 /// </remarks>
 public sealed class KvCache
 {
-    sealed class Sequence
+    private sealed class Sequence
     {
         public bool Live;
         public int Length;   // committed
         public int Reserved; // writable: [0, Reserved)
-        public int Blocks;   // entries in use in each table (the same for every layer)
         public required int[][] Tables;
+        public required KvStoreState[] States;
     }
 
-    readonly KvBlockPool pool;
-    readonly int kvLayers;
-    readonly int maxSequenceLength;
-    readonly int blockSize;
-    readonly int tableCapacity;
-    readonly int[] ringBlocks; // per KV layer: 0 = linear table, else a ring of that many blocks
-    readonly List<Sequence> sequences = [];
-    int liveCount;
+    private readonly KvBlockPool _pool;
+    private readonly KvPolicy[] _policies;
+    private readonly int _kvLayers;
+    private readonly int _maxSequenceLength;
+    private readonly int _blockSize;
+    private readonly int _tableCapacity;
+    private readonly int[] _ringBlocks; // per store: 0 = linear table, else a ring of that many blocks
+    private readonly List<Sequence> _sequences = [];
+    private int _liveCount;
 
     /// <param name="pool">where every byte of KV comes from</param>
     /// <param name="kvLayers">number of KV-computing layers (each gets its own block table per sequence)</param>
     /// <param name="maxSequenceLength">the longest sequence (sizes the block tables once)</param>
     /// <param name="ringPositions">per KV layer, 0 for a linear store, or the positions a bounded ring keeps (a
-    /// sliding-window layer: its window plus the largest step, see LlamaModel.RingPositions); rounded up to blocks.
-    /// Position p of a ring layer lives in table[(p / BlockSize) % RingBlocks]; older positions are overwritten.</param>
+    /// sliding-window layer: its window plus the largest step, see LlamaModel.RingPositions); rounded up to blocks.</param>
     public KvCache(KvBlockPool pool, int kvLayers, int maxSequenceLength, IReadOnlyList<int>? ringPositions = null)
+        : this(pool, Policies(pool, kvLayers, maxSequenceLength, ringPositions), maxSequenceLength)
+    {
+    }
+
+    /// <param name="pool">where every byte of KV comes from</param>
+    /// <param name="policies">one per store (KV-computing layer); the same object may serve several stores</param>
+    /// <param name="maxSequenceLength">the longest sequence (sizes the block tables once)</param>
+    public KvCache(KvBlockPool pool, IReadOnlyList<KvPolicy> policies, int maxSequenceLength)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        ArgumentNullException.ThrowIfNull(policies);
+        if (policies.Count <= 0) throw new LckvException($"a KV cache needs at least one KV layer, got {policies.Count}");
+        if (maxSequenceLength <= 0) throw new LckvException($"the maximum sequence length must be positive, got {maxSequenceLength}");
+        _pool = pool;
+        _kvLayers = policies.Count;
+        _maxSequenceLength = maxSequenceLength;
+        _blockSize = pool.Layout.BlockSize;
+        _tableCapacity = (int)BlocksFor(maxSequenceLength, _blockSize);
+        _policies = [.. policies];
+        _ringBlocks = new int[_kvLayers];
+        for (int l = 0; l < _kvLayers; l++) _ringBlocks[l] = _policies[l].RingBlocks(_blockSize);
+    }
+
+    private static KvPolicy[] Policies(KvBlockPool pool, int kvLayers, int maxSequenceLength, IReadOnlyList<int>? ringPositions)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (kvLayers <= 0) throw new LckvException($"a KV cache needs at least one KV layer, got {kvLayers}");
-        if (maxSequenceLength <= 0) throw new LckvException($"the maximum sequence length must be positive, got {maxSequenceLength}");
-        this.pool = pool;
-        this.kvLayers = kvLayers;
-        this.maxSequenceLength = maxSequenceLength;
-        blockSize = pool.Layout.BlockSize;
-        tableCapacity = (int)BlocksFor(maxSequenceLength, blockSize);
         if (ringPositions is not null && ringPositions.Count != kvLayers)
             throw new ArgumentException($"ringPositions has {ringPositions.Count} entries for {kvLayers} KV layers", nameof(ringPositions));
-        ringBlocks = new int[kvLayers];
+        int bs = pool.Layout.BlockSize;
+        long tableCapacity = BlocksFor(Math.Max(0, maxSequenceLength), bs);
+        var policies = new KvPolicy[kvLayers];
         for (int l = 0; l < kvLayers; l++)
         {
             int positions = ringPositions?[l] ?? 0;
             ArgumentOutOfRangeException.ThrowIfNegative(positions);
-            int blocks = (int)BlocksFor(positions, blockSize);
-            ringBlocks[l] = blocks > 0 && blocks < tableCapacity ? blocks : 0; // a ring as long as the context is just linear
+            long blocks = BlocksFor(positions, bs);
+            // a ring as long as the context is just linear
+            policies[l] = blocks > 0 && blocks < tableCapacity ? new WindowPolicy(positions) : FullPolicy.Instance;
         }
+        return policies;
     }
 
+    /// <summary>The policy of one store.</summary>
+    public KvPolicy Policy(int kvLayer) => _policies[kvLayer];
+
     /// <summary>0 when the KV layer's table is linear, else the number of blocks of its ring.</summary>
-    public int RingBlocks(int kvLayer) => ringBlocks[kvLayer];
+    public int RingBlocks(int kvLayer) => _ringBlocks[kvLayer];
 
     /// <summary>Pool blocks one unshared sequence of <paramref name="tokens"/> positions takes over every KV layer.</summary>
     public long BlocksForTokens(int tokens)
     {
-        long linear = BlocksFor(tokens, blockSize), total = 0;
-        for (int l = 0; l < kvLayers; l++) total += ringBlocks[l] > 0 ? Math.Min(linear, ringBlocks[l]) : linear;
+        long total = 0;
+        for (int l = 0; l < _kvLayers; l++) total += _policies[l].BlocksFor(tokens, _blockSize);
         return total;
     }
 
-    public KvBlockPool Pool => pool;
-    public KvLayout Layout => pool.Layout;
-    public int KvLayers => kvLayers;
-    public int MaxSequenceLength => maxSequenceLength;
-    /// <summary>Entries of every block table: ceil(MaxSequenceLength / BlockSize).</summary>
-    public int TableCapacity => tableCapacity;
+    public KvBlockPool Pool => _pool;
+    public KvLayout Layout => _pool.Layout;
+    public int KvLayers => _kvLayers;
+    public int MaxSequenceLength => _maxSequenceLength;
+    /// <summary>Entries of a linear block table: ceil(MaxSequenceLength / BlockSize).</summary>
+    public int TableCapacity => _tableCapacity;
 
     /// <summary>2 * kvLayers * kvHeads * headDim * bytes(dtype).</summary>
-    public long BytesPerToken => BytesPerTokenFor(kvLayers, Layout.KvHeads, Layout.HeadDim, Layout.DType);
+    public long BytesPerToken => BytesPerTokenFor(_kvLayers, Layout.KvHeads, Layout.HeadDim, Layout.DType);
 
-    public int SequenceCount => liveCount;
+    public int SequenceCount => _liveCount;
 
     /// <summary>Blocks that hold <paramref name="tokens"/> positions: ceil(tokens / blockSize).</summary>
     public static long BlocksFor(long tokens, int blockSize)
@@ -117,7 +144,7 @@ public sealed class KvCache
         => 2L * kvLayers * kvHeads * headDim * DTypes.SizeOf(dtype);
 
     /// <summary>Pool bytes one unshared sequence of <paramref name="tokens"/> positions takes (whole blocks, every KV
-    /// layer, rings bounded).</summary>
+    /// layer, bounded stores bounded).</summary>
     public long BytesFor(int tokens) => BlocksForTokens(tokens) * Layout.BlockBytes;
 
     public KvMemoryReport Memory
@@ -125,33 +152,35 @@ public sealed class KvCache
         get
         {
             long tokens = 0;
-            foreach (var s in sequences) if (s.Live) tokens += s.Length;
-            return new KvMemoryReport(liveCount, tokens, pool.UsedBlocks, pool.TotalBlocks, Layout.BlockBytes, BytesPerToken);
+            foreach (var s in _sequences) if (s.Live) tokens += s.Length;
+            return new KvMemoryReport(_liveCount, tokens, _pool.UsedBlocks, _pool.TotalBlocks, Layout.BlockBytes, BytesPerToken);
         }
     }
 
     /// <summary>A new empty sequence. Ids are small and reused after Remove (the lowest free id first).</summary>
     public int CreateSequence()
     {
-        for (int i = 0; i < sequences.Count; i++)
+        for (int i = 0; i < _sequences.Count; i++)
         {
-            if (sequences[i].Live) continue;
-            Activate(sequences[i]);
+            if (_sequences[i].Live) continue;
+            Activate(_sequences[i]);
             return i;
         }
-        var tables = new int[kvLayers][];
-        for (int l = 0; l < kvLayers; l++)
+        var tables = new int[_kvLayers][];
+        var states = new KvStoreState[_kvLayers];
+        for (int l = 0; l < _kvLayers; l++)
         {
-            tables[l] = new int[ringBlocks[l] > 0 ? ringBlocks[l] : tableCapacity];
+            tables[l] = new int[_policies[l].TableLength(_maxSequenceLength, _blockSize)];
             Array.Fill(tables[l], -1);
+            states[l] = _policies[l].CreateState(Layout.KvHeads);
         }
-        var s = new Sequence { Tables = tables };
-        sequences.Add(s);
+        var s = new Sequence { Tables = tables, States = states };
+        _sequences.Add(s);
         Activate(s);
-        return sequences.Count - 1;
+        return _sequences.Count - 1;
     }
 
-    public bool Contains(int seq) => (uint)seq < (uint)sequences.Count && sequences[seq].Live;
+    public bool Contains(int seq) => (uint)seq < (uint)_sequences.Count && _sequences[seq].Live;
 
     /// <summary>Positions written and committed.</summary>
     public int Length(int seq) => Get(seq).Length;
@@ -159,8 +188,17 @@ public sealed class KvCache
     /// <summary>Positions [0, ReservedLength) may be written.</summary>
     public int ReservedLength(int seq) => Get(seq).Reserved;
 
-    /// <summary>Entries in use in each of the sequence's block tables.</summary>
-    public int BlockCount(int seq) => Get(seq).Blocks;
+    /// <summary>Logical blocks in use by the sequence's first store (for positional stores: ceil(reserved / BlockSize)).</summary>
+    public int BlockCount(int seq) => Get(seq).States[0].Blocks;
+
+    /// <summary>Entries a store holds for the sequence (committed).</summary>
+    public int EntryCount(int seq, int kvLayer) => Get(seq).States[kvLayer].Count;
+
+    /// <summary>The state a store keeps for the sequence.</summary>
+    public KvStoreState StateOf(int seq, int kvLayer) => Get(seq).States[CheckLayer(kvLayer)];
+
+    // logical slot of the first uncommitted position
+    private int Frontier(Sequence s, int l) => _policies[l].Compacts ? s.States[l].Count : s.Length;
 
     /// <summary>
     /// Fresh blocks TryReserve(seq, length) would take from the pool: missing blocks plus copies of shared blocks that
@@ -171,19 +209,28 @@ public sealed class KvCache
         var s = Get(seq);
         CheckLength(length);
         if (length <= s.Length) return 0;
-        int first = s.Length / blockSize, end = (int)BlocksFor(length, blockSize);
         int needed = 0;
-        for (int l = 0; l < kvLayers; l++)
+        for (int l = 0; l < _kvLayers; l++)
         {
+            var (first, end) = BlockRange(s, l, length);
             var table = s.Tables[l];
             int inUse = InUse(s, l);
             for (int b = first; b < DistinctEnd(l, first, end); b++)
             {
-                int slot = Slot(l, b);
-                if (slot >= inUse || pool.RefCount(table[slot]) > 1) needed++;
+                int slot = TableIndex(l, b);
+                if (slot >= inUse || _pool.RefCount(table[slot]) > 1) needed++;
             }
         }
         return needed;
+    }
+
+    // logical blocks [first, end) that positions [Length, length) of store l fall in
+    private (int First, int End) BlockRange(Sequence s, int l, int length)
+    {
+        int from = Frontier(s, l), to = from + (length - s.Length);
+        if (_policies[l].Compacts && to > s.States[l].Capacity)
+            throw new LckvException($"a step of {length - s.Length} tokens exceeds the store's capacity of {s.States[l].Capacity} entries ({s.States[l].Count} kept)");
+        return (from / _blockSize, (int)BlocksFor(to, _blockSize));
     }
 
     /// <summary>
@@ -195,32 +242,32 @@ public sealed class KvCache
     {
         var s = Get(seq);
         int needed = BlocksNeeded(seq, length);
-        if (needed > pool.FreeBlocks) return false;
+        if (needed > _pool.FreeBlocks) return false;
         if (length <= s.Length)
         {
             s.Reserved = Math.Max(s.Reserved, length);
             return true;
         }
-        int first = s.Length / blockSize, end = (int)BlocksFor(length, blockSize);
-        for (int l = 0; l < kvLayers; l++)
+        for (int l = 0; l < _kvLayers; l++)
         {
+            var (first, end) = BlockRange(s, l, length);
             var table = s.Tables[l];
             int inUse = InUse(s, l);
             for (int b = first; b < DistinctEnd(l, first, end); b++)
             {
-                int slot = Slot(l, b);
+                int slot = TableIndex(l, b);
                 if (slot >= inUse) table[slot] = Allocate();
-                else if (pool.RefCount(table[slot]) > 1)
-                    table[slot] = CopyOnWrite(table[slot], ringBlocks[l] > 0 ? blockSize : ValidSlots(s, b));
+                else if (_pool.RefCount(table[slot]) > 1)
+                    table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s, l), b));
             }
+            s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
         }
-        s.Blocks = Math.Max(s.Blocks, end);
         s.Reserved = Math.Max(s.Reserved, length);
         return true;
     }
 
     /// <summary>Writes rows of K and V ([count, KvHeads*HeadDim] each, f32) at positions start.. of one KV layer,
-    /// converting to the storage dtype. The positions must be reserved.</summary>
+    /// converting to the storage dtype. The positions must be reserved, and for a store that evicts, uncommitted.</summary>
     public void Write(int seq, int kvLayer, int start, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
         var s = Get(seq);
@@ -233,28 +280,42 @@ public sealed class KvCache
         if (start < 0 || start + count > s.Reserved)
             throw new ArgumentOutOfRangeException(nameof(start),
                 $"positions [{start}, {start + count}) of sequence {seq} are outside its reservation [0, {s.Reserved})");
+        int logical = start;
+        var state = s.States[kvLayer];
+        if (_policies[kvLayer].Compacts)
+        {
+            if (start < s.Length) throw new ArgumentOutOfRangeException(nameof(start), $"position {start} of sequence {seq} is committed in a store that evicts");
+            logical = state.Count + (start - s.Length);
+            for (int g = 0; g < layout.KvHeads; g++)
+                for (int i = 0; i < count; i++)
+                {
+                    state.Positions![g * state.Capacity + logical + i] = start + i;
+                    if (state.Scores is { } sc) sc[g * state.Capacity + logical + i] = 0;
+                }
+        }
         int es = DTypes.SizeOf(layout.DType);
         int done = 0;
         while (done < count)
         {
-            int p = start + done, b = p / blockSize, slot = p % blockSize;
-            int n = Math.Min(blockSize - slot, count - done);
-            int block = table[Slot(kvLayer, b)];
-            if (pool.RefCount(block) > 1)
-                throw new InvalidOperationException($"position {p} of sequence {seq} is in a shared block; reserve it first");
-            nint at = pool.BlockPointer(block) + (nint)((long)slot * row * es);
+            int p = logical + done, b = p / _blockSize, slot = p % _blockSize;
+            int n = Math.Min(_blockSize - slot, count - done);
+            int block = table[TableIndex(kvLayer, b)];
+            if (_pool.RefCount(block) > 1)
+                throw new InvalidOperationException($"position {start + done} of sequence {seq} is in a shared block; reserve it first");
+            nint at = _pool.BlockPointer(block) + (nint)((long)slot * row * es);
             Convert.Narrow(k.Slice(done * row, n * row), layout.DType, at);
             Convert.Narrow(v.Slice(done * row, n * row), layout.DType, at + (nint)layout.HalfBytes);
             done += n;
         }
     }
 
-    /// <summary>Reads rows of K and V at positions start.. of one KV layer into f32 ([count, KvHeads*HeadDim] each).
-    /// The positions must be reserved; what is read past the committed length is whatever was written there.</summary>
+    /// <summary>Reads rows of K and V at positions start.. of one positional store into f32 ([count, KvHeads*HeadDim]
+    /// each). The positions must be reserved; what is read past the committed length is whatever was written there.</summary>
     public void Read(int seq, int kvLayer, int start, Span<float> k, Span<float> v)
     {
         var s = Get(seq);
         var table = Table(s, kvLayer);
+        if (_policies[kvLayer].Compacts) throw new InvalidOperationException("a store that evicts is read by entry (ReadEntry), not by position");
         var layout = Layout;
         int row = layout.RowElements;
         if (k.Length != v.Length || k.Length % row != 0)
@@ -267,23 +328,65 @@ public sealed class KvCache
         int done = 0;
         while (done < count)
         {
-            int p = start + done, slot = p % blockSize;
-            int n = Math.Min(blockSize - slot, count - done);
-            nint at = pool.BlockPointer(table[Slot(kvLayer, p / blockSize)]) + (nint)((long)slot * row * es);
+            int p = start + done, slot = p % _blockSize;
+            int n = Math.Min(_blockSize - slot, count - done);
+            nint at = _pool.BlockPointer(table[TableIndex(kvLayer, p / _blockSize)]) + (nint)((long)slot * row * es);
             Convert.Widen(at, layout.DType, k.Slice(done * row, n * row));
             Convert.Widen(at + (nint)layout.HalfBytes, layout.DType, v.Slice(done * row, n * row));
             done += n;
         }
     }
 
-    /// <summary>Sets the committed length (after a step wrote positions up to it); must be within the reservation.</summary>
+    /// <summary>K and V of entry `entry` of one KV head ([HeadDim] each, f32).</summary>
+    public unsafe void ReadEntry(int seq, int kvLayer, int entry, int kvHead, Span<float> k, Span<float> v)
+    {
+        var s = Get(seq);
+        var view = ViewOf(s, kvLayer, 0);
+        if ((uint)entry >= (uint)view.Count) throw new ArgumentOutOfRangeException(nameof(entry));
+        var storage = KvStorage.Paged(_pool.Base, Layout);
+        byte* row = view.KeyRow(storage, entry, kvHead);
+        Convert.Widen((nint)row, Layout.DType, k[..Layout.HeadDim]);
+        Convert.Widen((nint)(row + storage.ValueOffset), Layout.DType, v[..Layout.HeadDim]);
+    }
+
+    /// <summary>
+    /// What the attention kernel sees of one (sequence, store) during a step that brings `newTokens` positions after the
+    /// committed ones (already written): the kept entries plus the new ones, where each lives and its position.
+    /// </summary>
+    public KvView View(int seq, int kvLayer, int newTokens)
+    {
+        var s = Get(seq);
+        CheckLayer(kvLayer);
+        return ViewOf(s, kvLayer, newTokens);
+    }
+
+    private KvView ViewOf(Sequence s, int l, int newTokens)
+    {
+        var table = s.Tables[l];
+        var state = s.States[l];
+        if (_policies[l].Compacts) return KvView.Compacted(table, state.Count + newTokens, state.Positions!, state.Capacity, state.Scores);
+        int keys = s.Length + newTokens;
+        return _ringBlocks[l] > 0 ? KvView.RingOf(table, _ringBlocks[l], _blockSize, keys) : KvView.Linear(table, keys);
+    }
+
+    /// <summary>Commits positions up to `length` (a step wrote them), then lets each store's policy evict.</summary>
     public void SetLength(int seq, int length)
     {
         var s = Get(seq);
         if (length < 0 || length > s.Reserved)
             throw new ArgumentOutOfRangeException(nameof(length), length,
                 $"sequence {seq} has [0, {s.Reserved}) reserved");
+        int added = length - s.Length;
+        for (int l = 0; l < _kvLayers; l++)
+        {
+            var st = s.States[l];
+            if (_policies[l].Compacts) st.Count += Math.Max(0, added);
+            else st.Count = length;
+        }
         s.Length = length;
+        s.Reserved = Math.Max(s.Reserved, length);
+        if (added <= 0) return;
+        for (int l = 0; l < _kvLayers; l++) _policies[l].AfterStep(new KvStoreEditor(this, seq, l), length);
     }
 
     /// <summary>The block table of one (sequence, KV layer): owned by the cache, valid while the sequence lives.</summary>
@@ -293,34 +396,37 @@ public sealed class KvCache
     public void Remove(int seq)
     {
         var s = Get(seq);
-        ReleaseFrom(s, 0);
+        for (int l = 0; l < _kvLayers; l++) ReleaseFrom(s, l, 0);
         s.Live = false;
         s.Length = s.Reserved = 0;
-        liveCount--;
+        _liveCount--;
     }
 
     /// <summary>A new sequence sharing all of seq's blocks (ref-counted); writes after the fork copy on write.</summary>
     /// <remarks>The fork shares the committed prefix, [0, Length), and its reservation is its length. The parent's
     /// reservation also shrinks to its length (the blocks it keeps stay allocated), so that neither writes into a block
-    /// the other reads without reserving (and copying) first.</remarks>
+    /// the other reads without reserving (and copying) first. Stores that evict cannot be forked.</remarks>
     public int Fork(int seq)
     {
         var parent = Get(seq);
+        for (int l = 0; l < _kvLayers; l++)
+            if (_policies[l].Compacts) throw new LckvException("a sequence whose stores evict cannot be forked");
         int child = CreateSequence();
-        var c = sequences[child];
-        int shared = (int)BlocksFor(parent.Length, blockSize);
-        for (int l = 0; l < kvLayers; l++)
+        var c = _sequences[child];
+        int shared = (int)BlocksFor(parent.Length, _blockSize);
+        for (int l = 0; l < _kvLayers; l++)
         {
             var from = parent.Tables[l];
             var to = c.Tables[l];
-            int slots = ringBlocks[l] > 0 ? Math.Min(shared, ringBlocks[l]) : shared;
+            int slots = _ringBlocks[l] > 0 ? Math.Min(shared, _ringBlocks[l]) : shared;
             for (int b = 0; b < slots; b++)
             {
-                pool.Retain(from[b]);
+                _pool.Retain(from[b]);
                 to[b] = from[b];
             }
+            c.States[l].Blocks = shared;
+            c.States[l].Count = parent.Length;
         }
-        c.Blocks = shared;
         c.Length = c.Reserved = parent.Length;
         parent.Reserved = parent.Length;
         return child;
@@ -332,7 +438,12 @@ public sealed class KvCache
         var s = Get(seq);
         if (length < 0 || length > s.Length)
             throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence {seq} has {s.Length} positions");
-        ReleaseFrom(s, (int)BlocksFor(length, blockSize));
+        for (int l = 0; l < _kvLayers; l++)
+        {
+            if (_policies[l].Compacts && length != s.Length) throw new LckvException("a sequence whose stores evict cannot be truncated");
+            ReleaseFrom(s, l, (int)BlocksFor(_policies[l].Compacts ? s.States[l].Count : length, _blockSize));
+            if (!_policies[l].Compacts) s.States[l].Count = length;
+        }
         s.Length = s.Reserved = length;
     }
 
@@ -340,85 +451,135 @@ public sealed class KvCache
     public void Keep(int seq)
     {
         Get(seq);
-        for (int i = 0; i < sequences.Count; i++)
-            if (i != seq && sequences[i].Live) Remove(i);
+        for (int i = 0; i < _sequences.Count; i++)
+            if (i != seq && _sequences[i].Live) Remove(i);
     }
 
-    void Activate(Sequence s)
+    /// <summary>
+    /// Keeps kept[g * keep + i] (increasing in i) of each KV head of one (sequence, store) and evicts the rest: each
+    /// evicted entry goes to the policy's OnEvicted, the kept rows move down to entries 0..keep-1, and blocks past them
+    /// return to the pool.
+    /// </summary>
+    internal unsafe void Compact(int seq, int kvLayer, ReadOnlySpan<int> kept, int keep)
+    {
+        var s = Get(seq);
+        var policy = _policies[kvLayer];
+        if (!policy.Compacts) throw new InvalidOperationException("only a store that evicts can drop entries");
+        var state = s.States[kvLayer];
+        int heads = Layout.KvHeads, d = Layout.HeadDim, count = state.Count, cap = state.Capacity;
+        if (keep < 0 || keep > count || kept.Length != heads * keep) throw new ArgumentException($"keep {keep} of {count} entries: expected {heads * keep} indices");
+        var view = KvView.Compacted(s.Tables[kvLayer], count, state.Positions!, cap, state.Scores);
+        var storage = KvStorage.Paged(_pool.Base, Layout);
+        long rowBytes = storage.HeadBytes;
+        Span<float> k = stackalloc float[d];
+        Span<float> v = stackalloc float[d];
+        for (int g = 0; g < heads; g++)
+        {
+            var mine = kept.Slice(g * keep, keep);
+            for (int i = 1; i < keep; i++)
+                if (mine[i] <= mine[i - 1]) throw new ArgumentException("kept entries must be increasing");
+            if (keep > 0 && (mine[0] < 0 || mine[^1] >= count)) throw new ArgumentException("a kept entry is out of range");
+            for (int e = 0, next = 0; e < count; e++)
+            {
+                if (next < keep && mine[next] == e) { next++; continue; }
+                byte* row = view.KeyRow(storage, e, g);
+                Convert.Widen((nint)row, Layout.DType, k);
+                Convert.Widen((nint)(row + storage.ValueOffset), Layout.DType, v);
+                policy.OnEvicted(state, g, state.Positions![g * cap + e], k, v);
+            }
+            for (int i = 0; i < keep; i++)
+            {
+                int from = mine[i];
+                if (from == i) continue;
+                byte* src = view.KeyRow(storage, from, g), dst = view.KeyRow(storage, i, g);
+                Buffer.MemoryCopy(src, dst, rowBytes, rowBytes);
+                Buffer.MemoryCopy(src + storage.ValueOffset, dst + storage.ValueOffset, rowBytes, rowBytes);
+                state.Positions![g * cap + i] = state.Positions[g * cap + from];
+                if (state.Scores is { } sc) sc[g * cap + i] = sc[g * cap + from];
+            }
+        }
+        state.Count = keep;
+        // blocks past the kept entries return to the pool, but for slots an outstanding reservation still covers
+        ReleaseFrom(s, kvLayer, (int)BlocksFor(keep + (s.Reserved - s.Length), _blockSize));
+    }
+
+    private void Activate(Sequence s)
     {
         s.Live = true;
-        s.Length = s.Reserved = s.Blocks = 0;
-        liveCount++;
+        s.Length = s.Reserved = 0;
+        foreach (var st in s.States) st.Count = st.Blocks = 0;
+        _liveCount++;
     }
 
-    Sequence Get(int seq)
+    private Sequence Get(int seq)
     {
         if (!Contains(seq)) throw new ArgumentException($"no KV sequence {seq}", nameof(seq));
-        return sequences[seq];
+        return _sequences[seq];
     }
 
-    int[] Table(Sequence s, int kvLayer)
+    private int CheckLayer(int kvLayer)
     {
-        if ((uint)kvLayer >= (uint)kvLayers)
-            throw new ArgumentOutOfRangeException(nameof(kvLayer), kvLayer, $"the cache has {kvLayers} KV layers");
-        return s.Tables[kvLayer];
+        if ((uint)kvLayer >= (uint)_kvLayers)
+            throw new ArgumentOutOfRangeException(nameof(kvLayer), kvLayer, $"the cache has {_kvLayers} KV layers");
+        return kvLayer;
     }
 
-    void CheckLength(int length)
+    private int[] Table(Sequence s, int kvLayer) => s.Tables[CheckLayer(kvLayer)];
+
+    private void CheckLength(int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
-        if (length > maxSequenceLength)
-            throw new LckvException($"sequence of {length} tokens exceeds the context of {maxSequenceLength}");
+        if (length > _maxSequenceLength)
+            throw new LckvException($"sequence of {length} tokens exceeds the context of {_maxSequenceLength}");
     }
 
     // the table entry of logical block b in KV layer l
-    int Slot(int l, int b) => ringBlocks[l] > 0 ? b % ringBlocks[l] : b;
+    private int TableIndex(int l, int b) => _ringBlocks[l] > 0 ? b % _ringBlocks[l] : b;
 
     // table entries of layer l that hold a block
-    int InUse(Sequence s, int l) => ringBlocks[l] > 0 ? Math.Min(s.Blocks, ringBlocks[l]) : s.Blocks;
+    private int InUse(Sequence s, int l) => _ringBlocks[l] > 0 ? Math.Min(s.States[l].Blocks, _ringBlocks[l]) : s.States[l].Blocks;
 
     // logical blocks [first, end) of a ring visit each table entry once: stop after RingBlocks of them
-    int DistinctEnd(int l, int first, int end) => ringBlocks[l] > 0 ? Math.Min(end, first + ringBlocks[l]) : end;
+    private int DistinctEnd(int l, int first, int end) => _ringBlocks[l] > 0 ? Math.Min(end, first + _ringBlocks[l]) : end;
 
-    // committed positions of block b of s
-    int ValidSlots(Sequence s, int b) => Math.Clamp(s.Length - b * blockSize, 0, blockSize);
+    // committed slots of logical block b when the frontier (first uncommitted logical slot) is at `frontier`
+    private int ValidSlots(int frontier, int b) => Math.Clamp(frontier - b * _blockSize, 0, _blockSize);
 
-    int Allocate()
+    private int Allocate()
     {
         // TryReserve counted the blocks first; failing here is a bookkeeping bug.
-        if (!pool.TryAllocate(out int block)) throw new InvalidOperationException("KV pool ran dry after the blocks were counted");
+        if (!_pool.TryAllocate(out int block)) throw new InvalidOperationException("KV pool ran dry after the blocks were counted");
         return block;
     }
 
-    unsafe int CopyOnWrite(int shared, int slots)
+    private unsafe int CopyOnWrite(int shared, int slots)
     {
         int fresh = Allocate();
         var layout = Layout;
         long bytes = (long)slots * layout.RowElements * DTypes.SizeOf(layout.DType);
         if (bytes > 0)
         {
-            byte* src = (byte*)pool.BlockPointer(shared), dst = (byte*)pool.BlockPointer(fresh);
+            byte* src = (byte*)_pool.BlockPointer(shared), dst = (byte*)_pool.BlockPointer(fresh);
             Buffer.MemoryCopy(src, dst, layout.HalfBytes, bytes);
             Buffer.MemoryCopy(src + layout.HalfBytes, dst + layout.HalfBytes, layout.HalfBytes, bytes);
         }
-        pool.Release(shared);
+        _pool.Release(shared);
         return fresh;
     }
 
-    void ReleaseFrom(Sequence s, int keepBlocks)
+    // releases logical blocks >= keepBlocks of store l
+    private void ReleaseFrom(Sequence s, int l, int keepBlocks)
     {
-        if (keepBlocks >= s.Blocks) return;
-        for (int l = 0; l < kvLayers; l++)
+        var st = s.States[l];
+        if (keepBlocks >= st.Blocks) return;
+        var table = s.Tables[l];
+        int ring = _ringBlocks[l];
+        int from = ring > 0 ? Math.Min(keepBlocks, ring) : keepBlocks, to = ring > 0 ? Math.Min(st.Blocks, ring) : st.Blocks;
+        for (int b = from; b < to; b++)
         {
-            var table = s.Tables[l];
-            int ring = ringBlocks[l];
-            int from = ring > 0 ? Math.Min(keepBlocks, ring) : keepBlocks, to = ring > 0 ? Math.Min(s.Blocks, ring) : s.Blocks;
-            for (int b = from; b < to; b++)
-            {
-                pool.Release(table[b]);
-                table[b] = -1;
-            }
+            _pool.Release(table[b]);
+            table[b] = -1;
         }
-        s.Blocks = keepBlocks;
+        st.Blocks = keepBlocks;
     }
 }

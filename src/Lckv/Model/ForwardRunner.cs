@@ -289,11 +289,10 @@ public sealed class ForwardRunner
             for (int s = 0; s < batch.Length; s++)
             {
                 int n = batch[s].TokenCount;
-                _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], _starts[s] + n,
-                    _cache.BlockTable(batch[s].SequenceId, readKv), _cache.RingBlocks(readKv));
+                _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], _cache.View(batch[s].SequenceId, readKv, n));
             }
             var pool = _cache.Pool;
-            Attention.Compute(q, cfg.NumAttentionHeads, pool.Base, pool.Layout, _attSeqs.AsSpan(0, batch.Length),
+            Attention.Compute(q, cfg.NumAttentionHeads, KvStorage.Paged(pool.Base, pool.Layout), _attSeqs.AsSpan(0, batch.Length),
                 _masks[layer], _scale, att);
         }
         MatMul.Multiply(att, w.O, xn, total);

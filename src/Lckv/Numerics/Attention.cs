@@ -4,17 +4,6 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Lckv.Numerics;
 
-/// <summary>
-/// Geometry of one KV block: K then V, each [BlockSize, KvHeads, HeadDim] in the storage dtype.
-/// Blocks of one pool lie at Base + index * BlockBytes.
-/// </summary>
-public readonly record struct KvLayout(int BlockSize, int KvHeads, int HeadDim, DType DType)
-{
-    public int RowElements => KvHeads * HeadDim;
-    public long HalfBytes => (long)BlockSize * RowElements * DTypes.SizeOf(DType);
-    public long BlockBytes => 2 * HalfBytes;
-}
-
 /// <summary>Which keys a query at position t sees among positions j of the KV it reads.</summary>
 /// <param name="NoDiagonal">true: j &lt; t (upward-reading layers, force_nodiag); false: j &lt;= t.</param>
 /// <param name="Window">0: no window; otherwise also j &gt;= t - Window.</param>
@@ -31,44 +20,12 @@ public readonly record struct MaskRule(bool NoDiagonal, int Window)
     }
 }
 
-/// <summary>One sequence's share of an attention call.</summary>
-/// <param name="QueryRow">first row of this sequence's queries in q and output</param>
-/// <param name="QueryCount">number of query rows</param>
-/// <param name="FirstPosition">absolute position of the first query row; rows are consecutive positions</param>
-/// <param name="KeyCount">keys at positions 0..KeyCount-1 are present; position p lives in block
-/// BlockTable[p / BlockSize] at slot p % BlockSize</param>
-/// <param name="BlockTable">block indices into the pool</param>
-/// <param name="RingBlocks">0: the table is linear. Otherwise the KV is a ring of that many blocks (a sliding-window
-/// layer's bounded store): position p lives in BlockTable[(p / BlockSize) % RingBlocks], and only the last
-/// RingBlocks * BlockSize positions are present, so the mask's window must keep every visible key among them.</param>
-public readonly record struct AttentionSequence(int QueryRow, int QueryCount, int FirstPosition, int KeyCount, int[] BlockTable, int RingBlocks = 0)
-{
-    /// <summary>The table entry holding position p.</summary>
-    public int BlockOf(int p, int blockSize) => RingBlocks > 0 ? p / blockSize % RingBlocks : p / blockSize;
-
-    /// <summary>Throws if the table cannot hold every key the rule lets these queries see.</summary>
-    public void CheckCovers(int blockSize, MaskRule rule)
-    {
-        if (KeyCount <= 0 || QueryCount <= 0) return;
-        if (BlockTable is null) throw new ArgumentException("a sequence has keys but no block table");
-        if (RingBlocks == 0)
-        {
-            if ((long)BlockTable.Length * blockSize < KeyCount) throw new ArgumentException("a sequence's block table does not cover its keys");
-            return;
-        }
-        if (BlockTable.Length < RingBlocks) throw new ArgumentException("a ring's block table is shorter than the ring");
-        // the ring holds the blocks of the newest RingBlocks block indices; the first query's window must start there
-        long firstPresent = Math.Max(0L, ((long)(KeyCount - 1) / blockSize - RingBlocks + 1) * blockSize);
-        long oldestVisible = rule.Window > 0 ? Math.Max(0L, FirstPosition - (long)rule.Window) : 0;
-        if (oldestVisible < firstPresent)
-            throw new ArgumentException($"a KV ring of {RingBlocks} blocks no longer holds position {oldestVisible}, which the mask makes visible");
-    }
-}
-
 /// <summary>
-/// Grouped-query attention over a paged KV store. KV head g serves query heads [g*H/KV, (g+1)*H/KV).
-/// Softmax is online (running max), in f32. A query row with no visible key outputs exactly zero.
-/// The mask is the rule, evaluated here; no mask matrix exists.
+/// Grouped-query attention over KV views (kv-sharing.md §3). KV head g serves query heads [g*H/KV, (g+1)*H/KV).
+/// Softmax is online (running max), in f32. A query row with no visible entry outputs exactly zero. The mask is the
+/// rule, evaluated against each entry's position; no mask matrix exists. On request the kernel writes each (row, head)'s
+/// log-sum-exp of the scaled scores (-inf when nothing is visible) and adds every entry's probability into the view's
+/// score accumulator.
 /// </summary>
 public static unsafe class Attention
 {
@@ -81,76 +38,102 @@ public static unsafe class Attention
     private const int KeyTile = 16;  // keys scored and folded into the running softmax together
     private const int RowChunk = 16; // query rows per work item
 
-    // q is (rows, heads*D), output is (rows, heads*D); poolBase points at block 0
+    /// <summary>Attention over the blocks of one pool (q and output are [rows, heads * D]).</summary>
     public static void Compute(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
-        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output)
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
+        => Compute(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse);
+
+    /// <summary>
+    /// output[row] = softmax(scale * q[row]·kᵀ under the rule) · v for each sequence's rows against its view. lse, when
+    /// not empty ([rows, heads]), receives each row and head's log-sum-exp; views with a score accumulator receive
+    /// the probabilities.
+    /// </summary>
+    public static void Compute(ReadOnlySpan<float> q, int heads, in KvStorage storage,
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
     {
+        var layout = storage.Layout;
         int d = layout.HeadDim, kvHeads = layout.KvHeads;
         if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {kvHeads} KV heads");
         int group = heads / kvHeads;
         if ((long)group * d > 16384 || d > 1024)
         {
-            ComputeReference(q, heads, poolBase, layout, sequences, rule, scale, output);
+            ComputeReference(q, heads, storage, sequences, rule, scale, output, lse);
             return;
         }
         int items = 0;
         foreach (var s in sequences)
         {
             if (s.QueryCount <= 0) continue;
-            long rows = (long)s.QueryRow + s.QueryCount;
-            if (rows * heads * d > q.Length || rows * heads * d > output.Length) throw new ArgumentException("a sequence's rows lie outside q or output");
-            s.CheckCovers(layout.BlockSize, rule);
-            items += kvHeads * ((s.QueryCount + RowChunk - 1) / RowChunk);
+            Validate(s, q.Length, output.Length, lse.Length, heads, layout, rule);
+            items += kvHeads * Chunks(s);
         }
         if (items == 0) return;
-        fixed (float* pq = q, po = output)
-#pragma warning disable CS8500 // the sequences are pinned for the call; the block tables are read through them
+        fixed (float* pq = q, po = output, pl = lse)
+#pragma warning disable CS8500 // the sequences are pinned for the call; the tables are read through them
         fixed (AttentionSequence* ps = sequences)
         {
             var job = new Job
             {
-                Q = pq, O = po, Sequences = ps, SequenceCount = sequences.Length, Heads = heads, Group = group,
-                PoolBase = (byte*)poolBase, Layout = layout, Rule = rule, ScoreScale = scale,
+                Q = pq, O = po, Lse = lse.IsEmpty ? null : pl, Sequences = ps, SequenceCount = sequences.Length, Heads = heads,
+                Group = group, Storage = storage, Rule = rule, ScoreScale = scale,
             };
             // one item is a (sequence, KV head, chunk of query rows); small calls run on the caller
             long work = 0;
-            foreach (var s in sequences) work += (long)s.QueryCount * Math.Max(1, s.KeyCount) * heads * d;
+            foreach (var s in sequences) work += (long)s.QueryCount * Math.Max(1, s.View.Count) * heads * d;
             int grain = work < 1 << 16 ? items : 1;
             WorkerPool.Shared.Run(items, job, grain);
         }
 #pragma warning restore CS8500
     }
 
-    public static void ComputeReference(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
-        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output)
+    // a view with a score accumulator is one item per KV head: its rows add into the same entries
+    private static int Chunks(in AttentionSequence s) => s.View.Scores is not null ? 1 : (s.QueryCount + RowChunk - 1) / RowChunk;
+
+    private static void Validate(in AttentionSequence s, int qLength, int outLength, int lseLength, int heads, KvLayout layout, MaskRule rule)
     {
+        long rows = (long)s.QueryRow + s.QueryCount;
+        if (rows * heads * layout.HeadDim > qLength || rows * heads * layout.HeadDim > outLength)
+            throw new ArgumentException("a sequence's rows lie outside q or output");
+        if (lseLength > 0 && rows * heads > lseLength) throw new ArgumentException("a sequence's rows lie outside lse");
+        s.View.Check(layout, rule, s.FirstPosition, s.QueryCount);
+    }
+
+    /// <summary>The scalar definition: one (row, head, entry) at a time, widened through Convert.</summary>
+    public static void ComputeReference(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
+        => ComputeReference(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse);
+
+    public static void ComputeReference(ReadOnlySpan<float> q, int heads, in KvStorage storage,
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
+    {
+        var layout = storage.Layout;
         int d = layout.HeadDim, kvHeads = layout.KvHeads;
         if (heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {kvHeads} KV heads");
         int group = heads / kvHeads;
-        int es = DTypes.SizeOf(layout.DType);
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
         var acc = new float[d];
-        foreach (var s in sequences) s.CheckCovers(layout.BlockSize, rule);
+        foreach (var s in sequences)
+            if (s.QueryCount > 0) Validate(s, q.Length, output.Length, lse.Length, heads, layout, rule);
         foreach (var s in sequences)
         {
+            var view = s.View;
             for (int r = 0; r < s.QueryCount; r++)
             {
                 int row = s.QueryRow + r, t = s.FirstPosition + r;
-                var (start, end) = rule.Visible(t, s.KeyCount);
                 for (int h = 0; h < heads; h++)
                 {
                     int g = h / group;
+                    var (start, end) = view.Visible(rule, t, g);
                     var qh = q.Slice((row * heads + h) * d, d);
                     var oh = output.Slice((row * heads + h) * d, d);
                     float max = float.NegativeInfinity, sum = 0;
                     Array.Clear(acc);
-                    for (int j = start; j < end; j++)
+                    for (int e = start; e < end; e++)
                     {
-                        nint block = poolBase + (nint)(s.BlockTable[s.BlockOf(j, layout.BlockSize)] * layout.BlockBytes);
-                        nint off = (nint)(((long)(j % layout.BlockSize) * kvHeads + g) * d * es);
-                        Convert.Widen(block + off, layout.DType, k);
-                        Convert.Widen(block + (nint)layout.HalfBytes + off, layout.DType, v);
+                        nint kr = (nint)view.KeyRow(storage, e, g);
+                        Convert.Widen(kr, layout.DType, k);
+                        Convert.Widen(kr + (nint)storage.ValueOffset, layout.DType, v);
                         float dot = 0;
                         for (int i = 0; i < d; i++) dot += qh[i] * k[i];
                         dot *= scale;
@@ -167,6 +150,16 @@ public static unsafe class Attention
                     }
                     float inv = end > start ? 1f / sum : 0f;
                     for (int i = 0; i < d; i++) oh[i] = acc[i] * inv;
+                    float l = end > start ? max + MathF.Log(sum) : float.NegativeInfinity;
+                    if (!lse.IsEmpty) lse[row * heads + h] = l;
+                    if (view.Scores is null) continue;
+                    for (int e = start; e < end; e++)
+                    {
+                        Convert.Widen((nint)view.KeyRow(storage, e, g), layout.DType, k);
+                        float dot = 0;
+                        for (int i = 0; i < d; i++) dot += qh[i] * k[i];
+                        view.Scores[g * view.Stride + e] += MathF.Exp(dot * scale - l);
+                    }
                 }
             }
         }
@@ -174,37 +167,34 @@ public static unsafe class Attention
 
     private struct Job : IRangeBody
     {
-        public float* Q, O;
+        public float* Q, O, Lse;
 #pragma warning disable CS8500
         public AttentionSequence* Sequences;
 #pragma warning restore CS8500
         public int SequenceCount, Heads, Group;
-        public byte* PoolBase;
-        public KvLayout Layout;
+        public KvStorage Storage;
         public MaskRule Rule;
         public float ScoreScale;
 
         public readonly void Invoke(int start, int end)
         {
-            int kvHeads = Layout.KvHeads;
+            int kvHeads = Storage.Layout.KvHeads;
             int item = 0;
             for (int si = 0; si < SequenceCount && item < end; si++)
             {
                 ref readonly var s = ref Sequences[si];
                 if (s.QueryCount <= 0) continue;
-                int chunks = (s.QueryCount + RowChunk - 1) / RowChunk;
+                int chunks = Chunks(in s), rowsPerChunk = s.View.Scores is not null ? s.QueryCount : RowChunk;
                 int count = kvHeads * chunks;
                 if (item + count <= start) { item += count; continue; }
                 for (int local = Math.Max(0, start - item); local < count && item + local < end; local++)
                 {
                     int g = local / chunks, c = local % chunks;
-                    int r0 = c * RowChunk, r1 = Math.Min(s.QueryCount, r0 + RowChunk);
+                    int r0 = c * rowsPerChunk, r1 = Math.Min(s.QueryCount, r0 + rowsPerChunk);
                     if (Sse.IsSupported && item + local + 1 < end)
                     {
                         // the next item's first tile of keys and values, so that its first scores do not wait on memory
-                        // (the kernels prefetch only within an item; at decode a short context is one or two tiles):
-                        // `small` batch-16 decode, interleaved steps in one process, 1-2% faster
-                        if (local + 1 < count) PrefetchFirstTile(in s, (local + 1) / chunks, (local + 1) % chunks * RowChunk);
+                        if (local + 1 < count) PrefetchFirstTile(in s, (local + 1) / chunks, (local + 1) % chunks * rowsPerChunk);
                         else
                         {
                             int sn = si + 1;
@@ -212,8 +202,8 @@ public static unsafe class Attention
                             if (sn < SequenceCount) PrefetchFirstTile(in Sequences[sn], 0, 0);
                         }
                     }
-                    bool fast = Vector512.IsHardwareAccelerated && Layout.HeadDim == 64;
-                    switch (Layout.DType)
+                    bool fast = Vector512.IsHardwareAccelerated && Storage.Layout.HeadDim == 64;
+                    switch (Storage.Layout.DType)
                     {
                         case DType.F32 when fast: Segments64<F32Element>(in s, g, r0, r1); break;
                         case DType.BF16 when fast: Segments64<BF16Element>(in s, g, r0, r1); break;
@@ -221,7 +211,7 @@ public static unsafe class Attention
                         case DType.F32: Rows<F32Element>(in s, g, r0, r1); break;
                         case DType.BF16: Rows<BF16Element>(in s, g, r0, r1); break;
                         case DType.F16: Rows<F16Element>(in s, g, r0, r1); break;
-                        default: throw new ArgumentException($"KV dtype {Layout.DType} is not supported");
+                        default: throw new ArgumentException($"KV dtype {Storage.Layout.DType} is not supported");
                     }
                 }
                 item += count;
@@ -231,17 +221,45 @@ public static unsafe class Attention
         // the keys and values of KV head g that query row r0 of s sees first (up to a tile), prefetched into L1
         private readonly void PrefetchFirstTile(in AttentionSequence s, int g, int r0)
         {
-            var (start, end) = Rule.Visible(s.FirstPosition + r0, s.KeyCount);
-            int bs = Layout.BlockSize;
-            long rowBytes = (long)Layout.HeadDim * DTypes.SizeOf(Layout.DType), keyStride = Layout.KvHeads * rowBytes;
-            long half = Layout.HalfBytes, blockBytes = 2 * half;
-            int[] table = s.BlockTable;
-            int ring = s.RingBlocks, block = start / bs, slot = start % bs; // walked forward, no division per key
-            for (int j = start, last = Math.Min(end, start + KeyTile); j < last; j++)
+            var (start, end) = s.View.Visible(Rule, s.FirstPosition + r0, g);
+            int n = Math.Min(end - start, KeyTile);
+            if (n <= 0) return;
+            byte** rows = stackalloc byte*[KeyTile];
+            s.View.KeyRows(in Storage, start, n, g, rows);
+            long rowBytes = Storage.HeadBytes, vOff = Storage.ValueOffset;
+            for (int j = 0; j < n; j++)
+                for (long b = 0; b < rowBytes; b += 64) { Sse.Prefetch0(rows[j] + b); Sse.Prefetch0(rows[j] + vOff + b); }
+        }
+
+        // the log-sum-exp of each head of row `row` (group heads from g * group), and the probabilities into the view's
+        // accumulator: a second pass over the visible keys, scores recomputed
+        private readonly void Finish<TE>(in AttentionSequence s, int g, int row, float* qRow, int start, int end, float* max,
+            float* sum, float* kt) where TE : struct, IElement
+        {
+            int group = Group, d = Storage.Layout.HeadDim;
+            float* lse = stackalloc float[group];
+            for (int h = 0; h < group; h++)
             {
-                byte* row = PoolBase + table[ring > 0 ? block % ring : block] * blockBytes + slot * keyStride + g * rowBytes;
-                for (long b = 0; b < rowBytes; b += 64) { Sse.Prefetch0(row + b); Sse.Prefetch0(row + half + b); }
-                if (++slot == bs) { slot = 0; block++; }
+                lse[h] = end > start ? max[h] + MathF.Log(sum[h]) : float.NegativeInfinity;
+                if (Lse != null) Lse[(long)row * Heads + g * group + h] = lse[h];
+            }
+            var scores = s.View.Scores;
+            if (scores is null || end <= start) return;
+            byte** rows = stackalloc byte*[KeyTile];
+            fixed (float* acc = &scores[g * s.View.Stride])
+            {
+                for (int j0 = start; j0 < end; j0 += KeyTile)
+                {
+                    int nk = Math.Min(KeyTile, end - j0);
+                    s.View.KeyRows(in Storage, j0, nk, g, rows);
+                    for (int jj = 0; jj < nk; jj++)
+                    {
+                        Simd.Widen<TE>(rows[jj], kt, d);
+                        float p = 0;
+                        for (int h = 0; h < group; h++) p += MathF.Exp(Dot(qRow + h * d, kt, d) * ScoreScale - lse[h]);
+                        acc[j0 + jj] += p;
+                    }
+                }
             }
         }
 
@@ -249,26 +267,26 @@ public static unsafe class Attention
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private readonly void Rows<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
         {
-            int d = Layout.HeadDim, group = Group, kvHeads = Layout.KvHeads, bs = Layout.BlockSize;
-            long blockBytes = Layout.BlockBytes, half = Layout.HalfBytes;
-            long rowBytes = (long)d * TE.Size;
+            int d = Storage.Layout.HeadDim, group = Group;
+            long vOff = Storage.ValueOffset;
             float* acc = stackalloc float[group * d];          // (group, d) running sum of p * v
             float* scores = stackalloc float[group * KeyTile]; // (group, KeyTile)
             float* kt = stackalloc float[KeyTile * d];         // (KeyTile, d) widened keys
             float* vt = stackalloc float[KeyTile * d];         // (KeyTile, d) widened values
             float* max = stackalloc float[group];
             float* sum = stackalloc float[group];
-            int[] table = s.BlockTable;
-            int ring = s.RingBlocks;
+            byte** rows = stackalloc byte*[KeyTile];
+            bool finish = Lse != null || s.View.Scores is not null;
             for (int r = r0; r < r1; r++)
             {
                 int row = s.QueryRow + r, t = s.FirstPosition + r;
-                var (start, end) = Rule.Visible(t, s.KeyCount);
+                var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;   // (group, d)
                 float* oRow = O + ((long)row * Heads + g * group) * d;   // (group, d)
                 if (end <= start)
                 {
                     new Span<float>(oRow, group * d).Clear();
+                    if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, kt);
                     continue;
                 }
                 new Span<float>(acc, group * d).Clear();
@@ -276,13 +294,11 @@ public static unsafe class Attention
                 for (int j0 = start; j0 < end; j0 += KeyTile)
                 {
                     int nk = Math.Min(KeyTile, end - j0);
+                    s.View.KeyRows(in Storage, j0, nk, g, rows);
                     for (int jj = 0; jj < nk; jj++)
                     {
-                        int j = j0 + jj;
-                        int slot = ring > 0 ? j / bs % ring : j / bs;
-                        byte* kRow = PoolBase + table[slot] * blockBytes + ((long)(j % bs) * kvHeads + g) * rowBytes;
-                        Simd.Widen<TE>(kRow, kt + jj * d, d);
-                        Simd.Widen<TE>(kRow + half, vt + jj * d, d);
+                        Simd.Widen<TE>(rows[jj], kt + jj * d, d);
+                        Simd.Widen<TE>(rows[jj] + vOff, vt + jj * d, d);
                     }
                     for (int h = 0; h < group; h++)
                     {
@@ -292,6 +308,7 @@ public static unsafe class Attention
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+                if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, kt);
             }
         }
 
@@ -305,18 +322,15 @@ public static unsafe class Attention
         // Head_dim 64 on 512-bit hardware, keys in segments: first every score of the segment (each key row is loaded
         // once for all query heads of the group), then one max, exp and sum per head, then the p * v sums (each value
         // row loaded once per chunk of up to 4 heads, the accumulators in registers). The running max and sum carry
-        // across segments (the accumulators are rescaled once per segment). Compared with folding 16 keys at a time,
-        // the dependent chain score -> max -> exp -> p * v runs once per segment instead of once per 16 keys and head.
-        // Measured against that (2 threads, f32 KV in L2/L3, one query row per sequence): 32 query heads on 4 KV heads,
-        // 1 x 1024 keys 83 -> 48 us, 4 x 512 keys 164 -> 99 us; 8 on 4, 16 x 64 keys 48-50 -> 31-35 us. In the `small`
-        // batch-16 decode (KV from memory) the step time is unchanged (interleaved steps: 0.99-1.00).
+        // across segments, so the dependent chain score -> max -> exp -> p * v runs once per segment instead of once
+        // per 16 keys and head.
         [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
         private readonly void Segments64<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
         {
             const int d = 64;
-            int group = Group, kvHeads = Layout.KvHeads, bs = Layout.BlockSize;
-            long blockBytes = Layout.BlockBytes, half = Layout.HalfBytes;
-            long rowBytes = (long)d * TE.Size, keyStride = kvHeads * rowBytes;
+            int group = Group;
+            long half = Storage.ValueOffset;
+            long rowBytes = (long)d * TE.Size;
             bool inPlace = typeof(TE) == typeof(F32Element);
             int seg = SegmentKeys(group, inPlace);
             float* acc = stackalloc float[group * d];
@@ -328,31 +342,27 @@ public static unsafe class Attention
             float** vrows = stackalloc float*[seg];
             float* kt = stackalloc float[inPlace ? 1 : KeyTile * d]; // widened keys of a tile
             float* vs = stackalloc float[inPlace ? 1 : seg * d];     // widened values of a segment
-            int[] table = s.BlockTable;
-            int ring = s.RingBlocks;
+            float* kf = stackalloc float[inPlace && s.View.Scores is not null ? d : 1]; // scratch of Finish
+            bool finish = Lse != null || s.View.Scores is not null;
             var scale = Vector128.Create(ScoreScale);
             for (int r = r0; r < r1; r++)
             {
                 int row = s.QueryRow + r, t = s.FirstPosition + r;
-                var (start, end) = Rule.Visible(t, s.KeyCount);
+                var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;
                 float* oRow = O + ((long)row * Heads + g * group) * d;
                 if (end <= start)
                 {
                     new Span<float>(oRow, group * d).Clear();
+                    if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, inPlace ? kf : kt);
                     continue;
                 }
                 new Span<float>(acc, group * d).Clear();
                 for (int h = 0; h < group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
-                int block = start / bs, slot = start % bs; // walked forward, no division per key
                 for (int j0 = start; j0 < end; j0 += seg)
                 {
                     int n = Math.Min(seg, end - j0);
-                    for (int jj = 0; jj < n; jj++)
-                    {
-                        rows[jj] = PoolBase + table[ring > 0 ? block % ring : block] * blockBytes + slot * keyStride + g * rowBytes;
-                        if (++slot == bs) { slot = 0; block++; }
-                    }
+                    s.View.KeyRows(in Storage, j0, n, g, rows);
                     // scores, a tile of 16 keys at a time (the next tile's keys to L1, this tile's values to L2)
                     for (int t0 = 0; t0 < n; t0 += KeyTile)
                     {
@@ -434,6 +444,7 @@ public static unsafe class Attention
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+                if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, inPlace ? kf : kt);
             }
         }
 

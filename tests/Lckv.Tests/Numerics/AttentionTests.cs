@@ -59,7 +59,7 @@ public class AttentionTests(ITestOutputHelper output)
         {
             var layout = new KvLayout(4, 2, d, dtype);
             using var pool = FillPool(rng, layout, 5);
-            var seqs = new[] { new AttentionSequence(0, 3, 17, 20, [4, 1, 3], RingBlocks: 3), new AttentionSequence(3, 1, 13, 14, [0, 2, 4], RingBlocks: 3) };
+            var seqs = new[] { new AttentionSequence(0, 3, 17, KvView.RingOf([4, 1, 3], 3, 4, 20)), new AttentionSequence(3, 1, 13, KvView.RingOf([0, 2, 4], 3, 4, 14)) };
             var rule = new MaskRule(false, 7);
             int heads = 2 * 4;
             var q = TestData.Random(rng, 4 * heads * d, 2f);
@@ -79,7 +79,7 @@ public class AttentionTests(ITestOutputHelper output)
         var layout = new KvLayout(4, 1, 8, DType.F32);
         using var pool = FillPool(rng, layout, 2);
         // NoDiagonal: the query at position 0 sees nothing; a sequence with no keys sees nothing
-        var seqs = new[] { new AttentionSequence(0, 3, 0, 3, [1]), new AttentionSequence(3, 1, 0, 0, []) };
+        var seqs = new[] { AttentionSequence.Linear(0, 3, 0, 3, [1]), AttentionSequence.Linear(3, 1, 0, 0, []) };
         var q = TestData.Random(rng, 4 * 2 * 8);
         var o = new float[q.Length];
         Array.Fill(o, float.NaN);
@@ -112,7 +112,7 @@ public class AttentionTests(ITestOutputHelper output)
         {
             var (nq, first, keys) = shapes[i];
             int nb = (keys + blockSize - 1) / blockSize;
-            seqs[i] = new AttentionSequence(row, nq, first, keys, order[used..(used + nb)]);
+            seqs[i] = AttentionSequence.Linear(row, nq, first, keys, order[used..(used + nb)]);
             used += nb;
             row += nq;
         }

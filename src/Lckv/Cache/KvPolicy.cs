@@ -1,0 +1,130 @@
+using Lckv.Numerics;
+
+namespace Lckv.Cache;
+
+/// <summary>
+/// What one store (the cache of one KV-computing layer) keeps for one sequence: its committed entries, and for a policy
+/// that evicts, each entry's position and attention score per KV head ([KvHeads, Capacity], entry e of head g at
+/// g * Capacity + e, positions increasing in e).
+/// </summary>
+public sealed class KvStoreState
+{
+    /// <summary>Committed entries (positional stores: the committed length).</summary>
+    public int Count;
+    /// <summary>Logical blocks allocated so far (a ring uses the table cyclically).</summary>
+    public int Blocks;
+    public int[]? Positions;
+    public float[]? Scores;
+    public int Capacity;
+
+    internal KvStoreState Clone() => new()
+    {
+        Count = Count, Blocks = Blocks, Positions = (int[]?)Positions?.Clone(), Scores = (float[]?)Scores?.Clone(), Capacity = Capacity,
+    };
+}
+
+/// <summary>
+/// The rule of one store: where a position's K/V goes (the position-to-slot mapping), how many blocks a sequence needs,
+/// what the attention kernel sees, and what happens after each step (eviction). Positional policies (full, ring) keep
+/// position p in logical slot p; evicting policies keep entries in arrival order, compacted, with explicit positions.
+/// One policy object serves every sequence; per-sequence data lives in <see cref="KvStoreState"/>.
+/// </summary>
+public abstract class KvPolicy
+{
+    /// <summary>Entries of one sequence's block table for a context of maxSequenceLength positions.</summary>
+    public abstract int TableLength(int maxSequenceLength, int blockSize);
+
+    /// <summary>0 when the table is linear, else the number of table entries used cyclically.</summary>
+    public virtual int RingBlocks(int blockSize) => 0;
+
+    /// <summary>True when entries are stored in arrival order with explicit positions (the policy evicts).</summary>
+    public virtual bool Compacts => false;
+
+    /// <summary>True when entries carry attention scores that the kernel accumulates.</summary>
+    public virtual bool TracksScores => false;
+
+    /// <summary>Pool blocks this store holds for one sequence of `tokens` positions.</summary>
+    public abstract long BlocksFor(long tokens, int blockSize);
+
+    /// <summary>Runs after a step committed its positions (the last position is length - 1); may evict entries.</summary>
+    public virtual void AfterStep(KvStoreEditor store, int length) { }
+
+    /// <summary>Receives each evicted entry (K and V as stored, widened to f32) before it is dropped; for a low-rank
+    /// state of what was evicted.</summary>
+    public virtual void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) { }
+
+    internal virtual KvStoreState CreateState(int kvHeads) => new();
+}
+
+/// <summary>Every position kept, position p in logical slot p.</summary>
+public sealed class FullPolicy : KvPolicy
+{
+    public static readonly FullPolicy Instance = new();
+
+    public override int TableLength(int maxSequenceLength, int blockSize) => (int)KvCache.BlocksFor(maxSequenceLength, blockSize);
+    public override long BlocksFor(long tokens, int blockSize) => KvCache.BlocksFor(tokens, blockSize);
+}
+
+/// <summary>
+/// A sliding-window store: a ring of blocks that keeps the newest positions (at least Positions of them), position p in
+/// table entry (p / BlockSize) % RingBlocks. Older positions are overwritten; the mask's window must not reach them.
+/// </summary>
+public sealed class WindowPolicy(int positions) : KvPolicy
+{
+    public int Positions { get; } = positions > 0 ? positions : throw new ArgumentOutOfRangeException(nameof(positions));
+
+    public override int RingBlocks(int blockSize) => (int)KvCache.BlocksFor(Positions, blockSize);
+    public override int TableLength(int maxSequenceLength, int blockSize) => RingBlocks(blockSize);
+    public override long BlocksFor(long tokens, int blockSize) => Math.Min(KvCache.BlocksFor(tokens, blockSize), RingBlocks(blockSize));
+}
+
+/// <summary>
+/// Base of policies that evict: a sequence's entries never exceed Capacity (the budget plus one step's tokens), kept in
+/// position order and compacted after each eviction. Subclasses choose which entries each KV head keeps.
+/// </summary>
+public abstract class EvictingPolicy(int capacity) : KvPolicy
+{
+    public int Capacity { get; } = capacity > 0 ? capacity : throw new ArgumentOutOfRangeException(nameof(capacity));
+
+    public override bool Compacts => true;
+    public override int TableLength(int maxSequenceLength, int blockSize) => (int)KvCache.BlocksFor(Math.Min(Capacity, maxSequenceLength), blockSize);
+    public override long BlocksFor(long tokens, int blockSize) => KvCache.BlocksFor(Math.Min(tokens, Capacity), blockSize);
+
+    internal override KvStoreState CreateState(int kvHeads) => new()
+    {
+        Capacity = Capacity, Positions = new int[kvHeads * Capacity], Scores = TracksScores ? new float[kvHeads * Capacity] : null,
+    };
+}
+
+/// <summary>
+/// A policy's access to one (sequence, store) after a step: read entries, and keep a subset of each KV head's entries
+/// (the rest are handed to <see cref="KvPolicy.OnEvicted"/>, then dropped and their blocks freed).
+/// </summary>
+public readonly ref struct KvStoreEditor
+{
+    private readonly KvCache _cache;
+    private readonly int _sequence, _kvLayer;
+
+    internal KvStoreEditor(KvCache cache, int sequence, int kvLayer)
+    {
+        _cache = cache;
+        _sequence = sequence;
+        _kvLayer = kvLayer;
+        State = cache.StateOf(sequence, kvLayer);
+    }
+
+    public KvStoreState State { get; }
+    public int Count => State.Count;
+    public int KvHeads => _cache.Layout.KvHeads;
+    public int HeadDim => _cache.Layout.HeadDim;
+    public int PositionOf(int entry, int kvHead) => State.Positions![kvHead * State.Capacity + entry];
+
+    /// <summary>K and V of one entry of one KV head, widened to f32 ([HeadDim] each).</summary>
+    public void Read(int entry, int kvHead, Span<float> k, Span<float> v) => _cache.ReadEntry(_sequence, _kvLayer, entry, kvHead, k, v);
+
+    /// <summary>
+    /// Keeps the entries `kept` (increasing, the same count for every head) of each KV head and evicts the others:
+    /// kept[g * keep + i] is the i-th kept entry of head g. Evicted entries go to the policy's OnEvicted first.
+    /// </summary>
+    public void Keep(ReadOnlySpan<int> kept, int keep) => _cache.Compact(_sequence, _kvLayer, kept, keep);
+}
