@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Lckv.Cache;
 using Lckv.Formats;
 using Lckv.Numerics;
@@ -28,9 +29,11 @@ public enum PrefillMode
 /// <summary>
 /// Evaluates steps of a batch of sequences against a KV cache: one matrix multiply per projection for all rows of
 /// the step, KV written in place into the cache, attention reading the cache of each layer's target. Owns the
-/// scratch buffers, sized once for at most MaxRows rows per step.
+/// scratch buffers, sized once for at most MaxRows rows per step. A step of a layout with upward-reading layers that
+/// mixes prompts with decoding sequences runs as sub-steps: the prompts through the iteration plan, the decodes in one
+/// pass, and only sequences the plan cannot take (continuations, short prompts under the prefill rule) token by token.
 /// </summary>
-public sealed class ForwardRunner
+public sealed class ForwardRunner : IPlanHost, IKvStores
 {
     private readonly LlamaModel _model;
     private readonly KvCache _cache;
@@ -39,16 +42,22 @@ public sealed class ForwardRunner
     private readonly int[] _positions;
     private readonly AttentionSequence[] _attSeqs;
     private readonly int[] _starts, _rowStarts;
-    private readonly MaskRule[] _masks;
-    private readonly float _scale;
+    private readonly StepSequence[] _batch;
+    private readonly ForwardContext _ctx;
+    private readonly LayerBuffers _buffers;
     private readonly IReadOnlyList<PlanPass> _plan;   // whole sequences (multi-token steps)
     private readonly IReadOnlyList<PlanPass> _onePass; // one token per sequence: every layer once
+    private int _batchCount;
 
     public int MaxRows { get; }
     public int MaxSequences { get; }
     public PrefillMode Prefill { get; set; } = PrefillMode.Auto;
     public LlamaModel Model => _model;
     public KvCache Cache => _cache;
+
+    /// <summary>Evaluations of the layer stack so far: one per step, or per sub-step of a mixed step, or per token
+    /// of a sequence evaluated token by token.</summary>
+    public long Evaluations { get; private set; }
 
     public ForwardRunner(LlamaModel model, KvCache cache, int maxRows, int maxSequences)
     {
@@ -77,15 +86,20 @@ public sealed class ForwardRunner
         _attSeqs = new AttentionSequence[size.Sequences];
         _starts = new int[size.Sequences];
         _rowStarts = new int[size.Sequences];
-        _masks = new MaskRule[size.Layers];
-        for (int i = 0; i < c.NumHiddenLayers; i++) _masks[i] = model.Map.Mask(i, c.ForceNoDiag, c.SlidingWindow);
+        _batch = new StepSequence[size.Sequences];
         for (int kv = 0; kv < cache.KvLayers; kv++)
         {
             int ring = cache.RingBlocks(kv);
             if (ring > 0 && (long)ring * cache.Layout.BlockSize < (long)c.SlidingWindow + maxRows + cache.Layout.BlockSize)
                 throw new ArgumentException($"KV layer {kv}'s ring of {ring} blocks is too small for steps of {maxRows} rows (create the cache with LlamaModel.CreateCache)");
         }
-        _scale = 1f / MathF.Sqrt(c.HeadDim);
+        _ctx = new ForwardContext(c, model.Map, model.Rope) { Positions = _positions };
+        // one scratch set for every layer: the residual stream in place, the normalised input doubling as o_proj's
+        // and down_proj's output, the activation in the gate's buffer
+        _buffers = new LayerBuffers
+        {
+            X = _x, Xn1 = _xn, Q = _q, Att = _att, H1 = _x, Xn2 = _xn, G = _gate, U = _up, A = _gate, Tmp = _xn, Out = _x,
+        };
         _plan = IterationPlan.Build(model.Map, c.ForwardPasses, c.BackwardPasses);
         _onePass = [new PlanPass(0, model.Map.LayerCount, false, true)];
     }
@@ -93,7 +107,7 @@ public sealed class ForwardRunner
     /// <summary>
     /// Bytes of the scratch buffers a runner for this config allocates (array elements, headers excluded): three
     /// [rows, hidden], two [rows, heads*head_dim], two [rows, kv_heads*head_dim], two [rows, intermediate] f32 buffers,
-    /// the row positions, the per-sequence tables and one mask per layer. The constructor allocates from the same sizes.
+    /// the row positions and the per-sequence tables. The constructor allocates from the same sizes.
     /// </summary>
     public static long ScratchBytes(ModelConfig config, int maxRows, int maxSequences)
         => ScratchSizes.For(config, maxRows, maxSequences).Bytes;
@@ -102,16 +116,16 @@ public sealed class ForwardRunner
     public long AllocatedScratchBytes
         => sizeof(float) * ((long)_x.Length + _xIn.Length + _xn.Length + _q.Length + _k.Length + _v.Length + _att.Length + _gate.Length + _up.Length)
            + sizeof(int) * ((long)_positions.Length + _starts.Length + _rowStarts.Length)
-           + (long)Unsafe.SizeOf<AttentionSequence>() * _attSeqs.Length + (long)Unsafe.SizeOf<MaskRule>() * _masks.Length;
+           + (long)Unsafe.SizeOf<AttentionSequence>() * _attSeqs.Length + (long)Unsafe.SizeOf<StepSequence>() * _batch.Length;
 
     /// <summary>Element counts of every scratch array; the one place the constructor and ScratchBytes read them from.</summary>
-    private readonly record struct ScratchSizes(int Rows, int Sequences, int Layers, int Hidden, int Query, int KeyValue, int Intermediate)
+    private readonly record struct ScratchSizes(int Rows, int Sequences, int Hidden, int Query, int KeyValue, int Intermediate)
     {
         public static ScratchSizes For(ModelConfig c, int maxRows, int maxSequences)
         {
             if (maxRows <= 0) throw new ArgumentOutOfRangeException(nameof(maxRows), maxRows, "a runner needs at least one row");
             if (maxSequences <= 0) throw new ArgumentOutOfRangeException(nameof(maxSequences), maxSequences, "a runner needs at least one sequence");
-            return new ScratchSizes(maxRows, maxSequences, c.NumHiddenLayers, checked(maxRows * c.HiddenSize),
+            return new ScratchSizes(maxRows, maxSequences, checked(maxRows * c.HiddenSize),
                 checked(maxRows * c.NumAttentionHeads * c.HeadDim), checked(maxRows * c.NumKeyValueHeads * c.HeadDim),
                 checked(maxRows * c.IntermediateSize));
         }
@@ -119,92 +133,104 @@ public sealed class ForwardRunner
         public long Bytes
             => sizeof(float) * (3L * Hidden + 2L * Query + 2L * KeyValue + 2L * Intermediate)
                + sizeof(int) * ((long)Rows + 2L * Sequences)
-               + (long)Unsafe.SizeOf<AttentionSequence>() * Sequences + (long)Unsafe.SizeOf<MaskRule>() * Layers;
+               + (long)Unsafe.SizeOf<AttentionSequence>() * Sequences + (long)Unsafe.SizeOf<StepSequence>() * Sequences;
     }
 
     /// <summary>
     /// Evaluates the new tokens of each sequence (tokens: the sequences' tokens concatenated in batch order), writes
-    /// their KV at positions Length(seq).., advances each sequence's length, and writes logits
-    /// ([rows, vocab]: every token, or the last of each sequence) into logits. The caller reserves cache space first.
+    /// their KV at positions Length(seq).., commits each sequence's length (the stores' policies run), and writes
+    /// logits ([rows, vocab]: every token, or the last of each sequence) into logits. The caller reserves cache space first.
     /// </summary>
     public void Run(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, LogitsRows rows, Span<float> logits)
     {
         int total = Validate(batch, tokens, rows, logits);
-        var map = _model.Map;
-        bool multi = false;
-        foreach (var s in batch) multi |= s.TokenCount > 1;
-        if (multi && map.AnyAttendsTop && !UsePlan(batch))
+        bool multi = false, allPlan = true;
+        foreach (var s in batch)
         {
-            RunSequential(batch, tokens, rows, logits);
+            multi |= s.TokenCount > 1;
+            allPlan &= UsePlan(s);
+        }
+        if (!multi || !_model.Map.AnyAttendsTop || allPlan)
+        {
+            Evaluate(batch, tokens, total, rows, logits, multi);
             return;
         }
-        var plan = multi ? _plan : _onePass;
-        Prepare(batch, total);
-        Embed(tokens, total);
-        for (int p = 0; p < plan.Count; p++)
-        {
-            var pass = plan[p];
-            bool firstOfGroup = p == 0 || plan[p - 1].Start != pass.Start;
-            // every pass of a group starts from the group's input; only the last one advances the hidden state
-            if (firstOfGroup && !pass.Advances) Array.Copy(_x, _xIn, total * _hidden);
-            for (int layer = pass.Start; layer < pass.End; layer++)
-                RunLayer(layer, batch, total, zeroUpward: multi && firstOfGroup);
-            if (!pass.Advances) Array.Copy(_xIn, _x, total * _hidden);
-        }
-        for (int s = 0; s < batch.Length; s++)
-            _cache.SetLength(batch[s].SequenceId, _starts[s] + batch[s].TokenCount);
-        Head(batch, total, rows, logits);
+        RunMixed(batch, tokens, rows, logits);
     }
 
-    private bool UsePlan(ReadOnlySpan<StepSequence> batch)
+    // whether the iteration plan evaluates this sequence's tokens (it must start at position 0)
+    private bool UsePlan(StepSequence s)
     {
         var c = _model.Config;
         if (Prefill == PrefillMode.Sequential || (Prefill == PrefillMode.Auto && c.UseSequential)) return false;
-        for (int s = 0; s < batch.Length; s++)
-        {
-            // the plan evaluates whole sequences from position 0; a continuation goes token by token
-            if (_cache.Length(batch[s].SequenceId) != 0) return false;
-            // the prefill rule: a prompt of at most m+b tokens goes token by token
-            if (Prefill == PrefillMode.Auto && batch[s].TokenCount <= c.ForwardPasses + c.BackwardPasses) return false;
-        }
-        return true;
+        if (_cache.Length(s.SequenceId) != 0) return false;
+        // the prefill rule: a prompt of at most m+b tokens goes token by token
+        return Prefill != PrefillMode.Auto || s.TokenCount > c.ForwardPasses + c.BackwardPasses;
     }
 
-    /// <summary>Token by token for every sequence: the exact definition (§5), used when the plan does not apply.</summary>
-    private void RunSequential(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, LogitsRows rows, Span<float> logits)
+    private enum Route { Plan, Decode, Sequential }
+
+    /// <summary>
+    /// A multi-token step of an upward layout that the plan cannot take whole: sequences whose prompts the plan takes
+    /// go in one sub-step, one-token sequences in another, and the rest token by token (exact, kv-sharing.md §5).
+    /// </summary>
+    private void RunMixed(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, LogitsRows rows, Span<float> logits)
     {
-        int maxLen = 0;
-        foreach (var s in batch) maxLen = Math.Max(maxLen, s.TokenCount);
-        Span<StepSequence> one = stackalloc StepSequence[batch.Length];
-        Span<int> stepTokens = stackalloc int[batch.Length];
-        Span<int> stepToBatch = stackalloc int[batch.Length];
-        Span<int> tokenStart = stackalloc int[batch.Length];
-        Span<int> logitRow = stackalloc int[batch.Length];
-        int v = _model.Vocab;
-        for (int s = 0, t = 0, r = 0; s < batch.Length; s++)
+        int v = _model.Vocab, n = batch.Length;
+        var routes = new Route[n];
+        var tokenStart = new int[n];
+        var logitRow = new int[n];
+        for (int s = 0, t = 0, r = 0; s < n; s++)
         {
+            routes[s] = batch[s].TokenCount == 1 ? Route.Decode : UsePlan(batch[s]) ? Route.Plan : Route.Sequential;
             tokenStart[s] = t;
             t += batch[s].TokenCount;
             logitRow[s] = r;
             r += rows == LogitsRows.All ? batch[s].TokenCount : 1;
         }
-        var stepLogits = new float[batch.Length * v];
+        var sub = new List<StepSequence>(n);
+        var subTokens = new List<int>();
+        var owners = new List<int>(n);
+        foreach (var route in new[] { Route.Plan, Route.Decode })
+        {
+            sub.Clear(); subTokens.Clear(); owners.Clear();
+            for (int s = 0; s < n; s++)
+            {
+                if (routes[s] != route) continue;
+                sub.Add(batch[s]);
+                owners.Add(s);
+                subTokens.AddRange(tokens.Slice(tokenStart[s], batch[s].TokenCount));
+            }
+            if (sub.Count == 0) continue;
+            int subRows = rows == LogitsRows.All ? subTokens.Count : sub.Count;
+            var subLogits = new float[(long)subRows * v];
+            Evaluate(CollectionsMarshal.AsSpan(sub), CollectionsMarshal.AsSpan(subTokens), subTokens.Count, rows, subLogits, route == Route.Plan);
+            for (int j = 0, r = 0; j < sub.Count; j++)
+            {
+                int s = owners[j], count = rows == LogitsRows.All ? sub[j].TokenCount : 1;
+                subLogits.AsSpan(r * v, count * v).CopyTo(logits.Slice(logitRow[s] * v, count * v));
+                r += count;
+            }
+        }
+        // token by token for the rest: each round one token of every such sequence
+        int maxLen = 0;
+        for (int s = 0; s < n; s++) if (routes[s] == Route.Sequential) maxLen = Math.Max(maxLen, batch[s].TokenCount);
+        var stepLogits = new float[(long)n * v];
         for (int t = 0; t < maxLen; t++)
         {
-            int n = 0;
-            for (int s = 0; s < batch.Length; s++)
+            sub.Clear(); subTokens.Clear(); owners.Clear();
+            for (int s = 0; s < n; s++)
             {
-                if (t >= batch[s].TokenCount) continue;
-                one[n] = new StepSequence(batch[s].SequenceId, 1);
-                stepTokens[n] = tokens[tokenStart[s] + t];
-                stepToBatch[n++] = s;
+                if (routes[s] != Route.Sequential || t >= batch[s].TokenCount) continue;
+                sub.Add(new StepSequence(batch[s].SequenceId, 1));
+                subTokens.Add(tokens[tokenStart[s] + t]);
+                owners.Add(s);
             }
-            Run(one[..n], stepTokens[..n], LogitsRows.Last, stepLogits);
-            for (int j = 0; j < n; j++)
+            Evaluate(CollectionsMarshal.AsSpan(sub), CollectionsMarshal.AsSpan(subTokens), sub.Count, LogitsRows.Last, stepLogits, multi: false);
+            for (int j = 0; j < sub.Count; j++)
             {
-                int s = stepToBatch[j];
-                bool want = rows == LogitsRows.All || t == batch[s].TokenCount - 1;
-                if (!want) continue;
+                int s = owners[j];
+                if (rows == LogitsRows.Last && t != batch[s].TokenCount - 1) continue;
                 int dst = rows == LogitsRows.All ? logitRow[s] + t : logitRow[s];
                 stepLogits.AsSpan(j * v, v).CopyTo(logits.Slice(dst * v, v));
             }
@@ -233,77 +259,70 @@ public sealed class ForwardRunner
         return total;
     }
 
-    private void Prepare(ReadOnlySpan<StepSequence> batch, int total)
+    // one evaluation of the layer stack: the plan for whole sequences (multi), one pass otherwise
+    private void Evaluate(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, int total, LogitsRows rows, Span<float> logits, bool multi)
     {
         if (total > MaxRows) throw new ArgumentException($"{total} rows exceed the runner's {MaxRows}; split the step");
+        Evaluations++;
+        _batchCount = batch.Length;
         for (int s = 0, row = 0; s < batch.Length; s++)
         {
+            _batch[s] = batch[s];
             int start = _cache.Length(batch[s].SequenceId);
             _starts[s] = start;
             _rowStarts[s] = row;
             for (int t = 0; t < batch[s].TokenCount; t++) _positions[row + t] = start + t;
             row += batch[s].TokenCount;
         }
-    }
-
-    private void Embed(ReadOnlySpan<int> tokens, int total)
-    {
+        _ctx.Rows = total;
         for (int r = 0; r < total; r++) _model.Weights.Embed.ReadRow(tokens[r], _x.AsSpan(r * _hidden, _hidden));
+        bool whole = multi && _model.Map.AnyAttendsTop;
+        IterationPlan.Execute(whole ? _plan : _onePass, _model.Map, whole, this);
+        for (int s = 0; s < batch.Length; s++)
+            _cache.SetLength(batch[s].SequenceId, _starts[s] + batch[s].TokenCount);
+        Head(batch, total, rows, logits);
     }
 
-    private void RunLayer(int layer, ReadOnlySpan<StepSequence> batch, int total, bool zeroUpward)
+    void IPlanHost.BeginPass(PlanPass pass, bool firstOfGroup)
     {
-        var w = _model.Weights.Layers[layer];
-        var map = _model.Map;
-        var cfg = _model.Config;
-        int h = _hidden;
-        var x = _x.AsSpan(0, total * h);
-        var xn = _xn.AsSpan(0, total * h);
-        var positions = _positions.AsSpan(0, total);
-        RmsNorm.Apply(x, w.InputNorm, cfg.RmsNormEps, xn, total);
-        var q = _q.AsSpan(0, total * _qDim);
-        bool computesKv = map.ComputesKv(layer);
-        var k = _k.AsSpan(0, total * _kvDim);
-        var v = _v.AsSpan(0, total * _kvDim);
-        if (computesKv) MatMul.Multiply(xn, w.Q, q, w.K!.Value, k, w.V!.Value, v, total);
-        else MatMul.Multiply(xn, w.Q, q, total);
-        Numerics.Rope.Apply(q, positions, cfg.NumAttentionHeads, _model.Rope);
-        if (computesKv)
+        // every pass of a group starts from the group's input; only the last one advances the hidden state
+        if (firstOfGroup && !pass.Advances) Array.Copy(_x, _xIn, _ctx.Rows * _hidden);
+    }
+
+    void IPlanHost.Layer(PlanPass pass, int layer, LayerWork work, bool zeroAttention)
+        => DecoderLayer.Forward(_ctx, _model.Weights.Layers[layer], layer, work, zeroAttention, _buffers, this);
+
+    void IPlanHost.EndPass(PlanPass pass)
+    {
+        if (!pass.Advances) Array.Copy(_xIn, _x, _ctx.Rows * _hidden);
+    }
+
+    void IKvStores.Target(int kvIndex, out Span<float> k, out Span<float> v)
+    {
+        k = _k.AsSpan(0, _ctx.Rows * _kvDim);
+        v = _v.AsSpan(0, _ctx.Rows * _kvDim);
+    }
+
+    void IKvStores.Commit(int kvIndex)
+    {
+        for (int s = 0; s < _batchCount; s++)
         {
-            Numerics.Rope.Apply(k, positions, cfg.NumKeyValueHeads, _model.Rope);
-            int kvIndex = map.KvIndex(layer);
-            for (int s = 0; s < batch.Length; s++)
-            {
-                int r0 = _rowStarts[s], n = batch[s].TokenCount;
-                _cache.Write(batch[s].SequenceId, kvIndex, _starts[s], k.Slice(r0 * _kvDim, n * _kvDim), v.Slice(r0 * _kvDim, n * _kvDim));
-            }
+            int r0 = _rowStarts[s], n = _batch[s].TokenCount;
+            _cache.Write(_batch[s].SequenceId, kvIndex, _starts[s], _k.AsSpan(r0 * _kvDim, n * _kvDim), _v.AsSpan(r0 * _kvDim, n * _kvDim));
         }
-        var att = _att.AsSpan(0, total * _qDim);
-        if (zeroUpward && map.AttendsTop(layer))
+    }
+
+    bool IKvStores.Read(int kvIndex, out KvStorage storage, out ReadOnlySpan<AttentionSequence> sequences)
+    {
+        for (int s = 0; s < _batchCount; s++)
         {
-            att.Clear(); // first pass of a group: the upward KV is zeros, so the attention output is exactly zero
+            int n = _batch[s].TokenCount;
+            _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], _cache.View(_batch[s].SequenceId, kvIndex, n));
         }
-        else
-        {
-            int readKv = map.ReadsKvIndex(layer);
-            for (int s = 0; s < batch.Length; s++)
-            {
-                int n = batch[s].TokenCount;
-                _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], _cache.View(batch[s].SequenceId, readKv, n));
-            }
-            var pool = _cache.Pool;
-            Attention.Compute(q, cfg.NumAttentionHeads, KvStorage.Paged(pool.Base, pool.Layout), _attSeqs.AsSpan(0, batch.Length),
-                _masks[layer], _scale, att);
-        }
-        MatMul.Multiply(att, w.O, xn, total);
-        TensorPrimitives.Add(x, xn, x);
-        RmsNorm.Apply(x, w.PostNorm, cfg.RmsNormEps, xn, total);
-        var gate = _gate.AsSpan(0, total * _inter);
-        var up = _up.AsSpan(0, total * _inter);
-        MatMul.Multiply(xn, w.Gate, gate, w.Up, up, total);
-        Activations.SwiGlu(gate, up, gate);
-        MatMul.Multiply(gate, w.Down, xn, total);
-        TensorPrimitives.Add(x, xn, x);
+        var pool = _cache.Pool;
+        storage = KvStorage.Paged(pool.Base, pool.Layout);
+        sequences = _attSeqs.AsSpan(0, _batchCount);
+        return true;
     }
 
     private void Head(ReadOnlySpan<StepSequence> batch, int total, LogitsRows rows, Span<float> logits)
