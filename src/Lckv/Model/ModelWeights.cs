@@ -151,6 +151,23 @@ public sealed class ModelWeights : IDisposable
         return weights;
     }
 
+    /// <summary>The matrix a spec's field holds.</summary>
+    public WeightMatrix Matrix(WeightSpec s) => s.Slot switch
+    {
+        WeightSlot.Embed => Embed,
+        WeightSlot.FinalNorm => FinalNorm,
+        WeightSlot.Head => Head,
+        WeightSlot.InputNorm => Layers[s.Layer].InputNorm,
+        WeightSlot.Q => Layers[s.Layer].Q,
+        WeightSlot.K => Layers[s.Layer].K!.Value,
+        WeightSlot.V => Layers[s.Layer].V!.Value,
+        WeightSlot.O => Layers[s.Layer].O,
+        WeightSlot.PostNorm => Layers[s.Layer].PostNorm,
+        WeightSlot.Gate => Layers[s.Layer].Gate,
+        WeightSlot.Up => Layers[s.Layer].Up,
+        _ => Layers[s.Layer].Down,
+    };
+
     private void Set(WeightSpec s, WeightMatrix m)
     {
         switch (s.Slot)

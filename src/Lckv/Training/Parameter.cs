@@ -10,7 +10,7 @@ public sealed class Parameter
         Name = name;
         Shape = shape;
         Decay = decay;
-        Value = new float[n];
+        Value = GC.AllocateArray<float>((int)n, pinned: true); // the forward reads it through a raw pointer
         Grad = new float[n];
     }
 

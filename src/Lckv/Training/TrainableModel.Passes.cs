@@ -8,42 +8,38 @@ namespace Lckv.Training;
 /// <summary>Which KV a layer read: zeros (K null: a first pass reading upward), a constant, or a recorded version.</summary>
 internal readonly record struct KvRef(float[]? K, float[]? V, int Record);
 
-/// <summary>
-/// How much of a layer a pass needs. A pass that does not advance only matters through the KV it writes, so layers
-/// after its last KV-computing layer are skipped and that layer stops once its KV is written.
-/// </summary>
-internal enum LayerWork { Full, KvOnly, Skip }
-
-/// <summary>What one layer evaluation keeps for its backward (a recorded pass), or its scratch (a no-grad pass).</summary>
-internal sealed class LayerActivations(int layer, bool ownsKv, LayerWork work = LayerWork.Full)
+/// <summary>What one recorded layer evaluation keeps for its backward.</summary>
+internal sealed class LayerRecord(int layer, bool ownsKv, LayerWork work)
 {
     public readonly int Layer = layer;
     public readonly bool OwnsKv = ownsKv;
     public readonly LayerWork Work = work;
-    public float[] X = [], Xn1 = [], Q = [], Att = [], Lse = [], H1 = [], Xn2 = [], G = [], U = [], A = [];
+    public readonly LayerBuffers B = new();
     /// <summary>The KV this evaluation wrote (post-RoPE K) and the gradients its readers add to it.</summary>
     public float[] K = [], V = [], DK = [], DV = [];
     public KvRef Read;
 
-    public void Size(int rows, int hidden, int qDim, int kvDim, int inter, int heads)
+    public void Size(long rows, int hidden, int qDim, int kvDim, int inter, int heads)
     {
-        long n = rows;
-        X = Grow(X, n * hidden); Xn1 = Grow(Xn1, n * hidden); H1 = Grow(H1, n * hidden); Xn2 = Grow(Xn2, n * hidden);
-        Q = Grow(Q, n * qDim); Att = Grow(Att, n * qDim); Lse = Grow(Lse, n * heads);
-        G = Grow(G, n * inter); U = Grow(U, n * inter); A = Grow(A, n * inter);
+        B.X = Grow(B.X, rows * hidden); B.Xn1 = Grow(B.Xn1, rows * hidden); B.H1 = Grow(B.H1, rows * hidden); B.Xn2 = Grow(B.Xn2, rows * hidden);
+        B.Q = Grow(B.Q, rows * qDim); B.Att = Grow(B.Att, rows * qDim); B.Lse = Grow(B.Lse, rows * heads);
+        B.G = Grow(B.G, rows * inter); B.U = Grow(B.U, rows * inter); B.A = Grow(B.A, rows * inter);
         if (OwnsKv)
         {
-            K = Grow(K, n * kvDim); V = Grow(V, n * kvDim); DK = Grow(DK, n * kvDim); DV = Grow(DV, n * kvDim);
+            K = GrowPinned(K, rows * kvDim); V = GrowPinned(V, rows * kvDim); DK = Grow(DK, rows * kvDim); DV = Grow(DV, rows * kvDim);
         }
     }
 
-    private static float[] Grow(float[] a, long n) => a.LongLength >= n ? a : new float[n];
+    internal static float[] Grow(float[] a, long n) => a.LongLength >= n ? a : new float[n];
+
+    // KV the attention kernel reads through raw pointers
+    internal static float[] GrowPinned(float[] a, long n) => a.LongLength >= n ? a : GC.AllocateArray<float>((int)n, pinned: true);
 }
 
-public sealed unsafe partial class TrainableModel
+public sealed unsafe partial class TrainableModel : IPlanHost, IKvStores
 {
-    private LayerActivations[] _records = [];
-    private LayerActivations? _scratch;
+    private LayerRecord[] _records = [];
+    private readonly LayerBuffers _scratch = new();
     private int _capacityRows;
     private int _batch, _seqLen, _rows;
     private float[] _hGroup = [], _hOut = [], _xnF = [], _tmp = [], _logits = [], _rowLoss = [], _rstd = [];
@@ -51,6 +47,9 @@ public sealed unsafe partial class TrainableModel
     private float[][] _slotK = [], _slotV = [];
     private int[] _positions = [], _targets = [];
     private KvRef[] _current = [];
+    private AttentionSequence[] _views = [];
+    private bool _recording;
+    private int _record, _passEndRecord, _currentRecord = -1;
 
     private int Hidden => Config.HiddenSize;
     private int QDim => Config.NumAttentionHeads * Config.HeadDim;
@@ -87,33 +86,9 @@ public sealed unsafe partial class TrainableModel
             _targets[r] = t == seqLen - 1 ? -1 : tokens[r + 1];
         }
         Array.Clear(_current);
-        int rec = 0;
-        foreach (var pass in _plan)
-        {
-            if (gradient && pass.Gradient)
-            {
-                Slice(_hGroup, n * c).CopyTo(_records[rec].X);
-                for (int layer = pass.Start; layer < pass.End; layer++, rec++)
-                {
-                    var a = _records[rec];
-                    if (a.Work == LayerWork.Skip) continue;
-                    var dst = layer + 1 < pass.End ? _records[rec + 1].X : _hOut;
-                    LayerForward(a, rec, dst, a.Work);
-                }
-            }
-            else
-            {
-                var s = _scratch!;
-                Slice(_hGroup, n * c).CopyTo(s.X);
-                for (int layer = pass.Start; layer < pass.End; layer++)
-                {
-                    var work = Work(pass, layer);
-                    if (work != LayerWork.Skip) LayerForward(s, -1, s.X, work, layer);
-                }
-                if (pass.Advances) Slice(s.X, n * c).CopyTo(_hOut);
-            }
-            if (pass.Advances) (_hGroup, _hOut) = (_hOut, _hGroup);
-        }
+        _recording = gradient;
+        _record = 0;
+        IterationPlan.Execute(_plan, Map, wholeSequence: true, this);
         Norm(Slice(_hGroup, n * c), _finalNorm, Slice(_xnF, n * c), n);
         var logits = Slice(_logits, n * vocab);
         Linear(Slice(_xnF, n * c), _head, logits, n);
@@ -124,21 +99,96 @@ public sealed unsafe partial class TrainableModel
         return (float)(sum / count);
     }
 
+    // a pass with gradient records each layer it evaluates (the backward walks the records in reverse); a pass without
+    // runs in one scratch set in place
+    void IPlanHost.BeginPass(PlanPass pass, bool firstOfGroup)
+    {
+        int n = _rows * Hidden;
+        if (_recording && pass.Gradient)
+        {
+            _passEndRecord = _record;
+            for (int l = pass.Start; l < pass.End; l++)
+                if (IterationPlan.Work(Map, pass, l) != LayerWork.Skip) _passEndRecord++;
+            Slice(_hGroup, n).CopyTo(_records[_record].B.X);
+        }
+        else Slice(_hGroup, n).CopyTo(_scratch.X);
+    }
+
+    void IPlanHost.Layer(PlanPass pass, int layer, LayerWork work, bool zeroAttention)
+    {
+        LayerBuffers b;
+        if (_recording && pass.Gradient)
+        {
+            var a = _records[_record];
+            a.B.Out = _record + 1 < _passEndRecord ? _records[_record + 1].B.X : _hOut;
+            a.Read = default;
+            _currentRecord = _record++;
+            b = a.B;
+        }
+        else
+        {
+            _currentRecord = -1;
+            b = _scratch;
+        }
+        DecoderLayer.Forward(_ctx, _layerWeights[layer], layer, work, zeroAttention, b, this);
+    }
+
+    void IPlanHost.EndPass(PlanPass pass)
+    {
+        if (!pass.Advances) return;
+        if (!(_recording && pass.Gradient)) Slice(_scratch.X, _rows * Hidden).CopyTo(_hOut);
+        (_hGroup, _hOut) = (_hOut, _hGroup);
+    }
+
+    void IKvStores.Target(int kvIndex, out Span<float> k, out Span<float> v)
+    {
+        int n = _rows * KvDim;
+        bool own = _currentRecord >= 0;
+        k = Slice(own ? _records[_currentRecord].K : _slotK[kvIndex], n);
+        v = Slice(own ? _records[_currentRecord].V : _slotV[kvIndex], n);
+    }
+
+    void IKvStores.Commit(int kvIndex)
+    {
+        bool own = _currentRecord >= 0;
+        _current[kvIndex] = own
+            ? new KvRef(_records[_currentRecord].K, _records[_currentRecord].V, _currentRecord)
+            : new KvRef(_slotK[kvIndex], _slotV[kvIndex], -1);
+    }
+
+    bool IKvStores.Read(int kvIndex, out KvStorage storage, out ReadOnlySpan<AttentionSequence> sequences)
+    {
+        var src = _current[kvIndex];
+        if (_currentRecord >= 0) _records[_currentRecord].Read = src;
+        sequences = _views.AsSpan(0, _batch);
+        if (src.K is null)
+        {
+            storage = default;
+            return false;
+        }
+        fixed (float* k = src.K, v = src.V!) // pinned arrays: the addresses stay valid after the fixed block
+            storage = KvStorage.Contiguous(k, v, _seqLen, Config.NumKeyValueHeads, Config.HeadDim);
+        return true;
+    }
+
     private void Prepare(int batch, int seqLen)
     {
         int n = batch * seqLen;
         _batch = batch;
         _seqLen = seqLen;
         _rows = n;
-        if (seqLen > _rope.MaxPositions) _rope = new RopeTable(Config.HeadDim, Config.RopeTheta, seqLen);
+        if (seqLen > _ctx.Rope.MaxPositions) _ctx.Rope = new RopeTable(Config.HeadDim, Config.RopeTheta, seqLen);
         if (_records.Length == 0)
         {
-            var list = new List<LayerActivations>();
+            var list = new List<LayerRecord>();
             foreach (var pass in _plan)
                 if (pass.Gradient)
-                    for (int l = pass.Start; l < pass.End; l++) list.Add(new LayerActivations(l, Map.ComputesKv(l), Work(pass, l)));
+                    for (int l = pass.Start; l < pass.End; l++)
+                    {
+                        var work = IterationPlan.Work(Map, pass, l);
+                        if (work != LayerWork.Skip) list.Add(new LayerRecord(l, Map.ComputesKv(l), work));
+                    }
             _records = list.ToArray();
-            _scratch = new LayerActivations(-1, ownsKv: false);
             _slotK = new float[Map.KvLayerCount][];
             _slotV = new float[Map.KvLayerCount][];
             for (int i = 0; i < _slotK.Length; i++) { _slotK[i] = []; _slotV[i] = []; }
@@ -146,66 +196,39 @@ public sealed unsafe partial class TrainableModel
         }
         if (_positions.Length < n) { _positions = new int[n]; _targets = new int[n]; }
         for (int r = 0; r < n; r++) _positions[r] = r % seqLen;
+        _ctx.Positions = _positions;
+        _ctx.Rows = n;
+        if (_views.Length != batch || (batch > 0 && _views[0].QueryCount != seqLen))
+        {
+            // sequence b's queries are rows [b*T, (b+1)*T); its keys are block b of the contiguous K/V
+            _views = new AttentionSequence[batch];
+            for (int b = 0; b < batch; b++) _views[b] = new AttentionSequence(b * seqLen, seqLen, 0, KvView.Linear([b], seqLen));
+        }
         if (n <= _capacityRows) return;
         _capacityRows = n;
         int c = Hidden, qd = QDim, kvd = KvDim, inter = Inter, heads = Config.NumAttentionHeads;
         long rows = n;
-        foreach (var a in _records) a.Size(n, c, qd, kvd, inter, heads);
-        _scratch!.Size(n, c, qd, kvd, inter, heads);
-        for (int i = 0; i < _slotK.Length; i++) { _slotK[i] = new float[rows * kvd]; _slotV[i] = new float[rows * kvd]; }
+        foreach (var a in _records)
+        {
+            a.Size(n, c, qd, kvd, inter, heads);
+            a.B.Tmp = Grow(_tmp, rows * c);
+        }
+        var s = _scratch;
+        s.X = s.H1 = s.Out = new float[rows * c];
+        s.Xn1 = s.Xn2 = new float[rows * c];
+        s.Q = new float[rows * qd]; s.Att = new float[rows * qd];
+        s.G = new float[rows * inter]; s.U = new float[rows * inter]; s.A = s.G;
+        for (int i = 0; i < _slotK.Length; i++) { _slotK[i] = LayerRecord.GrowPinned([], rows * kvd); _slotV[i] = LayerRecord.GrowPinned([], rows * kvd); }
         _hGroup = new float[rows * c]; _hOut = new float[rows * c]; _xnF = new float[rows * c]; _tmp = new float[rows * c];
+        foreach (var a in _records) a.B.Tmp = _tmp;
+        s.Tmp = _tmp;
         _logits = new float[rows * Config.VocabSize]; _rowLoss = new float[rows]; _rstd = new float[rows];
         _dCur = new float[rows * c]; _dAcc = new float[rows * c]; _dCarry = new float[rows * c]; _dXn = new float[rows * c];
         _dInter = new float[rows * inter]; _dUp = new float[rows * inter];
         _dAtt = new float[rows * qd]; _dQ = new float[rows * qd];
     }
 
-    // a.X (rows, hidden) -> dst (rows, hidden); dst may be a.X. record >= 0: a is recorded and owns the KV it writes.
-    private void LayerForward(LayerActivations a, int record, float[] dst, LayerWork work, int layer = -1)
-    {
-        if (layer < 0) layer = a.Layer;
-        var lp = _layers[layer];
-        int n = _rows, c = Hidden, qd = QDim, kvd = KvDim, inter = Inter;
-        var cfg = Config;
-        var positions = _positions.AsSpan(0, n);
-        var xn1 = Slice(a.Xn1, n * c);
-        Norm(Slice(a.X, n * c), lp.InputNorm, xn1, n);
-        if (Map.ComputesKv(layer))
-        {
-            int slot = Map.KvIndex(layer);
-            bool own = record >= 0;
-            float[] k = own ? a.K : _slotK[slot], v = own ? a.V : _slotV[slot];
-            Linear(xn1, lp.K!, Slice(k, n * kvd), n);
-            Linear(xn1, lp.V!, Slice(v, n * kvd), n);
-            Numerics.Rope.Apply(Slice(k, n * kvd), positions, cfg.NumKeyValueHeads, _rope);
-            _current[slot] = new KvRef(k, v, own ? record : -1);
-        }
-        if (work == LayerWork.KvOnly) return;
-        var q = Slice(a.Q, n * qd);
-        Linear(xn1, lp.Q, q, n);
-        Numerics.Rope.Apply(q, positions, cfg.NumAttentionHeads, _rope);
-        var src = _current[Map.ReadsKvIndex(layer)];
-        a.Read = src;
-        var att = Slice(a.Att, n * qd);
-        if (src.K is null) att.Clear(); // zeros read: softmax of equal scores times zero values is exactly zero
-        else
-            DenseAttention.Forward(q, src.K, src.V, _batch, _seqLen, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim,
-                _masks[layer], 1f / MathF.Sqrt(cfg.HeadDim), att, a.Lse);
-        var tmp = Slice(_tmp, n * c);
-        var h1 = Slice(a.H1, n * c);
-        Linear(att, lp.O, tmp, n);
-        TensorPrimitives.Add(Slice(a.X, n * c), tmp, h1);
-        var xn2 = Slice(a.Xn2, n * c);
-        Norm(h1, lp.PostNorm, xn2, n);
-        var g = Slice(a.G, n * inter);
-        var u = Slice(a.U, n * inter);
-        var act = Slice(a.A, n * inter);
-        Linear(xn2, lp.Gate, g, n);
-        Linear(xn2, lp.Up, u, n);
-        Activations.SwiGlu(g, u, act);
-        Linear(act, lp.Down, tmp, n);
-        TensorPrimitives.Add(h1, tmp, Slice(dst, n * c));
-    }
+    private static float[] Grow(float[] a, long n) => LayerRecord.Grow(a, n);
 
     private void Backward(ReadOnlySpan<int> tokens)
     {
@@ -237,10 +260,7 @@ public sealed unsafe partial class TrainableModel
             }
             else dCur.Clear();
             for (int layer = pass.End - 1; layer >= pass.Start; layer--)
-            {
-                var a = _records[--rec];
-                if (a.Work != LayerWork.Skip) LayerBackward(a, dCur);
-            }
+                if (IterationPlan.Work(Map, pass, layer) != LayerWork.Skip) LayerBackward(_records[--rec], dCur);
             // every pass of a group starts from the group's input: their input gradients add up
             TensorPrimitives.Add(dAcc, dCur, dAcc);
             bool firstRecorded = p == 0 || !_plan[p - 1].Gradient || _plan[p - 1].Start != pass.Start;
@@ -254,16 +274,17 @@ public sealed unsafe partial class TrainableModel
     }
 
     // dCur holds the gradient of the layer's output on entry and of its input on exit
-    private void LayerBackward(LayerActivations a, Span<float> dCur)
+    private void LayerBackward(LayerRecord r, Span<float> dCur)
     {
-        var lp = _layers[a.Layer];
+        var a = r.B;
+        var lp = _layers[r.Layer];
         var cfg = Config;
         int n = _rows, c = Hidden, qd = QDim, kvd = KvDim, inter = Inter;
         var positions = _positions.AsSpan(0, n);
         var dXn = Slice(_dXn, n * c);
         var xn1 = Slice(a.Xn1, n * c);
         bool any = false;
-        if (a.Work == LayerWork.KvOnly) goto Kv; // dCur is zero: only the KV this layer wrote carries gradient
+        if (r.Work == LayerWork.KvOnly) goto Kv; // dCur is zero: only the KV this layer wrote carries gradient
         var dA = Slice(_dInter, n * inter);
         var dU = Slice(_dUp, n * inter);
         LinearBackward(dCur, Slice(a.A, n * inter), lp.Down, dA, accumulate: false, n);
@@ -272,7 +293,7 @@ public sealed unsafe partial class TrainableModel
         LinearBackward(dA, xn2, lp.Gate, dXn, accumulate: false, n);
         LinearBackward(dU, xn2, lp.Up, dXn, accumulate: true, n);
         RmsNormBackward.Apply(dXn, Slice(a.H1, n * c), lp.PostNorm.Value, Eps, dCur, lp.PostNorm.Grad, _rstd, n);
-        var src = a.Read;
+        var src = r.Read;
         if (src.K is not null)
         {
             var dAtt = Slice(_dAtt, n * qd);
@@ -285,31 +306,22 @@ public sealed unsafe partial class TrainableModel
                 dv = Slice(_records[src.Record].DV, n * kvd);
             }
             DenseAttention.Backward(Slice(a.Q, n * qd), src.K, src.V!, Slice(a.Att, n * qd), a.Lse, dAtt, _batch, _seqLen,
-                cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, _masks[a.Layer], 1f / MathF.Sqrt(cfg.HeadDim), dQ, dk, dv);
-            RopeBackward.Apply(dQ, positions, cfg.NumAttentionHeads, _rope);
+                cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, _ctx.Masks[r.Layer], _ctx.Scale, dQ, dk, dv);
+            RopeBackward.Apply(dQ, positions, cfg.NumAttentionHeads, _ctx.Rope);
             LinearBackward(dQ, xn1, lp.Q, dXn, accumulate: false, n);
             any = true;
         }
     Kv:
-        if (a.OwnsKv)
+        if (r.OwnsKv)
         {
             // every reader of this KV comes later in the forward, so its gradient is complete here
-            var dk = Slice(a.DK, n * kvd);
-            RopeBackward.Apply(dk, positions, cfg.NumKeyValueHeads, _rope);
+            var dk = Slice(r.DK, n * kvd);
+            RopeBackward.Apply(dk, positions, cfg.NumKeyValueHeads, _ctx.Rope);
             LinearBackward(dk, xn1, lp.K!, dXn, accumulate: any, n);
-            LinearBackward(Slice(a.DV, n * kvd), xn1, lp.V!, dXn, accumulate: true, n);
+            LinearBackward(Slice(r.DV, n * kvd), xn1, lp.V!, dXn, accumulate: true, n);
             any = true;
         }
         if (any) RmsNormBackward.Apply(dXn, Slice(a.X, n * c), lp.InputNorm.Value, Eps, dCur, lp.InputNorm.Grad, _rstd, n);
-    }
-
-    private LayerWork Work(PlanPass pass, int layer)
-    {
-        if (pass.Advances) return LayerWork.Full;
-        int lastKv = pass.Start;
-        for (int l = pass.Start; l < pass.End; l++)
-            if (Map.ComputesKv(l)) lastKv = l;
-        return layer < lastKv ? LayerWork.Full : layer == lastKv ? LayerWork.KvOnly : LayerWork.Skip;
     }
 
     private static void Linear(ReadOnlySpan<float> x, Parameter w, Span<float> y, int n)

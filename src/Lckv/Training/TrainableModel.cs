@@ -7,8 +7,38 @@ namespace Lckv.Training;
 /// <summary>The parameters of one decoder layer; K and V are null on layers that compute no KV.</summary>
 internal sealed class LayerParameters
 {
-    public required Parameter InputNorm, Q, O, PostNorm, Gate, Up, Down;
+    public Parameter InputNorm = null!, Q = null!, O = null!, PostNorm = null!, Gate = null!, Up = null!, Down = null!;
     public Parameter? K, V;
+
+    public void Set(WeightSlot slot, Parameter p)
+    {
+        switch (slot)
+        {
+            case WeightSlot.InputNorm: InputNorm = p; break;
+            case WeightSlot.Q: Q = p; break;
+            case WeightSlot.K: K = p; break;
+            case WeightSlot.V: V = p; break;
+            case WeightSlot.O: O = p; break;
+            case WeightSlot.PostNorm: PostNorm = p; break;
+            case WeightSlot.Gate: Gate = p; break;
+            case WeightSlot.Up: Up = p; break;
+            case WeightSlot.Down: Down = p; break;
+            default: throw new ArgumentOutOfRangeException(nameof(slot), slot, "not a layer weight");
+        }
+    }
+
+    /// <summary>f32 matrix views of the (pinned) parameter values, for the forward kernels.</summary>
+    public LayerWeights Views() => new()
+    {
+        InputNorm = View(InputNorm), Q = View(Q), K = K is null ? null : View(K), V = V is null ? null : View(V), O = View(O),
+        PostNorm = View(PostNorm), Gate = View(Gate), Up = View(Up), Down = View(Down),
+    };
+
+    private static unsafe WeightMatrix View(Parameter p)
+    {
+        fixed (float* v = p.Value) // pinned at allocation: the address outlives the fixed block
+            return new WeightMatrix((nint)v, DType.F32, p.Shape.Length == 1 ? 1 : (int)p.Shape[0], (int)p.Shape[^1]);
+    }
 }
 
 /// <summary>
@@ -25,8 +55,8 @@ public sealed unsafe partial class TrainableModel : ITrainable
     private readonly Parameter _embed, _finalNorm, _head;
     private readonly LayerParameters[] _layers;
     private readonly IReadOnlyList<PlanPass> _plan;
-    private readonly MaskRule[] _masks;
-    private RopeTable _rope;
+    private readonly LayerWeights[] _layerWeights;
+    private readonly ForwardContext _ctx;
 
     public ModelConfig Config { get; }
     public LayerMap Map { get; }
@@ -41,27 +71,28 @@ public sealed unsafe partial class TrainableModel : ITrainable
         Map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
         var specs = ModelWeights.Specs(config, Map);
         _parameters = specs.Select(s => new Parameter(s.Name, (long[])s.Shape.Clone(), decay: s.Shape.Length > 1)).ToArray();
-        var byName = _parameters.ToDictionary(p => p.Name);
-        Parameter P(string name) => byName[name];
-        _embed = P("model.embed_tokens.weight");
-        _finalNorm = P("model.norm.weight");
-        _head = config.TieWordEmbeddings ? _embed : P("lm_head.weight");
         _layers = new LayerParameters[config.NumHiddenLayers];
-        for (int i = 0; i < _layers.Length; i++)
+        for (int i = 0; i < _layers.Length; i++) _layers[i] = new LayerParameters();
+        Parameter? embed = null, finalNorm = null, head = null;
+        // the one weight table: each parameter fills the field its spec names; the forward reads f32 views of them
+        for (int i = 0; i < specs.Count; i++)
         {
-            string p = $"model.layers.{i}.";
-            _layers[i] = new LayerParameters
+            var s = specs[i];
+            var p = _parameters[i];
+            switch (s.Slot)
             {
-                InputNorm = P(p + "input_layernorm.weight"), Q = P(p + "self_attn.q_proj.weight"),
-                K = Map.ComputesKv(i) ? P(p + "self_attn.k_proj.weight") : null,
-                V = Map.ComputesKv(i) ? P(p + "self_attn.v_proj.weight") : null,
-                O = P(p + "self_attn.o_proj.weight"), PostNorm = P(p + "post_attention_layernorm.weight"),
-                Gate = P(p + "mlp.gate_proj.weight"), Up = P(p + "mlp.up_proj.weight"), Down = P(p + "mlp.down_proj.weight"),
-            };
+                case WeightSlot.Embed: embed = p; break;
+                case WeightSlot.FinalNorm: finalNorm = p; break;
+                case WeightSlot.Head: head = p; break;
+                default: _layers[s.Layer].Set(s.Slot, p); break;
+            }
         }
+        _embed = embed!;
+        _finalNorm = finalNorm!;
+        _head = config.TieWordEmbeddings ? _embed : head!;
+        _layerWeights = [.. _layers.Select(l => l.Views())];
         _plan = IterationPlan.Build(Map, config.ForwardPasses, config.BackwardPasses);
-        _masks = Enumerable.Range(0, config.NumHiddenLayers).Select(i => Map.Mask(i, config.ForceNoDiag, config.SlidingWindow)).ToArray();
-        _rope = new RopeTable(config.HeadDim, config.RopeTheta, config.MaxPositionEmbeddings);
+        _ctx = new ForwardContext(config, Map, new RopeTable(config.HeadDim, config.RopeTheta, config.MaxPositionEmbeddings));
     }
 
     /// <summary>
@@ -144,9 +175,11 @@ public sealed unsafe partial class TrainableModel : ITrainable
         var weights = ModelWeights.Random(config, Map, DType.F32, 0);
         try
         {
-            foreach (var p in _parameters)
+            var specs = ModelWeights.Specs(config, Map);
+            for (int i = 0; i < specs.Count; i++)
             {
-                var w = Slot(weights, p.Name);
+                var p = _parameters[i];
+                var w = weights.Matrix(specs[i]);
                 if (w.Rows * (long)w.Cols != p.Value.LongLength) throw new InvalidOperationException($"size mismatch for {p.Name}");
                 p.Value.AsSpan().CopyTo(new Span<float>((void*)w.Data, p.Value.Length));
             }
@@ -159,37 +192,11 @@ public sealed unsafe partial class TrainableModel : ITrainable
         }
     }
 
-    private WeightMatrix Slot(ModelWeights w, string name)
-    {
-        if (name == _embed.Name) return w.Embed;
-        if (name == _finalNorm.Name) return w.FinalNorm;
-        if (name == "lm_head.weight") return w.Head;
-        for (int i = 0; i < _layers.Length; i++)
-        {
-            var l = _layers[i];
-            var lw = w.Layers[i];
-            if (name == l.InputNorm.Name) return lw.InputNorm;
-            if (name == l.Q.Name) return lw.Q;
-            if (name == l.K?.Name) return lw.K!.Value;
-            if (name == l.V?.Name) return lw.V!.Value;
-            if (name == l.O.Name) return lw.O;
-            if (name == l.PostNorm.Name) return lw.PostNorm;
-            if (name == l.Gate.Name) return lw.Gate;
-            if (name == l.Up.Name) return lw.Up;
-            if (name == l.Down.Name) return lw.Down;
-        }
-        throw new InvalidOperationException($"no slot for {name}");
-    }
-
     /// <summary>Sets every gradient to zero.</summary>
     public void ZeroGrad()
     {
         foreach (var p in _parameters) Array.Clear(p.Grad);
     }
-
-    /// <summary>The parameter with this Hugging Face name.</summary>
-    public Parameter ParameterNamed(string name)
-        => _parameters.FirstOrDefault(p => p.Name == name) ?? throw new LckvException($"no parameter '{name}'");
 
     public long ParameterCount => _parameters.Sum(p => p.Value.LongLength);
 

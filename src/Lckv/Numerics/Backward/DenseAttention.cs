@@ -10,24 +10,19 @@ namespace Lckv.Numerics.Backward;
 /// </summary>
 public static unsafe class DenseAttention
 {
-    /// <summary>Forward: o = softmax(scale * q·kᵀ + mask) · v, lse = log-sum-exp of the masked scaled scores.</summary>
+    /// <summary>Forward: o = softmax(scale * q·kᵀ + mask) · v, lse = log-sum-exp of the masked scaled scores; the one
+    /// attention kernel (<see cref="Attention"/>) over views of the contiguous K/V, one block per sequence.</summary>
     // q is (B*T, H*D), k and v are (B*T, KV*D), o is (B*T, H*D), lse is (B*T, H)
     public static void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v,
         int batch, int seqLen, int heads, int kvHeads, int headDim, MaskRule rule, float scale,
         Span<float> o, Span<float> lse)
     {
         Check(q, k, v, o, lse, batch, seqLen, heads, kvHeads, headDim);
-        fixed (float* pq = q, pk = k, pv = v, po = o, pl = lse)
-        {
-            var job = new Job
-            {
-                Q = pq, K = pk, V = pv, O = po, Lse = pl, T = seqLen, H = heads, KvH = kvHeads, D = headDim,
-                Rule = rule, Scale = scale,
-            };
-            int items = batch * heads;
-            if ((long)batch * seqLen * seqLen * heads * headDim < 1 << 16) job.Forward(0, items);
-            else WorkerPool.Shared.Run(items, new ForwardJob { Inner = job });
-        }
+        var sequences = new AttentionSequence[batch];
+        for (int b = 0; b < batch; b++) sequences[b] = new AttentionSequence(b * seqLen, seqLen, 0, KvView.Linear([b], seqLen));
+        fixed (float* pk = k, pv = v)
+            Attention.Compute(q, heads, KvStorage.Contiguous(pk, pv, seqLen, kvHeads, headDim), sequences, rule, scale,
+                o[..(batch * seqLen * heads * headDim)], lse[..(batch * seqLen * heads)]);
     }
 
     /// <summary>
@@ -68,12 +63,6 @@ public static unsafe class DenseAttention
         if (seqLen > 1 << 16) throw new ArgumentException("sequence too long for the training attention kernel");
     }
 
-    private struct ForwardJob : IRangeBody
-    {
-        public Job Inner;
-        public readonly void Invoke(int start, int end) => Inner.Forward(start, end);
-    }
-
     private struct BackwardJob : IRangeBody
     {
         public Job Inner;
@@ -88,50 +77,6 @@ public static unsafe class DenseAttention
         public float Scale;
 
         // items are (b, h)
-        public readonly void Forward(int start, int end)
-        {
-            int d = D, qStride = H * d, kStride = KvH * d, group = H / KvH;
-            Span<float> s = T <= 4096 ? stackalloc float[T] : new float[T];
-            for (int item = start; item < end; item++)
-            {
-                int b = item / H, h = item % H, g = h / group;
-                float* kBase = K + (long)b * T * kStride + g * d, vBase = V + (long)b * T * kStride + g * d;
-                for (int t = 0; t < T; t++)
-                {
-                    long row = (long)b * T + t;
-                    var qh = new ReadOnlySpan<float>(Q + row * qStride + h * d, d);
-                    var oh = new Span<float>(O + row * qStride + h * d, d);
-                    var (j0, j1) = Rule.Visible(t, T);
-                    if (j0 >= j1)
-                    {
-                        oh.Clear();
-                        Lse[row * H + h] = float.NegativeInfinity;
-                        continue;
-                    }
-                    float max = float.NegativeInfinity;
-                    for (int j = j0; j < j1; j++)
-                    {
-                        float x = TensorPrimitives.Dot(qh, new ReadOnlySpan<float>(kBase + (long)j * kStride, d)) * Scale;
-                        s[j] = x;
-                        if (x > max) max = x;
-                    }
-                    float sum = 0;
-                    for (int j = j0; j < j1; j++)
-                    {
-                        float p = MathF.Exp(s[j] - max);
-                        s[j] = p;
-                        sum += p;
-                    }
-                    float inv = 1f / sum;
-                    oh.Clear();
-                    for (int j = j0; j < j1; j++)
-                        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(vBase + (long)j * kStride, d), s[j] * inv, oh, oh);
-                    Lse[row * H + h] = max + MathF.Log(sum);
-                }
-            }
-        }
-
-        // items are (b, g): the query heads of KV head g, so dk/dv of (b, g) have one writer
         public readonly void Backward(int start, int end)
         {
             int d = D, qStride = H * d, kStride = KvH * d, group = H / KvH;
