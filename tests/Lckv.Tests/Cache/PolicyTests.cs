@@ -1,0 +1,147 @@
+using Lckv.Cache;
+using Lckv.Numerics;
+
+namespace Lckv.Tests.Cache;
+
+/// <summary>
+/// The policy seam: a store whose policy evicts every other entry after each step (KV head g keeps the entries of
+/// parity g, so the heads keep different positions), attended through the cache's views, equals a reference that
+/// attends to the same positions with the K/V written there; evicted entries reach the policy with their K/V; the
+/// store never exceeds its capacity and its blocks return to the pool.
+/// </summary>
+public sealed class PolicyTests
+{
+    /// <summary>Keeps every other entry of each KV head after each step, and records what it evicts.</summary>
+    private sealed class EveryOther(int capacity) : EvictingPolicy(capacity)
+    {
+        public readonly List<(int Head, int Position, float[] K, float[] V)> Evicted = [];
+
+        public override void AfterStep(KvStoreEditor store, int length)
+        {
+            int keep = store.Count / 2;
+            var kept = new int[store.KvHeads * keep];
+            for (int g = 0; g < store.KvHeads; g++)
+                for (int i = 0; i < keep; i++) kept[g * keep + i] = 2 * i + (g & 1);
+            store.Keep(kept, keep);
+        }
+
+        public override void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+            => Evicted.Add((kvHead, position, k.ToArray(), v.ToArray()));
+    }
+
+    [Theory]
+    [InlineData(8, 3, false)]
+    [InlineData(64, 4, false)]
+    [InlineData(64, 5, true)]
+    public void EvictingEveryOtherEntryEqualsAttendingToTheKeptEntries(int d, int blockSize, bool window)
+    {
+        const int kvHeads = 2, group = 2, heads = kvHeads * group, capacity = 24;
+        var rng = new Random(d * 7 + blockSize);
+        var layout = new KvLayout(blockSize, kvHeads, d, DType.F32);
+        var policy = new EveryOther(capacity);
+        using var pool = new KvBlockPool(layout, 64 * layout.BlockBytes);
+        var cache = new KvCache(pool, [policy], maxSequenceLength: 200);
+        var rule = window ? new MaskRule(false, 9) : MaskRule.Causal;
+        int seq = cache.CreateSequence();
+        // the reference: per KV head, the positions the policy keeps, and every K/V ever written
+        var kept = new List<int>[] { [], [] };
+        var written = new Dictionary<int, (float[] K, float[] V)>();
+        int length = 0;
+        foreach (int n in new[] { 5, 1, 3, 1, 1, 7, 2, 1, 4, 1, 1, 6 })
+        {
+            Assert.True(cache.TryReserve(seq, length + n));
+            var k = TestRandom(rng, n * kvHeads * d);
+            var v = TestRandom(rng, n * kvHeads * d);
+            cache.Write(seq, 0, length, k, v);
+            for (int i = 0; i < n; i++)
+                written[length + i] = (k.AsSpan(i * kvHeads * d, kvHeads * d).ToArray(), v.AsSpan(i * kvHeads * d, kvHeads * d).ToArray());
+            // the step's queries, through the view
+            var q = TestRandom(rng, n * heads * d);
+            var actual = new float[q.Length];
+            var seqs = new[] { new AttentionSequence(0, n, length, cache.View(seq, 0, n)) };
+            Attention.Compute(q, heads, KvStorage.Paged(pool.Base, layout), seqs, rule, 0.3f, actual);
+            for (int r = 0; r < n; r++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int g = h / group, t = length + r;
+                    var visible = kept[g].Concat(Enumerable.Range(length, n)).Where(p => p <= t && (rule.Window == 0 || p >= t - rule.Window)).ToArray();
+                    var expected = Dense(q.AsSpan((r * heads + h) * d, d), visible.Select(p => written[p].K.AsSpan(g * d, d).ToArray()).ToArray(),
+                        visible.Select(p => written[p].V.AsSpan(g * d, d).ToArray()).ToArray(), 0.3f);
+                    for (int i = 0; i < d; i++)
+                        Assert.True(Math.Abs(expected[i] - actual[(r * heads + h) * d + i]) <= 1e-5, $"step at {length}, row {r}, head {h}: [{i}] {actual[(r * heads + h) * d + i]} vs {expected[i]}");
+                }
+            int evictedBefore = policy.Evicted.Count;
+            cache.SetLength(seq, length + n);
+            for (int g = 0; g < kvHeads; g++)
+            {
+                var all = kept[g].Concat(Enumerable.Range(length, n)).ToList();
+                kept[g] = [.. all.Where((_, i) => i % 2 == g && i / 2 < all.Count / 2)];
+                // the policy saw exactly the others, with the K/V written there
+                var gone = all.Except(kept[g]).ToHashSet();
+                var seen = policy.Evicted.Skip(evictedBefore).Where(e => e.Head == g).ToList();
+                Assert.Equal(gone.Order(), seen.Select(e => e.Position).Order());
+                foreach (var e in seen)
+                {
+                    Assert.Equal(written[e.Position].K.AsSpan(g * d, d).ToArray(), e.K);
+                    Assert.Equal(written[e.Position].V.AsSpan(g * d, d).ToArray(), e.V);
+                }
+                for (int i = 0; i < kept[g].Count; i++) Assert.Equal(kept[g][i], cache.StateOf(seq, 0).Positions![g * capacity + i]);
+            }
+            length += n;
+            Assert.Equal(kept[0].Count, cache.EntryCount(seq, 0));
+            Assert.True(pool.UsedBlocks <= KvCache.BlocksFor(capacity, blockSize), $"{pool.UsedBlocks} blocks in use");
+        }
+        cache.Remove(seq);
+        Assert.Equal(0, pool.UsedBlocks);
+    }
+
+    [Fact]
+    public void AStepLargerThanTheCapacityIsRefused()
+    {
+        var layout = new KvLayout(4, 1, 8, DType.F32);
+        using var pool = new KvBlockPool(layout, 16 * layout.BlockBytes);
+        var cache = new KvCache(pool, [new EveryOther(6)], 100);
+        int seq = cache.CreateSequence();
+        Assert.Throws<LckvException>(() => cache.TryReserve(seq, 7));
+        Assert.True(cache.TryReserve(seq, 6));
+        Assert.Throws<LckvException>(() => cache.Fork(seq));
+    }
+
+    [Fact]
+    public void TheSlidingWindowRingIsAPolicy()
+    {
+        var layout = new KvLayout(4, 1, 8, DType.F32);
+        using var pool = new KvBlockPool(layout, 64 * layout.BlockBytes);
+        var cache = new KvCache(pool, 2, 100, [10, 0]);
+        Assert.IsType<WindowPolicy>(cache.Policy(0));
+        Assert.IsType<FullPolicy>(cache.Policy(1));
+        Assert.Equal(3, cache.RingBlocks(0));
+        // the ring bounds the store's blocks: 3 for any length, against 25 for the linear store at 100 positions
+        Assert.Equal(3 + 25, cache.BlocksForTokens(100));
+    }
+
+    private static float[] Dense(ReadOnlySpan<float> q, float[][] keys, float[][] values, float scale)
+    {
+        int d = q.Length;
+        var o = new float[d];
+        if (keys.Length == 0) return o;
+        var s = new double[keys.Length];
+        for (int j = 0; j < keys.Length; j++)
+        {
+            double dot = 0;
+            for (int i = 0; i < d; i++) dot += q[i] * keys[j][i];
+            s[j] = dot * scale;
+        }
+        double m = s.Max(), sum = s.Sum(x => Math.Exp(x - m));
+        for (int j = 0; j < keys.Length; j++)
+            for (int i = 0; i < d; i++) o[i] += (float)(Math.Exp(s[j] - m) / sum * values[j][i]);
+        return o;
+    }
+
+    private static float[] TestRandom(Random rng, int n)
+    {
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1);
+        return a;
+    }
+}
