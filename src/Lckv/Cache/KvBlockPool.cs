@@ -14,12 +14,12 @@ public sealed unsafe class KvBlockPool : IDisposable
 {
     public const int Alignment = 64;
 
-    readonly KvLayout layout;
-    readonly int totalBlocks;
-    readonly int[] freeStack; // free block indices; the top is freeStack[freeCount - 1]
-    readonly int[] refCounts; // 0 = free
-    int freeCount;
-    byte* basePointer;
+    private readonly KvLayout _layout;
+    private readonly int _totalBlocks;
+    private readonly int[] _freeStack; // free block indices; the top is _freeStack[_freeCount - 1]
+    private readonly int[] _refCounts; // 0 = free
+    private int _freeCount;
+    private byte* _basePointer;
 
     /// <param name="layout">the geometry of one block</param>
     /// <param name="budgetBytes">bytes the pool may take; it holds floor(budgetBytes / BlockBytes) blocks</param>
@@ -34,31 +34,31 @@ public sealed unsafe class KvBlockPool : IDisposable
             throw new LckvException($"KV budget of {budgetBytes} bytes is smaller than one block ({blockBytes} bytes: " +
                 $"{layout.BlockSize} tokens x {layout.KvHeads} heads x {layout.HeadDim} dims x K,V in {DTypes.Name(layout.DType)})");
         long blocks = Math.Min(budgetBytes / blockBytes, Array.MaxLength);
-        this.layout = layout;
-        totalBlocks = (int)blocks;
+        _layout = layout;
+        _totalBlocks = (int)blocks;
         nuint bytes = (nuint)(blocks * blockBytes);
         try
         {
             // Not zeroed: pages the OS has not handed out cost nothing until a block is written.
-            basePointer = (byte*)NativeMemory.AlignedAlloc(bytes, Alignment);
+            _basePointer = (byte*)NativeMemory.AlignedAlloc(bytes, Alignment);
         }
         catch (OutOfMemoryException e)
         {
-            throw new LckvException($"could not reserve {bytes} bytes for the KV pool ({totalBlocks} blocks); lower the KV budget", e);
+            throw new LckvException($"could not reserve {bytes} bytes for the KV pool ({_totalBlocks} blocks); lower the KV budget", e);
         }
-        freeStack = new int[totalBlocks];
-        refCounts = new int[totalBlocks];
+        _freeStack = new int[_totalBlocks];
+        _refCounts = new int[_totalBlocks];
         // Block 0 on top: allocations walk the region from its start.
-        for (int i = 0; i < totalBlocks; i++) freeStack[i] = totalBlocks - 1 - i;
-        freeCount = totalBlocks;
+        for (int i = 0; i < _totalBlocks; i++) _freeStack[i] = _totalBlocks - 1 - i;
+        _freeCount = _totalBlocks;
     }
 
     ~KvBlockPool() => Free();
 
-    public KvLayout Layout => layout;
-    public nint Base => basePointer != null ? (nint)basePointer : throw new ObjectDisposedException(nameof(KvBlockPool));
-    public int TotalBlocks => totalBlocks;
-    public int FreeBlocks => freeCount;
+    public KvLayout Layout => _layout;
+    public nint Base => _basePointer != null ? (nint)_basePointer : throw new ObjectDisposedException(nameof(KvBlockPool));
+    public int TotalBlocks => _totalBlocks;
+    public int FreeBlocks => _freeCount;
     public int UsedBlocks => TotalBlocks - FreeBlocks;
     public long CapacityBytes => TotalBlocks * Layout.BlockBytes;
     public long BytesInUse => UsedBlocks * Layout.BlockBytes;
@@ -66,13 +66,13 @@ public sealed unsafe class KvBlockPool : IDisposable
     /// <summary>Takes a free block with one reference; false when none is free. The block's bytes are not cleared.</summary>
     public bool TryAllocate(out int block)
     {
-        if (freeCount == 0)
+        if (_freeCount == 0)
         {
             block = -1;
             return false;
         }
-        block = freeStack[--freeCount];
-        refCounts[block] = 1;
+        block = _freeStack[--_freeCount];
+        _refCounts[block] = 1;
         return true;
     }
 
@@ -80,28 +80,28 @@ public sealed unsafe class KvBlockPool : IDisposable
     public void Retain(int block)
     {
         CheckIndex(block);
-        if (refCounts[block] == 0) throw new InvalidOperationException($"KV block {block} is free and cannot be retained");
-        refCounts[block]++;
+        if (_refCounts[block] == 0) throw new InvalidOperationException($"KV block {block} is free and cannot be retained");
+        _refCounts[block]++;
     }
 
     /// <summary>Drops one reference; the block returns to the free list at zero. Double free throws.</summary>
     public void Release(int block)
     {
         CheckIndex(block);
-        if (refCounts[block] == 0) throw new InvalidOperationException($"KV block {block} is already free");
-        if (--refCounts[block] == 0) freeStack[freeCount++] = block;
+        if (_refCounts[block] == 0) throw new InvalidOperationException($"KV block {block} is already free");
+        if (--_refCounts[block] == 0) _freeStack[_freeCount++] = block;
     }
 
     public int RefCount(int block)
     {
         CheckIndex(block);
-        return refCounts[block];
+        return _refCounts[block];
     }
 
     public nint BlockPointer(int block)
     {
         CheckIndex(block);
-        return Base + (nint)(block * layout.BlockBytes);
+        return Base + (nint)(block * _layout.BlockBytes);
     }
 
     public void Dispose()
@@ -112,14 +112,14 @@ public sealed unsafe class KvBlockPool : IDisposable
 
     void Free()
     {
-        if (basePointer == null) return;
-        NativeMemory.AlignedFree(basePointer);
-        basePointer = null;
+        if (_basePointer == null) return;
+        NativeMemory.AlignedFree(_basePointer);
+        _basePointer = null;
     }
 
     void CheckIndex(int block)
     {
-        if ((uint)block >= (uint)totalBlocks)
-            throw new ArgumentOutOfRangeException(nameof(block), block, $"the pool has {totalBlocks} blocks");
+        if ((uint)block >= (uint)_totalBlocks)
+            throw new ArgumentOutOfRangeException(nameof(block), block, $"the pool has {_totalBlocks} blocks");
     }
 }
