@@ -83,7 +83,7 @@ public sealed class EngineSequence
     internal readonly StringBuilder? _text;
     internal readonly long _promisedBlocks;
     internal long _heldBlocks;   // of the promise: blocks reserved so far
-    internal int _maxTokens;     // prompt + MaxNewTokens, bounded by the context
+    internal readonly int _maxTokens; // prompt + MaxNewTokens, bounded by the context
 
     internal EngineSequence(int id, GenerationRequest request, int vocab, int maxTokens, long promisedBlocks)
     {

@@ -175,14 +175,14 @@ public sealed class ThroughputBench
 
     /// <summary>The engine a batch runs on: prefill chunks no longer than all the batch's prompts together, and
     /// room for a whole prompt (upward layouts evaluate a prompt in one step).</summary>
-    public EngineOptions EngineOptions(int batch) => new()
+    public EngineOptions EngineOptionsFor(int batch) => new()
     {
         MaxStepTokens = (int)Math.Min(_settings.MaxStepRows, (long)batch * _settings.PromptLength),
         MaxSequences = batch, MaxPromptTokens = _settings.PromptLength,
     };
 
     /// <summary>Rows the engine's runner gets for a batch: its prefill chunk, or a whole prompt for upward layouts.</summary>
-    public int RunnerRows(LayerMap map, int batch) => EngineOptions(batch).StepRows(map);
+    public int RunnerRows(LayerMap map, int batch) => EngineOptionsFor(batch).StepRows(map);
 
     private bool SequentialPrefill(ModelConfig config, LayerMap map)
         => map.AnyAttendsTop && (config.UseSequential || _settings.PromptLength <= config.ForwardPasses + config.BackwardPasses);
@@ -255,7 +255,7 @@ public sealed class ThroughputBench
         progress?.Invoke(new ThroughputProgress(layout, "weights", 0, 1));
         using var model = new LlamaModel(config, ModelWeights.Random(config, map, s.WeightDType, s.Seed), $"preset:{s.ShapeName}", s.SequenceLength);
         using var pool = new KvBlockPool(model.KvLayout(s.BlockSize, s.KvDType), fit.KvBytes);
-        var engine = new GenerationEngine(model, model.CreateCache(pool, RunnerRows(map, found)), EngineOptions(found));
+        var engine = new GenerationEngine(model, model.CreateCache(pool, RunnerRows(map, found)), EngineOptionsFor(found));
         var rng = new SplitMix64(s.Seed ^ 0x7468726F75676870UL);
         int vocab = config.VocabSize;
         int Token() => vocab > 3 ? 3 + (int)(rng.Next() % (ulong)(vocab - 3)) : (int)(rng.Next() % (ulong)vocab);
