@@ -26,15 +26,17 @@ public static class Perplexity
         foreach (int id in ids)
             if ((uint)id >= (uint)model.Vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {model.Vocab})");
 
-        int vocab = model.Vocab;
         const int blockSize = 16;
         bool whole = model.Map.AnyAttendsTop;
-        int maxRows = whole ? window : Math.Min(window, 256);
+        var engineOptions = new EngineOptions
+        {
+            MaxStepTokens = whole ? window : Math.Min(window, 256), MaxSequences = 1, MaxPromptTokens = window,
+            Prefill = model.Config.UseSequential ? PrefillMode.Sequential : PrefillMode.Plan,
+        };
+        int maxRows = engineOptions.StepRows(model.Map);
         var layout = model.KvLayout(blockSize, kvDType);
         using var pool = new KvBlockPool(layout, model.KvBlocksFor(window, blockSize, maxRows) * layout.BlockBytes);
-        var cache = model.CreateCache(pool, maxRows);
-        var runner = new ForwardRunner(model, cache, maxRows, 1) { Prefill = model.Config.UseSequential ? PrefillMode.Sequential : PrefillMode.Plan };
-        var logits = new float[(long)maxRows * vocab];
+        var engine = new GenerationEngine(model, model.CreateCache(pool, maxRows), engineOptions);
 
         var sw = System.Diagnostics.Stopwatch.StartNew();
         double nll = 0;
@@ -45,23 +47,26 @@ public static class Perplexity
         {
             int end = Math.Min(begin + window, ids.Length);
             int firstScored = Math.Max(prevEnd, begin + 1); // predict token p from tokens < p
-            int seq = cache.CreateSequence();
-            if (!cache.TryReserve(seq, end - begin)) throw new InvalidOperationException("perplexity cache sized too small");
-            for (int done = 0; done < end - begin;)
+            var tokens = ids[begin..end].ToArray();
+            // each window is one teacher-forced sequence; the engine hands over the logits of every position it evaluates
+            var seq = engine.Admit(new GenerationRequest
             {
-                int take = Math.Min(maxRows, end - begin - done);
-                runner.Run([new StepSequence(seq, take)], ids.Slice(begin + done, take), LogitsRows.All, logits);
-                for (int r = 0; r < take; r++)
+                Prompt = tokens, Logits = LogitsRows.All,
+                OnLogits = (_, first, rows) =>
                 {
-                    int p = begin + done + r + 1; // the token these logits predict
-                    if (p < firstScored || p >= end) continue;
-                    var row = logits.AsSpan(r * vocab, vocab);
-                    nll += Softmax.LogSumExp(row) - row[ids[p]];
-                    scored++;
-                }
-                done += take;
-            }
-            cache.Remove(seq);
+                    int v = model.Vocab;
+                    for (int r = 0; r < rows.Length / v; r++)
+                    {
+                        int p = first + r + 1; // the token these logits predict, within the window
+                        if (begin + p < firstScored || p >= tokens.Length) continue;
+                        var row = rows.Slice(r * v, v);
+                        nll += Softmax.LogSumExp(row) - row[tokens[p]];
+                        scored++;
+                    }
+                },
+            });
+            while (engine.HasWork) engine.Step();
+            engine.Retire(seq);
             windows++;
             progress?.Invoke(windows, total);
             prevEnd = end;

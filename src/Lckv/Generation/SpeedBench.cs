@@ -77,15 +77,14 @@ public sealed record BenchResult(BenchKind Kind, int Tokens, int Batch, int Dept
     public double KeptSteal => Steal?.Sum() ?? 0;
 
     /// <summary>
-    /// The largest spread of the repetitions' fractions of roofline a steady test shows. On this machine tg16 at batch 1
-    /// (`tinyllama-1.1b`) and tg64 at batch 16 (`small`), 5 repetitions, measured 1.01-1.09 in quiet runs; a
-    /// neighbour's burst within one repetition showed as 1.19-1.59.
+    /// The largest spread of the repetitions' fractions of roofline a steady test shows: above the spread of quiet
+    /// runs, below what a neighbour's burst within one repetition causes (docs/benchmarks.md has the measurements).
     /// </summary>
     public const double MaxFractionSpread = 1.15;
 
     /// <summary>
-    /// The largest change between consecutive bandwidth probes a steady test shows. Quiet runs measured up to 0.08;
-    /// this machine's bandwidth also switches between about 50 and 73 GB/s (0.3) from one minute to the next.
+    /// The largest change between consecutive bandwidth probes a steady test shows: above what quiet runs show, below
+    /// the jumps of a shared host's bandwidth from one minute to the next (docs/benchmarks.md).
     /// </summary>
     public const double MaxProbeSwing = 0.10;
 }
@@ -154,7 +153,7 @@ public sealed class SpeedBench
     /// <summary>
     /// Untimed repetitions run first until this much time has passed (at least one, at most <see cref="MaxWarmups"/>):
     /// the JIT recompiles hot methods with profile data during the first second or so, and a timed run in that phase
-    /// measured up to 30% slower than the steady state a server sees.
+    /// is markedly slower than the steady state a server sees.
     /// </summary>
     public const double WarmupSeconds = 2.0;
 
@@ -162,8 +161,8 @@ public sealed class SpeedBench
 
     /// <summary>
     /// A timed repetition runs the test as many times as it takes to last about this long (judged by the last warm-up
-    /// run; seconds). A repetition of a short test (pp64 at batch 1: 12 ms) measured 30-61% of its roofline from one
-    /// repetition to the next on this machine, where the neighbours' memory traffic comes in bursts of ~100 ms.
+    /// run; seconds): a repetition of a short test lasts about as long as a burst of the neighbours' memory traffic on
+    /// a shared host, so one burst would decide its figure.
     /// </summary>
     public double MinRepetitionSeconds { get; set; } = 0.5;
 
@@ -183,41 +182,45 @@ public sealed class SpeedBench
         maxRows = Math.Max(maxRows, upward ? Math.Max(depth, tokens) : Math.Min(depth, 512));
         using var pool = new KvBlockPool(layout, _model.KvBlocksFor(total, _blockSize, maxRows) * batch * layout.BlockBytes);
         LargestPoolBytes = Math.Max(LargestPoolBytes, pool.CapacityBytes);
-        var cache = _model.CreateCache(pool, maxRows);
-        var runner = new ForwardRunner(_model, cache, maxRows, batch);
+        var engine = new GenerationEngine(_model, _model.CreateCache(pool, maxRows),
+            new EngineOptions { MaxStepTokens = maxRows, MaxSequences = batch, MaxPromptTokens = maxRows });
         var rng = new SplitMix64(1234);
+        int Token() => 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
         var samples = new List<double>(repetitions);
-        var logits = new float[(long)batch * _model.Vocab];
-        var steps = new StepSequence[batch];
-        var ids = new int[Math.Max(batch * tokens, runner.MaxRows)];
+        // the depth each sequence is filled to before the test, and the test's tokens: fixed random ids
+        var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, depth).Select(_ => Token()).ToArray()).ToArray();
+        var ids = new int[Math.Max(batch * tokens, maxRows)];
+        for (int i = 0; i < ids.Length; i++) ids[i] = Token();
+        var seqs = new EngineSequence[batch];
         var warm = Stopwatch.StartNew();
         var probes = BandwidthProbe is null ? null : new List<double>(repetitions + 1);
         var steal = StealSeconds is null ? null : new List<double>(repetitions);
         int reruns = 0;
         double rerunSteal = 0;
-        // one run of the test: sequences created, filled to the depth (untimed), the test timed, sequences removed
+        // one run of the test: teacher-forced sequences admitted and filled to the depth (untimed), the test timed,
+        // sequences retired
         double Once()
         {
-            var seqs = new int[batch];
-            for (int b = 0; b < batch; b++) { seqs[b] = cache.CreateSequence(); cache.TryReserve(seqs[b], total); }
-            if (depth > 0) Fill(runner, seqs, depth, ref rng, ids, logits);
-            for (int i = 0; i < ids.Length; i++) ids[i] = 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
+            for (int b = 0; b < batch; b++) seqs[b] = engine.Admit(new GenerationRequest { Prompt = prompts[b], MaxNewTokens = tokens });
+            while (engine.HasWork) engine.Step();
             var sw = Stopwatch.StartNew();
             if (kind == BenchKind.PromptProcessing)
             {
                 // the whole batch's prompts in as few steps as the runner allows (exact for causal layouts)
-                Fill(runner, seqs, tokens, ref rng, ids, logits);
+                for (int b = 0; b < batch; b++) engine.Feed(seqs[b], ids.AsSpan(b * tokens, tokens));
+                while (engine.HasWork) engine.Step();
             }
             else
             {
+                // one token per sequence per step
                 for (int t = 0; t < tokens; t++)
                 {
-                    for (int b = 0; b < batch; b++) steps[b] = new StepSequence(seqs[b], 1);
-                    runner.Run(steps, ids.AsSpan(t * batch % (ids.Length - batch + 1), batch), LogitsRows.Last, logits);
+                    for (int b = 0; b < batch; b++) engine.Feed(seqs[b], ids.AsSpan((t * batch + b) % ids.Length, 1));
+                    engine.Step();
                 }
             }
             double seconds = sw.Elapsed.TotalSeconds;
-            foreach (var s in seqs) cache.Remove(s);
+            foreach (var s in seqs) engine.Retire(s);
             return seconds;
         }
 
@@ -259,35 +262,6 @@ public sealed class SpeedBench
         double[]? bandwidths = probes is null ? null : Enumerable.Range(0, repetitions).Select(i => Math.Max(probes[i], probes[i + 1])).ToArray();
         var (roof, bound, each) = Judge(kind, tokens, batch, depth, bandwidths);
         return new BenchResult(kind, tokens, batch, depth, Stats.Of(samples), roof, bound, bandwidths, probes, each, reruns, rerunSteal, steal, runs);
-    }
-
-    /// <summary>Evaluates `tokens` more tokens of every sequence, splitting into steps of at most MaxRows rows.</summary>
-    private void Fill(ForwardRunner runner, int[] seqs, int tokens, ref SplitMix64 rng, int[] ids, float[] logits)
-    {
-        bool whole = _model.Map.AnyAttendsTop;
-        var steps = new List<StepSequence>();
-        var done = new int[seqs.Length];
-        int next = 0;
-        while (next < seqs.Length)
-        {
-            steps.Clear();
-            int room = runner.MaxRows, used = 0;
-            for (int b = next; b < seqs.Length && room > 0; b++)
-            {
-                int left = tokens - done[b];
-                int take = whole ? (left <= room || steps.Count == 0 ? left : 0) : Math.Min(left, room);
-                if (take == 0) break;
-                steps.Add(new StepSequence(seqs[b], take));
-                done[b] += take;
-                room -= take;
-                used += take;
-            }
-            for (int i = 0; i < used; i++) ids[i] = 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
-            var span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(steps);
-            var lg = logits.Length >= steps.Count * _model.Vocab ? logits : new float[steps.Count * _model.Vocab];
-            runner.Run(span, ids.AsSpan(0, used), LogitsRows.Last, lg);
-            while (next < seqs.Length && done[next] == tokens) next++;
-        }
     }
 
     /// <summary>

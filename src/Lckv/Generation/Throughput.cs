@@ -23,7 +23,7 @@ public sealed record ThroughputSettings
     public int BlockSize { get; init; } = 16;
     /// <summary>Upper end of the batch search.</summary>
     public int MaxBatch { get; init; } = 512;
-    /// <summary>Most prompt tokens evaluated in one prefill step (the generator's chunk).</summary>
+    /// <summary>Most prompt tokens evaluated in one prefill step (the engine's chunk).</summary>
     public int MaxStepRows { get; init; } = 512;
     public ulong Seed { get; init; } = 0;
 
@@ -50,7 +50,7 @@ public enum BudgetKind { Total, KvOnly }
 
 /// <summary>
 /// Where the bytes of a batch go: weights (in their dtype, each tensor 64-byte aligned as the model stores them), the
-/// forward runner's scratch, the generator's logits buffers, the KV pool's and cache's tables, and the KV blocks.
+/// forward runner's scratch, the engine's logits buffer and samplers, the KV pool's and cache's tables, and the KV blocks.
 /// </summary>
 public sealed record MemoryAccount(int Batch, long WeightBytes, long ScratchBytes, long LogitsBytes, long TableBytes, long KvBytes)
 {
@@ -173,12 +173,16 @@ public sealed class ThroughputBench
         return ModelWeights.Specs(config, map).Sum(s => (s.Elements * es + 63) / 64 * 64);
     }
 
-    /// <summary>Rows the generator's runner gets for a batch: its prefill chunk, or a whole prompt for upward layouts.</summary>
-    public int RunnerRows(LayerMap map, int batch)
+    /// <summary>The engine a batch runs on: prefill chunks no longer than all the batch's prompts together, and
+    /// room for a whole prompt (upward layouts evaluate a prompt in one step).</summary>
+    public EngineOptions EngineOptionsFor(int batch) => new()
     {
-        int step = (int)Math.Min(_settings.MaxStepRows, (long)batch * _settings.PromptLength);
-        return Math.Max(step, map.AnyAttendsTop ? _settings.PromptLength : 1);
-    }
+        MaxStepTokens = (int)Math.Min(_settings.MaxStepRows, (long)batch * _settings.PromptLength),
+        MaxSequences = batch, MaxPromptTokens = _settings.PromptLength,
+    };
+
+    /// <summary>Rows the engine's runner gets for a batch: its prefill chunk, or a whole prompt for upward layouts.</summary>
+    public int RunnerRows(LayerMap map, int batch) => EngineOptionsFor(batch).StepRows(map);
 
     private bool SequentialPrefill(ModelConfig config, LayerMap map)
         => map.AnyAttendsTop && (config.UseSequential || _settings.PromptLength <= config.ForwardPasses + config.BackwardPasses);
@@ -189,10 +193,10 @@ public sealed class ThroughputBench
         var s = _settings;
         long weights = WeightBytes(config, map, s.WeightDType);
         long scratch = ForwardRunner.ScratchBytes(config, RunnerRows(map, batch), batch);
-        // the generator keeps the last prefill logits, the prefill step's logits and the decode step's logits; the
-        // sequential path (short prompts of upward layouts) adds one more for its steps
-        int logitBuffers = 3 + (SequentialPrefill(config, map) ? 1 : 0);
-        long logits = (long)logitBuffers * batch * config.VocabSize * sizeof(float);
+        // the engine's logits buffer (the last row of each sequence) and each sequence's greedy sampler; the sequential
+        // path (short prompts of upward layouts) adds a logits buffer for its steps
+        long logits = GenerationEngine.LogitsBytes(config.VocabSize, batch) * (SequentialPrefill(config, map) ? 2 : 1)
+                      + batch * GenerationEngine.SamplerBytes(config.VocabSize, repetitionPenalty: false);
         long seqBlocks = KvCache.BlocksFor(s.SequenceLength, s.BlockSize);
         // sliding-window KV layers keep a bounded ring (LlamaModel.RingPositions, as the cache is built in Run)
         long perSequence = 0, tableEntries = 0;
@@ -251,50 +255,34 @@ public sealed class ThroughputBench
         progress?.Invoke(new ThroughputProgress(layout, "weights", 0, 1));
         using var model = new LlamaModel(config, ModelWeights.Random(config, map, s.WeightDType, s.Seed), $"preset:{s.ShapeName}", s.SequenceLength);
         using var pool = new KvBlockPool(model.KvLayout(s.BlockSize, s.KvDType), fit.KvBytes);
-        var cache = model.CreateCache(pool, RunnerRows(map, found));
-        var generator = new Generator(model, cache, (int)Math.Min(s.MaxStepRows, (long)found * s.PromptLength));
+        var engine = new GenerationEngine(model, model.CreateCache(pool, RunnerRows(map, found)), EngineOptionsFor(found));
         var rng = new SplitMix64(s.Seed ^ 0x7468726F75676870UL);
         int vocab = config.VocabSize;
         int Token() => vocab > 3 ? 3 + (int)(rng.Next() % (ulong)(vocab - 3)) : (int)(rng.Next() % (ulong)vocab);
+        var greedy = new SamplingParams { Temperature = 0 };
 
         // warm up the code paths (JIT) on one short sequence: a prompt just long enough to take the same prefill path
         int warmLength = Math.Min(s.PromptLength, config.ForwardPasses + config.BackwardPasses + 1);
         progress?.Invoke(new ThroughputProgress(layout, "warmup", 0, 1));
-        generator.Generate([Enumerable.Range(0, warmLength).Select(_ => Token()).ToArray()],
-            new GenerateOptions { MaxTokens = Math.Min(2, s.GenLength), Sampling = new SamplingParams { Temperature = 0 } });
+        engine.Admit(new GenerationRequest
+        {
+            Prompt = Enumerable.Range(0, warmLength).Select(_ => Token()).ToArray(), MaxNewTokens = Math.Min(2, s.GenLength), Sampling = greedy,
+        });
+        engine.RunToEnd();
 
         var prompts = Enumerable.Range(0, found).Select(_ => Enumerable.Range(0, s.PromptLength).Select(_ => Token()).ToArray()).ToArray();
         long total = (long)found * s.GenLength, done = 0;
         progress?.Invoke(new ThroughputProgress(layout, "generate", 0, total));
-        var output = generator.Generate(prompts, new GenerateOptions { MaxTokens = s.GenLength, Sampling = new SamplingParams { Temperature = 0 } },
-            onToken: (_, _, _) => progress?.Invoke(new ThroughputProgress(layout, "generate", ++done, total)));
-        int generated = output.Sequences.Sum(x => x.OutputIds.Count);
+        EngineTokenCallback onToken = (_, _, _) => progress?.Invoke(new ThroughputProgress(layout, "generate", ++done, total));
+        var sequences = prompts.Select(p => engine.Admit(new GenerationRequest { Prompt = p, MaxNewTokens = s.GenLength, Sampling = greedy, OnToken = onToken })).ToArray();
+        var t = engine.RunToEnd();
+        int generated = sequences.Sum(x => x.Output.Count);
         if (generated != total) throw new LckvException($"layout {layout}: generated {generated} tokens, expected {total}");
-        var t = output.Timing;
         return row with
         {
             PoolBytes = pool.CapacityBytes, PromptTokens = t.PrefillTokens, GeneratedTokens = generated,
             PrefillSeconds = t.PrefillSeconds, DecodeSeconds = t.DecodeSeconds, DecodeTokens = t.DecodeTokens,
         };
-    }
-
-    /// <summary>Runs every layout; each row also gets the batch its KV per sequence allows in the KV bytes of the
-    /// first layout's batch (the pure KV-size effect, without the weights that sharing frees).</summary>
-    public IReadOnlyList<ThroughputRow> RunAll(IReadOnlyList<string> layouts, int? batch = null, Action<ThroughputProgress>? progress = null,
-        bool accountOnly = false)
-    {
-        var rows = new List<ThroughputRow>();
-        foreach (var layout in layouts) rows.Add(Run(layout, batch, progress, accountOnly));
-        if (rows.Count > 0 && rows[0].Batch > 0)
-        {
-            long kvBudget = rows[0].Fit.KvBytes;
-            for (int i = 0; i < rows.Count; i++)
-            {
-                long perSequence = rows[i].Fit.KvBytes / rows[i].Fit.Batch;
-                rows[i] = rows[i] with { BatchAtKvBytes = (int)(kvBudget / perSequence) };
-            }
-        }
-        return rows;
     }
 
     /// <summary>The budget at which a layout fits exactly the given batch (its account's charged bytes).</summary>
