@@ -186,7 +186,7 @@ public sealed class GenerationEngine
     private readonly bool _upward;
     private readonly List<EngineSequence> _active;
     private readonly List<EngineSequence> _finished;
-    // one step's entries: groups [0, nA) (upward layouts: fresh whole prompts) and [nA, n), each run on its own
+    // one step's entries: [0, nA) fresh whole prompts (upward layouts), then decodes and chunks of other input
     private readonly EngineSequence[] _entries;
     private readonly int[] _takes;
     private readonly StepSequence[] _batch;
@@ -221,6 +221,8 @@ public sealed class GenerationEngine
     public KvCache Cache => _cache;
     /// <summary>Rows of the runner: the most tokens one step evaluates.</summary>
     public int StepRows => _rows;
+    /// <summary>Evaluations of the layer stack so far (see <see cref="ForwardRunner.Evaluations"/>).</summary>
+    public long Evaluations => _runner.Evaluations;
     /// <summary>Admitted sequences not yet retired, in admission order.</summary>
     public IReadOnlyList<EngineSequence> Sequences => _active;
     /// <summary>The sequences the last step finished.</summary>
@@ -277,7 +279,7 @@ public sealed class GenerationEngine
         if (need > pool.TotalBlocks)
             throw new LckvException($"a sequence of up to {MaxTokensOf(request)} tokens needs {need} KV blocks ({MiB(need)} MiB) but the KV budget has {pool.TotalBlocks} in all ({MiB(pool.TotalBlocks)} MiB)");
         if (_active.Count >= Options.MaxSequences || need > AvailableBlocks) return false;
-        if (request.Logits == LogitsRows.All && request.OnLogits is not null) _allLogits ??= new float[(long)_rows * _vocab];
+        if (request.Logits == LogitsRows.All && request.OnLogits is not null) _allLogits ??= new float[2L * _rows * _vocab]; // a step carries at most two groups of rows
         int id = _cache.CreateSequence();
         sequence = new EngineSequence(id, request, _vocab, MaxTokensOf(request), need);
         _promised += need;
@@ -342,9 +344,9 @@ public sealed class GenerationEngine
     /// One step: every unfinished sequence with input joins (decoding ones first, then prompts in admission order,
     /// chunked by the rows left), its positions are reserved, the runner evaluates them, logits are delivered,
     /// sampled sequences choose their next token and stop rules finish them. On a layout with upward-reading layers a
-    /// fresh prompt is evaluated whole and apart from the other sequences (the plan needs whole sequences from
-    /// position 0), so such a step runs the runner twice. Allocates nothing beyond what sampling's text decoding and
-    /// the callbacks do.
+    /// fresh prompt is taken whole (the plan needs whole sequences from position 0), with up to StepRows rows of its own
+    /// beside the other sequences; the runner evaluates such a step as sub-steps. Allocates nothing beyond what
+    /// sampling's text decoding and the callbacks do.
     /// </summary>
     public StepReport Step()
     {
@@ -398,10 +400,8 @@ public sealed class GenerationEngine
             promptTokens += prompt;
             decodeTokens += take - prompt;
         }
-        int tokensA = 0;
-        for (int j = 0; j < nA; j++) tokensA += _takes[j];
-        if (nA > 0) sampled += RunGroup(0, nA, 0, tokensA);
-        if (n > nA) sampled += RunGroup(nA, n, tokensA, tokenAt - tokensA);
+        // one runner call: on an upward layout it evaluates the fresh prompts through the plan and the rest apart
+        sampled += RunGroup(0, n, 0, tokenAt);
         Array.Clear(_entries, 0, n);
         return new StepReport(n, promptTokens, decodeTokens, sampled, _finished.Count);
     }

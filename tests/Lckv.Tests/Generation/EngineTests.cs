@@ -87,7 +87,11 @@ public sealed class EngineTests
         var seqs = new List<EngineSequence> { e.Admit(Request(0)) };
         for (int i = 0; i < 3; i++) e.Step();
         seqs.Add(e.Admit(Request(1)));
+        long before = e.Evaluations;
         var mixed = e.Step();
+        // one evaluation of the layer stack for a standard layout; the plan's and the decode's for an upward one: never
+        // the whole batch token by token
+        Assert.Equal(s.Model.Map.AnyAttendsTop ? 2 : 1, e.Evaluations - before);
         Assert.Equal(20, mixed.PromptTokens); // the new prompt, whole
         Assert.Equal(1, mixed.DecodeTokens);  // beside the decoding sequence
         Assert.Equal(2, mixed.Sampled);
