@@ -5,6 +5,7 @@ using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Bench;
@@ -43,6 +44,7 @@ public unsafe class GemmBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        WorkerPool.Shared.Cores ??= CoreMonitor.TryCreate(); // as in the CLI (this runs in BenchmarkDotNet's child process)
         var d = Shape.Split('x').Select(int.Parse).ToArray();
         (_m, _k, _n) = (d[0], d[1], d[2]);
         var rng = new Random(1);

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Bench;

@@ -1,4 +1,4 @@
-namespace Lckv.Numerics;
+namespace Lckv.Diagnostics;
 
 /// <summary>
 /// Linux: CPU time the hypervisor gave to other guests while this machine's virtual CPUs wanted to run ("steal" in

@@ -2,8 +2,9 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Lckv.Numerics;
 
-namespace Lckv.Numerics;
+namespace Lckv.Diagnostics;
 
 /// <summary>The machine's limits measured in-process: f32 FMA peak and memory read bandwidth.</summary>
 /// <param name="Threads">threads used for both figures</param>

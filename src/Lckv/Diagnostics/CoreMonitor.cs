@@ -1,7 +1,8 @@
 using System.Diagnostics;
+using Lckv.Numerics;
 using Microsoft.Win32.SafeHandles;
 
-namespace Lckv.Numerics;
+namespace Lckv.Diagnostics;
 
 /// <summary>
 /// Linux: how many threads a call of the <see cref="WorkerPool"/> may use without a core that another process is
@@ -16,7 +17,7 @@ namespace Lckv.Numerics;
 /// on every online core: under a CPU quota or an affinity mask the machine-wide count says nothing about this
 /// process's cores. Off with LCKV_CORE_MONITOR=0.
 /// </summary>
-internal sealed class CoreMonitor
+public sealed class CoreMonitor : ICoreAvailability
 {
     private static readonly long Interval = Stopwatch.Frequency / 100;
     private readonly SafeFileHandle? _file;
