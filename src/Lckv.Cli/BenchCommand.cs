@@ -45,9 +45,9 @@ public static class BenchCommand
             var roof = new RooflineResult(threads, Roofline.MeasureFmaPeak(threads), probe.Measure());
             var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
             var kvDType = mo.KvStorage(p);
-            // the bandwidth is probed again after the warm-up of each test and after each repetition: this machine's
-            // moves by up to 1.6x from one half-minute to the next, and each repetition is judged against its own
-            // and a repetition during which the host took CPU time from this machine (a virtual machine's steal) runs again
+            // the bandwidth is probed again after the warm-up of each test and after each repetition, and each repetition
+            // is judged against its own (a shared machine's bandwidth moves from one minute to the next); a repetition
+            // during which the host took CPU time from this machine (a virtual machine's steal) runs again
             var bench = new SpeedBench(model, kvDType, mo.Block(p), machine)
             {
                 BandwidthProbe = probe.Measure,

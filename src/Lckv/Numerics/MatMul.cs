@@ -204,12 +204,11 @@ public static unsafe partial class MatMul
     /// part per thread). Products that stream W (at most <see cref="SharedMaxRows"/> rows of x, at least
     /// <see cref="SharedSplitBytes"/> of W) share their columns: each part computes a fixed range of
     /// <see cref="SharedFixedFraction"/> percent of an even share first, then claims the remaining columns Unit at a
-    /// time from a counter the parts share. The two cores of this machine stream W at rates that differ from one call
-    /// to the next (over a whole batch-1 decode of tinyllama, one thread's chunks took 6-10% longer than the other's,
-    /// and a call lasts as long as its slower chunk), so an even split leaves the faster core idle at the end of every
-    /// call. Other products take an even split: at 16 rows the claims measured ~1% slower (the threads' rates there
-    /// are set by their FMAs, and agree). Every column is computed once, by whichever thread claims it, the same way
-    /// on any thread, so results do not depend on the split.
+    /// time from a counter the parts share. The cores of a shared machine stream W at rates that differ from one call
+    /// to the next, and a call lasts as long as its slower chunk, so an even split leaves the faster core idle at the
+    /// end of every call. Other products take an even split: with more rows the threads' rates are set by their FMAs,
+    /// and agree, so claims would only add their cost. Every column is computed once, by whichever thread claims it,
+    /// the same way on any thread, so results do not depend on the split.
     /// </summary>
     internal readonly struct ColumnSplit
     {

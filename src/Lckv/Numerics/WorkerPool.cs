@@ -159,10 +159,9 @@ public sealed unsafe class WorkerPool
     }
 
     /// <summary>
-    /// The caller's wait for the other chunks: a short pause between reads of the pending count. SpinWait's back-off
-    /// yields the core from its tenth round on, and a yield cost ~10 us on this machine, longer than many chunks; the
-    /// tight wait measured 0.5-1% faster over batch-1 and batch-16 decode (interleaved steps in one process). Past ~1 ms
-    /// of waiting it yields: a worker that is that late has likely been descheduled, and the core is better given to it.
+    /// The caller's wait for the other chunks: a short pause between reads of the pending count. Not SpinWait's
+    /// back-off, which soon yields the core: a yield can last longer than a whole chunk of a decode step. Past ~1 ms of
+    /// waiting it yields: a worker that is that late has likely been descheduled, and the core is better given to it.
     /// </summary>
     private void WaitForWorkers()
     {
@@ -266,7 +265,7 @@ public sealed unsafe class WorkerPool
                 int i = 0;
                 while (Volatile.Read(ref _seq) == seen)
                 {
-                    Thread.SpinWait(1); // ~40 ns here (SpinWait(16) was ~410 ns between two looks at the sequence number)
+                    Thread.SpinWait(1); // one short pause between looks, so a posted job is seen at once
                     if ((++i & 63) == 0 && Stopwatch.GetTimestamp() - start > spinLimit)
                     {
                         Interlocked.Exchange(ref _sleeping, 1);
