@@ -39,7 +39,7 @@ public sealed record TrainerState
     [JsonPropertyName("tokens_seen")] public long TokensSeen { get; init; }
     [JsonPropertyName("data")] public string? Data { get; init; }
     [JsonPropertyName("data_meta_sha256")] public string? DataMetaSha256 { get; init; }
-    /// <summary>The checkpoint training started from (--from), if any.</summary>
+    /// <summary>The checkpoint training started from (its weights only), if any.</summary>
     [JsonPropertyName("init_from")] public string? InitFrom { get; init; }
     [JsonPropertyName("elapsed_seconds")] public double ElapsedSeconds { get; init; }
     /// <summary>The last steps (at most <see cref="Checkpoint.LossTailLength"/>).</summary>
