@@ -69,7 +69,7 @@ internal static unsafe class GemmTable
     }
 
     /// <summary>Decode rows rotate over copies of W totalling at least this much, so W streams from memory, not L3.</summary>
-    private static readonly long ColdBytes = long.TryParse(Environment.GetEnvironmentVariable("LCKV_COLD_MB"), out long mb) ? mb << 20 : 128L << 20;
+    private static readonly long _coldBytes = long.TryParse(Environment.GetEnvironmentVariable("LCKV_COLD_MB"), out long mb) ? mb << 20 : 128L << 20;
 
     private static void Row(Shape s, DType dtype, int threads, RooflineResult roof)
     {
@@ -77,7 +77,7 @@ internal static unsafe class GemmTable
         var rng = new Random(7);
         float* x = Alloc((long)m * k), wf = Alloc((long)n * k), y = Alloc((long)m * n);
         long wBytes = (long)n * k * DTypes.SizeOf(dtype);
-        int copies = m <= 64 ? (int)Math.Max(1, (ColdBytes + wBytes - 1) / wBytes) : 1;
+        int copies = m <= 64 ? (int)Math.Max(1, (_coldBytes + wBytes - 1) / wBytes) : 1;
         var wd = new nint[copies];
         nint region = 0;
         try

@@ -63,7 +63,7 @@ public static class Cli
     private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
 
     /// <summary>The flags that set the library's settings (LckvException.Settings), by the settings' library names.</summary>
-    private static readonly Dictionary<string, string> Flags = new(StringComparer.OrdinalIgnoreCase)
+    private static readonly Dictionary<string, string> _flags = new(StringComparer.OrdinalIgnoreCase)
     {
         ["Batch"] = "--batch", ["SeqLen"] = "--seq-len", ["Accum"] = "--accum", ["Clip"] = "--clip",
         ["Lr"] = "--lr", ["MaxLr"] = "--lr", ["MinLr"] = "--min-lr", ["Warmup"] = "--warmup",
@@ -75,7 +75,7 @@ public static class Cli
     /// <summary>" (--batch, --seq-len)" for the flags of the given settings; empty when none has one.</summary>
     internal static string FlagsOf(IReadOnlyList<string> settings)
     {
-        var flags = settings.Select(s => Flags.GetValueOrDefault(s)).OfType<string>().Distinct().ToList();
+        var flags = settings.Select(s => _flags.GetValueOrDefault(s)).OfType<string>().Distinct().ToList();
         return flags.Count == 0 ? "" : $" ({string.Join(", ", flags)})";
     }
 }

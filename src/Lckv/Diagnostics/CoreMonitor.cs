@@ -17,7 +17,7 @@ namespace Lckv.Diagnostics;
 /// </summary>
 public sealed class CoreMonitor : ICoreAvailability
 {
-    private static readonly long Interval = Stopwatch.Frequency / 100;
+    private static readonly long _interval = Stopwatch.Frequency / 100;
     private readonly SafeFileHandle? _file;
     private readonly byte[] _buffer = new byte[128];
     private readonly int _cores;
@@ -62,7 +62,7 @@ public sealed class CoreMonitor : ICoreAvailability
     {
         long now = Stopwatch.GetTimestamp();
         if (now < _due || _file is null) return _available;
-        _due = now + Interval;
+        _due = now + _interval;
         int running = ReadRunnable();
         return running < 1 ? _available = int.MaxValue : Record(running, pool.AwakeWorkers());
     }

@@ -25,13 +25,13 @@ public static unsafe partial class MatMul
     /// <summary>x (m &lt;= 16 rows) transposed into xT[p * 16 + r] = x[r, p], rows m..15 zero; on a cache line.</summary>
     private static class PanelPack
     {
-        [ThreadStatic] private static float[]? t_buffer;
+        [ThreadStatic] private static float[]? _buffer;
 
         public static float* Apply(float* x, int m, int k)
         {
             long need = 16L * k;
-            var buf = t_buffer;
-            if (buf is null || buf.Length < need + 16) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
+            var buf = _buffer;
+            if (buf is null || buf.Length < need + 16) _buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
             float* dst = (float*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf)) + 63) & ~(nint)63);
             int p = 0;
             for (; p + 16 <= k; p += 16)

@@ -67,7 +67,7 @@ public static unsafe partial class MatMul
     /// </summary>
     private static class RowPack
     {
-        [ThreadStatic] private static float[]? t_buffer;
+        [ThreadStatic] private static float[]? _buffer;
 
         /// <summary>Rows in pass `pass` of `passes` when rows [0, i) are done.</summary>
         public static int PassRows(int m, int i, int pass, int passes)
@@ -81,8 +81,8 @@ public static unsafe partial class MatMul
         public static float* Apply(float* x, int m, int k, bool split)
         {
             long need = (long)m * k;
-            var buf = t_buffer;
-            if (buf is null || buf.Length < need + 16) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
+            var buf = _buffer;
+            if (buf is null || buf.Length < need + 16) _buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
             // on a cache-line boundary: a 64-byte load across two lines costs two
             float* dst = (float*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf)) + 63) & ~(nint)63);
             var evenIdx = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);

@@ -367,7 +367,7 @@ public static unsafe partial class MatMul
     /// <summary>Per-thread packing buffers, freed with the thread.</summary>
     private sealed class Scratch
     {
-        [ThreadStatic] private static Scratch? t_current;
+        [ThreadStatic] private static Scratch? _current;
         public readonly float* X; // MC x KC
         public readonly float* W; // 16 x KC
         public readonly float* W2; // 16 x KC: the second buffer of the panel kernel
@@ -389,7 +389,7 @@ public static unsafe partial class MatMul
             NativeMemory.AlignedFree(Acc);
         }
 
-        public static Scratch Current => t_current ??= new Scratch();
+        public static Scratch Current => _current ??= new Scratch();
     }
 
     private struct GemmJob<TE> : IRangeBody where TE : struct, IElement

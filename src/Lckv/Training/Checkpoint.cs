@@ -62,7 +62,7 @@ public static class Checkpoint
     public const string StateFile = "trainer_state.json";
     public const int LossTailLength = 100;
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions _jsonOptions = new() { WriteIndented = true };
 
     /// <summary>Writes the checkpoint folder, replacing the previous one atomically.</summary>
     /// <param name="extraFiles">Files copied into the folder (name in the folder, source path).</param>
@@ -100,7 +100,7 @@ public static class Checkpoint
             onStage?.Invoke(OptimizerFile);
 
             // last: its presence marks the folder complete
-            CheckpointFolder.WriteDurable(Path.Combine(tmp, StateFile), JsonSerializer.SerializeToUtf8Bytes(state, JsonOptions));
+            CheckpointFolder.WriteDurable(Path.Combine(tmp, StateFile), JsonSerializer.SerializeToUtf8Bytes(state, _jsonOptions));
             onStage?.Invoke(StateFile);
         }, onStage);
     }

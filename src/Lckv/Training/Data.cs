@@ -79,7 +79,7 @@ public sealed class TokenDataset : IDisposable
     public const string TrainFileName = "train.bin";
     public const string ValFileName = "val.bin";
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions _jsonOptions = new() { WriteIndented = true };
 
     public string Folder { get; }
     public DataMeta Meta { get; }
@@ -161,7 +161,7 @@ public sealed class TokenDataset : IDisposable
                 int nTrain = (int)TrainCount(t.Length, valFraction);
                 return (nTrain, t.Length - nTrain);
             });
-            CheckpointFolder.WriteDurable(Path.Combine(tmp, MetaFileName), JsonSerializer.SerializeToUtf8Bytes(meta, JsonOptions));
+            CheckpointFolder.WriteDurable(Path.Combine(tmp, MetaFileName), JsonSerializer.SerializeToUtf8Bytes(meta, _jsonOptions));
         });
         return meta;
     }

@@ -6,7 +6,7 @@ namespace Lckv.Tests.Numerics;
 [Trait("Category", "Kernels")]
 public class MatMulTests(ITestOutputHelper output)
 {
-    private static readonly int[] Ms = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17];
+    private static readonly int[] _ms = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17];
 
     public static TheoryData<DType> Types => new(TestData.FloatTypes);
 
@@ -16,7 +16,7 @@ public class MatMulTests(ITestOutputHelper output)
     {
         var rng = new Random(1);
         int checkedCount = 0;
-        foreach (int m in Ms)
+        foreach (int m in _ms)
             for (int k = 1; k <= 67; k += (k < 20 ? 1 : 7))
                 for (int n = 1; n <= 67; n += (n < 20 ? 1 : 5))
                 {
