@@ -115,14 +115,14 @@ internal static unsafe class GemmTable
 
     private static float* Alloc(long count) => (float*)NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
 
-    /// <summary>Median seconds per call over repeated runs (about 0.4 s of calls after a warm-up).</summary>
-    internal static double Time(Action call)
+    /// <summary>Median seconds per call over repeated runs (about `budget` seconds of calls after a warm-up).</summary>
+    internal static double Time(Action call, double budget = 0.4)
     {
         call();
         var sw = Stopwatch.StartNew();
         call();
         double once = Math.Max(sw.Elapsed.TotalSeconds, 1e-7);
-        int reps = (int)Math.Clamp(0.4 / once, 5, 2000);
+        int reps = (int)Math.Clamp(budget / once, 5, 2000);
         // group fast calls so each timed sample lasts at least ~0.2 ms
         int inner = (int)Math.Clamp(2e-4 / once, 1, 1000);
         var samples = new double[reps];

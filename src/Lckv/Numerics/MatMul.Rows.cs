@@ -131,6 +131,7 @@ public static unsafe partial class MatMul
         public Targets T;
         public int M, K;
         public ColumnSplit Split;
+        public Variants Off; // the caller's
 
         public readonly void Invoke(int p0, int p1)
         {
@@ -154,6 +155,8 @@ public static unsafe partial class MatMul
             }
         }
 
+        private readonly bool Uses(Variants v) => (Off & v) == 0;
+
         // columns [j0, j1) of one matrix
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private readonly void Columns(float* XP, byte* W, float* Y, int N, int j0, int j1)
@@ -161,26 +164,27 @@ public static unsafe partial class MatMul
             long rowBytes = (long)K * TE.Size;
             int passes = RowPack.Passes(M);
             int j = j0, jEnd = j0 + (j1 - j0) / 4 * 4;
-            if (M == 1)
+            if (M == 1 && Uses(Variants.SequentialGemv))
             {
                 for (; j < jEnd; j += 4) Dot1Seq4<TE>(XP, W + j * rowBytes, rowBytes, K, Y + j);
             }
             else
             {
                 // k in blocks (x's block of every row stays in L1 while W's groups stream past it), sums added up in y
-                int kBlock = M is >= DotKBlockMinRows and <= DotKBlockMaxRows && K > DotKBlock ? DotKBlock : K;
+                int kBlock = M is >= DotKBlockMinRows and <= DotKBlockMaxRows && K > DotKBlock && Uses(Variants.KBlocks) ? DotKBlock : K;
                 for (int k0 = 0; k0 < K; k0 += kBlock)
                 {
                     int kb = Math.Min(kBlock, K - k0);
                     bool add = k0 > 0;
-                    bool spread = kb == K; // see Rows4
-                    bool crowded = spread && passes >= 3 && (long)M * kb * sizeof(float) >= CrowdedXBytes;
+                    bool spread = kb == K && Uses(Variants.SpreadPrefetch); // see Rows4
+                    bool crowded = spread && passes >= 3 && (long)M * kb * sizeof(float) >= CrowdedXBytes && Uses(Variants.NonTemporal);
+                    bool twoAhead = spread && !crowded && Uses(Variants.TwoAhead);
                     for (j = j0; j < jEnd; j += 4)
                     {
                         byte* wr = W + j * rowBytes + (long)k0 * TE.Size;
                         // past the range's last group, prefetching the current group again is harmless
                         byte* next = j + 8 <= j1 ? wr + 4 * rowBytes : wr;
-                        byte* after = spread && !crowded && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
+                        byte* after = twoAhead && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
                         for (int pass = 0, i = 0; pass < passes; pass++)
                         {
                             int rows = RowPack.PassRows(M, i, pass, passes);

@@ -93,6 +93,35 @@ public class MatMulTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>Every path forced, and every kernel variant switched off, matches the reference on shapes around the
+    /// dispatch's boundaries (bench/Lckv.Bench's `paths` mode times them against each other).</summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void EveryPathAndVariantMatchesReference(DType dtype)
+    {
+        var rng = new Random(6);
+        var shapes = new[] { (1, 1031, 70), (3, 259, 131), (4, 600, 37), (12, 1100, 21), (16, 515, 33), (16, 1600, 40), (20, 300, 41), (40, 700, 19) };
+        try
+        {
+            foreach (var path in Enum.GetValues<MatMul.Path>())
+            {
+                MatMul.Forced = path;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+            MatMul.Forced = MatMul.Path.Auto;
+            foreach (var v in Enum.GetValues<MatMul.Variants>())
+            {
+                MatMul.Off = v;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+        }
+        finally
+        {
+            MatMul.Forced = MatMul.Path.Auto;
+            MatMul.Off = MatMul.Variants.None;
+        }
+    }
+
     [Fact]
     public void EveryKFromOneTo67WithGemmAndDot()
     {
