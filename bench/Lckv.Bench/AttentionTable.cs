@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Bench;

@@ -5,6 +5,7 @@ using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Bench;
@@ -19,9 +20,9 @@ public unsafe class GemmBenchmarks
 {
     /// <summary>The shapes (m x k x n), or those listed in LCKV_BENCH_SHAPES (comma separated).</summary>
     public static IEnumerable<string> Shapes =>
-        Environment.GetEnvironmentVariable("LCKV_BENCH_SHAPES") is { Length: > 0 } list ? list.Split(',') : DefaultShapes;
+        Environment.GetEnvironmentVariable("LCKV_BENCH_SHAPES") is { Length: > 0 } list ? list.Split(',') : _defaultShapes;
 
-    private static readonly string[] DefaultShapes =
+    private static readonly string[] _defaultShapes =
     [
         "1024x1024x1024", "2048x2048x2048", "4096x4096x4096",
         "1x512x1408", "1x1408x512", "1x2048x5632", "1x5632x2048", "1x2048x32000",
@@ -43,6 +44,7 @@ public unsafe class GemmBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        WorkerPool.Shared.Cores ??= CoreMonitor.TryCreate(); // as in the CLI (this runs in BenchmarkDotNet's child process)
         var d = Shape.Split('x').Select(int.Parse).ToArray();
         (_m, _k, _n) = (d[0], d[1], d[2]);
         var rng = new Random(1);
@@ -76,7 +78,7 @@ public unsafe class GemmBenchmarks
 /// <summary>Adds GFLOP/s, % FMA peak and W GB/s (against the roofline measured once in this process).</summary>
 public sealed class RooflineConfig : ManualConfig
 {
-    private static readonly Lazy<RooflineResult> Roof = new(() =>
+    private static readonly Lazy<RooflineResult> _roof = new(() =>
     {
         var r = Roofline.Measure(WorkerPool.Shared.ThreadCount);
         Console.WriteLine($"// Roofline: {r}");
@@ -87,9 +89,9 @@ public sealed class RooflineConfig : ManualConfig
     {
         AddJob(Job.Default.WithWarmupCount(2).WithIterationCount(6).WithIterationTime(Perfolizer.Horology.TimeInterval.FromMilliseconds(150)));
         AddColumn(new RateColumn("GFLOP/s", (flops, _, s) => flops / s / 1e9));
-        AddColumn(new RateColumn("% FMA peak", (flops, _, s) => 100 * flops / s / 1e9 / Roof.Value.FmaGflops));
+        AddColumn(new RateColumn("% FMA peak", (flops, _, s) => 100 * flops / s / 1e9 / _roof.Value.FmaGflops));
         AddColumn(new RateColumn("W GB/s", (_, bytes, s) => bytes / s / 1e9));
-        AddColumn(new RateColumn("% read bw", (_, bytes, s) => 100 * bytes / s / 1e9 / Roof.Value.ReadGBps));
+        AddColumn(new RateColumn("% read bw", (_, bytes, s) => 100 * bytes / s / 1e9 / _roof.Value.ReadGBps));
     }
 
     private sealed class RateColumn(string name, Func<double, double, double, double> rate) : IColumn

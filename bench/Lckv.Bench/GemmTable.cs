@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Bench;
@@ -68,7 +69,7 @@ internal static unsafe class GemmTable
     }
 
     /// <summary>Decode rows rotate over copies of W totalling at least this much, so W streams from memory, not L3.</summary>
-    private static readonly long ColdBytes = long.TryParse(Environment.GetEnvironmentVariable("LCKV_COLD_MB"), out long mb) ? mb << 20 : 128L << 20;
+    private static readonly long _coldBytes = long.TryParse(Environment.GetEnvironmentVariable("LCKV_COLD_MB"), out long mb) ? mb << 20 : 128L << 20;
 
     private static void Row(Shape s, DType dtype, int threads, RooflineResult roof)
     {
@@ -76,7 +77,7 @@ internal static unsafe class GemmTable
         var rng = new Random(7);
         float* x = Alloc((long)m * k), wf = Alloc((long)n * k), y = Alloc((long)m * n);
         long wBytes = (long)n * k * DTypes.SizeOf(dtype);
-        int copies = m <= 64 ? (int)Math.Max(1, (ColdBytes + wBytes - 1) / wBytes) : 1;
+        int copies = m <= 64 ? (int)Math.Max(1, (_coldBytes + wBytes - 1) / wBytes) : 1;
         var wd = new nint[copies];
         nint region = 0;
         try
@@ -114,14 +115,14 @@ internal static unsafe class GemmTable
 
     private static float* Alloc(long count) => (float*)NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
 
-    /// <summary>Median seconds per call over repeated runs (about 0.4 s of calls after a warm-up).</summary>
-    internal static double Time(Action call)
+    /// <summary>Median seconds per call over repeated runs (about `budget` seconds of calls after a warm-up).</summary>
+    internal static double Time(Action call, double budget = 0.4)
     {
         call();
         var sw = Stopwatch.StartNew();
         call();
         double once = Math.Max(sw.Elapsed.TotalSeconds, 1e-7);
-        int reps = (int)Math.Clamp(0.4 / once, 5, 2000);
+        int reps = (int)Math.Clamp(budget / once, 5, 2000);
         // group fast calls so each timed sample lasts at least ~0.2 ms
         int inner = (int)Math.Clamp(2e-4 / once, 1, 1000);
         var samples = new double[reps];

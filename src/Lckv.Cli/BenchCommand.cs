@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using Lckv.Diagnostics;
 using Lckv.Generation;
 using Lckv.Numerics;
 
@@ -44,9 +45,9 @@ public static class BenchCommand
             var roof = new RooflineResult(threads, Roofline.MeasureFmaPeak(threads), probe.Measure());
             var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
             var kvDType = mo.KvStorage(p);
-            // the bandwidth is probed again after the warm-up of each test and after each repetition: this machine's
-            // moves by up to 1.6x from one half-minute to the next, and each repetition is judged against its own
-            // and a repetition during which the host took CPU time from this machine (a virtual machine's steal) runs again
+            // the bandwidth is probed again after the warm-up of each test and after each repetition, and each repetition
+            // is judged against its own (a shared machine's bandwidth moves from one minute to the next); a repetition
+            // during which the host took CPU time from this machine (a virtual machine's steal) runs again
             var bench = new SpeedBench(model, kvDType, mo.Block(p), machine)
             {
                 BandwidthProbe = probe.Measure,
@@ -78,6 +79,7 @@ public static class BenchCommand
             bench.Machine = machine;
             results = results.Select(bench.Rejudge).ToList();
 
+            var monitor = WorkerPool.Shared.Cores as CoreMonitor;
             long peak = System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64;
             long kvPeak = results.Count == 0 ? 0 : bench.LargestPoolBytes;
             string name = model.Source.StartsWith("preset:", StringComparison.Ordinal) ? model.Source[7..] : Path.GetFileName(Path.TrimEndingDirectorySeparator(model.Source));
@@ -89,7 +91,7 @@ public static class BenchCommand
                     model = name, parameters = model.ParameterCount, weight_bytes = model.Weights.Bytes, dtype,
                     layer_types = model.Map.ToString(), kv_dtype = DTypes.Name(kvDType), kv_bytes_per_token = model.KvBytesPerToken(kvDType),
                     working_set_after_load_bytes = afterLoad, peak_working_set_bytes = peak, largest_kv_pool_bytes = kvPeak,
-                    threads, contended_core_samples = WorkerPool.Shared.CoreSamples?.Contended, core_samples = WorkerPool.Shared.CoreSamples?.Samples, fma_peak_gflops = machine.PeakGflops, read_bandwidth_gbs = machine.BandwidthGBs,
+                    threads, contended_core_samples = monitor?.Contended, core_samples = monitor?.Samples, fma_peak_gflops = machine.PeakGflops, read_bandwidth_gbs = machine.BandwidthGBs,
                     results = results.Select(x => new
                     {
                         test = x.Name, batch = x.Batch, depth = x.Depth, tokens_per_second = x.TokensPerSecond.Mean,
@@ -106,7 +108,7 @@ public static class BenchCommand
             var repBw = results.SelectMany(x => x.RepetitionBandwidths ?? []).ToArray();
             string beside = repBw.Length == 0 ? "" : $"; each repetition is judged against the read bandwidth probed just before and after it, {repBw.Min():F1}-{repBw.Max():F1} GB/s in this run";
             stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run, the better of before the tests {roof.FmaGflops:F1} GFLOP/s, {roof.ReadGBps:F1} GB/s and after them {after.FmaGflops:F1} GFLOP/s, {after.ReadGBps:F1} GB/s{beside})");
-            if (WorkerPool.Shared.CoreSamples is { Contended: > 0 } cores)
+            if (monitor is { Contended: > 0 } cores)
                 stdout.WriteLine($"contention: another process held a core in {cores.Contended} of {cores.Samples} samples (every 10 ms of work); the kernels ran on fewer threads then, which lowers these figures");
             int reruns = results.Sum(x => x.Reruns);
             if (reruns > 0)

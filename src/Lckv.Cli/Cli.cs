@@ -42,8 +42,8 @@ public static class Cli
         if (Environment.GetEnvironmentVariable("LCKV_DEBUG") == "1") error.WriteLine(e.ToString());
         switch (e)
         {
-            case LckvException:
-                error.WriteLine($"error: {OneLine(e.Message)}");
+            case LckvException le:
+                error.WriteLine($"error: {OneLine(e.Message)}{FlagsOf(le.Settings)}");
                 return 1;
             case FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException:
                 error.WriteLine($"error: {OneLine(e.Message)}");
@@ -61,4 +61,21 @@ public static class Cli
     }
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
+
+    /// <summary>The flags that set the library's settings (LckvException.Settings), by the settings' library names.</summary>
+    private static readonly Dictionary<string, string> _flags = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["Batch"] = "--batch", ["SeqLen"] = "--seq-len", ["Accum"] = "--accum", ["Clip"] = "--clip",
+        ["Lr"] = "--lr", ["MaxLr"] = "--lr", ["MinLr"] = "--min-lr", ["Warmup"] = "--warmup",
+        ["Steps"] = "--steps", ["TotalSteps"] = "--steps", ["EvalEvery"] = "--eval-every", ["EvalBatches"] = "--eval-batches",
+        ["SaveEvery"] = "--save-every", ["Resume"] = "--resume", ["Arch"] = "--arch", ["ValFraction"] = "--val-fraction",
+        ["Force"] = "--force",
+    };
+
+    /// <summary>" (--batch, --seq-len)" for the flags of the given settings; empty when none has one.</summary>
+    internal static string FlagsOf(IReadOnlyList<string> settings)
+    {
+        var flags = settings.Select(s => _flags.GetValueOrDefault(s)).OfType<string>().Distinct().ToList();
+        return flags.Count == 0 ? "" : $" ({string.Join(", ", flags)})";
+    }
 }

@@ -106,7 +106,7 @@ public static class ThroughputCommand
                     stderr.WriteLine($"{label}: batch {row.Batch}, {row.TotalTokensPerSecond:F2} tok/s total");
                 }
             var rows = runs.Select(ThroughputRow.Median).ToList();
-            rows = [.. WithKvOnlyBatch(bench, rows)];
+            rows = [.. WithKvOnlyBatch(rows)];
 
             if (plotPath is not null) WritePlot(plotPath, settings, rows);
             if (fmt == "json") WriteJson(stdout, settings, rows);
@@ -117,7 +117,7 @@ public static class ThroughputCommand
     }
 
     /// <summary>The batch each layout's KV per sequence allows within the first layout's KV bytes.</summary>
-    private static IEnumerable<ThroughputRow> WithKvOnlyBatch(ThroughputBench bench, List<ThroughputRow> rows)
+    private static IEnumerable<ThroughputRow> WithKvOnlyBatch(List<ThroughputRow> rows)
     {
         long kv = rows[0].Batch > 0 ? rows[0].Fit.KvBytes : 0;
         return rows.Select(r => r with { BatchAtKvBytes = (int)(kv / Math.Max(1, r.Fit.KvBytes / r.Fit.Batch)) });

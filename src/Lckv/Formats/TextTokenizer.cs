@@ -354,7 +354,7 @@ public sealed class TextTokenizer
         }
     }
 
-    private static readonly Dictionary<char, byte> ByteLevelInverse = BuildByteLevelInverse();
+    private static readonly Dictionary<char, byte> _byteLevelInverse = BuildByteLevelInverse();
 
     /// <summary>GPT-2's reversible map: printable bytes stand for themselves, the others shift to U+0100 and up.</summary>
     private static Dictionary<char, byte> BuildByteLevelInverse()
@@ -376,7 +376,7 @@ public sealed class TextTokenizer
         for (int i = 0; i < token.Length; i++)
         {
             // a vocabulary entry outside the byte alphabet: keep its UTF-8
-            if (!ByteLevelInverse.TryGetValue(token[i], out result[i])) return Encoding.UTF8.GetBytes(token);
+            if (!_byteLevelInverse.TryGetValue(token[i], out result[i])) return Encoding.UTF8.GetBytes(token);
         }
         return result;
     }

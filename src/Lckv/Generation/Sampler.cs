@@ -62,36 +62,36 @@ public readonly ref struct SamplerCandidates(ReadOnlySpan<int> tokens, ReadOnlyS
 /// </summary>
 public sealed class Sampler
 {
-    readonly SamplingParams settings;
-    readonly int vocabSize;
-    readonly float[] scores;   // processed logits
-    readonly int[] candidates; // token ids in play, [0, count)
-    readonly float[] keys;     // sort keys / probabilities of the candidates
-    readonly int[] seenMark;   // seenMark[token] == seenEpoch: already penalized in this call
-    int seenEpoch;
-    ulong s0, s1, s2, s3;
+    private readonly SamplingParams _settings;
+    private readonly int _vocabSize;
+    private readonly float[] _scores;   // processed logits
+    private readonly int[] _candidates; // token ids in play, [0, count)
+    private readonly float[] _keys;     // sort keys / probabilities of the candidates
+    private readonly int[] _seenMark;   // _seenMark[token] == _seenEpoch: already penalized in this call
+    private int _seenEpoch;
+    private ulong _s0, _s1, _s2, _s3;
 
     public Sampler(SamplingParams settings, int vocabSize)
     {
         ArgumentNullException.ThrowIfNull(settings);
         settings.Validate();
         if (vocabSize <= 0) throw new LckvException($"vocabulary size must be positive, got {vocabSize}");
-        this.settings = settings;
-        this.vocabSize = vocabSize;
-        scores = new float[vocabSize];
-        candidates = new int[vocabSize];
-        keys = new float[vocabSize];
-        seenMark = settings.RepetitionPenalty != 1f ? new int[vocabSize] : [];
+        _settings = settings;
+        _vocabSize = vocabSize;
+        _scores = new float[vocabSize];
+        _candidates = new int[vocabSize];
+        _keys = new float[vocabSize];
+        _seenMark = settings.RepetitionPenalty != 1f ? new int[vocabSize] : [];
         Seed = settings.Seed ?? (ulong)Random.Shared.NextInt64() ^ ((ulong)Random.Shared.NextInt64() << 1);
         ulong sm = Seed;
-        s0 = SplitMix64(ref sm);
-        s1 = SplitMix64(ref sm);
-        s2 = SplitMix64(ref sm);
-        s3 = SplitMix64(ref sm);
+        _s0 = SplitMix64(ref sm);
+        _s1 = SplitMix64(ref sm);
+        _s2 = SplitMix64(ref sm);
+        _s3 = SplitMix64(ref sm);
     }
 
-    public SamplingParams Settings => settings;
-    public int VocabSize => vocabSize;
+    public SamplingParams Settings => _settings;
+    public int VocabSize => _vocabSize;
     /// <summary>The seed in use (the given one, or the random one drawn when none was given).</summary>
     public ulong Seed { get; }
 
@@ -126,23 +126,23 @@ public sealed class Sampler
     /// </summary>
     public SamplerCandidates Distribution(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens)
     {
-        if (logits.Length != vocabSize)
-            throw new ArgumentException($"expected {vocabSize} logits, got {logits.Length}", nameof(logits));
-        var x = scores.AsSpan();
+        if (logits.Length != _vocabSize)
+            throw new ArgumentException($"expected {_vocabSize} logits, got {logits.Length}", nameof(logits));
+        var x = _scores.AsSpan();
         for (int i = 0; i < x.Length; i++)
         {
             float v = logits[i];
             x[i] = float.IsNaN(v) ? float.NegativeInfinity : v;
         }
-        if (settings.RepetitionPenalty != 1f) Penalize(x, previousTokens, settings.RepetitionPenalty);
+        if (_settings.RepetitionPenalty != 1f) Penalize(x, previousTokens, _settings.RepetitionPenalty);
 
         int best = Selection.Argmax(x);
-        if (settings.Temperature == 0 || float.IsNegativeInfinity(x[best]))
+        if (_settings.Temperature == 0 || float.IsNegativeInfinity(x[best]))
             return Single(best);
 
-        if (settings.Temperature != 1f)
+        if (_settings.Temperature != 1f)
         {
-            float inv = 1f / settings.Temperature;
+            float inv = 1f / _settings.Temperature;
             for (int i = 0; i < x.Length; i++) x[i] *= inv;
         }
         float max = x[best];
@@ -151,82 +151,82 @@ public sealed class Sampler
         // top-k: the k largest, sorted
         int count;
         bool sorted = false;
-        if (settings.TopK > 0 && settings.TopK < vocabSize)
+        if (_settings.TopK > 0 && _settings.TopK < _vocabSize)
         {
-            count = Selection.TopK(x, settings.TopK, candidates);
+            count = Selection.TopK(x, _settings.TopK, _candidates);
             sorted = true;
         }
         else
         {
-            count = vocabSize;
-            for (int i = 0; i < count; i++) candidates[i] = i;
+            count = _vocabSize;
+            for (int i = 0; i < count; i++) _candidates[i] = i;
         }
 
         // top-p: keep a token while the probability of the tokens before it is below p
-        if (settings.TopP < 1f && count > 1)
+        if (_settings.TopP < 1f && count > 1)
         {
             double total = 0;
-            for (int i = 0; i < count; i++) total += Math.Exp(x[candidates[i]] - max);
+            for (int i = 0; i < count; i++) total += Math.Exp(x[_candidates[i]] - max);
             if (!sorted)
             {
                 // Tokens with probability below (1 - p) / count all fall in the dropped tail (together they weigh
                 // less than 1 - p), so only the rest need sorting. Half of that bound leaves room for rounding.
-                float floor = max + (float)Math.Log(0.5 * (1 - settings.TopP) / count * total);
+                float floor = max + (float)Math.Log(0.5 * (1 - _settings.TopP) / count * total);
                 int kept = 0;
                 for (int i = 0; i < count; i++)
-                    if (x[candidates[i]] >= floor) candidates[kept++] = candidates[i];
+                    if (x[_candidates[i]] >= floor) _candidates[kept++] = _candidates[i];
                 count = kept;
-                for (int i = 0; i < count; i++) keys[i] = -x[candidates[i]];
-                Array.Sort(keys, candidates, 0, count);
+                for (int i = 0; i < count; i++) _keys[i] = -x[_candidates[i]];
+                Array.Sort(_keys, _candidates, 0, count);
             }
-            double limit = settings.TopP * total;
-            double before = Math.Exp(x[candidates[0]] - max);
+            double limit = _settings.TopP * total;
+            double before = Math.Exp(x[_candidates[0]] - max);
             int n = 1;
             while (n < count && before < limit)
             {
-                before += Math.Exp(x[candidates[n]] - max);
+                before += Math.Exp(x[_candidates[n]] - max);
                 n++;
             }
             count = n;
         }
 
         // min-p: p_i >= minP * p_max  <=>  x_i - max >= ln(minP)
-        if (settings.MinP > 0f && count > 1)
+        if (_settings.MinP > 0f && count > 1)
         {
-            float floor = max + MathF.Log(settings.MinP);
+            float floor = max + MathF.Log(_settings.MinP);
             int kept = 0;
             for (int i = 0; i < count; i++)
-                if (x[candidates[i]] >= floor) candidates[kept++] = candidates[i];
+                if (x[_candidates[i]] >= floor) _candidates[kept++] = _candidates[i];
             count = kept;
         }
 
-        var probabilities = keys.AsSpan(0, count);
-        for (int i = 0; i < count; i++) probabilities[i] = x[candidates[i]];
+        var probabilities = _keys.AsSpan(0, count);
+        for (int i = 0; i < count; i++) probabilities[i] = x[_candidates[i]];
         Softmax.Apply(probabilities);
-        return new SamplerCandidates(candidates.AsSpan(0, count), probabilities);
+        return new SamplerCandidates(_candidates.AsSpan(0, count), probabilities);
     }
 
-    SamplerCandidates Single(int token)
+    private SamplerCandidates Single(int token)
     {
-        candidates[0] = token;
-        keys[0] = 1f;
-        return new SamplerCandidates(candidates.AsSpan(0, 1), keys.AsSpan(0, 1));
+        _candidates[0] = token;
+        _keys[0] = 1f;
+        return new SamplerCandidates(_candidates.AsSpan(0, 1), _keys.AsSpan(0, 1));
     }
 
     // Each distinct previous token once: positive logits divided by the penalty, negative ones multiplied.
-    void Penalize(Span<float> x, ReadOnlySpan<int> previousTokens, float penalty)
+    private void Penalize(Span<float> x, ReadOnlySpan<int> previousTokens, float penalty)
     {
-        if (++seenEpoch == int.MaxValue)
+        if (++_seenEpoch == int.MaxValue)
         {
-            Array.Clear(seenMark);
-            seenEpoch = 1;
+            Array.Clear(_seenMark);
+            _seenEpoch = 1;
         }
         foreach (int t in previousTokens)
         {
-            if ((uint)t >= (uint)vocabSize)
-                throw new ArgumentOutOfRangeException(nameof(previousTokens), t, $"token id outside the vocabulary of {vocabSize}");
-            if (seenMark[t] == seenEpoch) continue;
-            seenMark[t] = seenEpoch;
+            if ((uint)t >= (uint)_vocabSize)
+                throw new ArgumentOutOfRangeException(nameof(previousTokens), t, $"token id outside the vocabulary of {_vocabSize}");
+            if (_seenMark[t] == _seenEpoch) continue;
+            _seenMark[t] = _seenEpoch;
             x[t] = x[t] > 0 ? x[t] / penalty : x[t] * penalty;
         }
     }
@@ -237,18 +237,18 @@ public sealed class Sampler
     /// <summary>xoshiro256** (Blackman and Vigna).</summary>
     public ulong NextUInt64()
     {
-        ulong result = ulong.RotateLeft(s1 * 5, 7) * 9;
-        ulong t = s1 << 17;
-        s2 ^= s0;
-        s3 ^= s1;
-        s1 ^= s2;
-        s0 ^= s3;
-        s2 ^= t;
-        s3 = ulong.RotateLeft(s3, 45);
+        ulong result = ulong.RotateLeft(_s1 * 5, 7) * 9;
+        ulong t = _s1 << 17;
+        _s2 ^= _s0;
+        _s3 ^= _s1;
+        _s1 ^= _s2;
+        _s0 ^= _s3;
+        _s2 ^= t;
+        _s3 = ulong.RotateLeft(_s3, 45);
         return result;
     }
 
-    static ulong SplitMix64(ref ulong state)
+    private static ulong SplitMix64(ref ulong state)
     {
         ulong z = state += 0x9E3779B97F4A7C15UL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;

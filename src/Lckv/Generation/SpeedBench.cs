@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Lckv.Cache;
 using Lckv.Model;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Generation;

@@ -50,7 +50,7 @@ public static class Converter
         if (inFull == outFull || outFull.StartsWith(inFull + Path.DirectorySeparatorChar, StringComparison.Ordinal))
             throw new LckvException($"output '{output}' is the input folder or inside it; choose another folder");
         if (Exists(outFull) && !options.Force)
-            throw new LckvException($"output '{output}' already exists (give --force to replace it)");
+            throw new LckvException($"output '{output}' already exists, and it is replaced only when forced") { Settings = [nameof(ConvertOptions.Force)] };
 
         var source = ModelConfig.Load(configPath);
         if (source.ModelType != ModelConfig.LlamaType)
@@ -238,7 +238,7 @@ public static class Converter
         string? old = null;
         if (Exists(outFull))
         {
-            if (!force) throw new LckvException($"output '{shownName}' already exists (give --force to replace it)");
+            if (!force) throw new LckvException($"output '{shownName}' already exists, and it is replaced only when forced") { Settings = [nameof(ConvertOptions.Force)] };
             old = Path.Combine(Path.GetDirectoryName(outFull)!, $".{Path.GetFileName(outFull)}.old-{Hex()}");
             if (Directory.Exists(outFull)) Directory.Move(outFull, old);
             else File.Move(outFull, old);

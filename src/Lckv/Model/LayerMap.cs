@@ -37,7 +37,6 @@ public sealed partial class LayerMap
     public int KvIndex(int layer) => _kvIndex[layer];
     /// <summary>The cache slot that layer reads: KvIndex(Target(layer)).</summary>
     public int ReadsKvIndex(int layer) => _kvIndex[_targets[layer]];
-    public bool IsIdentity => Enumerable.Range(0, LayerCount).All(i => _targets[i] == i && !_sliding[i]);
 
     /// <summary>The mask layer i applies to the KV it reads (§3).</summary>
     public MaskRule Mask(int layer, bool forceNoDiag, int slidingWindow)

@@ -31,13 +31,6 @@ public static partial class Layouts
     /// <summary>True when the layout is an explicit layer_types string rather than a name.</summary>
     public static bool IsExplicit(string layout) => ExplicitPattern().IsMatch(layout);
 
-    /// <summary>True when the layout uses sliding-window ('s') layers.</summary>
-    public static bool UsesSlidingWindow(string layout, int layers)
-    {
-        var map = LayerMap.Parse(LayerTypes(layout, layers), layers);
-        return Enumerable.Range(0, layers).Any(map.IsSliding);
-    }
-
     /// <summary>The layer_types string of a layout for a model of the given depth (validated).</summary>
     public static string LayerTypes(string layout, int layers)
     {

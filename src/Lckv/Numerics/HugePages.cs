@@ -13,12 +13,12 @@ internal static unsafe partial class HugePages
 {
     public const long PageBytes = 2L << 20;
     private const int MadvHugePage = 14;
-    private static bool s_unavailable;
+    private static bool _unavailable;
 
     /// <summary>At least `bytes` bytes (rounded up to whole huge pages when advised); free with NativeMemory.AlignedFree.</summary>
     public static void* Allocate(long bytes)
     {
-        if (!OperatingSystem.IsLinux() || bytes < PageBytes || s_unavailable)
+        if (!OperatingSystem.IsLinux() || bytes < PageBytes || _unavailable)
             return NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 64);
         long size = (bytes + PageBytes - 1) & ~(PageBytes - 1);
         void* p = NativeMemory.AlignedAlloc((nuint)size, (nuint)PageBytes);
@@ -28,7 +28,7 @@ internal static unsafe partial class HugePages
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
-            s_unavailable = true; // a libc without madvise: plain pages from now on
+            _unavailable = true; // a libc without madvise: plain pages from now on
         }
         return p;
     }

@@ -14,10 +14,8 @@ public static unsafe partial class MatMul
     /// tiles written back). W is consumed in chunks of 16 rows x <see cref="PanelKb"/> values copied into one of two
     /// L1 buffers: while the FMAs of a chunk broadcast from one buffer, the next chunk is copied into the other a vector
     /// per step and the chunk after that is prefetched into L2, so W streams from memory behind the FMAs. It replaced the
-    /// blocked GEMM on these shapes (which copies a panel of W in one burst, then computes, and writes the tile back once
-    /// per k block): the `small` preset's down projection (16 x 1408 x 512) 238-252 -> 275-292 GFLOP/s, cold W, both
-    /// kinds of minute of this machine. On 16 x 512 shapes it measured no better than the dot kernel in the model, and
-    /// since the dot kernel walks k in blocks it is behind that kernel up to 16 x 1536 (which it no longer takes).
+    /// blocked GEMM on these shapes, which copies a panel of W in one burst, then computes, and writes the tile back once
+    /// per k block. Up to 16 x 1536 the dot kernel (k in blocks) is ahead of it, and takes those shapes.
     /// </summary>
     private const int PanelKb = KC;
 
@@ -27,13 +25,13 @@ public static unsafe partial class MatMul
     /// <summary>x (m &lt;= 16 rows) transposed into xT[p * 16 + r] = x[r, p], rows m..15 zero; on a cache line.</summary>
     private static class PanelPack
     {
-        [ThreadStatic] private static float[]? t_buffer;
+        [ThreadStatic] private static float[]? _buffer;
 
         public static float* Apply(float* x, int m, int k)
         {
             long need = 16L * k;
-            var buf = t_buffer;
-            if (buf is null || buf.Length < need + 16) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
+            var buf = _buffer;
+            if (buf is null || buf.Length < need + 16) _buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
             float* dst = (float*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf)) + 63) & ~(nint)63);
             int p = 0;
             for (; p + 16 <= k; p += 16)

@@ -10,12 +10,11 @@ public static unsafe partial class MatMul
     /// <summary>
     /// Which few-row shapes (512-bit hardware) take the row-blocked dot kernel rather than the blocked GEMM. It
     /// streams W once, 4 rows at a time, against all rows of x (lanes along k: no padding rows, no packing of W), as
-    /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy): measured better
-    /// up to 64 rows. For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is
-    /// large (16 x 2048 and up measured better on a 16-lane tile: the panel kernel at 15-16 rows, else the GEMM); while
-    /// x is small (16 x 512) the dot kernel measured 20% faster over the `small` preset's batch-16 decode, and with k
-    /// in blocks (<see cref="DotKBlock"/>) it also wins up to 16 x 1536: 16 x 1408 x 512 (the `small` down projection)
-    /// 245 -> 263 GFLOP/s against the panel kernel, cold W, and the preset's batch-16 decode step 4% faster.
+    /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy), up to 64 rows.
+    /// For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is large (16 x 2048 and
+    /// up: the panel kernel at 15-16 rows, else the GEMM); while x is small (16 x 512) the dot kernel wins, and with k
+    /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection).
+    /// docs/benchmarks.md has the evidence for each path.
     /// </summary>
     private const int DotMaxRowsBf16 = 64;
     private const int DotMaxRowsF32 = 28;
@@ -25,10 +24,8 @@ public static unsafe partial class MatMul
     /// <summary>
     /// From 8 to 16 rows of x, k is walked in blocks of this many values: every W group of the thread's columns is
     /// dotted against the block of x (16 x 512 f32: 32 KiB, in L1) before the next block, and the sums are added up in
-    /// y. Without blocks x streams from L2 once per group of W. Cold W, 2 threads: f32 16 x 1408 x 512 245 -> 263 GFLOP/s,
-    /// 8 x 2048 x 2048 125 -> 144; bf16 16 x 2048 x 2048 341 -> 368, 8 x 5632 x 2048 225 -> 252. Not used at fewer rows
-    /// (4 x 5632 x 2048 f32 measured 8% slower: there W's stream is what counts, and blocks cut it into pieces) nor at
-    /// more (32 rows of a 512 block do not fit in L1: bf16 32 x 2048 x 2048 11% slower).
+    /// y. Without blocks x streams from L2 once per group of W. Not used at fewer rows (there W's stream is what counts,
+    /// and blocks cut it into pieces) nor at more (32 rows of a 512 block do not fit in L1).
     /// </summary>
     private const int DotKBlock = 512;
     private const int DotKBlockMinRows = 8;
@@ -37,15 +34,9 @@ public static unsafe partial class MatMul
     private const int MaxPassRows = 6;
 
     /// <summary>
-    /// When x's block takes this much of L1 (48 KiB per core here) and is read in 3 or more passes per group of W, the
-    /// next group is prefetched non-temporally and not into L2 ahead of that. f32 16 x 512 x 1408, hot W, 2 threads:
-    /// 321 -> 354-381 GFLOP/s; the `small` preset's batch-16 step took 0.93-0.99 of the time (median 0.97, six runs of
-    /// 300-400 pairs, the two ways alternated in blocks of 8 steps; that harness later measured 0.982 with nothing
-    /// switched, since its blocks fell on different positions of the 64-step context, so the gain may be nearer 1%). The
-    /// likely cause (not confirmed): such lines do not push x out of L1, nor the KV and activations out of L3. bf16
-    /// 24-32 x 2048 x 2048, cold W: 2-5% faster. Not used with fewer passes: up to 12 rows the stream of W is what counts
-    /// (12 x 512 x 2816 5-10% slower; the batch-4, -8 and -12 steps 5-7% slower in the same harness), and at 14 rows it
-    /// measured even.
+    /// When x's block takes this much of L1 and is read in 3 or more passes per group of W, the next group is
+    /// prefetched non-temporally and not into L2 ahead of that: such lines are likely not to push x out of L1, nor the
+    /// KV and activations out of L3. Not used with fewer passes: up to 12 rows the stream of W is what counts.
     /// </summary>
     private const long CrowdedXBytes = 32 * 1024;
 
@@ -76,7 +67,7 @@ public static unsafe partial class MatMul
     /// </summary>
     private static class RowPack
     {
-        [ThreadStatic] private static float[]? t_buffer;
+        [ThreadStatic] private static float[]? _buffer;
 
         /// <summary>Rows in pass `pass` of `passes` when rows [0, i) are done.</summary>
         public static int PassRows(int m, int i, int pass, int passes)
@@ -90,8 +81,8 @@ public static unsafe partial class MatMul
         public static float* Apply(float* x, int m, int k, bool split)
         {
             long need = (long)m * k;
-            var buf = t_buffer;
-            if (buf is null || buf.Length < need + 16) t_buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
+            var buf = _buffer;
+            if (buf is null || buf.Length < need + 16) _buffer = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
             // on a cache-line boundary: a 64-byte load across two lines costs two
             float* dst = (float*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf)) + 63) & ~(nint)63);
             var evenIdx = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -140,6 +131,7 @@ public static unsafe partial class MatMul
         public Targets T;
         public int M, K;
         public ColumnSplit Split;
+        public Variants Off; // the caller's
 
         public readonly void Invoke(int p0, int p1)
         {
@@ -163,6 +155,8 @@ public static unsafe partial class MatMul
             }
         }
 
+        private readonly bool Uses(Variants v) => (Off & v) == 0;
+
         // columns [j0, j1) of one matrix
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private readonly void Columns(float* XP, byte* W, float* Y, int N, int j0, int j1)
@@ -170,26 +164,27 @@ public static unsafe partial class MatMul
             long rowBytes = (long)K * TE.Size;
             int passes = RowPack.Passes(M);
             int j = j0, jEnd = j0 + (j1 - j0) / 4 * 4;
-            if (M == 1)
+            if (M == 1 && Uses(Variants.SequentialGemv))
             {
                 for (; j < jEnd; j += 4) Dot1Seq4<TE>(XP, W + j * rowBytes, rowBytes, K, Y + j);
             }
             else
             {
                 // k in blocks (x's block of every row stays in L1 while W's groups stream past it), sums added up in y
-                int kBlock = M is >= DotKBlockMinRows and <= DotKBlockMaxRows && K > DotKBlock ? DotKBlock : K;
+                int kBlock = M is >= DotKBlockMinRows and <= DotKBlockMaxRows && K > DotKBlock && Uses(Variants.KBlocks) ? DotKBlock : K;
                 for (int k0 = 0; k0 < K; k0 += kBlock)
                 {
                     int kb = Math.Min(kBlock, K - k0);
                     bool add = k0 > 0;
-                    bool spread = kb == K; // see Rows4
-                    bool crowded = spread && passes >= 3 && (long)M * kb * sizeof(float) >= CrowdedXBytes;
+                    bool spread = kb == K && Uses(Variants.SpreadPrefetch); // see Rows4
+                    bool crowded = spread && passes >= 3 && (long)M * kb * sizeof(float) >= CrowdedXBytes && Uses(Variants.NonTemporal);
+                    bool twoAhead = spread && !crowded && Uses(Variants.TwoAhead);
                     for (j = j0; j < jEnd; j += 4)
                     {
                         byte* wr = W + j * rowBytes + (long)k0 * TE.Size;
                         // past the range's last group, prefetching the current group again is harmless
                         byte* next = j + 8 <= j1 ? wr + 4 * rowBytes : wr;
-                        byte* after = spread && !crowded && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
+                        byte* after = twoAhead && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
                         for (int pass = 0, i = 0; pass < passes; pass++)
                         {
                             int rows = RowPack.PassRows(M, i, pass, passes);
@@ -216,9 +211,8 @@ public static unsafe partial class MatMul
 
     /// <summary>
     /// One row of x (RowPack order) against 4 rows of W, one W row after the other: the thread reads its columns of W
-    /// as one sequential stream, which keeps more of the read bandwidth than 4 streams a row apart (measured on 256 MiB
-    /// of bf16 W, 2 threads: 0.94-1.06 of the bandwidth probe against 0.78-0.81). The software prefetch runs
-    /// <see cref="SeqPrefetchBytes"/> ahead, on across row ends.
+    /// as one sequential stream, which keeps more of the read bandwidth than 4 streams a row apart. The software
+    /// prefetch runs <see cref="SeqPrefetchBytes"/> ahead, on across row ends.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static void Dot1Seq4<TE>(float* xp, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
@@ -232,7 +226,7 @@ public static unsafe partial class MatMul
         if (p < k) AddTail4<TE>(xp, w, rowBytes, p, k, y); // the k tail of a one-row pack is in place
     }
 
-    /// <summary>How far ahead the one-row kernel prefetches W (measured on one thread: none 0.92 of the probe, 4 KiB 0.96, 6 KiB 1.00, 8 KiB 0.98).</summary>
+    /// <summary>How far ahead the one-row kernel prefetches W: far enough to cover memory latency, near enough that the lines are still in L1 when read.</summary>
     private const int SeqPrefetchBytes = 6144;
 
     // the lane sums of one row of x (RowPack order) times one row of W over the whole blocks of 32 values of k
@@ -274,15 +268,12 @@ public static unsafe partial class MatMul
         => typeof(TE) == typeof(BF16Element) ? Odd(Vector512.Load((uint*)w)) : TE.Load512(w + 16 * TE.Size);
 
     // TR rows of x (a RowPack block) against the 4 rows of W at w; y is (TR, ldy), columns [0, 4) written (add: added
-    // to). The same bytes of the 4 rows at pf (the next group) are prefetched into L1 along the way (into L2 measured
-    // 2-3% slower over the `small` preset's batch-16 decode step). pass >= 0 (pass `pass` of `passes` over this group):
-    // each line of the next group is prefetched once, spread evenly over all the passes, in the order that group reads
-    // them (line 0 of its 4 rows, then line 1...); pass < 0: every pass prefetches the bytes it reads, at the next group.
-    // Spread measured 1.5-2.5% faster over the batch-16 `small` decode step (5-8% while the machine's neighbours were
-    // busy); with k in blocks it measured no better or slower, and blocked products keep the per-pass prefetch. With
-    // spread, the same lines of the group after next (pf2, unless null) are prefetched into L2 alongside: another
-    // 0.2-2.7% (six runs, median 2%). nonTemporal (spread only): the next group's lines come with prefetchnta instead
-    // (see CrowdedXBytes).
+    // to). The same bytes of the 4 rows at pf (the next group) are prefetched into L1 along the way. pass >= 0 (pass
+    // `pass` of `passes` over this group): each line of the next group is prefetched once, spread evenly over all the
+    // passes, in the order that group reads them (line 0 of its 4 rows, then line 1...), so no pass carries a burst of
+    // prefetches; pass < 0 (k in blocks, where spreading does not pay): every pass prefetches the bytes it reads, at
+    // the next group. With spread, the same lines of the group after next (pf2, unless null) are prefetched into L2
+    // alongside. nonTemporal (spread only): the next group's lines come with prefetchnta instead (see CrowdedXBytes).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2, bool nonTemporal)
         where TE : struct, IElement where TR : struct, IRowCount

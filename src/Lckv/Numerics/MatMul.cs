@@ -161,41 +161,157 @@ public static unsafe partial class MatMul
         if (y.Length < (long)m * w.Rows) throw new ArgumentException($"y holds {y.Length} values, needs {m}x{w.Rows}", nameof(y));
     }
 
+    /// <summary>The kernel paths of <see cref="Multiply(ReadOnlySpan{float}, in WeightMatrix, Span{float}, int)"/>.</summary>
+    internal enum Path
+    {
+        /// <summary>The choice of <see cref="Choose"/> (never forced otherwise outside benchmarks and tests).</summary>
+        Auto,
+        /// <summary>One f32 chain per output: hardware without 256-bit vectors.</summary>
+        Scalar,
+        /// <summary>Few rows, 512-bit: W streamed once, 4 rows at a time, against all rows of x (MatMul.Rows.cs).</summary>
+        DotRows,
+        /// <summary>15-16 rows, 512-bit: a 16 x 16 register tile over all of k, W copied into L1 behind the FMAs (MatMul.Panel.cs).</summary>
+        Panel,
+        /// <summary>Few rows, 256-bit: each row of x against 4 rows of W.</summary>
+        Dot256,
+        /// <summary>The blocked GEMM with lanes along m.</summary>
+        Gemm,
+    }
+
+    /// <summary>The path a product takes unless one is forced; GEMM where a forced path does not apply.</summary>
+    internal static Path Choose(DType dtype, int m, int k) => dtype switch
+    {
+        DType.F32 => Choose<F32Element>(m, k),
+        DType.BF16 => Choose<BF16Element>(m, k),
+        _ => Choose<F16Element>(m, k),
+    };
+
+    private static Path Choose<TE>(int m, int k) where TE : struct, IElement
+    {
+        if (!Vector256.IsHardwareAccelerated) return Path.Scalar;
+        var forced = Forced;
+        if (forced != Path.Auto)
+        {
+            bool applies = forced switch
+            {
+                Path.DotRows => Vector512.IsHardwareAccelerated,
+                Path.Panel => Vector512.IsHardwareAccelerated && m <= 16,
+                _ => true,
+            };
+            return applies && forced != Path.Scalar ? forced : Path.Gemm;
+        }
+        if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k)) return Path.DotRows;
+        if (Vector512.IsHardwareAccelerated && UsePanel<TE>(m, k)) return Path.Panel;
+        return m < GemmMinRows ? Path.Dot256 : Path.Gemm;
+    }
+
+    /// <summary>A path every product called from this thread takes where it applies (benchmarks and tests; <see cref="Path.Auto"/> otherwise).</summary>
+    internal static Path Forced
+    {
+        get => _forced;
+        set => _forced = value;
+    }
+
+    [ThreadStatic] private static Path _forced;
+    [ThreadStatic] private static Variants _off;
+
+    /// <summary>Parts of the kernels that can be switched off, so that a benchmark compares each with the way without it.</summary>
+    [Flags]
+    internal enum Variants
+    {
+        None = 0,
+        /// <summary>One row of x: W's rows read one after another, one stream per thread (else as a 1-row pass of the dot kernel).</summary>
+        SequentialGemv = 1,
+        /// <summary>8-16 rows of x: k walked in blocks of <see cref="DotKBlock"/>.</summary>
+        KBlocks = 2,
+        /// <summary>The next W group's lines prefetched once, spread over the passes (else each pass prefetches what it reads).</summary>
+        SpreadPrefetch = 4,
+        /// <summary>With the spread prefetch, the group after next prefetched into L2 as well.</summary>
+        TwoAhead = 8,
+        /// <summary>A crowded x block: the next W group prefetched non-temporally (<see cref="CrowdedXBytes"/>).</summary>
+        NonTemporal = 16,
+        /// <summary>Streamed products: part of the columns claimed from a shared counter (<see cref="ColumnSplit"/>).</summary>
+        SharedColumns = 32,
+        /// <summary>GEMM: x packed whole when it fits L2, W streamed once (else blocked over m and k).</summary>
+        GemmAllK = 64,
+    }
+
+    /// <summary>The variants switched off in products called from this thread (benchmarks and tests; none otherwise).</summary>
+    internal static Variants Off
+    {
+        get => _off;
+        set => _off = value;
+    }
+
+    private static bool On(Variants v) => (_off & v) == 0;
+
+    /// <summary>The variants that take effect in an m x k x n product of the given dtype on its chosen path.</summary>
+    internal static Variants Active(DType dtype, int m, int k, int n)
+    {
+        var v = Variants.None;
+        long wBytes = (long)n * k * DTypes.SizeOf(dtype);
+        switch (Choose(dtype, m, k))
+        {
+            case Path.DotRows:
+                bool blocked = m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
+                if (m == 1) v |= Variants.SequentialGemv;
+                if (blocked) v |= Variants.KBlocks;
+                if (m > 1 && !blocked)
+                {
+                    v |= Variants.SpreadPrefetch;
+                    bool crowded = RowPack.Passes(m) >= 3 && (long)m * k * sizeof(float) >= CrowdedXBytes;
+                    v |= crowded ? Variants.NonTemporal : Variants.TwoAhead;
+                }
+                if (m <= SharedMaxRows && wBytes >= SharedSplitBytes && WorkerPool.Shared.ThreadCount > 1) v |= Variants.SharedColumns;
+                break;
+            case Path.Panel:
+                if (m <= SharedMaxRows && wBytes >= SharedSplitBytes && WorkerPool.Shared.ThreadCount > 1) v |= Variants.SharedColumns;
+                break;
+            case Path.Gemm:
+                int lanes = Vector512.IsHardwareAccelerated ? 16 : 8;
+                if ((long)((m + lanes - 1) / lanes * lanes) * ((k + KC - 1) / KC) * KC <= AllKFloats) v |= Variants.GemmAllK;
+                break;
+        }
+        return v;
+    }
+
     private static void Dispatch<TE>(float* x, in Targets t, int m) where TE : struct, IElement
     {
         var pool = WorkerPool.Shared;
         int k = t.K, n = t.Total;
         long perRow = (long)m * k; // multiply-adds per row of W
         int grain = (int)Math.Clamp((MinWorkPerThread + perRow - 1) / perRow, 1, int.MaxValue);
-        if (!Vector256.IsHardwareAccelerated)
+        switch (Choose<TE>(m, k))
         {
-            for (int s = 0; s < t.Count; s++)
-                pool.Run(t.N(s), new ScalarJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
-        }
-        else if (Vector512.IsHardwareAccelerated && UseDotRows<TE>(m, k))
-        {
-            grain = (grain + 3) & ~3;
-            byte* line = stackalloc byte[3 * 64];
-            var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
-            pool.Run(split.Parts, new DotRowsJob<TE> { X = x, T = t, M = m, K = k, Split = split });
-        }
-        else if (Vector512.IsHardwareAccelerated && UsePanel<TE>(m, k))
-        {
-            grain = (grain + 15) & ~15;
-            byte* line = stackalloc byte[3 * 64];
-            var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
-            pool.Run(split.Parts, new PanelJob<TE> { X = x, T = t, M = m, K = k, Split = split });
-        }
-        else if (m < GemmMinRows)
-        {
-            grain = (grain + 3) & ~3;
-            for (int s = 0; s < t.Count; s++)
-                pool.Run(t.N(s), new DotJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
-        }
-        else
-        {
-            grain = (grain + 15) & ~15;
-            pool.Run(n, new GemmJob<TE> { X = x, T = t, M = m, K = k }, grain);
+            case Path.Scalar:
+                for (int s = 0; s < t.Count; s++)
+                    pool.Run(t.N(s), new ScalarJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
+                break;
+            case Path.DotRows:
+            {
+                grain = (grain + 3) & ~3;
+                byte* line = stackalloc byte[3 * 64];
+                var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
+                pool.Run(split.Parts, new DotRowsJob<TE> { X = x, T = t, M = m, K = k, Split = split, Off = _off });
+                break;
+            }
+            case Path.Panel:
+            {
+                grain = (grain + 15) & ~15;
+                byte* line = stackalloc byte[3 * 64];
+                var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
+                pool.Run(split.Parts, new PanelJob<TE> { X = x, T = t, M = m, K = k, Split = split });
+                break;
+            }
+            case Path.Dot256:
+                grain = (grain + 3) & ~3;
+                for (int s = 0; s < t.Count; s++)
+                    pool.Run(t.N(s), new DotJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
+                break;
+            default:
+                grain = (grain + 15) & ~15;
+                pool.Run(n, new GemmJob<TE> { X = x, T = t, M = m, K = k, Off = _off }, grain);
+                break;
         }
     }
 
@@ -204,12 +320,11 @@ public static unsafe partial class MatMul
     /// part per thread). Products that stream W (at most <see cref="SharedMaxRows"/> rows of x, at least
     /// <see cref="SharedSplitBytes"/> of W) share their columns: each part computes a fixed range of
     /// <see cref="SharedFixedFraction"/> percent of an even share first, then claims the remaining columns Unit at a
-    /// time from a counter the parts share. The two cores of this machine stream W at rates that differ from one call
-    /// to the next (over a whole batch-1 decode of tinyllama, one thread's chunks took 6-10% longer than the other's,
-    /// and a call lasts as long as its slower chunk), so an even split leaves the faster core idle at the end of every
-    /// call. Other products take an even split: at 16 rows the claims measured ~1% slower (the threads' rates there
-    /// are set by their FMAs, and agree). Every column is computed once, by whichever thread claims it, the same way
-    /// on any thread, so results do not depend on the split.
+    /// time from a counter the parts share. The cores of a shared machine stream W at rates that differ from one call
+    /// to the next, and a call lasts as long as its slower chunk, so an even split leaves the faster core idle at the
+    /// end of every call. Other products take an even split: with more rows the threads' rates are set by their FMAs,
+    /// and agree, so claims would only add their cost. Every column is computed once, by whichever thread claims it,
+    /// the same way on any thread, so results do not depend on the split.
     /// </summary>
     internal readonly struct ColumnSplit
     {
@@ -227,7 +342,8 @@ public static unsafe partial class MatMul
             int parts = pool.PartsFor(n, grain);
             int* next = (int*)(((nint)line + 63) & ~(nint)63);
             *next = n;
-            if (parts <= 1 || m > SharedMaxRows || wBytes < SharedSplitBytes) return new ColumnSplit(n, parts, grain, 0, 0, next);
+            if (parts <= 1 || m > SharedMaxRows || wBytes < SharedSplitBytes || !On(Variants.SharedColumns))
+                return new ColumnSplit(n, parts, grain, 0, 0, next);
             int share = (int)((long)n * SharedFixedFraction / 100 / parts) / grain * grain;
             int unit = Math.Max(grain, (n / (parts * SharedUnitsPerPart) + grain - 1) / grain * grain);
             *next = parts * share;
@@ -368,7 +484,7 @@ public static unsafe partial class MatMul
     /// <summary>Per-thread packing buffers, freed with the thread.</summary>
     private sealed class Scratch
     {
-        [ThreadStatic] private static Scratch? t_current;
+        [ThreadStatic] private static Scratch? _current;
         public readonly float* X; // MC x KC
         public readonly float* W; // 16 x KC
         public readonly float* W2; // 16 x KC: the second buffer of the panel kernel
@@ -390,7 +506,7 @@ public static unsafe partial class MatMul
             NativeMemory.AlignedFree(Acc);
         }
 
-        public static Scratch Current => t_current ??= new Scratch();
+        public static Scratch Current => _current ??= new Scratch();
     }
 
     private struct GemmJob<TE> : IRangeBody where TE : struct, IElement
@@ -398,6 +514,7 @@ public static unsafe partial class MatMul
         public float* X;
         public Targets T;
         public int M, K;
+        public Variants Off; // the caller's
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void Invoke(int j0, int j1)
@@ -408,7 +525,7 @@ public static unsafe partial class MatMul
             int lanes = wide ? 16 : 8;
             int mPad = (M + lanes - 1) / lanes * lanes;
             int kBlocks = (K + KC - 1) / KC;
-            if ((long)mPad * kBlocks * KC <= AllKFloats)
+            if ((long)mPad * kBlocks * KC <= AllKFloats && (Off & Variants.GemmAllK) == 0)
             {
                 // few rows (batched decode): pack all of x once, then stream each 16-row panel of W along k
                 for (int b = 0; b < kBlocks; b++)

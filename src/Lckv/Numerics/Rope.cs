@@ -11,7 +11,6 @@ public sealed class RopeTable
 {
     public int HeadDim { get; }
     public int MaxPositions { get; }
-    public double Theta { get; }
     private readonly float[] _table;
 
     public RopeTable(int headDim, double theta, int maxPositions)
@@ -20,7 +19,6 @@ public sealed class RopeTable
         if (theta <= 0) throw new ArgumentException($"rope_theta must be positive, got {theta}");
         HeadDim = headDim;
         MaxPositions = maxPositions;
-        Theta = theta;
         int half = headDim / 2;
         _table = new float[(long)maxPositions * headDim];
         for (int p = 0; p < maxPositions; p++)

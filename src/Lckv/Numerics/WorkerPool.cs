@@ -10,11 +10,21 @@ public interface IRangeBody
 }
 
 /// <summary>
+/// How many threads a call of a <see cref="WorkerPool"/> may use now, given what else is running on the machine
+/// (Lckv.Diagnostics.CoreMonitor reads it from Linux's /proc/loadavg).
+/// </summary>
+public interface ICoreAvailability
+{
+    /// <summary>Threads a call may use now, the caller included (int.MaxValue for no limit). Called by one thread at a time (the pool's busy flag).</summary>
+    int Available(WorkerPool pool);
+}
+
+/// <summary>
 /// Persistent worker threads for the kernels. A call splits its items into one contiguous chunk per thread; the caller
 /// runs the first chunk itself, and every chunk goes to whichever thread claims it first: a worker that has not started
 /// its chunk by the time the caller is done with its own (descheduled because another process holds its core) finds it
-/// taken, and the call does not wait for it. On Linux a call uses only as many threads as other processes leave cores
-/// (<see cref="CoreMonitor"/>). Workers spin briefly after a job, then block. Nothing is allocated per call.
+/// taken, and the call does not wait for it. With a <see cref="Cores"/> source attached, a call uses only as many threads as
+/// other processes leave cores. Workers spin briefly after a job, then block. Nothing is allocated per call.
 /// A call made while the pool is busy (from a worker, or from another thread) runs inline on its caller.
 /// </summary>
 public sealed unsafe class WorkerPool
@@ -37,16 +47,12 @@ public sealed unsafe class WorkerPool
     private int _job;
     private Exception? _error;
 
-    private readonly CoreMonitor? _cores;
+    private ICoreAvailability? _cores;
 
     /// <summary>Run by a worker before it claims chunks (tests hold workers back with it).</summary>
     internal Action? WorkerClaimHook;
 
-    public WorkerPool(int threads) : this(threads, CoreMonitor.TryCreate())
-    {
-    }
-
-    internal WorkerPool(int threads, CoreMonitor? cores)
+    public WorkerPool(int threads, ICoreAvailability? cores = null)
     {
         _cores = cores;
         ThreadCount = threads;
@@ -56,6 +62,13 @@ public sealed unsafe class WorkerPool
     {
         var s = Environment.GetEnvironmentVariable("LCKV_THREADS");
         return int.TryParse(s, out int n) && n > 0 ? n : Environment.ProcessorCount;
+    }
+
+    /// <summary>Where a call learns how many cores other processes leave it; null to always use <see cref="ThreadCount"/>. Settable at any time between calls.</summary>
+    public ICoreAvailability? Cores
+    {
+        get => Volatile.Read(ref _cores);
+        set => Volatile.Write(ref _cores, value);
     }
 
     /// <summary>Threads a call may use, the caller included. Settable at any time between calls.</summary>
@@ -111,7 +124,7 @@ public sealed unsafe class WorkerPool
             local.Invoke(0, count);
             return;
         }
-        if (_cores is not null && (parts = Math.Min(parts, _cores.Available(this))) <= 1)
+        if (Cores is { } cores && (parts = Math.Min(parts, cores.Available(this))) <= 1)
         {
             Volatile.Write(ref _busy, 0);
             local.Invoke(0, count);
@@ -146,10 +159,9 @@ public sealed unsafe class WorkerPool
     }
 
     /// <summary>
-    /// The caller's wait for the other chunks: a short pause between reads of the pending count. SpinWait's back-off
-    /// yields the core from its tenth round on, and a yield cost ~10 us on this machine, longer than many chunks; the
-    /// tight wait measured 0.5-1% faster over batch-1 and batch-16 decode (interleaved steps in one process). Past ~1 ms
-    /// of waiting it yields: a worker that is that late has likely been descheduled, and the core is better given to it.
+    /// The caller's wait for the other chunks: a short pause between reads of the pending count. Not SpinWait's
+    /// back-off, which soon yields the core: a yield can last longer than a whole chunk of a decode step. Past ~1 ms of
+    /// waiting it yields: a worker that is that late has likely been descheduled, and the core is better given to it.
     /// </summary>
     private void WaitForWorkers()
     {
@@ -164,16 +176,13 @@ public sealed unsafe class WorkerPool
     }
 
     /// <summary>How many of the workers are awake (spinning or working: runnable, for the scheduler).</summary>
-    internal int AwakeWorkers()
+    public int AwakeWorkers()
     {
         int n = 0;
         var workers = _workers;
         for (int i = 0; i < workers.Length && i < ThreadCount - 1; i++) n += workers[i].Awake ? 1 : 0;
         return n;
     }
-
-    /// <summary>How often the pool has sampled the machine's runnable threads, and how often it found another process holding a core (null where it does not look: not Linux, or this process may not use every core).</summary>
-    public (long Samples, long Contended)? CoreSamples => _cores is null ? null : (_cores.Samples, _cores.Contended);
 
     private (int Start, int End) Chunk(int part) => EvenChunk(_count, _grain, part, _parts);
 
@@ -256,7 +265,7 @@ public sealed unsafe class WorkerPool
                 int i = 0;
                 while (Volatile.Read(ref _seq) == seen)
                 {
-                    Thread.SpinWait(1); // ~40 ns here (SpinWait(16) was ~410 ns between two looks at the sequence number)
+                    Thread.SpinWait(1); // one short pause between looks, so a posted job is seen at once
                     if ((++i & 63) == 0 && Stopwatch.GetTimestamp() - start > spinLimit)
                     {
                         Interlocked.Exchange(ref _sleeping, 1);

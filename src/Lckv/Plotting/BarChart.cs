@@ -56,7 +56,7 @@ public sealed record BarPanel(string Title, IReadOnlyList<double> Values, string
 /// <summary>Side-by-side bar panels over the same categories, each with its own axis, value labels and gridlines.</summary>
 public static class BarChart
 {
-    private static readonly uint[] Palette = [0x4C72B0, 0xDD8452, 0x55A868, 0xC44E52, 0x8172B3, 0x937860, 0xDA8BC3, 0x8C8C8C];
+    private static readonly uint[] _palette = [0x4C72B0, 0xDD8452, 0x55A868, 0xC44E52, 0x8172B3, 0x937860, 0xDA8BC3, 0x8C8C8C];
     private const uint Ink = 0x202020, Grid = 0xDDDDDD, Muted = 0x606060;
 
     public static Canvas Render(string title, string subtitle, IReadOnlyList<string> categories, IReadOnlyList<BarPanel> panels,
@@ -99,7 +99,7 @@ public static class BarChart
             if (double.IsFinite(v) && v > 0)
             {
                 int y = Y(v);
-                c.FillRect(cx - barWidth / 2, y, barWidth, bottom - y, Palette[i % Palette.Length]);
+                c.FillRect(cx - barWidth / 2, y, barWidth, bottom - y, _palette[i % _palette.Length]);
                 c.DrawTextCentered(cx, y - 20, v.ToString(panel.ValueFormat, CultureInfo.InvariantCulture), 2, Ink);
             }
             else c.DrawTextCentered(cx, bottom - 20, double.IsFinite(v) ? "0" : "-", 2, Ink);

@@ -6,7 +6,7 @@ public static class BitmapFont
 {
     public const int Width = 5, Height = 7, Advance = 6;
 
-    private static readonly Dictionary<char, byte[]> Glyphs = new()
+    private static readonly Dictionary<char, byte[]> _glyphs = new()
     {
         [' '] = [0, 0, 0, 0, 0, 0, 0],
         ['0'] = [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
@@ -66,7 +66,7 @@ public static class BitmapFont
 
     /// <summary>The rows of a character's glyph.</summary>
     public static ReadOnlySpan<byte> Glyph(char c)
-        => Glyphs.TryGetValue(char.ToUpperInvariant(c), out var g) ? g : Glyphs['?'];
+        => _glyphs.TryGetValue(char.ToUpperInvariant(c), out var g) ? g : _glyphs['?'];
 
     /// <summary>Pixel width of a string at a scale.</summary>
     public static int MeasureWidth(string text, int scale) => text.Length == 0 ? 0 : (text.Length * Advance - 1) * scale;

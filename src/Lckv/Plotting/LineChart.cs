@@ -11,7 +11,7 @@ public sealed record LineSeries(string Name, IReadOnlyList<(double X, double Y)>
 /// </summary>
 public static class LineChart
 {
-    private static readonly uint[] Palette = [0x4C72B0, 0xDD8452, 0x55A868, 0xC44E52, 0x8172B3, 0x937860, 0xDA8BC3, 0x8C8C8C];
+    private static readonly uint[] _palette = [0x4C72B0, 0xDD8452, 0x55A868, 0xC44E52, 0x8172B3, 0x937860, 0xDA8BC3, 0x8C8C8C];
     private const uint Ink = 0x202020, Grid = 0xDDDDDD, Muted = 0x606060;
 
     public static Canvas Render(string title, string subtitle, string xLabel, string yLabel, IReadOnlyList<LineSeries> series,
@@ -58,7 +58,7 @@ public static class LineChart
 
         for (int i = 0; i < series.Count; i++)
         {
-            uint color = Palette[i % Palette.Length];
+            uint color = _palette[i % _palette.Length];
             (int X, int Y)? prev = null;
             foreach (var (px, py) in series[i].Points)
             {
@@ -75,7 +75,7 @@ public static class LineChart
         c.FillRect(lx - 6, ly - 6, legendWidth + 12, series.Count * 24 + 8, 0xFFFFFF);
         for (int i = 0; i < series.Count; i++)
         {
-            c.FillRect(lx, ly + i * 24 + 5, 30, 4, Palette[i % Palette.Length]);
+            c.FillRect(lx, ly + i * 24 + 5, 30, 4, _palette[i % _palette.Length]);
             c.DrawText(lx + 40, ly + i * 24, series[i].Name, 2, Ink);
         }
         return c;

@@ -12,7 +12,7 @@ public static class Png
 {
     public static ReadOnlySpan<byte> Signature => [0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A];
 
-    private static readonly uint[] CrcTable = BuildCrcTable();
+    private static readonly uint[] _crcTable = BuildCrcTable();
 
     private static uint[] BuildCrcTable()
     {
@@ -31,7 +31,7 @@ public static class Png
 
     private static uint UpdateCrc(uint crc, ReadOnlySpan<byte> data)
     {
-        foreach (byte b in data) crc = CrcTable[(crc ^ b) & 0xFF] ^ (crc >> 8);
+        foreach (byte b in data) crc = _crcTable[(crc ^ b) & 0xFF] ^ (crc >> 8);
         return crc;
     }
 

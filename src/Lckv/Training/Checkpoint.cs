@@ -39,7 +39,7 @@ public sealed record TrainerState
     [JsonPropertyName("tokens_seen")] public long TokensSeen { get; init; }
     [JsonPropertyName("data")] public string? Data { get; init; }
     [JsonPropertyName("data_meta_sha256")] public string? DataMetaSha256 { get; init; }
-    /// <summary>The checkpoint training started from (--from), if any.</summary>
+    /// <summary>The checkpoint training started from (its weights only), if any.</summary>
     [JsonPropertyName("init_from")] public string? InitFrom { get; init; }
     [JsonPropertyName("elapsed_seconds")] public double ElapsedSeconds { get; init; }
     /// <summary>The last steps (at most <see cref="Checkpoint.LossTailLength"/>).</summary>
@@ -62,7 +62,7 @@ public static class Checkpoint
     public const string StateFile = "trainer_state.json";
     public const int LossTailLength = 100;
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions _jsonOptions = new() { WriteIndented = true };
 
     /// <summary>Writes the checkpoint folder, replacing the previous one atomically.</summary>
     /// <param name="extraFiles">Files copied into the folder (name in the folder, source path).</param>
@@ -100,7 +100,7 @@ public static class Checkpoint
             onStage?.Invoke(OptimizerFile);
 
             // last: its presence marks the folder complete
-            CheckpointFolder.WriteDurable(Path.Combine(tmp, StateFile), JsonSerializer.SerializeToUtf8Bytes(state, JsonOptions));
+            CheckpointFolder.WriteDurable(Path.Combine(tmp, StateFile), JsonSerializer.SerializeToUtf8Bytes(state, _jsonOptions));
             onStage?.Invoke(StateFile);
         }, onStage);
     }

@@ -79,7 +79,7 @@ public sealed class TokenDataset : IDisposable
     public const string TrainFileName = "train.bin";
     public const string ValFileName = "val.bin";
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions _jsonOptions = new() { WriteIndented = true };
 
     public string Folder { get; }
     public DataMeta Meta { get; }
@@ -161,7 +161,7 @@ public sealed class TokenDataset : IDisposable
                 int nTrain = (int)TrainCount(t.Length, valFraction);
                 return (nTrain, t.Length - nTrain);
             });
-            CheckpointFolder.WriteDurable(Path.Combine(tmp, MetaFileName), JsonSerializer.SerializeToUtf8Bytes(meta, JsonOptions));
+            CheckpointFolder.WriteDurable(Path.Combine(tmp, MetaFileName), JsonSerializer.SerializeToUtf8Bytes(meta, _jsonOptions));
         });
         return meta;
     }
@@ -196,13 +196,13 @@ public sealed class TokenDataset : IDisposable
 
     private static void CheckFraction(double f)
     {
-        if (!(f >= 0 && f < 1)) throw new LckvException($"--val-fraction must be in [0, 1), not {f}");
+        if (!(f >= 0 && f < 1)) throw new LckvException($"the validation fraction must be in [0, 1), not {f}") { Settings = ["valFraction"] };
     }
 
     private static void CheckTarget(string outDir, bool force)
     {
         if (!force && Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
-            throw new LckvException($"{outDir}: folder exists and is not empty (give --force to replace it)");
+            throw new LckvException($"{outDir}: folder exists and is not empty, and it is replaced only when forced") { Settings = ["force"] };
         if (File.Exists(outDir)) throw new LckvException($"{outDir}: is a file, expected a folder");
     }
 
@@ -338,10 +338,10 @@ public sealed class BatchSampler
 
     public BatchSampler(TokenFile tokens, int batch, int seqLen, ulong seed)
     {
-        if (batch < 1) throw new LckvException($"--batch must be at least 1, not {batch}");
-        if (seqLen < 2) throw new LckvException($"--seq-len must be at least 2, not {seqLen}");
+        if (batch < 1) throw new LckvException($"batch size must be at least 1, not {batch}") { Settings = ["batch"] };
+        if (seqLen < 2) throw new LckvException($"sequence length must be at least 2, not {seqLen}") { Settings = ["seqLen"] };
         if (tokens.Count < seqLen)
-            throw new LckvException($"{tokens.Path}: {tokens.Count} training tokens, fewer than one window of --seq-len {seqLen}");
+            throw new LckvException($"{tokens.Path}: {tokens.Count} training tokens, fewer than one window of the sequence length {seqLen}") { Settings = ["seqLen"] };
         _tokens = tokens;
         Batch = batch;
         SeqLen = seqLen;

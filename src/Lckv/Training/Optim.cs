@@ -254,10 +254,12 @@ public sealed record CosineSchedule(double MaxLr, double MinLr, int Warmup, int 
 {
     public void Validate()
     {
-        if (!(MaxLr > 0) || !double.IsFinite(MaxLr)) throw new LckvException($"--lr must be a positive number, not {MaxLr}");
-        if (!(MinLr >= 0) || MinLr > MaxLr) throw new LckvException($"--min-lr must be in [0, --lr {MaxLr}], not {MinLr}");
-        if (Warmup < 0) throw new LckvException($"--warmup must be 0 or more, not {Warmup}");
-        if (TotalSteps < 1) throw new LckvException($"--steps must be at least 1, not {TotalSteps}");
+        if (!(MaxLr > 0) || !double.IsFinite(MaxLr))
+            throw new LckvException($"peak learning rate must be a positive number, not {MaxLr}") { Settings = [nameof(MaxLr)] };
+        if (!(MinLr >= 0) || MinLr > MaxLr)
+            throw new LckvException($"final learning rate must be in [0, the peak learning rate {MaxLr}], not {MinLr}") { Settings = [nameof(MinLr)] };
+        if (Warmup < 0) throw new LckvException($"warmup must be 0 or more steps, not {Warmup}") { Settings = [nameof(Warmup)] };
+        if (TotalSteps < 1) throw new LckvException($"total steps must be at least 1, not {TotalSteps}") { Settings = [nameof(TotalSteps)] };
     }
 
     public double LearningRate(long t)

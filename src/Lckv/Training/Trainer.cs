@@ -38,14 +38,16 @@ public sealed record TrainerOptions
 
     public void Validate()
     {
-        if (Batch < 1) throw new LckvException($"--batch must be at least 1, not {Batch}");
-        if (SeqLen < 2) throw new LckvException($"--seq-len must be at least 2, not {SeqLen}");
-        if (Accum < 1) throw new LckvException($"--accum must be at least 1, not {Accum}");
-        if ((long)Batch * SeqLen > Array.MaxLength) throw new LckvException($"--batch {Batch} x --seq-len {SeqLen} is too large");
-        if (!(Clip >= 0) || !double.IsFinite(Clip)) throw new LckvException($"--clip must be 0 (off) or positive, not {Clip}");
-        if (EvalEvery < 0) throw new LckvException($"--eval-every must be 0 or more, not {EvalEvery}");
-        if (EvalBatches < 0) throw new LckvException($"--eval-batches must be 0 (all) or more, not {EvalBatches}");
-        if (SaveEvery < 0) throw new LckvException($"--save-every must be 0 or more, not {SaveEvery}");
+        if (Batch < 1) throw new LckvException($"batch size must be at least 1, not {Batch}") { Settings = [nameof(Batch)] };
+        if (SeqLen < 2) throw new LckvException($"sequence length must be at least 2, not {SeqLen}") { Settings = [nameof(SeqLen)] };
+        if (Accum < 1) throw new LckvException($"micro-batches per update must be at least 1, not {Accum}") { Settings = [nameof(Accum)] };
+        if ((long)Batch * SeqLen > Array.MaxLength)
+            throw new LckvException($"batch size {Batch} x sequence length {SeqLen} is too large") { Settings = [nameof(Batch), nameof(SeqLen)] };
+        if (!(Clip >= 0) || !double.IsFinite(Clip))
+            throw new LckvException($"gradient-norm clip must be 0 (off) or positive, not {Clip}") { Settings = [nameof(Clip)] };
+        if (EvalEvery < 0) throw new LckvException($"updates between validations must be 0 or more, not {EvalEvery}") { Settings = [nameof(EvalEvery)] };
+        if (EvalBatches < 0) throw new LckvException($"validation batches must be 0 (all) or more, not {EvalBatches}") { Settings = [nameof(EvalBatches)] };
+        if (SaveEvery < 0) throw new LckvException($"updates between checkpoints must be 0 or more, not {SaveEvery}") { Settings = [nameof(SaveEvery)] };
         Schedule.Validate();
         AdamW.Validate();
     }
@@ -90,7 +92,10 @@ public sealed class Trainer : IDisposable
         if (data.Meta.VocabSize > config.VocabSize)
             throw new LckvException($"{data.Folder}: the data's vocabulary ({data.Meta.VocabSize}) is larger than the model's vocab_size {config.VocabSize}");
         if (arch == TrainerModels.Decoder && options.SeqLen > config.MaxPositionEmbeddings)
-            throw new LckvException($"--seq-len {options.SeqLen} exceeds the model's max_position_embeddings {config.MaxPositionEmbeddings}");
+            throw new LckvException($"sequence length {options.SeqLen} exceeds the model's max_position_embeddings {config.MaxPositionEmbeddings}")
+            {
+                Settings = [nameof(TrainerOptions.SeqLen)],
+            };
         Model = model;
         _config = config;
         Arch = arch;
@@ -133,7 +138,7 @@ public sealed class Trainer : IDisposable
         ArgumentNullException.ThrowIfNull(factory);
         options.Validate();
         if (Checkpoint.Find(Path.Combine(outDir, CheckpointName)) is { } existing)
-            throw new LckvException($"{outDir} already holds a checkpoint ({existing}); give --resume to continue it, or another --out");
+            throw new LckvException($"{outDir} already holds a checkpoint ({existing}); resume that run, or start this one in another folder") { Settings = [nameof(Resume)] };
         var model = factory(config, arch, options.Seed);
         if (initFrom is not null) Checkpoint.LoadParameters(model.Parameters, initFrom);
         var t = new Trainer(model, config, arch, data, options, outDir, logPath, initFrom);
@@ -149,8 +154,8 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// Continues the run in outDir from its checkpoint (or the previous one when the last write was interrupted).
-    /// adjust, when given, changes the stored options (the CLI lets --steps, --eval-every, --eval-batches and
-    /// --save-every change; a new --steps also stretches the schedule).
+    /// adjust, when given, changes the stored options (the CLI lets Steps, EvalEvery, EvalBatches and SaveEvery
+    /// change; a new Steps also stretches the schedule).
     /// </summary>
     public static Trainer Resume(TrainableFactory factory, TokenDataset data, string outDir,
         Func<TrainerOptions, TrainerOptions>? adjust = null, string? logPath = null)
@@ -210,10 +215,16 @@ public sealed class Trainer : IDisposable
             loss /= accum;
             long t = Step + 1;
             if (!double.IsFinite(loss))
-                throw new LckvException($"the loss is {loss} at step {t}; lower --lr or lengthen --warmup (the last checkpoint is in {CheckpointPath})");
+                throw new LckvException($"the loss is {loss} at step {t}; lower the learning rate or lengthen the warmup (the last checkpoint is in {CheckpointPath})")
+                {
+                    Settings = [nameof(TrainerOptions.Lr), nameof(TrainerOptions.Warmup)],
+                };
             double norm = Optimizer.ClipGradNorm(Options.Clip);
             if (!double.IsFinite(norm))
-                throw new LckvException($"the gradient norm is {norm} at step {t}; lower --lr or lengthen --warmup (the last checkpoint is in {CheckpointPath})");
+                throw new LckvException($"the gradient norm is {norm} at step {t}; lower the learning rate or lengthen the warmup (the last checkpoint is in {CheckpointPath})")
+                {
+                    Settings = [nameof(TrainerOptions.Lr), nameof(TrainerOptions.Warmup)],
+                };
             double lr = _schedule.LearningRate(t);
             Optimizer.Step(lr);
             long stepTokens = (long)b * n * accum;

@@ -21,7 +21,7 @@ public static class TrainerModels
     {
         Decoder => CreateDecoder(config, seed),
         Bigram => new BigramModel(config.VocabSize, seed),
-        _ => throw new LckvException($"unknown --arch '{arch}' (expected {string.Join(" or ", Archs)})"),
+        _ => throw new LckvException($"unknown architecture '{arch}' (expected {string.Join(" or ", Archs)})") { Settings = ["arch"] },
     };
 
     /// <summary>The trainable decoder (autograd through the iteration plan).</summary>

@@ -1,6 +1,7 @@
 using Lckv.Formats;
 using Lckv.Generation;
 using Lckv.Model;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 
 namespace Lckv.Tests.Generation;

@@ -121,8 +121,6 @@ public sealed class LayoutsTests
 
         var yoco = Layouts.ApplyLayout(llama, "yoco", slidingWindow: 512);
         Assert.Equal(512, yoco.SlidingWindow);
-        Assert.True(Layouts.UsesSlidingWindow("yoco", 22));
-        Assert.False(Layouts.UsesSlidingWindow("lckv-w2", 22));
 
         var back = Layouts.ApplyLayout(w2, "llama");
         Assert.Equal(ModelConfig.LlamaType, back.ModelType);

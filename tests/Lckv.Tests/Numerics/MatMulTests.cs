@@ -6,7 +6,7 @@ namespace Lckv.Tests.Numerics;
 [Trait("Category", "Kernels")]
 public class MatMulTests(ITestOutputHelper output)
 {
-    private static readonly int[] Ms = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17];
+    private static readonly int[] _ms = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17];
 
     public static TheoryData<DType> Types => new(TestData.FloatTypes);
 
@@ -16,7 +16,7 @@ public class MatMulTests(ITestOutputHelper output)
     {
         var rng = new Random(1);
         int checkedCount = 0;
-        foreach (int m in Ms)
+        foreach (int m in _ms)
             for (int k = 1; k <= 67; k += (k < 20 ? 1 : 7))
                 for (int n = 1; n <= 67; n += (n < 20 ? 1 : 5))
                 {
@@ -90,6 +90,35 @@ public class MatMulTests(ITestOutputHelper output)
                 Assert.Equal(n, fixedColumns);
                 Assert.Equal(0, claims);
             }
+        }
+    }
+
+    /// <summary>Every path forced, and every kernel variant switched off, matches the reference on shapes around the
+    /// dispatch's boundaries (bench/Lckv.Bench's `paths` mode times them against each other).</summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void EveryPathAndVariantMatchesReference(DType dtype)
+    {
+        var rng = new Random(6);
+        var shapes = new[] { (1, 1031, 70), (3, 259, 131), (4, 600, 37), (12, 1100, 21), (16, 515, 33), (16, 1600, 40), (20, 300, 41), (40, 700, 19) };
+        try
+        {
+            foreach (var path in Enum.GetValues<MatMul.Path>())
+            {
+                MatMul.Forced = path;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+            MatMul.Forced = MatMul.Path.Auto;
+            foreach (var v in Enum.GetValues<MatMul.Variants>())
+            {
+                MatMul.Off = v;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+        }
+        finally
+        {
+            MatMul.Forced = MatMul.Path.Auto;
+            MatMul.Off = MatMul.Variants.None;
         }
     }
 

@@ -14,7 +14,7 @@ public sealed class ThroughputCliTests
         return (code, o.ToString(), e.ToString());
     }
 
-    private static readonly string[] Tiny = ["bench", "throughput", "--preset", "small", "--layouts", "llama,lckv-w2,cla2", "--prompt", "4", "--gen", "3"];
+    private static readonly string[] _tiny = ["bench", "throughput", "--preset", "small", "--layouts", "llama,lckv-w2,cla2", "--prompt", "4", "--gen", "3"];
 
     [Fact]
     public void PrintsTheTableAndWritesThePlot()
@@ -23,7 +23,7 @@ public sealed class ThroughputCliTests
         try
         {
             string png = Path.Combine(dir.FullName, "tp.png");
-            var (code, stdout, stderr) = Run([.. Tiny, "--plot", png]);
+            var (code, stdout, stderr) = Run([.. _tiny, "--plot", png]);
             Assert.True(code == 0, stderr);
             Assert.Contains("| layout | layer_types | KV layers | KV bytes/token | max batch |", stdout);
             Assert.Contains("| llama | 0..7 | 8 | 16384 | 1 |", stdout);
@@ -37,7 +37,7 @@ public sealed class ThroughputCliTests
     [Fact]
     public void JsonAtAFixedBatch()
     {
-        var (code, stdout, stderr) = Run([.. Tiny, "--batch", "2", "--output", "json"]);
+        var (code, stdout, stderr) = Run([.. _tiny, "--batch", "2", "--output", "json"]);
         Assert.True(code == 0, stderr);
         using var doc = JsonDocument.Parse(stdout);
         var rows = doc.RootElement.GetProperty("rows").EnumerateArray().ToArray();
@@ -53,7 +53,7 @@ public sealed class ThroughputCliTests
     [Fact]
     public void RoundsReportMediansAndTheirRange()
     {
-        var (code, stdout, stderr) = Run([.. Tiny, "--batch", "1", "--rounds", "3", "--output", "json"]);
+        var (code, stdout, stderr) = Run([.. _tiny, "--batch", "1", "--rounds", "3", "--output", "json"]);
         Assert.True(code == 0, stderr);
         Assert.Contains("llama (3/3)", stderr); // the rounds ran interleaved: the last round's llama run is announced
         using var doc = JsonDocument.Parse(stdout);

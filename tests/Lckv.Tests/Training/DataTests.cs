@@ -39,9 +39,9 @@ public sealed class DataTests
     {
         using var dir = new TempDir();
         Assert.Contains("outside the vocabulary", Assert.Throws<LckvException>(() => TokenDataset.Write(dir.File("d"), [("a", [1, 2, 40])], 32, 0.1)).Message);
-        Assert.Contains("--val-fraction", Assert.Throws<LckvException>(() => TokenDataset.Write(dir.File("d"), [("a", [1])], 32, 1.0)).Message);
+        Assert.Contains("validation fraction", Assert.Throws<LckvException>(() => TokenDataset.Write(dir.File("d"), [("a", [1])], 32, 1.0)).Message);
         ToyData.Write(dir.File("d"));
-        Assert.Contains("--force", Assert.Throws<LckvException>(() => ToyData.Write(dir.File("d"))).Message);
+        Assert.Equal(["force"], Assert.Throws<LckvException>(() => ToyData.Write(dir.File("d"))).Settings);
         TokenDataset.Write(dir.File("d"), [("a", ToyData.Tokens(100, 32, 3))], 32, 0.5, force: true);
         using (var ds = TokenDataset.Open(dir.File("d"))) Assert.Equal(50, ds.Train.Count);
 
@@ -97,7 +97,7 @@ public sealed class DataTests
         var x = new int[4];
         for (int i = 0; i < 400; i++) { s.Next(x); starts.Add(x[0]); }
         Assert.Equal(Enumerable.Range(0, 17), starts.Order()); // every start in [0, 20 - 4]
-        Assert.Contains("--seq-len", Assert.Throws<LckvException>(() => new BatchSampler(ds.Train, 1, 21, 1)).Message);
+        Assert.Contains("sequence length", Assert.Throws<LckvException>(() => new BatchSampler(ds.Train, 1, 21, 1)).Message);
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 using Lckv.Numerics.Backward;
 using Xunit.Abstractions;

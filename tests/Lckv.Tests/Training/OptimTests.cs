@@ -187,7 +187,11 @@ public sealed class OptimTests(ITestOutputHelper output)
         var p = new[] { new Parameter("a", [1], true) };
         Assert.Contains("beta2", Assert.Throws<LckvException>(() => new AdamW(p, new AdamWOptions { Beta2 = 1f })).Message);
         Assert.Contains("twice", Assert.Throws<LckvException>(() => new AdamW([p[0], p[0]], new AdamWOptions())).Message);
-        Assert.Contains("--min-lr", Assert.Throws<LckvException>(() => new CosineSchedule(1e-3, 1e-2, 0, 10).Validate()).Message);
-        Assert.Contains("--lr", Assert.Throws<LckvException>(() => new CosineSchedule(0, 0, 0, 10).Validate()).Message);
+        var min = Assert.Throws<LckvException>(() => new CosineSchedule(1e-3, 1e-2, 0, 10).Validate());
+        Assert.Contains("final learning rate", min.Message);
+        Assert.Equal([nameof(CosineSchedule.MinLr)], min.Settings);
+        var peak = Assert.Throws<LckvException>(() => new CosineSchedule(0, 0, 0, 10).Validate());
+        Assert.Contains("peak learning rate", peak.Message);
+        Assert.Equal([nameof(CosineSchedule.MaxLr)], peak.Settings);
     }
 }

@@ -157,7 +157,7 @@ public sealed class TrainerTests(ITestOutputHelper output)
         using var data = TokenDataset.Open(ToyData.Write(dir.File("data")));
         Assert.Contains("no checkpoint", Assert.Throws<LckvException>(() => Trainer.Resume(ToyMlpModel.Factory, data, dir.File("run"))).Message);
         using (var t = Trainer.Start(ToyMlpModel.Factory, ToyData.Config(), "toy", data, Options(2), dir.File("run"))) t.Run();
-        Assert.Contains("--resume", Assert.Throws<LckvException>(() => Trainer.Start(ToyMlpModel.Factory, ToyData.Config(), "toy", data, Options(2), dir.File("run"))).Message);
+        Assert.Equal([nameof(Trainer.Resume)], Assert.Throws<LckvException>(() => Trainer.Start(ToyMlpModel.Factory, ToyData.Config(), "toy", data, Options(2), dir.File("run"))).Settings);
         Assert.Contains("vocab", Assert.Throws<LckvException>(() => Trainer.Start(ToyMlpModel.Factory, ToyData.Config(16), "toy", data, Options(2), dir.File("run2"))).Message);
     }
 

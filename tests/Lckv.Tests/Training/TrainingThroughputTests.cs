@@ -1,3 +1,4 @@
+using Lckv.Diagnostics;
 using Lckv.Numerics;
 using System.Diagnostics;
 using Lckv.Model;

@@ -115,8 +115,8 @@ public static unsafe class MatMulBackward
     /// <summary>Per-thread packing buffers (A: TileRows x KC, B: KC x TileCols), allocated once per thread.</summary>
     private sealed class Scratch
     {
-        [ThreadStatic] private static Scratch? t_current;
-        public static Scratch Current => t_current ??= new Scratch();
+        [ThreadStatic] private static Scratch? _current;
+        public static Scratch Current => _current ??= new Scratch();
         public readonly float[] A = GC.AllocateArray<float>(TileRows * KC + 64, pinned: true);
         public readonly float[] B = GC.AllocateArray<float>(TileCols * KC + 64, pinned: true);
     }

@@ -2,8 +2,9 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Lckv.Numerics;
 
-namespace Lckv.Numerics;
+namespace Lckv.Diagnostics;
 
 /// <summary>The machine's limits measured in-process: f32 FMA peak and memory read bandwidth.</summary>
 /// <param name="Threads">threads used for both figures</param>
@@ -21,16 +22,16 @@ public readonly record struct RooflineResult(int Threads, double FmaGflops, doub
 public static unsafe class Roofline
 {
     private const long BandwidthBytes = 256L << 20;
-    private const int BandwidthPasses = 8; // best of: the figure is a limit, and this machine's bandwidth is noisy
+    private const int BandwidthPasses = 8; // best of: the figure is a limit, and a shared machine's bandwidth is noisy
 
     public static RooflineResult Measure(int threads) => new(threads, MeasureFmaPeak(threads), MeasureReadBandwidth(threads));
 
-    /// <summary>GFLOP/s of f32 FMA over the given number of threads (best of 20 runs of ~7 ms after a warm-up: the window outlasts a burst of JIT work on the other core at start-up).</summary>
+    /// <summary>GFLOP/s of f32 FMA over the given number of threads (best of 20 runs after a warm-up; each run lasts long enough that a burst of JIT work on another core at start-up does not decide it).</summary>
     public static double MeasureFmaPeak(int threads)
     {
         threads = Math.Clamp(threads, 1, WorkerPool.Shared.ThreadCount);
         var sink = stackalloc float[threads * 16];
-        long iterations = 1 << 22; // ~7 ms a run: long enough that a busy moment of the other core (the JIT at start-up) does not decide it
+        long iterations = 1 << 22; // milliseconds a run, longer than a busy moment of another core
         double best = 0;
         for (int run = 0; run < 21; run++)
         {
@@ -54,7 +55,7 @@ public static unsafe class Roofline
 
     /// <summary>
     /// The read-bandwidth measurement with its 256 MiB array kept between measurements, for taking it many times in a
-    /// run (between the repetitions of a benchmark: this machine's bandwidth changes by up to 1.6x within a minute).
+    /// run (between the repetitions of a benchmark: a shared machine's bandwidth changes within a minute).
     /// </summary>
     public sealed class BandwidthProbe : IDisposable
     {
@@ -64,7 +65,7 @@ public static unsafe class Roofline
         public BandwidthProbe(int threads)
         {
             _threads = Math.Clamp(threads, 1, WorkerPool.Shared.ThreadCount);
-            // huge pages where the weights get them (measured the same as 4 KiB pages here: 1.008 of it, 30 pairs)
+            // huge pages where the weights get them, so the probe streams memory as the weights do
             _data = (float*)HugePages.Allocate(BandwidthBytes);
             WorkerPool.Shared.Run(_threads, new FillJob { Data = _data, Count = BandwidthBytes / sizeof(float), Parts = _threads });
         }

@@ -1,24 +1,23 @@
 using System.Diagnostics;
+using Lckv.Numerics;
 using Microsoft.Win32.SafeHandles;
 
-namespace Lckv.Numerics;
+namespace Lckv.Diagnostics;
 
 /// <summary>
 /// Linux: how many threads a call of the <see cref="WorkerPool"/> may use without a core that another process is
 /// running on. A worker that shares its core with a busy process is descheduled for whole time slices while its
-/// caller waits for its chunk: beside a busy loop on one of this machine's 2 cores, batch-16 decode on 2 threads ran
-/// at 0.54x of one thread, and at 0.76-0.87x once the caller could take chunks no worker had started. Every 10 ms
-/// (looked at when a call starts) the monitor reads the number of runnable threads from /proc/loadavg, takes away the
-/// pool's own (the caller and its awake workers), and allows as many threads as cores are left, at least one. It goes
-/// by the least that its last eight samples found, so contention has to last ~80 ms to take a thread away (with three
-/// samples, 30 ms, 5% of the samples of a batch-16 decode on an otherwise idle machine took one away; with eight, 1 in
-/// 580), and the threads come back at the first sample that finds the cores free. Used only where this process may run
-/// on every online core: under a CPU quota or an affinity mask the machine-wide count says nothing about this
-/// process's cores. Off with LCKV_CORE_MONITOR=0.
+/// caller waits for its chunk, which can make a call on two threads slower than on one. Every 10 ms (looked at when a
+/// call starts) the monitor reads the number of runnable threads from /proc/loadavg, takes away the pool's own (the
+/// caller and its awake workers), and allows as many threads as cores are left, at least one. It goes by the least
+/// that its last eight samples found, so contention has to last ~80 ms to take a thread away (a shorter window lets
+/// momentary counts take threads away on an otherwise idle machine), and the threads come back at the first sample
+/// that finds the cores free. Used only where this process may run on every online core: under a CPU quota or an
+/// affinity mask the machine-wide count says nothing about this process's cores. Off with LCKV_CORE_MONITOR=0.
 /// </summary>
-internal sealed class CoreMonitor
+public sealed class CoreMonitor : ICoreAvailability
 {
-    private static readonly long Interval = Stopwatch.Frequency / 100;
+    private static readonly long _interval = Stopwatch.Frequency / 100;
     private readonly SafeFileHandle? _file;
     private readonly byte[] _buffer = new byte[128];
     private readonly int _cores;
@@ -63,7 +62,7 @@ internal sealed class CoreMonitor
     {
         long now = Stopwatch.GetTimestamp();
         if (now < _due || _file is null) return _available;
-        _due = now + Interval;
+        _due = now + _interval;
         int running = ReadRunnable();
         return running < 1 ? _available = int.MaxValue : Record(running, pool.AwakeWorkers());
     }

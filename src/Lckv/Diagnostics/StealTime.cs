@@ -1,12 +1,10 @@
-namespace Lckv.Numerics;
+namespace Lckv.Diagnostics;
 
 /// <summary>
 /// Linux: CPU time the hypervisor gave to other guests while this machine's virtual CPUs wanted to run ("steal" in
-/// /proc/stat), summed over all CPUs. On this project's 2-core virtual machines the host takes a whole core away for
-/// 100 ms at a time, a few times a minute while both cores are busy (batch-16 decode of `small`: 5 stalls of 100 ms in
-/// 21 s, each with exactly 10 ticks of steal, against a median step of 3.3 ms); a benchmark repetition that holds
-/// one is slower for a reason that is not the program's. The kernel counts steal in ticks of 10 ms (USER_HZ is 100
-/// on every architecture .NET runs Linux on).
+/// /proc/stat), summed over all CPUs. A virtual machine's host can take a whole core away for many of the program's
+/// steps at a time; a benchmark repetition that holds such a stall is slower for a reason that is not the program's.
+/// The kernel counts steal in ticks of 10 ms (USER_HZ is 100 on every architecture .NET runs Linux on).
 /// </summary>
 public static class StealTime
 {
