@@ -76,30 +76,30 @@ public sealed record GenerationRequest
 /// stop rules, and its output.</summary>
 public sealed class EngineSequence
 {
-    internal readonly List<int> _tokens;
-    internal readonly List<int> _output;
-    internal readonly Sampler? _sampler;
-    internal readonly StreamingDecoder? _decoder;
-    internal readonly StringBuilder? _text;
-    internal readonly long _promisedBlocks;
-    internal long _heldBlocks;   // of the promise: blocks reserved so far
-    internal readonly int _maxTokens; // prompt + MaxNewTokens, bounded by the context
+    internal readonly List<int> TokenBuffer;
+    internal readonly List<int> OutputBuffer;
+    internal readonly Sampler? TokenSampler;
+    internal readonly StreamingDecoder? Decoder;
+    internal readonly StringBuilder? TextBuffer;
+    internal readonly long PromisedBlockCount;
+    internal long HeldBlocks;   // of the promise: blocks reserved so far
+    internal readonly int MaxTokenCount; // prompt + MaxNewTokens, bounded by the context
 
     internal EngineSequence(int id, GenerationRequest request, int vocab, int maxTokens, long promisedBlocks)
     {
         Id = id;
         Request = request;
         PromptLength = request.Prompt.Length;
-        _maxTokens = maxTokens;
-        _promisedBlocks = promisedBlocks;
-        _tokens = new List<int>(maxTokens);
-        _tokens.AddRange(request.Prompt);
-        _output = new List<int>(request.Sampling is null ? 0 : Math.Min(request.MaxNewTokens, maxTokens));
+        MaxTokenCount = maxTokens;
+        PromisedBlockCount = promisedBlocks;
+        TokenBuffer = new List<int>(maxTokens);
+        TokenBuffer.AddRange(request.Prompt);
+        OutputBuffer = new List<int>(request.Sampling is null ? 0 : Math.Min(request.MaxNewTokens, maxTokens));
         if (request.Sampling is { } sp)
         {
-            _sampler = new Sampler(sp, vocab);
-            _decoder = request.Tokenizer?.CreateStreamingDecoder();
-            _text = request.Tokenizer is null ? null : new StringBuilder();
+            TokenSampler = new Sampler(sp, vocab);
+            Decoder = request.Tokenizer?.CreateStreamingDecoder();
+            TextBuffer = request.Tokenizer is null ? null : new StringBuilder();
         }
     }
 
@@ -108,17 +108,17 @@ public sealed class EngineSequence
     public GenerationRequest Request { get; }
     public int PromptLength { get; }
     /// <summary>Prompt, then sampled or fed tokens.</summary>
-    public IReadOnlyList<int> Tokens => _tokens;
+    public IReadOnlyList<int> Tokens => TokenBuffer;
     /// <summary>Tokens evaluated and committed to the cache.</summary>
     public int Position { get; internal set; }
     /// <summary>Tokens waiting to be evaluated.</summary>
-    public int Pending => _tokens.Count - Position;
+    public int Pending => TokenBuffer.Count - Position;
     /// <summary>True while part of the prompt is still to be evaluated.</summary>
     public bool Prefilling => Position < PromptLength;
     /// <summary>Sampled tokens (stop ids excluded).</summary>
-    public IReadOnlyList<int> Output => _output;
+    public IReadOnlyList<int> Output => OutputBuffer;
     /// <summary>Decoded output (with a tokenizer), cut before a stop string; complete once finished.</summary>
-    public string? Text => _text?.ToString();
+    public string? Text => TextBuffer?.ToString();
     public FinishReason? Finish { get; private set; }
     public bool IsFinished => Finish is not null;
     public bool IsRetired { get; internal set; }
@@ -127,7 +127,7 @@ public sealed class EngineSequence
     internal void Finished(FinishReason reason)
     {
         Finish = reason;
-        if (reason != FinishReason.StopString && _decoder is { } dec) _text!.Append(dec.Flush());
+        if (reason != FinishReason.StopString && Decoder is { } dec) TextBuffer!.Append(dec.Flush());
     }
 
     /// <summary>Records a sampled token and applies the stop rules; true when the sequence is finished.</summary>
@@ -135,12 +135,12 @@ public sealed class EngineSequence
     {
         var r = Request;
         if (r.StopIds.Contains(token)) { Finished(FinishReason.Eos); return true; }
-        _output.Add(token);
-        _tokens.Add(token);
-        if (_decoder is { } dec)
+        OutputBuffer.Add(token);
+        TokenBuffer.Add(token);
+        if (Decoder is { } dec)
         {
             string piece = dec.Push(token);
-            var sb = _text!;
+            var sb = TextBuffer!;
             int before = sb.Length;
             sb.Append(piece);
             foreach (var stop in r.StopStrings)
@@ -157,7 +157,7 @@ public sealed class EngineSequence
             r.OnToken?.Invoke(this, token, piece);
         }
         else r.OnToken?.Invoke(this, token, "");
-        if (_output.Count >= r.MaxNewTokens) { Finished(FinishReason.Length); return true; }
+        if (OutputBuffer.Count >= r.MaxNewTokens) { Finished(FinishReason.Length); return true; }
         if (Position + 1 > contextLength) { Finished(FinishReason.Context); return true; }
         return false;
     }
@@ -313,13 +313,13 @@ public sealed class GenerationEngine
     {
         if (sequence.IsRetired) throw new InvalidOperationException("the sequence is retired");
         if (sequence.Request.Sampling is not null) throw new InvalidOperationException("a sampled sequence takes no fed tokens");
-        if (sequence._tokens.Count + tokens.Length > sequence._maxTokens)
-            throw new LckvException($"feeding {tokens.Length} tokens takes the sequence past the {sequence._maxTokens} it was admitted with");
+        if (sequence.TokenBuffer.Count + tokens.Length > sequence.MaxTokenCount)
+            throw new LckvException($"feeding {tokens.Length} tokens takes the sequence past the {sequence.MaxTokenCount} it was admitted with");
         if (_upward && sequence.Position == 0 && sequence.Pending + tokens.Length > _rows)
             throw new LckvException($"a first input of {sequence.Pending + tokens.Length} tokens is more than the engine's step of {_rows} rows");
         foreach (int id in tokens)
             if ((uint)id >= (uint)_vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {_vocab})");
-        sequence._tokens.AddRange(tokens);
+        sequence.TokenBuffer.AddRange(tokens);
     }
 
     /// <summary>Frees a sequence's KV blocks and what it was promised; it leaves <see cref="Sequences"/>.</summary>
@@ -327,7 +327,7 @@ public sealed class GenerationEngine
     {
         if (sequence.IsRetired) return;
         if (!_active.Remove(sequence)) throw new ArgumentException("the sequence is not this engine's", nameof(sequence));
-        _promised -= sequence._promisedBlocks - sequence._heldBlocks;
+        _promised -= sequence.PromisedBlockCount - sequence.HeldBlocks;
         if (_cache.Contains(sequence.Id)) _cache.Remove(sequence.Id);
         sequence.IsRetired = true;
     }
@@ -394,7 +394,7 @@ public sealed class GenerationEngine
             var s = _entries[j];
             int take = _takes[j];
             Reserve(s, s.Position + take);
-            CollectionsMarshal.AsSpan(s._tokens).Slice(s.Position, take).CopyTo(_stepTokens.AsSpan(tokenAt, take));
+            CollectionsMarshal.AsSpan(s.TokenBuffer).Slice(s.Position, take).CopyTo(_stepTokens.AsSpan(tokenAt, take));
             tokenAt += take;
             int prompt = Math.Clamp(s.PromptLength - s.Position, 0, take);
             promptTokens += prompt;
@@ -419,9 +419,9 @@ public sealed class GenerationEngine
         if (!_cache.TryReserve(s.Id, length))
             throw new LckvException("the KV cache budget is exhausted (raise the KV budget or lower the batch)");
         // the promise shrinks by what this reservation took of it
-        long held = Math.Min(_cache.BlocksForTokens(_cache.ReservedLength(s.Id)), s._promisedBlocks);
-        _promised -= held - s._heldBlocks;
-        s._heldBlocks = held;
+        long held = Math.Min(_cache.BlocksForTokens(_cache.ReservedLength(s.Id)), s.PromisedBlockCount);
+        _promised -= held - s.HeldBlocks;
+        s.HeldBlocks = held;
     }
 
     // runs entries [from, to) (their tokens at tokenStart..) and delivers their logits; returns the tokens sampled
@@ -446,10 +446,10 @@ public sealed class GenerationEngine
                 else if (s.Pending == 0) onLogits(s, s.Position - 1, logits.AsSpan(last * v, v));
             }
             row += all ? take : 1;
-            if (s._sampler is not { } sampler || s.Pending != 0) continue;
+            if (s.TokenSampler is not { } sampler || s.Pending != 0) continue;
             // the whole input is evaluated: the last row predicts the next token
             if (r.MaxNewTokens == 0) { s.Finished(FinishReason.Length); _finished.Add(s); continue; }
-            int token = sampler.Sample(logits.AsSpan(last * v, v), CollectionsMarshal.AsSpan(s._tokens));
+            int token = sampler.Sample(logits.AsSpan(last * v, v), CollectionsMarshal.AsSpan(s.TokenBuffer));
             sampled++;
             if (s.Accept(token, _context)) _finished.Add(s);
         }

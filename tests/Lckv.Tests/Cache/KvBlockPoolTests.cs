@@ -5,13 +5,13 @@ namespace Lckv.Tests.Cache;
 
 public class KvBlockPoolTests
 {
-    static readonly KvLayout Small = new(BlockSize: 2, KvHeads: 2, HeadDim: 4, DType.F32); // 2*2*2*4*4 = 128 bytes
+    static readonly KvLayout _small = new(BlockSize: 2, KvHeads: 2, HeadDim: 4, DType.F32); // 2*2*2*4*4 = 128 bytes
 
     [Fact]
     public void BlockCountIsTheBudgetInWholeBlocks()
     {
-        Assert.Equal(128, Small.BlockBytes);
-        using var pool = new KvBlockPool(Small, 128 * 5 + 127);
+        Assert.Equal(128, _small.BlockBytes);
+        using var pool = new KvBlockPool(_small, 128 * 5 + 127);
         Assert.Equal(5, pool.TotalBlocks);
         Assert.Equal(5, pool.FreeBlocks);
         Assert.Equal(0, pool.UsedBlocks);
@@ -22,22 +22,22 @@ public class KvBlockPoolTests
     [Fact]
     public void BudgetSmallerThanOneBlockIsRejected()
     {
-        var e = Assert.Throws<LckvException>(() => new KvBlockPool(Small, 127));
+        var e = Assert.Throws<LckvException>(() => new KvBlockPool(_small, 127));
         Assert.Contains("smaller than one block", e.Message);
-        Assert.Throws<LckvException>(() => new KvBlockPool(Small, 0));
+        Assert.Throws<LckvException>(() => new KvBlockPool(_small, 0));
     }
 
     [Fact]
     public void UnsupportedDTypeAndBadGeometryAreRejected()
     {
-        Assert.Throws<LckvException>(() => new KvBlockPool(Small with { DType = DType.I32 }, 1 << 20));
-        Assert.Throws<LckvException>(() => new KvBlockPool(Small with { BlockSize = 0 }, 1 << 20));
+        Assert.Throws<LckvException>(() => new KvBlockPool(_small with { DType = DType.I32 }, 1 << 20));
+        Assert.Throws<LckvException>(() => new KvBlockPool(_small with { BlockSize = 0 }, 1 << 20));
     }
 
     [Fact]
     public void AllocateUntilEmptyThenFail()
     {
-        using var pool = new KvBlockPool(Small, 128 * 3);
+        using var pool = new KvBlockPool(_small, 128 * 3);
         var seen = new HashSet<int>();
         for (int i = 0; i < 3; i++)
         {
@@ -57,7 +57,7 @@ public class KvBlockPoolTests
     [Fact]
     public void RefCountsAndDoubleFree()
     {
-        using var pool = new KvBlockPool(Small, 128 * 2);
+        using var pool = new KvBlockPool(_small, 128 * 2);
         Assert.True(pool.TryAllocate(out int b));
         pool.Retain(b);
         pool.Retain(b);
@@ -78,7 +78,7 @@ public class KvBlockPoolTests
     [Fact]
     public void FreedBlocksAreReusedLastInFirstOut()
     {
-        using var pool = new KvBlockPool(Small, 128 * 4);
+        using var pool = new KvBlockPool(_small, 128 * 4);
         Assert.True(pool.TryAllocate(out int a));
         Assert.True(pool.TryAllocate(out int b));
         pool.Release(a);
@@ -90,14 +90,14 @@ public class KvBlockPoolTests
     [Fact]
     public void BlockPointersFollowTheLayout()
     {
-        using var pool = new KvBlockPool(Small, 128 * 4);
+        using var pool = new KvBlockPool(_small, 128 * 4);
         for (int i = 0; i < 4; i++) Assert.Equal(pool.Base + i * 128, pool.BlockPointer(i));
     }
 
     [Fact]
     public void DisposeIsIdempotent()
     {
-        var pool = new KvBlockPool(Small, 128 * 4);
+        var pool = new KvBlockPool(_small, 128 * 4);
         pool.Dispose();
         pool.Dispose();
         Assert.Throws<ObjectDisposedException>(() => pool.Base);

@@ -8,7 +8,7 @@ public class AttentionTests(ITestOutputHelper output)
 {
     public static TheoryData<DType> Types => new(TestData.FloatTypes);
 
-    private static readonly MaskRule[] Rules = [MaskRule.Causal, new(true, 0), new(false, 3), new(true, 4)];
+    private static readonly MaskRule[] _rules = [MaskRule.Causal, new(true, 0), new(false, 3), new(true, 4)];
 
     [Theory]
     [MemberData(nameof(Types))]
@@ -20,7 +20,7 @@ public class AttentionTests(ITestOutputHelper output)
             foreach (int group in new[] { 1, 2, 4 })
                 foreach (int blockSize in new[] { 3, 16 })
                 {
-                    var rule = Rules[cases % Rules.Length];
+                    var rule = _rules[cases % _rules.Length];
                     Compare(rng, dtype, d, kvHeads: 2, group, blockSize, rule);
                     cases++;
                 }
@@ -32,7 +32,7 @@ public class AttentionTests(ITestOutputHelper output)
     public void AllMasksOnTinyllamaLikeHeads(DType dtype)
     {
         var rng = new Random(12);
-        foreach (var rule in Rules)
+        foreach (var rule in _rules)
             Compare(rng, dtype, d: 64, kvHeads: 4, group: 8, blockSize: 5, rule);
     }
 
