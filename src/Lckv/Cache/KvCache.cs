@@ -208,7 +208,13 @@ public sealed class KvCache
     {
         var s = Get(seq);
         CheckLength(length);
-        if (length <= s.Length) return 0;
+        return length <= s.Length ? 0 : Extend(s, length, apply: false);
+    }
+
+    // the blocks positions [Length, length) need in every store: missing ones and copies of shared ones; counted, or
+    // (apply) allocated and copied
+    private int Extend(Sequence s, int length, bool apply)
+    {
         int needed = 0;
         for (int l = 0; l < _kvLayers; l++)
         {
@@ -218,8 +224,13 @@ public sealed class KvCache
             for (int b = first; b < DistinctEnd(l, first, end); b++)
             {
                 int slot = TableIndex(l, b);
-                if (slot >= inUse || _pool.RefCount(table[slot]) > 1) needed++;
+                bool missing = slot >= inUse, shared = !missing && _pool.RefCount(table[slot]) > 1;
+                if (missing || shared) needed++;
+                if (!apply) continue;
+                if (missing) table[slot] = Allocate();
+                else if (shared) table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s, l), b));
             }
+            if (apply) s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
         }
         return needed;
     }
@@ -248,20 +259,7 @@ public sealed class KvCache
             s.Reserved = Math.Max(s.Reserved, length);
             return true;
         }
-        for (int l = 0; l < _kvLayers; l++)
-        {
-            var (first, end) = BlockRange(s, l, length);
-            var table = s.Tables[l];
-            int inUse = InUse(s, l);
-            for (int b = first; b < DistinctEnd(l, first, end); b++)
-            {
-                int slot = TableIndex(l, b);
-                if (slot >= inUse) table[slot] = Allocate();
-                else if (_pool.RefCount(table[slot]) > 1)
-                    table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s, l), b));
-            }
-            s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
-        }
+        Extend(s, length, apply: true);
         s.Reserved = Math.Max(s.Reserved, length);
         return true;
     }
@@ -273,13 +271,7 @@ public sealed class KvCache
         var s = Get(seq);
         var table = Table(s, kvLayer);
         var layout = Layout;
-        int row = layout.RowElements;
-        if (k.Length != v.Length || k.Length % row != 0)
-            throw new ArgumentException($"K and V must both be [count, {row}] (got {k.Length} and {v.Length} values)");
-        int count = k.Length / row;
-        if (start < 0 || start + count > s.Reserved)
-            throw new ArgumentOutOfRangeException(nameof(start),
-                $"positions [{start}, {start + count}) of sequence {seq} are outside its reservation [0, {s.Reserved})");
+        int row = layout.RowElements, count = CheckRows(s, seq, start, k.Length, v.Length);
         int logical = start;
         var state = s.States[kvLayer];
         if (_policies[kvLayer].Compacts)
@@ -293,20 +285,36 @@ public sealed class KvCache
                     if (state.Scores is { } sc) sc[g * state.Capacity + logical + i] = 0;
                 }
         }
-        int es = DTypes.SizeOf(layout.DType);
-        int done = 0;
-        while (done < count)
+        for (int done = 0, n; done < count; done += n)
         {
-            int p = logical + done, b = p / _blockSize, slot = p % _blockSize;
-            int n = Math.Min(_blockSize - slot, count - done);
-            int block = table[TableIndex(kvLayer, b)];
+            nint at = Run(table, kvLayer, logical + done, count - done, out n, out int block);
             if (_pool.RefCount(block) > 1)
                 throw new InvalidOperationException($"position {start + done} of sequence {seq} is in a shared block; reserve it first");
-            nint at = _pool.BlockPointer(block) + (nint)((long)slot * row * es);
             Convert.Narrow(k.Slice(done * row, n * row), layout.DType, at);
             Convert.Narrow(v.Slice(done * row, n * row), layout.DType, at + (nint)layout.HalfBytes);
-            done += n;
         }
+    }
+
+    // the K/V spans of `count` rows of [KvHeads * HeadDim] at positions start.. must lie in the reservation
+    private int CheckRows(Sequence s, int seq, int start, int kLength, int vLength)
+    {
+        int row = Layout.RowElements;
+        if (kLength != vLength || kLength % row != 0)
+            throw new ArgumentException($"K and V must both be [count, {row}] (got {kLength} and {vLength} values)");
+        int count = kLength / row;
+        if (start < 0 || start + count > s.Reserved)
+            throw new ArgumentOutOfRangeException(nameof(start),
+                $"positions [{start}, {start + count}) of sequence {seq} are outside its reservation [0, {s.Reserved})");
+        return count;
+    }
+
+    // the address of logical slot `logical` of a store's table, and how many of the next `remaining` slots share its block
+    private nint Run(int[] table, int kvLayer, int logical, int remaining, out int n, out int block)
+    {
+        int slot = logical % _blockSize;
+        n = Math.Min(_blockSize - slot, remaining);
+        block = table[TableIndex(kvLayer, logical / _blockSize)];
+        return _pool.BlockPointer(block) + (nint)((long)slot * Layout.RowElements * DTypes.SizeOf(Layout.DType));
     }
 
     /// <summary>Reads rows of K and V at positions start.. of one positional store into f32 ([count, KvHeads*HeadDim]
@@ -317,23 +325,12 @@ public sealed class KvCache
         var table = Table(s, kvLayer);
         if (_policies[kvLayer].Compacts) throw new InvalidOperationException("a store that evicts is read by entry (ReadEntry), not by position");
         var layout = Layout;
-        int row = layout.RowElements;
-        if (k.Length != v.Length || k.Length % row != 0)
-            throw new ArgumentException($"K and V must both be [count, {row}] (got {k.Length} and {v.Length} values)");
-        int count = k.Length / row;
-        if (start < 0 || start + count > s.Reserved)
-            throw new ArgumentOutOfRangeException(nameof(start),
-                $"positions [{start}, {start + count}) of sequence {seq} are outside its reservation [0, {s.Reserved})");
-        int es = DTypes.SizeOf(layout.DType);
-        int done = 0;
-        while (done < count)
+        int row = layout.RowElements, count = CheckRows(s, seq, start, k.Length, v.Length);
+        for (int done = 0, n; done < count; done += n)
         {
-            int p = start + done, slot = p % _blockSize;
-            int n = Math.Min(_blockSize - slot, count - done);
-            nint at = _pool.BlockPointer(table[TableIndex(kvLayer, p / _blockSize)]) + (nint)((long)slot * row * es);
+            nint at = Run(table, kvLayer, start + done, count - done, out n, out _);
             Convert.Widen(at, layout.DType, k.Slice(done * row, n * row));
             Convert.Widen(at + (nint)layout.HalfBytes, layout.DType, v.Slice(done * row, n * row));
-            done += n;
         }
     }
 

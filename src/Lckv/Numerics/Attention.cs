@@ -51,10 +51,7 @@ public static unsafe class Attention
     public static void Compute(ReadOnlySpan<float> q, int heads, in KvStorage storage,
         ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
     {
-        var layout = storage.Layout;
-        int d = layout.HeadDim, kvHeads = layout.KvHeads;
-        if (kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {kvHeads} KV heads");
-        int group = heads / kvHeads;
+        int group = Check(q, heads, storage.Layout, sequences, rule, output, lse), d = storage.Layout.HeadDim, kvHeads = storage.Layout.KvHeads;
         if ((long)group * d > 16384 || d > 1024)
         {
             ComputeReference(q, heads, storage, sequences, rule, scale, output, lse);
@@ -62,11 +59,7 @@ public static unsafe class Attention
         }
         int items = 0;
         foreach (var s in sequences)
-        {
-            if (s.QueryCount <= 0) continue;
-            Validate(s, q.Length, output.Length, lse.Length, heads, layout, rule);
-            items += kvHeads * Chunks(s);
-        }
+            if (s.QueryCount > 0) items += kvHeads * Chunks(s);
         if (items == 0) return;
         fixed (float* pq = q, po = output, pl = lse)
 #pragma warning disable CS8500 // the sequences are pinned for the call; the tables are read through them
@@ -89,13 +82,21 @@ public static unsafe class Attention
     // a view with a score accumulator is one item per KV head: its rows add into the same entries
     private static int Chunks(in AttentionSequence s) => s.View.Scores is not null ? 1 : (s.QueryCount + RowChunk - 1) / RowChunk;
 
-    private static void Validate(in AttentionSequence s, int qLength, int outLength, int lseLength, int heads, KvLayout layout, MaskRule rule)
+    // the query heads per KV head, after checking that every sequence's rows, lse rows and entries are in range
+    private static int Check(ReadOnlySpan<float> q, int heads, KvLayout layout, ReadOnlySpan<AttentionSequence> sequences,
+        MaskRule rule, ReadOnlySpan<float> output, ReadOnlySpan<float> lse)
     {
-        long rows = (long)s.QueryRow + s.QueryCount;
-        if (rows * heads * layout.HeadDim > qLength || rows * heads * layout.HeadDim > outLength)
-            throw new ArgumentException("a sequence's rows lie outside q or output");
-        if (lseLength > 0 && rows * heads > lseLength) throw new ArgumentException("a sequence's rows lie outside lse");
-        s.View.Check(layout, rule, s.FirstPosition, s.QueryCount);
+        if (layout.KvHeads <= 0 || heads % layout.KvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {layout.KvHeads} KV heads");
+        foreach (var s in sequences)
+        {
+            if (s.QueryCount <= 0) continue;
+            long rows = (long)s.QueryRow + s.QueryCount;
+            if (rows * heads * layout.HeadDim > q.Length || rows * heads * layout.HeadDim > output.Length)
+                throw new ArgumentException("a sequence's rows lie outside q or output");
+            if (lse.Length > 0 && rows * heads > lse.Length) throw new ArgumentException("a sequence's rows lie outside lse");
+            s.View.Check(layout, rule, s.FirstPosition, s.QueryCount);
+        }
+        return heads / layout.KvHeads;
     }
 
     /// <summary>The scalar definition: one (row, head, entry) at a time, widened through Convert.</summary>
@@ -107,14 +108,10 @@ public static unsafe class Attention
         ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
     {
         var layout = storage.Layout;
-        int d = layout.HeadDim, kvHeads = layout.KvHeads;
-        if (heads % kvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {kvHeads} KV heads");
-        int group = heads / kvHeads;
+        int group = Check(q, heads, layout, sequences, rule, output, lse), d = layout.HeadDim;
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
         var acc = new float[d];
-        foreach (var s in sequences)
-            if (s.QueryCount > 0) Validate(s, q.Length, output.Length, lse.Length, heads, layout, rule);
         foreach (var s in sequences)
         {
             var view = s.View;
@@ -263,6 +260,24 @@ public static unsafe class Attention
             }
         }
 
+        // a query row that sees no entry outputs zero (and its lse, -inf, when asked: scratch not null) and returns false;
+        // otherwise its accumulators start empty
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private readonly bool StartRow<TE>(in AttentionSequence s, int g, int row, float* qRow, float* oRow, int start, int end,
+            float* acc, float* max, float* sum, float* scratch) where TE : struct, IElement
+        {
+            int n = Group * Storage.Layout.HeadDim;
+            if (end <= start)
+            {
+                new Span<float>(oRow, n).Clear();
+                if (scratch != null) Finish<TE>(in s, g, row, qRow, start, end, max, sum, scratch);
+                return false;
+            }
+            new Span<float>(acc, n).Clear();
+            for (int h = 0; h < Group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
+            return true;
+        }
+
         // query rows [r0, r1) of sequence s, the query heads of KV head g
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private readonly void Rows<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
@@ -283,14 +298,7 @@ public static unsafe class Attention
                 var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;   // (group, d)
                 float* oRow = O + ((long)row * Heads + g * group) * d;   // (group, d)
-                if (end <= start)
-                {
-                    new Span<float>(oRow, group * d).Clear();
-                    if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, kt);
-                    continue;
-                }
-                new Span<float>(acc, group * d).Clear();
-                for (int h = 0; h < group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
+                if (!StartRow<TE>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? kt : null)) continue;
                 for (int j0 = start; j0 < end; j0 += KeyTile)
                 {
                     int nk = Math.Min(KeyTile, end - j0);
@@ -351,14 +359,7 @@ public static unsafe class Attention
                 var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;
                 float* oRow = O + ((long)row * Heads + g * group) * d;
-                if (end <= start)
-                {
-                    new Span<float>(oRow, group * d).Clear();
-                    if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, inPlace ? kf : kt);
-                    continue;
-                }
-                new Span<float>(acc, group * d).Clear();
-                for (int h = 0; h < group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
+                if (!StartRow<TE>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? (inPlace ? kf : kt) : null)) continue;
                 for (int j0 = start; j0 < end; j0 += seg)
                 {
                     int n = Math.Min(seg, end - j0);

@@ -43,32 +43,11 @@ public readonly record struct KvStorage(nint Base, KvLayout Layout, long BlockBy
 /// (same stride) into which the kernel adds each entry's softmax probabilities (summed over query rows and the query
 /// heads of the KV head).
 /// </summary>
-public readonly struct KvView
+public readonly record struct KvView(int[] Table, int Ring, int Origin, int Count, int FirstPosition, int[]? Positions = null,
+    int Stride = 0, float[]? Scores = null)
 {
-    public readonly int[] Table;
-    public readonly int Ring;
-    public readonly int Origin;
-    public readonly int Count;
-    public readonly int FirstPosition;
-    public readonly int[]? Positions;
-    public readonly int Stride;
-    public readonly float[]? Scores;
-
-    public KvView(int[] table, int ring, int origin, int count, int firstPosition, int[]? positions = null, int stride = 0,
-        float[]? scores = null)
-    {
-        Table = table;
-        Ring = ring;
-        Origin = origin;
-        Count = count;
-        FirstPosition = firstPosition;
-        Positions = positions;
-        Stride = stride;
-        Scores = scores;
-    }
-
     /// <summary>Positions 0..count-1 in a linear table.</summary>
-    public static KvView Linear(int[] table, int count, float[]? scores = null) => new(table, 0, 0, count, 0, scores: scores, stride: count);
+    public static KvView Linear(int[] table, int count, float[]? scores = null) => new(table, 0, 0, count, 0, Scores: scores, Stride: count);
 
     /// <summary>
     /// A ring of ringBlocks blocks holding the newest blocks of positions 0..keyCount-1: position p in logical slot p,
