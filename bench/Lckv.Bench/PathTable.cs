@@ -6,8 +6,9 @@ namespace Lckv.Bench;
 /// <summary>
 /// `paths` mode: each matrix-multiply path and kernel variant the dispatch takes on the presets' projection shapes,
 /// timed against the next-best way on the same shape (another path forced, or the variant switched off), the two
-/// alternated within each round so both see the same minutes of the machine. A path or variant keeps its place only
-/// where it is 5% or more ahead on some shape (docs/benchmarks.md).
+/// alternated within each round so both see the same moments of the machine; the ratio is the median over the rounds of
+/// each round's (time of the other way) / (time of the path). A path or variant keeps its place only where it is 5% or
+/// more ahead on some shape (docs/benchmarks.md).
 /// </summary>
 /// <remarks>paths [m1|m4|m16|m128]... [small|tinyllama]... [f32|bf16]... [--rounds=N]</remarks>
 internal static unsafe class PathTable
@@ -25,12 +26,15 @@ internal static unsafe class PathTable
 
     private record Way(string Name, MatMul.Path Path, MatMul.Variants Off);
 
+    /// <summary>Seconds of calls per timing: short, so that the two ways alternate many times a second.</summary>
+    private const double Budget = 0.08;
+
     public static void Run(string[] args)
     {
         var ms = new List<int>();
         var presets = new List<string>();
         var types = new List<DType>();
-        int rounds = 3;
+        int rounds = 9;
         foreach (var a in args)
         {
             if (a.StartsWith("--rounds=")) rounds = int.Parse(a[9..]);
@@ -44,8 +48,8 @@ internal static unsafe class PathTable
         if (types.Count == 0) types = [DType.F32, DType.BF16];
         Console.WriteLine($"{WorkerPool.Shared.ThreadCount} thread(s), {(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "512" : "256")}-bit, {rounds} alternated rounds, cold W for m <= 64");
         Console.WriteLine();
-        Console.WriteLine("| preset | product | m | k | n | W | path | against | us | against us | against / path |");
-        Console.WriteLine("|---|---|---:|---:|---:|---|---|---|---:|---:|---:|");
+        Console.WriteLine("| preset | product | m | k | n | W | path | against | us | against us | against / path | rounds ahead |");
+        Console.WriteLine("|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|");
         foreach (var p in _products.Where(p => presets.Contains(p.Preset)))
             foreach (var t in types)
                 foreach (int m in ms)
@@ -61,7 +65,7 @@ internal static unsafe class PathTable
         foreach (var other in wide ? new[] { MatMul.Path.DotRows, MatMul.Path.Panel, MatMul.Path.Gemm } : [MatMul.Path.Dot256, MatMul.Path.Gemm])
             if (other != path && (other != MatMul.Path.Panel || m <= 16)) ways.Add(new(other.ToString(), other, MatMul.Variants.None));
         foreach (var v in Enum.GetValues<MatMul.Variants>())
-            if (v != MatMul.Variants.None && MatMul.Active(dtype, m, k, n).HasFlag(v)) ways.Add(new($"no {v}", MatMul.Path.Auto, v));
+            if (v != MatMul.Variants.None && MatMul.Active(dtype, m, k).HasFlag(v)) ways.Add(new($"no {v}", MatMul.Path.Auto, v));
         return ways;
     }
 
@@ -97,21 +101,28 @@ internal static unsafe class PathTable
             {
                 var mine = new List<double>();
                 var theirs = new List<double>();
+                var ratios = new List<double>();
                 for (int r = 0; r < rounds; r++)
                 {
                     // alternate which goes first, so neither always follows the other
+                    double a0 = 0, b0 = 0;
                     for (int side = 0; side < 2; side++)
                     {
                         bool alternative = (side == 0) == (r % 2 == 1);
                         MatMul.Forced = alternative ? way.Path : MatMul.Path.Auto;
                         MatMul.Off = alternative ? way.Off : MatMul.Variants.None;
-                        (alternative ? theirs : mine).Add(GemmTable.Time(Call, 0.25));
+                        double t = GemmTable.Time(Call, Budget);
+                        if (alternative) b0 = t; else a0 = t;
                     }
+                    mine.Add(a0);
+                    theirs.Add(b0);
+                    ratios.Add(b0 / a0);
                 }
                 MatMul.Forced = MatMul.Path.Auto;
                 MatMul.Off = MatMul.Variants.None;
-                double a = Median(mine), b = Median(theirs);
-                Console.WriteLine($"| {p.Preset} | {p.Name} | {m} | {k} | {n} | {DTypes.Name(dtype).ToLowerInvariant()} | {path} | {way.Name} | {a * 1e6:F1} | {b * 1e6:F1} | {b / a:F3} |");
+                int ahead = ratios.Count(x => x > 1);
+                Console.WriteLine($"| {p.Preset} | {p.Name} | {m} | {k} | {n} | {DTypes.Name(dtype).ToLowerInvariant()} | {path} | {way.Name} | " +
+                                  $"{Median(mine) * 1e6:F1} | {Median(theirs) * 1e6:F1} | {Median(ratios):F3} | {ahead}/{rounds} |");
             }
         }
         finally

@@ -112,22 +112,11 @@ public static unsafe partial class MatMul
         public float* X;
         public Targets T;
         public int M, K;
-        public ColumnSplit Split;
 
-        public readonly void Invoke(int p0, int p1)
+        public readonly void Invoke(int j0, int j1)
         {
             float* xT = PanelPack.Apply(X, M, K); // per thread, as RowPack
             var scratch = Scratch.Current;
-            for (int p = p0; p < p1; p++)
-            {
-                var (a, b) = Split.Fixed(p);
-                Range(xT, scratch, a, b);
-            }
-            while (Split.Claim(out int a, out int b)) Range(xT, scratch, a, b);
-        }
-
-        private readonly void Range(float* xT, Scratch scratch, int j0, int j1)
-        {
             float* bufA = scratch.W, bufB = scratch.W2;
             var cur = new PanelChunks(T, j0, j1, K, TE.Size);
             if (!cur.Valid) return;

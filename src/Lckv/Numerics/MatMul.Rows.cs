@@ -33,13 +33,6 @@ public static unsafe partial class MatMul
 
     private const int MaxPassRows = 6;
 
-    /// <summary>
-    /// When x's block takes this much of L1 and is read in 3 or more passes per group of W, the next group is
-    /// prefetched non-temporally and not into L2 ahead of that: such lines are likely not to push x out of L1, nor the
-    /// KV and activations out of L3. Not used with fewer passes: up to 12 rows the stream of W is what counts.
-    /// </summary>
-    private const long CrowdedXBytes = 32 * 1024;
-
     private static bool UseDotRows<TE>(int m, int k) where TE : struct, IElement
     {
         if (m < GemmMinRows) return true;
@@ -130,24 +123,13 @@ public static unsafe partial class MatMul
         public float* X;
         public Targets T;
         public int M, K;
-        public ColumnSplit Split;
         public Variants Off; // the caller's
 
-        public readonly void Invoke(int p0, int p1)
+        public readonly void Invoke(int j0, int j1)
         {
             // each thread packs its own copy: packing on the caller made the other thread read x twice over (once
             // for the pack, once from it), which costs most where the two cores share no cache
             float* xp = RowPack.Apply(X, M, K, typeof(TE) == typeof(BF16Element)); // also aligns x (one row of f32: a copy)
-            for (int p = p0; p < p1; p++)
-            {
-                var (a, b) = Split.Fixed(p);
-                Range(xp, a, b);
-            }
-            while (Split.Claim(out int a, out int b)) Range(xp, a, b);
-        }
-
-        private readonly void Range(float* xp, int j0, int j1)
-        {
             for (int s = 0; s < T.Count; s++)
             {
                 T.Clip(s, j0, j1, out byte* w, out float* y, out int n, out int a, out int b);
@@ -177,8 +159,7 @@ public static unsafe partial class MatMul
                     int kb = Math.Min(kBlock, K - k0);
                     bool add = k0 > 0;
                     bool spread = kb == K && Uses(Variants.SpreadPrefetch); // see Rows4
-                    bool crowded = spread && passes >= 3 && (long)M * kb * sizeof(float) >= CrowdedXBytes && Uses(Variants.NonTemporal);
-                    bool twoAhead = spread && !crowded && Uses(Variants.TwoAhead);
+                    bool twoAhead = spread && Uses(Variants.TwoAhead);
                     for (j = j0; j < jEnd; j += 4)
                     {
                         byte* wr = W + j * rowBytes + (long)k0 * TE.Size;
@@ -191,12 +172,12 @@ public static unsafe partial class MatMul
                             float* xi = XP + (long)i * K + (long)k0 * rows, yi = Y + (long)i * N + j;
                             switch (rows)
                             {
-                                case 1: Rows4<TE, R1>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
-                                case 2: Rows4<TE, R2>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
-                                case 3: Rows4<TE, R3>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
-                                case 4: Rows4<TE, R4>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
-                                case 5: Rows4<TE, R5>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
-                                default: Rows4<TE, R6>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after, crowded); break;
+                                case 1: Rows4<TE, R1>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
+                                case 2: Rows4<TE, R2>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
+                                case 3: Rows4<TE, R3>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
+                                case 4: Rows4<TE, R4>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
+                                case 5: Rows4<TE, R5>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
+                                default: Rows4<TE, R6>(xi, wr, rowBytes, kb, yi, N, next, add, spread ? pass : -1, passes, after); break;
                             }
                             i += rows;
                         }
@@ -273,9 +254,9 @@ public static unsafe partial class MatMul
     // passes, in the order that group reads them (line 0 of its 4 rows, then line 1...), so no pass carries a burst of
     // prefetches; pass < 0 (k in blocks, where spreading does not pay): every pass prefetches the bytes it reads, at
     // the next group. With spread, the same lines of the group after next (pf2, unless null) are prefetched into L2
-    // alongside. nonTemporal (spread only): the next group's lines come with prefetchnta instead (see CrowdedXBytes).
+    // alongside.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2, bool nonTemporal)
+    private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2)
         where TE : struct, IElement where TR : struct, IRowCount
     {
         int rn = TR.Value;
@@ -311,8 +292,7 @@ public static unsafe partial class MatMul
                 for (int q = 0; q < perStep; q++)
                 {
                     long off = prow * rowBytes + pline * 64;
-                    if (nonTemporal) Sse.PrefetchNonTemporal(pfBase + off);
-                    else Sse.Prefetch0(pfBase + off);
+                    Sse.Prefetch0(pfBase + off);
                     if (pf2 != null) Sse.Prefetch1(pf2 + off);
                     if (++prow == 4)
                     {

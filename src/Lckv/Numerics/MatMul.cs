@@ -12,7 +12,9 @@ namespace Lckv.Numerics;
 /// x is packed transposed into 16-row panels, W into 16-row panels widened to f32, and a 16x16 register tile (16
 /// accumulators, W broadcast) is transposed in registers when it is written to y. Between the two, 15-16 rows with f32
 /// W and a larger x: the same 16x16 tile over all of k, W copied into L1 behind the FMAs (MatMul.Panel.cs).
-/// Work is split across the <see cref="WorkerPool"/> in contiguous chunks of W's rows (columns of y).
+/// Work is split across the <see cref="WorkerPool"/> in contiguous chunks of W's rows (columns of y). Each path, and
+/// each variant inside one, is kept because bench/Lckv.Bench's `paths` mode shows it 5% or more ahead of the next-best
+/// way on some shape of the presets (docs/benchmarks.md lists them with that evidence).
 /// </remarks>
 public static unsafe partial class MatMul
 {
@@ -228,12 +230,8 @@ public static unsafe partial class MatMul
         SpreadPrefetch = 4,
         /// <summary>With the spread prefetch, the group after next prefetched into L2 as well.</summary>
         TwoAhead = 8,
-        /// <summary>A crowded x block: the next W group prefetched non-temporally (<see cref="CrowdedXBytes"/>).</summary>
-        NonTemporal = 16,
-        /// <summary>Streamed products: part of the columns claimed from a shared counter (<see cref="ColumnSplit"/>).</summary>
-        SharedColumns = 32,
         /// <summary>GEMM: x packed whole when it fits L2, W streamed once (else blocked over m and k).</summary>
-        GemmAllK = 64,
+        GemmAllK = 16,
     }
 
     /// <summary>The variants switched off in products called from this thread (benchmarks and tests; none otherwise).</summary>
@@ -246,26 +244,16 @@ public static unsafe partial class MatMul
     private static bool On(Variants v) => (_off & v) == 0;
 
     /// <summary>The variants that take effect in an m x k x n product of the given dtype on its chosen path.</summary>
-    internal static Variants Active(DType dtype, int m, int k, int n)
+    internal static Variants Active(DType dtype, int m, int k)
     {
         var v = Variants.None;
-        long wBytes = (long)n * k * DTypes.SizeOf(dtype);
         switch (Choose(dtype, m, k))
         {
             case Path.DotRows:
                 bool blocked = m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
                 if (m == 1) v |= Variants.SequentialGemv;
                 if (blocked) v |= Variants.KBlocks;
-                if (m > 1 && !blocked)
-                {
-                    v |= Variants.SpreadPrefetch;
-                    bool crowded = RowPack.Passes(m) >= 3 && (long)m * k * sizeof(float) >= CrowdedXBytes;
-                    v |= crowded ? Variants.NonTemporal : Variants.TwoAhead;
-                }
-                if (m <= SharedMaxRows && wBytes >= SharedSplitBytes && WorkerPool.Shared.ThreadCount > 1) v |= Variants.SharedColumns;
-                break;
-            case Path.Panel:
-                if (m <= SharedMaxRows && wBytes >= SharedSplitBytes && WorkerPool.Shared.ThreadCount > 1) v |= Variants.SharedColumns;
+                if (m > 1 && !blocked) v |= Variants.SpreadPrefetch | Variants.TwoAhead;
                 break;
             case Path.Gemm:
                 int lanes = Vector512.IsHardwareAccelerated ? 16 : 8;
@@ -288,21 +276,11 @@ public static unsafe partial class MatMul
                     pool.Run(t.N(s), new ScalarJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
                 break;
             case Path.DotRows:
-            {
-                grain = (grain + 3) & ~3;
-                byte* line = stackalloc byte[3 * 64];
-                var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
-                pool.Run(split.Parts, new DotRowsJob<TE> { X = x, T = t, M = m, K = k, Split = split, Off = _off });
+                pool.Run(n, new DotRowsJob<TE> { X = x, T = t, M = m, K = k, Off = _off }, (grain + 3) & ~3);
                 break;
-            }
             case Path.Panel:
-            {
-                grain = (grain + 15) & ~15;
-                byte* line = stackalloc byte[3 * 64];
-                var split = ColumnSplit.Create(pool, m, n, grain, (long)n * k * TE.Size, line);
-                pool.Run(split.Parts, new PanelJob<TE> { X = x, T = t, M = m, K = k, Split = split });
+                pool.Run(n, new PanelJob<TE> { X = x, T = t, M = m, K = k }, (grain + 15) & ~15);
                 break;
-            }
             case Path.Dot256:
                 grain = (grain + 3) & ~3;
                 for (int s = 0; s < t.Count; s++)
@@ -314,66 +292,6 @@ public static unsafe partial class MatMul
                 break;
         }
     }
-
-    /// <summary>
-    /// How the columns [0, N) of a product are divided among Parts threads (a job over [0, Parts) of the pool, one
-    /// part per thread). Products that stream W (at most <see cref="SharedMaxRows"/> rows of x, at least
-    /// <see cref="SharedSplitBytes"/> of W) share their columns: each part computes a fixed range of
-    /// <see cref="SharedFixedFraction"/> percent of an even share first, then claims the remaining columns Unit at a
-    /// time from a counter the parts share. The cores of a shared machine stream W at rates that differ from one call
-    /// to the next, and a call lasts as long as its slower chunk, so an even split leaves the faster core idle at the
-    /// end of every call. Other products take an even split: with more rows the threads' rates are set by their FMAs,
-    /// and agree, so claims would only add their cost. Every column is computed once, by whichever thread claims it,
-    /// the same way on any thread, so results do not depend on the split.
-    /// </summary>
-    internal readonly struct ColumnSplit
-    {
-        public readonly int N, Parts, Grain, Share, Unit;
-        private readonly int* _next; // the next unclaimed column, alone on its cache line
-
-        private ColumnSplit(int n, int parts, int grain, int share, int unit, int* next)
-        {
-            N = n; Parts = parts; Grain = grain; Share = share; Unit = unit; _next = next;
-        }
-
-        /// <param name="line">at least 3 * 64 bytes the call owns until the job is done (the counter gets a cache line of its own in it)</param>
-        public static ColumnSplit Create(WorkerPool pool, int m, int n, int grain, long wBytes, byte* line)
-        {
-            int parts = pool.PartsFor(n, grain);
-            int* next = (int*)(((nint)line + 63) & ~(nint)63);
-            *next = n;
-            if (parts <= 1 || m > SharedMaxRows || wBytes < SharedSplitBytes || !On(Variants.SharedColumns))
-                return new ColumnSplit(n, parts, grain, 0, 0, next);
-            int share = (int)((long)n * SharedFixedFraction / 100 / parts) / grain * grain;
-            int unit = Math.Max(grain, (n / (parts * SharedUnitsPerPart) + grain - 1) / grain * grain);
-            *next = parts * share;
-            return new ColumnSplit(n, parts, grain, share, unit, next);
-        }
-
-        /// <summary>The fixed range of a part (an even split when nothing is shared).</summary>
-        public (int Start, int End) Fixed(int part)
-        {
-            return Unit > 0 ? (part * Share, (part + 1) * Share) : WorkerPool.EvenChunk(N, Grain, part, Parts);
-        }
-
-        /// <summary>Claims the next shared range; false when none is left.</summary>
-        public bool Claim(out int start, out int end)
-        {
-            start = end = N;
-            if (Unit == 0) return false;
-            int c = Interlocked.Add(ref *_next, Unit) - Unit;
-            if (c >= N) return false;
-            start = c;
-            end = Math.Min(c + Unit, N);
-            return true;
-        }
-    }
-
-    /// <summary>W bytes from which the columns are shared dynamically (below, a call is too short for the claims to pay).</summary>
-    private const long SharedSplitBytes = 4L << 20;
-    private const int SharedMaxRows = 4;
-    private const int SharedFixedFraction = 70; // percent of an even share computed before claiming
-    private const int SharedUnitsPerPart = 20;  // claim unit: N / (parts * this)
 
     private struct ScalarJob<TE> : IRangeBody where TE : struct, IElement
     {

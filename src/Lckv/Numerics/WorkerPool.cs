@@ -204,7 +204,7 @@ public sealed unsafe class WorkerPool
     }
 
     /// <summary>Chunk `part` of `parts` of [0, count) split evenly in multiples of grain (the last chunk takes the rest).</summary>
-    internal static (int Start, int End) EvenChunk(int count, int grain, int part, int parts)
+    private static (int Start, int End) EvenChunk(int count, int grain, int part, int parts)
     {
         long units = (count + (long)grain - 1) / grain;
         long u0 = units * part / parts, u1 = units * (part + 1) / parts;
