@@ -504,7 +504,7 @@ public sealed class KvCache
     {
         s.Live = true;
         s.Length = s.Reserved = 0;
-        foreach (var st in s.States) st.Count = st.Blocks = 0;
+        foreach (var st in s.States) st.Reset();
         _liveCount++;
     }
 

@@ -5,9 +5,10 @@ namespace Lckv.Cache;
 /// <summary>
 /// What one store (the cache of one KV-computing layer) keeps for one sequence: its committed entries, and for a policy
 /// that evicts, each entry's position and attention score per KV head ([KvHeads, Capacity], entry e of head g at
-/// g * Capacity + e, positions increasing in e).
+/// g * Capacity + e, positions increasing in e). A policy with more per-sequence state (a low-rank summary of what it
+/// evicted) derives from it and creates it in <see cref="KvPolicy.CreateState"/>.
 /// </summary>
-public sealed class KvStoreState
+public class KvStoreState
 {
     /// <summary>Committed entries (positional stores: the committed length).</summary>
     public int Count;
@@ -17,10 +18,8 @@ public sealed class KvStoreState
     public float[]? Scores;
     public int Capacity;
 
-    internal KvStoreState Clone() => new()
-    {
-        Count = Count, Blocks = Blocks, Positions = (int[]?)Positions?.Clone(), Scores = (float[]?)Scores?.Clone(), Capacity = Capacity,
-    };
+    /// <summary>Empties the state for a new sequence that reuses the id (arrays are kept and overwritten as written).</summary>
+    public virtual void Reset() => Count = Blocks = 0;
 }
 
 /// <summary>
@@ -53,7 +52,8 @@ public abstract class KvPolicy
     /// state of what was evicted.</summary>
     public virtual void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) { }
 
-    internal virtual KvStoreState CreateState(int kvHeads) => new();
+    /// <summary>The state of this store for a new sequence.</summary>
+    protected internal virtual KvStoreState CreateState(int kvHeads) => new();
 }
 
 /// <summary>Every position kept, position p in logical slot p.</summary>
@@ -90,7 +90,7 @@ public abstract class EvictingPolicy(int capacity) : KvPolicy
     public override int TableLength(int maxSequenceLength, int blockSize) => (int)KvCache.BlocksFor(Math.Min(Capacity, maxSequenceLength), blockSize);
     public override long BlocksFor(long tokens, int blockSize) => KvCache.BlocksFor(Math.Min(tokens, Capacity), blockSize);
 
-    internal override KvStoreState CreateState(int kvHeads) => new()
+    protected internal override KvStoreState CreateState(int kvHeads) => new()
     {
         Capacity = Capacity, Positions = new int[kvHeads * Capacity], Scores = TracksScores ? new float[kvHeads * Capacity] : null,
     };
