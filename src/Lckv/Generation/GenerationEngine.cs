@@ -279,7 +279,7 @@ public sealed class GenerationEngine
         if (need > pool.TotalBlocks)
             throw new LckvException($"a sequence of up to {MaxTokensOf(request)} tokens needs {need} KV blocks ({MiB(need)} MiB) but the KV budget has {pool.TotalBlocks} in all ({MiB(pool.TotalBlocks)} MiB)");
         if (_active.Count >= Options.MaxSequences || need > AvailableBlocks) return false;
-        if (request.Logits == LogitsRows.All && request.OnLogits is not null) _allLogits ??= new float[2L * _rows * _vocab]; // a step carries at most two groups of rows
+        if (request.Logits == LogitsRows.All && request.OnLogits is not null) _allLogits ??= new float[(_upward ? 2L : 1L) * _rows * _vocab]; // an upward layout's step: whole prompts beside the rest
         int id = _cache.CreateSequence();
         sequence = new EngineSequence(id, request, _vocab, MaxTokensOf(request), need);
         _promised += need;

@@ -208,11 +208,7 @@ public sealed unsafe partial class TrainableModel : IPlanHost, IKvStores
         _capacityRows = n;
         int c = Hidden, qd = QDim, kvd = KvDim, inter = Inter, heads = Config.NumAttentionHeads;
         long rows = n;
-        foreach (var a in _records)
-        {
-            a.Size(n, c, qd, kvd, inter, heads);
-            a.B.Tmp = Grow(_tmp, rows * c);
-        }
+        foreach (var a in _records) a.Size(n, c, qd, kvd, inter, heads);
         var s = _scratch;
         s.X = s.H1 = s.Out = new float[rows * c];
         s.Xn1 = s.Xn2 = new float[rows * c];
@@ -228,7 +224,6 @@ public sealed unsafe partial class TrainableModel : IPlanHost, IKvStores
         _dAtt = new float[rows * qd]; _dQ = new float[rows * qd];
     }
 
-    private static float[] Grow(float[] a, long n) => LayerRecord.Grow(a, n);
 
     private void Backward(ReadOnlySpan<int> tokens)
     {
