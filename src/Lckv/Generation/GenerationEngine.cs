@@ -401,7 +401,7 @@ public sealed class GenerationEngine
             decodeTokens += take - prompt;
         }
         // one runner call: on an upward layout it evaluates the fresh prompts through the plan and the rest apart
-        sampled += RunGroup(0, n, 0, tokenAt);
+        sampled += Evaluate(n, tokenAt);
         Array.Clear(_entries, 0, n);
         return new StepReport(n, promptTokens, decodeTokens, sampled, _finished.Count);
     }
@@ -424,21 +424,21 @@ public sealed class GenerationEngine
         s.HeldBlocks = held;
     }
 
-    // runs entries [from, to) (their tokens at tokenStart..) and delivers their logits; returns the tokens sampled
-    private int RunGroup(int from, int to, int tokenStart, int tokenCount)
+    // runs the step's n entries (their tokenCount tokens) in one runner call and delivers their logits; returns the tokens sampled
+    private int Evaluate(int n, int tokenCount)
     {
         bool all = false;
-        for (int j = from; j < to; j++) all |= _entries[j].Request is { Logits: LogitsRows.All, OnLogits: not null };
+        for (int j = 0; j < n; j++) all |= _entries[j].Request is { Logits: LogitsRows.All, OnLogits: not null };
         var rows = all ? LogitsRows.All : LogitsRows.Last;
         var logits = all ? _allLogits! : _lastLogits;
-        _runner.Run(_batch.AsSpan(from, to - from), _stepTokens.AsSpan(tokenStart, tokenCount), rows, logits);
+        _runner.Run(_batch.AsSpan(0, n), _stepTokens.AsSpan(0, tokenCount), rows, logits);
         int v = _vocab, sampled = 0;
-        for (int j = from, row = 0; j < to; j++)
+        for (int j = 0, row = 0; j < n; j++)
         {
             var s = _entries[j];
             int take = _takes[j], first = s.Position;
             s.Position += take;
-            int last = all ? row + take - 1 : j - from;
+            int last = all ? row + take - 1 : j;
             var r = s.Request;
             if (r.OnLogits is { } onLogits)
             {
