@@ -230,9 +230,26 @@ public sealed class KvCache
                 if (missing) table[slot] = Allocate();
                 else if (shared) table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s, l), b));
             }
-            if (apply) s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
+            if (!apply) continue;
+            s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
+            if (_policies[l].Compacts) NewEntries(s, l, length);
         }
         return needed;
+    }
+
+    // an evicting store's entries for positions [Length, length): their positions, and scores of zero, known before the
+    // step writes them (an upward reader looks at the store before its owner layer writes the step's K/V)
+    private static void NewEntries(Sequence s, int l, int length)
+    {
+        var state = s.States[l];
+        int heads = state.Positions!.Length / state.Capacity;
+        for (int g = 0; g < heads; g++)
+            for (int p = s.Length; p < length; p++)
+            {
+                int at = g * state.Capacity + state.Count + (p - s.Length);
+                state.Positions[at] = p;
+                if (state.Scores is { } scores) scores[at] = 0;
+            }
     }
 
     // logical blocks [first, end) that positions [Length, length) of store l fall in
@@ -273,17 +290,10 @@ public sealed class KvCache
         var layout = Layout;
         int row = layout.RowElements, count = CheckRows(s, seq, start, k.Length, v.Length);
         int logical = start;
-        var state = s.States[kvLayer];
         if (_policies[kvLayer].Compacts)
         {
             if (start < s.Length) throw new ArgumentOutOfRangeException(nameof(start), $"position {start} of sequence {seq} is committed in a store that evicts");
-            logical = state.Count + (start - s.Length);
-            for (int g = 0; g < layout.KvHeads; g++)
-                for (int i = 0; i < count; i++)
-                {
-                    state.Positions![g * state.Capacity + logical + i] = start + i;
-                    if (state.Scores is { } sc) sc[g * state.Capacity + logical + i] = 0;
-                }
+            logical = s.States[kvLayer].Count + (start - s.Length);
         }
         for (int done = 0, n; done < count; done += n)
         {

@@ -18,16 +18,16 @@ public sealed record EngineOptions
     public int MaxSequences { get; init; } = 16;
 
     /// <summary>
-    /// Longest prompt admitted on a layout with upward-reading layers, whose prompts are evaluated whole in one step
-    /// (the iteration plan needs the whole sequence): the runner gets max(MaxStepTokens, MaxPromptTokens) rows.
-    /// Standard layouts ignore it.
+    /// Longest prompt admitted where prompts are evaluated whole in one step (a layout with upward-reading layers: the
+    /// iteration plan needs the whole sequence; a store that evicts: kv-compression.md §0): the runner gets
+    /// max(MaxStepTokens, MaxPromptTokens) rows. Otherwise prompts are chunked and it is ignored.
     /// </summary>
     public int MaxPromptTokens { get; init; }
 
     public PrefillMode Prefill { get; init; } = PrefillMode.Auto;
 
-    /// <summary>Rows of the engine's runner for a layout; create the cache with the same number
-    /// (<see cref="LlamaModel.CreateCache"/>) so that sliding-window rings hold a step.</summary>
+    /// <summary>Rows of the engine's runner for a layout whose stores keep every position; create the cache with the
+    /// same number (<see cref="LlamaModel.CreateCache"/>) so that sliding-window rings hold a step.</summary>
     public int StepRows(LayerMap map) => Math.Max(MaxStepTokens, map.AnyAttendsTop ? MaxPromptTokens : 0);
 
     public void Validate()
@@ -183,10 +183,10 @@ public sealed class GenerationEngine
     private readonly KvCache _cache;
     private readonly ForwardRunner _runner;
     private readonly int _rows, _vocab, _context;
-    private readonly bool _upward;
+    private readonly bool _wholePrompts;
     private readonly List<EngineSequence> _active;
     private readonly List<EngineSequence> _finished;
-    // one step's entries: [0, nA) fresh whole prompts (upward layouts), then decodes and chunks of other input
+    // one step's entries: [0, nA) fresh whole prompts (upward layouts, evicting stores), then decodes and chunks of other input
     private readonly EngineSequence[] _entries;
     private readonly int[] _takes;
     private readonly StepSequence[] _batch;
@@ -202,11 +202,16 @@ public sealed class GenerationEngine
         _model = model;
         _cache = cache;
         Options = options;
-        _upward = model.Map.AnyAttendsTop;
-        _rows = options.StepRows(model.Map);
+        // a prompt is evaluated in one step where the plan needs the whole sequence, or where a store evicts (a policy
+        // runs after each step, so a prompt split across steps would be evicted from before it is complete)
+        _wholePrompts = model.Map.AnyAttendsTop || Enumerable.Range(0, cache.KvLayers).Any(l => cache.Policy(l).Compacts);
+        _rows = _wholePrompts ? Math.Max(options.MaxStepTokens, options.MaxPromptTokens) : options.MaxStepTokens;
         _vocab = model.Vocab;
         _context = model.ContextLength;
-        _runner = new ForwardRunner(model, cache, _rows, options.MaxSequences) { Prefill = options.Prefill };
+        // whole prompts and the other input each get up to _rows rows of a step: an upward layout's runner evaluates them
+        // as sub-steps, a standard one in one evaluation of up to twice the rows
+        int runnerRows = _wholePrompts && !model.Map.AnyAttendsTop ? 2 * _rows : _rows;
+        _runner = new ForwardRunner(model, cache, runnerRows, options.MaxSequences) { Prefill = options.Prefill };
         _active = new List<EngineSequence>(options.MaxSequences);
         _finished = new List<EngineSequence>(options.MaxSequences);
         _entries = new EngineSequence[options.MaxSequences];
@@ -279,7 +284,7 @@ public sealed class GenerationEngine
         if (need > pool.TotalBlocks)
             throw new LckvException($"a sequence of up to {MaxTokensOf(request)} tokens needs {need} KV blocks ({MiB(need)} MiB) but the KV budget has {pool.TotalBlocks} in all ({MiB(pool.TotalBlocks)} MiB)");
         if (_active.Count >= Options.MaxSequences || need > AvailableBlocks) return false;
-        if (request.Logits == LogitsRows.All && request.OnLogits is not null) _allLogits ??= new float[(_upward ? 2L : 1L) * _rows * _vocab]; // an upward layout's step: whole prompts beside the rest
+        if (request.Logits == LogitsRows.All && request.OnLogits is not null) _allLogits ??= new float[(_wholePrompts ? 2L : 1L) * _rows * _vocab]; // whole prompts beside the rest
         int id = _cache.CreateSequence();
         sequence = new EngineSequence(id, request, _vocab, MaxTokensOf(request), need);
         _promised += need;
@@ -304,8 +309,8 @@ public sealed class GenerationEngine
             throw new LckvException($"the prompt has {r.Prompt.Length} tokens, longer than the context length {_context}");
         foreach (int id in r.Prompt)
             if ((uint)id >= (uint)_vocab) throw new LckvException($"the prompt has token id {id}, outside the vocabulary (size {_vocab})");
-        if (_upward && r.Prompt.Length > _rows)
-            throw new LckvException($"the prompt has {r.Prompt.Length} tokens, more than the engine's step of {_rows} rows; a layout with upward-reading layers evaluates a prompt in one step (raise MaxPromptTokens)");
+        if (_wholePrompts && r.Prompt.Length > _rows)
+            throw new LckvException($"the prompt has {r.Prompt.Length} tokens, more than the engine's step of {_rows} rows; a layout with upward-reading layers or a store that evicts evaluates a prompt in one step (raise MaxPromptTokens)");
     }
 
     /// <summary>Appends input to a teacher-forced sequence; the next steps evaluate it.</summary>
@@ -315,7 +320,7 @@ public sealed class GenerationEngine
         if (sequence.Request.Sampling is not null) throw new InvalidOperationException("a sampled sequence takes no fed tokens");
         if (sequence.TokenBuffer.Count + tokens.Length > sequence.MaxTokenCount)
             throw new LckvException($"feeding {tokens.Length} tokens takes the sequence past the {sequence.MaxTokenCount} it was admitted with");
-        if (_upward && sequence.Position == 0 && sequence.Pending + tokens.Length > _rows)
+        if (_wholePrompts && sequence.Position == 0 && sequence.Pending + tokens.Length > _rows)
             throw new LckvException($"a first input of {sequence.Pending + tokens.Length} tokens is more than the engine's step of {_rows} rows");
         foreach (int id in tokens)
             if ((uint)id >= (uint)_vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {_vocab})");
@@ -343,8 +348,8 @@ public sealed class GenerationEngine
     /// <summary>
     /// One step: every unfinished sequence with input joins (decoding ones first, then prompts in admission order,
     /// chunked by the rows left), its positions are reserved, the runner evaluates them, logits are delivered,
-    /// sampled sequences choose their next token and stop rules finish them. On a layout with upward-reading layers a
-    /// fresh prompt is taken whole (the plan needs whole sequences from position 0), with up to StepRows rows of its own
+    /// sampled sequences choose their next token and stop rules finish them. On a layout with upward-reading layers or
+    /// with a store that evicts, a fresh prompt is taken whole, with up to StepRows rows of its own
     /// beside the other sequences; the runner evaluates such a step as sub-steps. Allocates nothing beyond what
     /// sampling's text decoding and the callbacks do.
     /// </summary>
@@ -353,8 +358,8 @@ public sealed class GenerationEngine
         _finished.Clear();
         int n = 0, maxSeqs = _entries.Length;
         var active = CollectionsMarshal.AsSpan(_active);
-        // group A (upward layouts): prompts that start at position 0, whole, within their own rows
-        if (_upward)
+        // group A (upward layouts, evicting stores): prompts that start at position 0, whole, within their own rows
+        if (_wholePrompts)
         {
             int room = _rows;
             foreach (var s in active)
@@ -380,7 +385,7 @@ public sealed class GenerationEngine
         foreach (var s in active)
         {
             if (n == maxSeqs || roomB == 0) break;
-            if (!s.HasWork || s.Pending < 2 || (_upward && s.Position == 0)) continue;
+            if (!s.HasWork || s.Pending < 2 || (_wholePrompts && s.Position == 0)) continue;
             int take = Take(s.Pending, roomB, whole: false, first: n == nA);
             Add(s, take, ref n);
             roomB -= take;

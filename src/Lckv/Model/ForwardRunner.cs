@@ -48,6 +48,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     private readonly IReadOnlyList<PlanPass> _plan;   // whole sequences (multi-token steps)
     private readonly IReadOnlyList<PlanPass> _onePass; // one token per sequence: every layer once
     private int _batchCount;
+    private bool _passAdvances;
 
     public int MaxRows { get; }
     public int MaxSequences { get; }
@@ -285,6 +286,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
 
     void IPlanHost.BeginPass(PlanPass pass, bool firstOfGroup)
     {
+        _passAdvances = pass.Advances;
         // every pass of a group starts from the group's input; only the last one advances the hidden state
         if (firstOfGroup && !pass.Advances) Array.Copy(_x, _xIn, _ctx.Rows * _hidden);
     }
@@ -317,7 +319,10 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         for (int s = 0; s < _batchCount; s++)
         {
             int n = _batch[s].TokenCount;
-            _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], _cache.View(_batch[s].SequenceId, kvIndex, n));
+            var view = _cache.View(_batch[s].SequenceId, kvIndex, n);
+            // attention scores (H2O) count the step's attention: the advancing pass's, not the plan's earlier passes
+            if (!_passAdvances && view.Scores is not null) view = view with { Scores = null };
+            _attSeqs[s] = new AttentionSequence(_rowStarts[s], n, _starts[s], view);
         }
         var pool = _cache.Pool;
         storage = KvStorage.Paged(pool.Base, pool.Layout);

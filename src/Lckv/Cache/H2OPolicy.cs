@@ -1,0 +1,67 @@
+namespace Lckv.Cache;
+
+/// <summary>
+/// H2O (kv-compression.md §2): each entry carries one attention score per KV head, the probabilities every reading
+/// layer gave it, summed over query rows and query heads. After a step whose last position is t, a store holding more
+/// than Heavy + Recent entries keeps, per KV head, the Recent entries with positions > t - Recent and the Heavy best
+/// scores among the others (a tie goes to the smaller position); the rest are evicted with their scores. Keys stay
+/// rotated by their text positions.
+/// </summary>
+public sealed class H2OPolicy : EvictingPolicy
+{
+    private int[] _kept = [];
+    private bool[] _taken = [];
+
+    /// <param name="heavy">entries kept for their scores (Hh)</param>
+    /// <param name="recent">newest positions always kept (R, at least 1)</param>
+    /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
+    public H2OPolicy(int heavy, int recent, int maxStepTokens) : base(CapacityFor(heavy, recent, maxStepTokens))
+    {
+        Heavy = heavy;
+        Recent = recent;
+    }
+
+    private static int CapacityFor(int heavy, int recent, int maxStepTokens)
+    {
+        if (heavy < 0) throw new LckvException($"the heavy-hitter budget must not be negative, got {heavy}") { Settings = [nameof(Heavy)] };
+        if (recent < 1) throw new LckvException($"the recent window must be at least 1, got {recent}") { Settings = [nameof(Recent)] };
+        if (maxStepTokens < 1) throw new LckvException($"a step must bring at least 1 token, got {maxStepTokens}");
+        return checked(heavy + recent + maxStepTokens);
+    }
+
+    public int Heavy { get; }
+    public int Recent { get; }
+    public int Budget => Heavy + Recent;
+    public override bool TracksScores => true;
+
+    public override void AfterStep(KvStoreEditor store, int length)
+    {
+        int count = store.Count, budget = Budget, heads = store.KvHeads;
+        if (count <= budget) return;
+        if (_kept.Length < heads * budget) _kept = new int[heads * budget];
+        if (_taken.Length < count) _taken = new bool[count];
+        var scores = store.State.Scores!;
+        int cap = store.State.Capacity, t = length - 1;
+        for (int g = 0; g < heads; g++)
+        {
+            // the newest positions are the last entries (positions increase with the entry)
+            int recentFrom = count;
+            while (recentFrom > 0 && store.PositionOf(recentFrom - 1, g) > t - Recent) recentFrom--;
+            int heavy = budget - (count - recentFrom);
+            if (heavy < 0 || heavy > recentFrom) throw new InvalidOperationException($"KV head {g} holds {count - recentFrom} recent entries for a budget of {budget}");
+            Array.Clear(_taken, 0, count);
+            // the best scores among the older entries; scanning upward, a tie keeps the smaller position
+            for (int pick = 0; pick < heavy; pick++)
+            {
+                int best = -1;
+                for (int e = 0; e < recentFrom; e++)
+                    if (!_taken[e] && (best < 0 || scores[g * cap + e] > scores[g * cap + best])) best = e;
+                _taken[best] = true;
+            }
+            for (int e = recentFrom; e < count; e++) _taken[e] = true;
+            for (int e = 0, i = 0; e < count; e++)
+                if (_taken[e]) _kept[g * budget + i++] = e;
+        }
+        store.Keep(_kept.AsSpan(0, heads * budget), budget);
+    }
+}

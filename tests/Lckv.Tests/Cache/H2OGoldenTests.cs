@@ -1,0 +1,141 @@
+using System.Text.Json;
+using Lckv.Cache;
+using Lckv.Formats;
+using Lckv.Generation;
+using Lckv.Model;
+using Lckv.Numerics;
+using Xunit.Abstractions;
+
+namespace Lckv.Tests.Cache;
+
+/// <summary>
+/// H2O through the policy seam against ../shared/golden-compress: teacher-forced logits (every token its own step) and
+/// the positions each store keeps per KV head, and a greedy generation (the prompt in one step attending fully, or token
+/// by token where the case says so) with its step logits and kept positions, through the engine.
+/// </summary>
+public sealed class H2OGoldenTests(ITestOutputHelper output)
+{
+    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich" };
+
+    private sealed record Case(string Evict, int Heavy, int Recent, int MaxNewTokens, string Prefill);
+
+    private static (LlamaModel Model, TensorSet Expected, Case Case) Open(string name)
+    {
+        var dir = SharedData.Path("golden-compress", name);
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
+        var r = doc.RootElement;
+        var c = new Case(r.GetProperty("evict").GetString()!, r.GetProperty("heavy").GetInt32(), r.GetProperty("recent").GetInt32(),
+            r.GetProperty("max_new_tokens").GetInt32(), r.GetProperty("prefill").GetString()!);
+        return (LlamaModel.Load(dir), TensorSet.Open(Path.Combine(dir, "expected.safetensors")), c);
+    }
+
+    private static unsafe T[] Read<T>(TensorSet set, string name) where T : unmanaged
+        => new ReadOnlySpan<T>((void*)set.Pointer(name), (int)(set.Info(name).Length / sizeof(T))).ToArray();
+
+    private static int[][] Rows(TensorSet set, string name)
+    {
+        var shape = set.Info(name).Shape;
+        var all = Read<long>(set, name);
+        return [.. Enumerable.Range(0, (int)shape[0]).Select(i => all.Skip(i * (int)shape[1]).Take((int)shape[1]).Select(x => (int)x).ToArray())];
+    }
+
+    private static KvCache Cache(LlamaModel model, KvBlockPool pool, Case c, int maxStep)
+    {
+        var policy = new H2OPolicy(c.Heavy, c.Recent, maxStep);
+        return new KvCache(pool, Enumerable.Repeat<KvPolicy>(policy, model.Map.KvLayerCount).ToArray(), model.ContextLength);
+    }
+
+    // kept.<layer> [B, KV, budget]: each store's positions per sequence and KV head, ascending, -1 padded
+    private static void CheckKept(LlamaModel model, KvCache cache, TensorSet expected, string prefix, int[] seqs)
+    {
+        var map = model.Map;
+        for (int layer = 0; layer < map.LayerCount; layer++)
+        {
+            if (!map.ComputesKv(layer)) continue;
+            var want = Read<long>(expected, $"{prefix}.{layer}");
+            int kv = map.KvIndex(layer), heads = model.KvHeads, width = want.Length / (seqs.Length * heads);
+            for (int b = 0; b < seqs.Length; b++)
+                for (int g = 0; g < heads; g++)
+                {
+                    var state = cache.StateOf(seqs[b], kv);
+                    var have = Enumerable.Range(0, state.Count).Select(e => (long)state.Positions![g * state.Capacity + e]).ToArray();
+                    var exp = want.Skip((b * heads + g) * width).Take(width).Where(p => p >= 0).ToArray();
+                    Assert.True(exp.SequenceEqual(have), $"{prefix}.{layer} sequence {b} KV head {g}: kept [{string.Join(",", have)}], expected [{string.Join(",", exp)}]");
+                }
+        }
+    }
+
+    [SharedTheory]
+    [MemberData(nameof(Cases))]
+    public void TeacherForcedLogitsAndKeptPositions(string name)
+    {
+        var (model, expected, c) = Open(name);
+        using var _m = model;
+        using var _e = expected;
+        var ids = Rows(expected, "input_ids");
+        int b = ids.Length, t = ids[0].Length, v = model.Vocab;
+        var layout = model.KvLayout(blockSize: 3, DType.F32);
+        using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
+        var cache = Cache(model, pool, c, maxStep: 1);
+        var runner = new ForwardRunner(model, cache, b, b);
+        var seqs = ids.Select(_ => cache.CreateSequence()).ToArray();
+        var logits = new float[b * t * v];
+        var step = new float[b * v];
+        for (int p = 0; p < t; p++)
+        {
+            foreach (var s in seqs) Assert.True(cache.TryReserve(s, p + 1));
+            runner.Run(seqs.Select(s => new StepSequence(s, 1)).ToArray(), ids.Select(x => x[p]).ToArray(), LogitsRows.Last, step);
+            for (int i = 0; i < b; i++) step.AsSpan(i * v, v).CopyTo(logits.AsSpan((i * t + p) * v, v));
+            for (int kv = 0; kv < cache.KvLayers; kv++)
+                foreach (var s in seqs) Assert.True(cache.EntryCount(s, kv) <= c.Heavy + c.Recent);
+        }
+        var want = Read<float>(expected, "logits_tf");
+        double diff = 0;
+        for (int i = 0; i < want.Length; i++) diff = Math.Max(diff, Math.Abs(want[i] - logits[i]));
+        output.WriteLine($"{name}: logits_tf max abs diff {diff:E2}");
+        Assert.True(diff <= 1e-4, $"logits_tf differ by {diff}");
+        CheckKept(model, cache, expected, "kept_tf", seqs);
+        foreach (var s in seqs) cache.Remove(s);
+        Assert.Equal(0, pool.UsedBlocks);
+    }
+
+    [SharedTheory]
+    [MemberData(nameof(Cases))]
+    public void GreedyGenerationThroughTheEngine(string name)
+    {
+        var (model, expected, c) = Open(name);
+        using var _m = model;
+        using var _e = expected;
+        var prompts = Rows(expected, "generate.prompt_ids");
+        var outputs = Rows(expected, "generate.output_ids");
+        int v = model.Vocab, p = prompts[0].Length;
+        var layout = model.KvLayout(blockSize: 4, DType.F32);
+        using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
+        var cache = Cache(model, pool, c, maxStep: p);
+        var engine = new GenerationEngine(model, cache, new EngineOptions
+        {
+            MaxStepTokens = p, MaxPromptTokens = p, MaxSequences = prompts.Length,
+            Prefill = c.Prefill == "sequential" ? PrefillMode.Sequential : PrefillMode.Plan,
+        });
+        var stepLogits = prompts.Select(_ => new List<float[]>()).ToArray();
+        var seqs = prompts.Select((prompt, i) => engine.Admit(new GenerationRequest
+        {
+            Prompt = prompt, MaxNewTokens = c.MaxNewTokens, Sampling = SamplingParams.Greedy,
+            OnLogits = (_, _, row) => stepLogits[i].Add(row.ToArray()),
+        })).ToArray();
+        while (engine.HasWork) engine.Step();
+        var want = Read<float>(expected, "generate.step_logits");
+        double diff = 0;
+        for (int i = 0; i < seqs.Length; i++)
+        {
+            Assert.Equal(outputs[i], seqs[i].Output);
+            for (int s = 0; s < c.MaxNewTokens; s++)
+                for (int j = 0; j < v; j++) diff = Math.Max(diff, Math.Abs(want[(i * c.MaxNewTokens + s) * v + j] - stepLogits[i][s][j]));
+        }
+        output.WriteLine($"{name}: generate.step_logits max abs diff {diff:E2}");
+        Assert.True(diff <= 1e-4, $"step logits differ by {diff}");
+        CheckKept(model, cache, expected, "kept", [.. seqs.Select(s => s.Id)]);
+        foreach (var s in seqs) engine.Retire(s);
+        Assert.Equal(0, pool.UsedBlocks);
+    }
+}
