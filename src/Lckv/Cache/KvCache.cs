@@ -371,7 +371,8 @@ public sealed class KvCache
     {
         var table = s.Tables[l];
         var state = s.States[l];
-        if (_policies[l].Compacts) return KvView.Compacted(table, state.Count + newTokens, state.Positions!, state.Capacity, state.Scores);
+        if (_policies[l].Compacts)
+            return KvView.Compacted(table, state.Count + newTokens, state.Positions!, state.Capacity, state.Scores, _policies[l].RankRope);
         int keys = s.Length + newTokens;
         return _ringBlocks[l] > 0 ? KvView.RingOf(table, _ringBlocks[l], _blockSize, keys) : KvView.Linear(table, keys);
     }

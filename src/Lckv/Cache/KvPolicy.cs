@@ -42,6 +42,10 @@ public abstract class KvPolicy
     /// <summary>True when entries carry attention scores that the kernel accumulates.</summary>
     public virtual bool TracksScores => false;
 
+    /// <summary>Null when keys are stored rotated by their text positions; otherwise keys are stored unrotated and
+    /// rotated by their rank in the store when read, and queries by the number of entries before them (StreamingLLM).</summary>
+    public virtual RopeTable? RankRope => null;
+
     /// <summary>Pool blocks this store holds for one sequence of `tokens` positions.</summary>
     public abstract long BlocksFor(long tokens, int blockSize);
 

@@ -35,6 +35,14 @@ public interface IKvStores
 
     /// <summary>What this step's queries read from a store; false when it holds nothing yet (the output is zero).</summary>
     bool Read(int kvIndex, out KvStorage storage, out ReadOnlySpan<AttentionSequence> sequences);
+
+    /// <summary>The rotary positions of this step's rows for the keys written into a store; empty when the store keeps
+    /// keys unrotated (it rotates them by rank when read).</summary>
+    ReadOnlySpan<int> KeyPositions(int kvIndex);
+
+    /// <summary>The rotary positions of this step's rows for queries that read a store: their text positions, or their
+    /// ranks in a store that rotates by rank.</summary>
+    ReadOnlySpan<int> QueryPositions(int kvIndex);
 }
 
 /// <summary>What every layer of one step shares: the model's constants and the step's rows and their positions.</summary>
@@ -53,7 +61,7 @@ public sealed class ForwardContext(ModelConfig config, LayerMap map, RopeTable r
 
 /// <summary>
 /// The decoder layer, the one forward used by inference and training: x -> norm -> q (and k, v if the layer computes
-/// KV) -> rope -> write k, v into the store -> attention over the store of target(layer) under the layer's mask ->
+/// KV) -> rope (by the positions the stores give) -> write k, v into the store -> attention over the store of target(layer) under the layer's mask ->
 /// o_proj -> residual -> norm -> SwiGLU MLP -> residual.
 /// </summary>
 public static class DecoderLayer
@@ -67,7 +75,6 @@ public static class DecoderLayer
         var map = ctx.Map;
         int n = ctx.Rows, h = cfg.HiddenSize, qd = cfg.NumAttentionHeads * cfg.HeadDim, inter = cfg.IntermediateSize;
         float eps = cfg.RmsNormEps;
-        var positions = ctx.Positions.AsSpan(0, n);
         var x = b.X.AsSpan(0, n * h);
         var xn1 = b.Xn1.AsSpan(0, n * h);
         RmsNorm.Apply(x, w.InputNorm, eps, xn1, n);
@@ -79,12 +86,13 @@ public static class DecoderLayer
             stores.Target(kvIndex, out var k, out var v);
             if (work == LayerWork.KvOnly) MatMul.Multiply(xn1, w.K!.Value, k, w.V!.Value, v, n);
             else MatMul.Multiply(xn1, w.Q, q, w.K!.Value, k, w.V!.Value, v, n);
-            Rope.Apply(k, positions, cfg.NumKeyValueHeads, ctx.Rope);
+            var keyPositions = stores.KeyPositions(kvIndex);
+            if (!keyPositions.IsEmpty) Rope.Apply(k, keyPositions, cfg.NumKeyValueHeads, ctx.Rope);
             stores.Commit(kvIndex);
             if (work == LayerWork.KvOnly) return;
         }
         else MatMul.Multiply(xn1, w.Q, q, n);
-        Rope.Apply(q, positions, cfg.NumAttentionHeads, ctx.Rope);
+        Rope.Apply(q, stores.QueryPositions(map.ReadsKvIndex(layer)), cfg.NumAttentionHeads, ctx.Rope);
         var att = b.Att.AsSpan(0, n * qd);
         if (zeroAttention || !stores.Read(map.ReadsKvIndex(layer), out var storage, out var sequences))
             att.Clear(); // softmax of equal scores times zero values is exactly zero

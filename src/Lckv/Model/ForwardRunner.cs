@@ -39,7 +39,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     private readonly KvCache _cache;
     private readonly int _hidden, _qDim, _kvDim, _inter;
     private readonly float[] _x, _xIn, _xn, _q, _k, _v, _att, _gate, _up;
-    private readonly int[] _positions;
+    private readonly int[] _positions, _ranks;
     private readonly AttentionSequence[] _attSeqs;
     private readonly int[] _starts, _rowStarts;
     private readonly StepSequence[] _batch;
@@ -84,6 +84,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         _gate = new float[size.Intermediate];
         _up = new float[size.Intermediate];
         _positions = new int[size.Rows];
+        _ranks = new int[size.Rows];
         _attSeqs = new AttentionSequence[size.Sequences];
         _starts = new int[size.Sequences];
         _rowStarts = new int[size.Sequences];
@@ -108,7 +109,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     /// <summary>
     /// Bytes of the scratch buffers a runner for this config allocates (array elements, headers excluded): three
     /// [rows, hidden], two [rows, heads*head_dim], two [rows, kv_heads*head_dim], two [rows, intermediate] f32 buffers,
-    /// the row positions and the per-sequence tables. The constructor allocates from the same sizes.
+    /// the row positions and ranks and the per-sequence tables. The constructor allocates from the same sizes.
     /// </summary>
     public static long ScratchBytes(ModelConfig config, int maxRows, int maxSequences)
         => ScratchSizes.For(config, maxRows, maxSequences).Bytes;
@@ -116,7 +117,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     /// <summary>What this runner's scratch arrays actually hold, summed from their lengths (equals ScratchBytes).</summary>
     public long AllocatedScratchBytes
         => sizeof(float) * ((long)_x.Length + _xIn.Length + _xn.Length + _q.Length + _k.Length + _v.Length + _att.Length + _gate.Length + _up.Length)
-           + sizeof(int) * ((long)_positions.Length + _starts.Length + _rowStarts.Length)
+           + sizeof(int) * ((long)_positions.Length + _ranks.Length + _starts.Length + _rowStarts.Length)
            + (long)Unsafe.SizeOf<AttentionSequence>() * _attSeqs.Length + (long)Unsafe.SizeOf<StepSequence>() * _batch.Length;
 
     /// <summary>Element counts of every scratch array; the one place the constructor and ScratchBytes read them from.</summary>
@@ -133,7 +134,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
 
         public long Bytes
             => sizeof(float) * (3L * Hidden + 2L * Query + 2L * KeyValue + 2L * Intermediate)
-               + sizeof(int) * ((long)Rows + 2L * Sequences)
+               + sizeof(int) * (2L * Rows + 2L * Sequences)
                + (long)Unsafe.SizeOf<AttentionSequence>() * Sequences + (long)Unsafe.SizeOf<StepSequence>() * Sequences;
     }
 
@@ -328,6 +329,21 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         storage = KvStorage.Paged(pool.Base, pool.Layout);
         sequences = _attSeqs.AsSpan(0, _batchCount);
         return true;
+    }
+
+    ReadOnlySpan<int> IKvStores.KeyPositions(int kvIndex)
+        => _cache.Policy(kvIndex).RankRope is null ? _positions.AsSpan(0, _ctx.Rows) : default;
+
+    ReadOnlySpan<int> IKvStores.QueryPositions(int kvIndex)
+    {
+        if (_cache.Policy(kvIndex).RankRope is null) return _positions.AsSpan(0, _ctx.Rows);
+        // a query's rank: the store's entries before it, the kept ones and the step's earlier ones
+        for (int s = 0; s < _batchCount; s++)
+        {
+            int kept = _cache.EntryCount(_batch[s].SequenceId, kvIndex);
+            for (int i = 0; i < _batch[s].TokenCount; i++) _ranks[_rowStarts[s] + i] = kept + i;
+        }
+        return _ranks.AsSpan(0, _ctx.Rows);
     }
 
     private void Head(ReadOnlySpan<StepSequence> batch, int total, LogitsRows rows, Span<float> logits)

@@ -131,6 +131,7 @@ public static unsafe class Attention
                         nint kr = (nint)view.KeyRow(storage, e, g);
                         Convert.Widen(kr, layout.DType, k);
                         Convert.Widen(kr + (nint)storage.ValueOffset, layout.DType, v);
+                        if (view.KeyRope is { } rope) fixed (float* pk = k) Rope.ApplyHead(pk, e, rope);
                         float dot = 0;
                         for (int i = 0; i < d; i++) dot += qh[i] * k[i];
                         dot *= scale;
@@ -153,6 +154,7 @@ public static unsafe class Attention
                     for (int e = start; e < end; e++)
                     {
                         Convert.Widen((nint)view.KeyRow(storage, e, g), layout.DType, k);
+                        if (view.KeyRope is { } rope) fixed (float* pk = k) Rope.ApplyHead(pk, e, rope);
                         float dot = 0;
                         for (int i = 0; i < d; i++) dot += qh[i] * k[i];
                         view.Scores[g * view.Stride + e] += MathF.Exp(dot * scale - l);
@@ -252,6 +254,7 @@ public static unsafe class Attention
                     for (int jj = 0; jj < nk; jj++)
                     {
                         Simd.Widen<TE>(rows[jj], kt, d);
+                        if (s.View.KeyRope is { } rope) Rope.ApplyHead(kt, j0 + jj, rope);
                         float p = 0;
                         for (int h = 0; h < group; h++) p += MathF.Exp(Dot(qRow + h * d, kt, d) * ScoreScale - lse[h]);
                         acc[j0 + jj] += p;
@@ -292,6 +295,7 @@ public static unsafe class Attention
             float* sum = stackalloc float[group];
             byte** rows = stackalloc byte*[KeyTile];
             bool finish = Lse != null || s.View.Scores is not null;
+            var rope = s.View.KeyRope;
             for (int r = r0; r < r1; r++)
             {
                 int row = s.QueryRow + r, t = s.FirstPosition + r;
@@ -307,6 +311,7 @@ public static unsafe class Attention
                     {
                         Simd.Widen<TE>(rows[jj], kt + jj * d, d);
                         Simd.Widen<TE>(rows[jj] + vOff, vt + jj * d, d);
+                        if (rope is not null) Rope.ApplyHead(kt + jj * d, j0 + jj, rope);
                     }
                     for (int h = 0; h < group; h++)
                     {
@@ -340,6 +345,8 @@ public static unsafe class Attention
             long half = Storage.ValueOffset;
             long rowBytes = (long)d * TE.Size;
             bool inPlace = typeof(TE) == typeof(F32Element);
+            var rope = s.View.KeyRope;
+            bool keysInPlace = inPlace && rope is null; // keys rotated when read are rotated in a widened copy
             int seg = SegmentKeys(group, inPlace);
             float* acc = stackalloc float[group * d];
             float* max = stackalloc float[group];
@@ -348,9 +355,9 @@ public static unsafe class Attention
             byte** rows = stackalloc byte*[seg];             // the key rows of the segment (values at + half)
             float** kp = stackalloc float*[KeyTile];
             float** vrows = stackalloc float*[seg];
-            float* kt = stackalloc float[inPlace ? 1 : KeyTile * d]; // widened keys of a tile
+            float* kt = stackalloc float[keysInPlace ? 1 : KeyTile * d]; // widened keys of a tile
             float* vs = stackalloc float[inPlace ? 1 : seg * d];     // widened values of a segment
-            float* kf = stackalloc float[inPlace && s.View.Scores is not null ? d : 1]; // scratch of Finish
+            float* kf = stackalloc float[keysInPlace && s.View.Scores is not null ? d : 1]; // scratch of Finish
             bool finish = Lse != null || s.View.Scores is not null;
             var scale = Vector128.Create(ScoreScale);
             for (int r = r0; r < r1; r++)
@@ -359,7 +366,7 @@ public static unsafe class Attention
                 var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;
                 float* oRow = O + ((long)row * Heads + g * group) * d;
-                if (!StartRow<TE>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? (inPlace ? kf : kt) : null)) continue;
+                if (!StartRow<TE>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? (keysInPlace ? kf : kt) : null)) continue;
                 for (int j0 = start; j0 < end; j0 += seg)
                 {
                     int n = Math.Min(seg, end - j0);
@@ -377,11 +384,12 @@ public static unsafe class Attention
                         }
                         for (int jj = 0; jj < nk; jj++)
                         {
-                            if (inPlace) kp[jj] = (float*)rows[t0 + jj];
+                            if (keysInPlace) kp[jj] = (float*)rows[t0 + jj];
                             else
                             {
                                 kp[jj] = kt + jj * d;
                                 Simd.Widen<TE>(rows[t0 + jj], kp[jj], d);
+                                if (rope is not null) Rope.ApplyHead(kp[jj], j0 + t0 + jj, rope);
                             }
                         }
                         for (int jj = nk; jj < KeyTile; jj++) kp[jj] = kp[0]; // padding keys: their scores are never read
@@ -445,7 +453,7 @@ public static unsafe class Attention
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
-                if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, inPlace ? kf : kt);
+                if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, keysInPlace ? kf : kt);
             }
         }
 

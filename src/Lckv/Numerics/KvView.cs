@@ -41,10 +41,11 @@ public readonly record struct KvStorage(nint Base, KvLayout Layout, long BlockBy
 /// is a ring) at slot L % BlockSize. Entry e holds position FirstPosition + e, or, for a store that evicts, the
 /// per-KV-head positions in Positions[g * Stride + e]. Scores, when present, is a per-(KV head, entry) accumulator
 /// (same stride) into which the kernel adds each entry's softmax probabilities (summed over query rows and the query
-/// heads of the KV head).
+/// heads of the KV head). KeyRope, when present, says the keys are stored unrotated and rotated when read by their rank
+/// in the store: entry e by position e of the table (StreamingLLM).
 /// </summary>
 public readonly record struct KvView(int[] Table, int Ring, int Origin, int Count, int FirstPosition, int[]? Positions = null,
-    int Stride = 0, float[]? Scores = null)
+    int Stride = 0, float[]? Scores = null, RopeTable? KeyRope = null)
 {
     /// <summary>Positions 0..count-1 in a linear table.</summary>
     public static KvView Linear(int[] table, int count, float[]? scores = null) => new(table, 0, 0, count, 0, Scores: scores, Stride: count);
@@ -60,8 +61,8 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
     }
 
     /// <summary>Entry e at logical slot e, holding per-KV-head positions (increasing in e).</summary>
-    public static KvView Compacted(int[] table, int count, int[] positions, int stride, float[]? scores = null)
-        => new(table, 0, 0, count, 0, positions, stride, scores);
+    public static KvView Compacted(int[] table, int count, int[] positions, int stride, float[]? scores = null, RopeTable? keyRope = null)
+        => new(table, 0, 0, count, 0, positions, stride, scores, keyRope);
 
     /// <summary>The text position entry e holds for KV head g.</summary>
     public int PositionOf(int e, int g) => Positions is null ? FirstPosition + e : Positions[g * Stride + e];
@@ -131,6 +132,8 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
             if ((long)Table.Length * layout.BlockSize < (long)Origin + Count) throw new ArgumentException("a sequence's block table does not cover its keys");
         }
         else if (Table.Length < Ring) throw new ArgumentException("a ring's block table is shorter than the ring");
+        if (KeyRope is not null && (KeyRope.HeadDim != layout.HeadDim || KeyRope.MaxPositions < Count))
+            throw new ArgumentException("the key rotation table does not cover the entries");
         long perHead = (long)(layout.KvHeads - 1) * Stride + Count;
         if (Scores is not null && (Stride < Count || Scores.Length < perHead)) throw new ArgumentException("the score accumulator does not cover the entries");
         if (Positions is not null)

@@ -45,6 +45,12 @@ public sealed class RopeTable
 /// <summary>x = x*cos + rotate_half(x)*sin per head, rotate_half([x1, x2]) = [-x2, x1].</summary>
 public static unsafe class Rope
 {
+    /// <summary>Rotates one head's vector x (HeadDim values) in place by position p.</summary>
+    public static void ApplyHead(float* x, int p, RopeTable table)
+    {
+        fixed (float* pc = table.Cos(p), ps = table.Sin(p)) Rotate(x, pc, ps, table.HeadDim / 2);
+    }
+
     // x is (rows, heads*D), positions is (rows)
     public static void Apply(Span<float> x, ReadOnlySpan<int> positions, int heads, RopeTable table)
     {

@@ -171,6 +171,10 @@ public sealed unsafe partial class TrainableModel : IPlanHost, IKvStores
         return true;
     }
 
+    ReadOnlySpan<int> IKvStores.KeyPositions(int kvIndex) => _positions.AsSpan(0, _rows);
+
+    ReadOnlySpan<int> IKvStores.QueryPositions(int kvIndex) => _positions.AsSpan(0, _rows);
+
     private void Prepare(int batch, int seqLen)
     {
         int n = batch * seqLen;

@@ -195,8 +195,10 @@ public class AttentionTests(ITestOutputHelper output)
                     var kept = Enumerable.Range(0, first).OrderBy(_ => rng.Next()).Take(n - 1).Order().Append(first).ToArray();
                     kept.CopyTo(positions, g * stride);
                 }
-                view = KvView.Compacted(table, n, positions, stride, new float[kvHeads * stride]);
-                refView = KvView.Compacted(table, n, positions, stride, new float[kvHeads * stride]);
+                // keys stored unrotated and rotated by rank when read (StreamingLLM)
+                var rope = new RopeTable(d, 10000, 64);
+                view = KvView.Compacted(table, n, positions, stride, new float[kvHeads * stride], rope);
+                refView = KvView.Compacted(table, n, positions, stride, new float[kvHeads * stride], rope);
             }
             else
             {

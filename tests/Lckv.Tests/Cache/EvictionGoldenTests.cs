@@ -9,23 +9,24 @@ using Xunit.Abstractions;
 namespace Lckv.Tests.Cache;
 
 /// <summary>
-/// H2O through the policy seam against ../shared/golden-compress: teacher-forced logits (every token its own step) and
+/// H2O and StreamingLLM through the policy seam against ../shared/golden-compress: teacher-forced logits (every token its own step) and
 /// the positions each store keeps per KV head, and a greedy generation (the prompt in one step attending fully, or token
 /// by token where the case says so) with its step logits and kept positions, through the engine.
 /// </summary>
-public sealed class H2OGoldenTests(ITestOutputHelper output)
+public sealed class EvictionGoldenTests(ITestOutputHelper output)
 {
-    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich" };
+    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag" };
 
-    private sealed record Case(string Evict, int Heavy, int Recent, int MaxNewTokens, string Prefill);
+    private sealed record Case(string Evict, int Sinks, int Heavy, int Recent, int MaxNewTokens, string Prefill);
 
     private static (LlamaModel Model, TensorSet Expected, Case Case) Open(string name)
     {
         var dir = SharedData.Path("golden-compress", name);
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
         var r = doc.RootElement;
-        var c = new Case(r.GetProperty("evict").GetString()!, r.GetProperty("heavy").GetInt32(), r.GetProperty("recent").GetInt32(),
-            r.GetProperty("max_new_tokens").GetInt32(), r.GetProperty("prefill").GetString()!);
+        static int Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : 0;
+        var c = new Case(r.GetProperty("evict").GetString()!, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")),
+            r.GetProperty("recent").GetInt32(), r.GetProperty("max_new_tokens").GetInt32(), r.GetProperty("prefill").GetString()!);
         return (LlamaModel.Load(dir), TensorSet.Open(Path.Combine(dir, "expected.safetensors")), c);
     }
 
@@ -41,7 +42,7 @@ public sealed class H2OGoldenTests(ITestOutputHelper output)
 
     private static KvCache Cache(LlamaModel model, KvBlockPool pool, Case c, int maxStep)
     {
-        var policy = new H2OPolicy(c.Heavy, c.Recent, maxStep);
+        KvPolicy policy = c.Evict == "h2o" ? new H2OPolicy(c.Heavy, c.Recent, maxStep) : new StreamingPolicy(c.Sinks, c.Recent, maxStep, model.Rope);
         return new KvCache(pool, Enumerable.Repeat<KvPolicy>(policy, model.Map.KvLayerCount).ToArray(), model.ContextLength);
     }
 
@@ -87,7 +88,7 @@ public sealed class H2OGoldenTests(ITestOutputHelper output)
             runner.Run(seqs.Select(s => new StepSequence(s, 1)).ToArray(), ids.Select(x => x[p]).ToArray(), LogitsRows.Last, step);
             for (int i = 0; i < b; i++) step.AsSpan(i * v, v).CopyTo(logits.AsSpan((i * t + p) * v, v));
             for (int kv = 0; kv < cache.KvLayers; kv++)
-                foreach (var s in seqs) Assert.True(cache.EntryCount(s, kv) <= c.Heavy + c.Recent);
+                foreach (var s in seqs) Assert.True(cache.EntryCount(s, kv) <= c.Sinks + c.Heavy + c.Recent);
         }
         var want = Read<float>(expected, "logits_tf");
         double diff = 0;

@@ -1,0 +1,56 @@
+using Lckv.Numerics;
+
+namespace Lckv.Cache;
+
+/// <summary>
+/// StreamingLLM (kv-compression.md §1): after a step whose last position is t, a store keeps the attention sinks
+/// (positions &lt; Sinks) and the recent window (positions > t - Recent). Keys are stored unrotated and rotated by their
+/// rank in the store when read; a query by the number of entries of the store before it, so rotary positions stay below
+/// the budget plus one step however long the stream runs.
+/// </summary>
+public sealed class StreamingPolicy : EvictingPolicy
+{
+    private int[] _kept = [];
+
+    /// <param name="sinks">the first positions, always kept (S)</param>
+    /// <param name="recent">the newest positions kept (R, at least 1)</param>
+    /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
+    /// <param name="rope">the model's rotary table (covering at least the capacity)</param>
+    public StreamingPolicy(int sinks, int recent, int maxStepTokens, RopeTable rope) : base(CapacityFor(sinks, recent, maxStepTokens))
+    {
+        Sinks = sinks;
+        Recent = recent;
+        if (rope.MaxPositions < Capacity)
+            throw new LckvException($"the rotary table covers {rope.MaxPositions} positions, fewer than the store's {Capacity} entries");
+        RankRope = rope;
+    }
+
+    private static int CapacityFor(int sinks, int recent, int maxStepTokens)
+    {
+        if (sinks < 0) throw new LckvException($"the number of sinks must not be negative, got {sinks}") { Settings = [nameof(Sinks)] };
+        if (recent < 1) throw new LckvException($"the recent window must be at least 1, got {recent}") { Settings = [nameof(Recent)] };
+        if (maxStepTokens < 1) throw new LckvException($"a step must bring at least 1 token, got {maxStepTokens}");
+        return checked(sinks + recent + maxStepTokens);
+    }
+
+    public int Sinks { get; }
+    public int Recent { get; }
+    public int Budget => Sinks + Recent;
+    public override RopeTable RankRope { get; }
+
+    public override void AfterStep(KvStoreEditor store, int length)
+    {
+        int count = store.Count, heads = store.KvHeads, t = length - 1;
+        if (count <= Budget) return;
+        // every KV head holds the same positions: choose from head 0
+        int keep = 0;
+        if (_kept.Length < heads * Budget) _kept = new int[heads * Budget];
+        for (int e = 0; e < count; e++)
+        {
+            int p = store.PositionOf(e, 0);
+            if (p < Sinks || p > t - Recent) _kept[keep++] = e;
+        }
+        for (int g = 1; g < heads; g++) Array.Copy(_kept, 0, _kept, g * keep, keep);
+        store.Keep(_kept.AsSpan(0, heads * keep), keep);
+    }
+}
