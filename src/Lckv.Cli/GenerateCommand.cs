@@ -12,6 +12,7 @@ public static class GenerateCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
+        var eo = new EvictionOptions();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "prompt text" };
         var promptIds = new Option<string?>("--prompt-ids") { Description = "prompt token ids, comma-separated; several prompts separated by ';' form a batch" };
         var maxTokens = new Option<int?>("--max-tokens", "-n") { Description = "most new tokens per sequence (default: generation_config max_new_tokens, else 128)" };
@@ -28,6 +29,7 @@ public static class GenerateCommand
         var json = new Option<bool>("--json") { Description = "print the generated ids, text and timing as JSON" };
         var cmd = new Command("generate", "generate text from a prompt");
         mo.AddTo(cmd);
+        eo.AddTo(cmd);
         foreach (var o in new Option[] { prompt, promptIds, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, noBos, ignoreEos, prefill, json })
             cmd.Options.Add(o);
 
@@ -41,6 +43,7 @@ public static class GenerateCommand
                 "sequential" => PrefillMode.Sequential,
                 var other => throw new LckvException($"--prefill must be plan or sequential, got '{other}'"),
             };
+            var eviction = eo.Parse(p);
             using var model = mo.LoadModel(p);
             var tokenizer = mo.LoadTokenizer(p, required: text is not null);
             var genConfig = p.GetValue(mo.Model) is { } folder ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
@@ -75,10 +78,10 @@ public static class GenerateCommand
             int block = mo.Block(p);
             var layout = model.KvLayout(block, kvDType);
             int stepRows = Generator.StepRows(model, prompts);
-            long needBlocks = prompts.Sum(x => model.KvBlocksFor((int)Math.Min((long)x.Length + options.MaxTokens, model.ContextLength), block, stepRows));
+            long needBlocks = prompts.Sum(x => model.KvBlocksFor((int)Math.Min((long)x.Length + options.MaxTokens, model.ContextLength), block, stepRows, eviction));
             long budget = p.GetValue(mo.KvBudget) is double mib ? (long)(mib * 1048576) : Math.Max(1, needBlocks) * layout.BlockBytes;
             using var pool = new KvBlockPool(layout, budget);
-            var cache = model.CreateCache(pool, stepRows);
+            var cache = model.CreateCache(pool, stepRows, eviction);
             var generator = new Generator(model, cache) { Prefill = prefillMode };
 
             bool asJson = p.GetValue(json);

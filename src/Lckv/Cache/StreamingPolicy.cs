@@ -15,14 +15,14 @@ public sealed class StreamingPolicy : EvictingPolicy
     /// <param name="sinks">the first positions, always kept (S)</param>
     /// <param name="recent">the newest positions kept (R, at least 1)</param>
     /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
-    /// <param name="rope">the model's rotary table (covering at least the capacity)</param>
-    public StreamingPolicy(int sinks, int recent, int maxStepTokens, RopeTable rope) : base(CapacityFor(sinks, recent, maxStepTokens))
+    /// <param name="headDim">the model's head dimension</param>
+    /// <param name="ropeTheta">the model's rope_theta</param>
+    public StreamingPolicy(int sinks, int recent, int maxStepTokens, int headDim, double ropeTheta) : base(CapacityFor(sinks, recent, maxStepTokens))
     {
         Sinks = sinks;
         Recent = recent;
-        if (rope.MaxPositions < Capacity)
-            throw new LckvException($"the rotary table covers {rope.MaxPositions} positions, fewer than the store's {Capacity} entries");
-        RankRope = rope;
+        // ranks never reach the capacity: a table of that many positions rotates every key the store can hold
+        RankRope = new RopeTable(headDim, ropeTheta, Capacity);
     }
 
     private static int CapacityFor(int sinks, int recent, int maxStepTokens)

@@ -138,6 +138,21 @@ public sealed class LlamaModel : IDisposable
     public Cache.KvCache CreateCache(Cache.KvBlockPool pool, int maxStepRows)
         => new(pool, Map.KvLayerCount, ContextLength, RingPositions(maxStepRows, pool.Layout.BlockSize));
 
+    /// <summary>A KV cache whose stores all evict by the settings (steps of at most maxStepRows tokens), or
+    /// <see cref="CreateCache(Cache.KvBlockPool, int)"/>'s without eviction.</summary>
+    public Cache.KvCache CreateCache(Cache.KvBlockPool pool, int maxStepRows, Cache.EvictionSettings eviction)
+    {
+        var policy = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta);
+        if (policy is null) return CreateCache(pool, maxStepRows);
+        return new Cache.KvCache(pool, Enumerable.Repeat(policy, Map.KvLayerCount).ToArray(), ContextLength);
+    }
+
+    /// <summary>Pool blocks one sequence of `tokens` positions takes over every KV layer under the eviction settings.</summary>
+    public long KvBlocksFor(int tokens, int blockSize, int maxStepRows, Cache.EvictionSettings eviction)
+        => eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta) is { } policy
+            ? policy.BlocksFor(tokens, blockSize) * Map.KvLayerCount
+            : KvBlocksFor(tokens, blockSize, maxStepRows);
+
     /// <summary>2 * kv_layers * kv_heads * head_dim * bytes(dtype) (kv-sharing.md §6).</summary>
     public long KvBytesPerToken(DType dtype) => 2L * Map.KvLayerCount * KvHeads * HeadDim * DTypes.SizeOf(dtype);
 

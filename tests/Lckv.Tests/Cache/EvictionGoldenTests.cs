@@ -42,7 +42,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
 
     private static KvCache Cache(LlamaModel model, KvBlockPool pool, Case c, int maxStep)
     {
-        KvPolicy policy = c.Evict == "h2o" ? new H2OPolicy(c.Heavy, c.Recent, maxStep) : new StreamingPolicy(c.Sinks, c.Recent, maxStep, model.Rope);
+        KvPolicy policy = c.Evict == "h2o" ? new H2OPolicy(c.Heavy, c.Recent, maxStep) : new StreamingPolicy(c.Sinks, c.Recent, maxStep, model.HeadDim, model.Config.RopeTheta);
         return new KvCache(pool, Enumerable.Repeat<KvPolicy>(policy, model.Map.KvLayerCount).ToArray(), model.ContextLength);
     }
 
@@ -138,5 +138,42 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         CheckKept(model, cache, expected, "kept", [.. seqs.Select(s => s.Id)]);
         foreach (var s in seqs) engine.Retire(s);
         Assert.Equal(0, pool.UsedBlocks);
+    }
+
+    [SharedTheory]
+    [MemberData(nameof(Cases))]
+    public void TheCliGeneratesTheGoldenIds(string name)
+    {
+        var (model, expected, c) = Open(name);
+        model.Dispose();
+        using var _e = expected;
+        var prompts = Rows(expected, "generate.prompt_ids");
+        var outputs = Rows(expected, "generate.output_ids");
+        var args = new List<string>
+        {
+            "generate", "--model", SharedData.Path("golden-compress", name), "--prompt-ids", string.Join(';', prompts.Select(p => string.Join(',', p))),
+            "--temperature", "0", "--max-tokens", c.MaxNewTokens.ToString(), "--ignore-eos", "--json", "--evict", c.Evict,
+            "--recent", c.Recent.ToString(), "--prefill", c.Prefill == "sequential" ? "sequential" : "plan",
+        };
+        args.AddRange(c.Evict == "h2o" ? ["--heavy", c.Heavy.ToString()] : ["--sinks", c.Sinks.ToString()]);
+        var (code, stdout, stderr) = Lckv.Tests.Cli.CliTests.Run([.. args]);
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var got = doc.RootElement.GetProperty("output_ids").EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+        for (int i = 0; i < outputs.Length; i++) Assert.Equal(outputs[i], got[i]);
+    }
+
+    [Theory]
+    [InlineData("--heavy", "3", "--heavy needs --evict h2o")]
+    [InlineData("--sinks", "3", "--sinks needs --evict streaming")]
+    [InlineData("--recent", "3", "--recent needs --evict streaming or h2o")]
+    [InlineData("--evict", "h2o", "--evict h2o needs --recent N")]
+    [InlineData("--evict", "lru", "--evict must be none, streaming or h2o")]
+    public void OptionsThatMakeNoSenseAreOneLineErrors(string option, string value, string message)
+    {
+        var (code, _, stderr) = Lckv.Tests.Cli.CliTests.Run("generate", "--preset", "small", "--prompt-ids", "1,2", "-n", "1", option, value);
+        Assert.NotEqual(0, code);
+        Assert.Contains(message, stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
     }
 }
