@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using Lckv.Cache;
 using Lckv.Generation;
 
 namespace Lckv.Cli;
@@ -10,6 +11,7 @@ public static class PerplexityCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
+        var eo = new EvictionOptions();
         var file = new Option<string?>("--file", "-f") { Description = "text file (tokenized with the model's tokenizer)" };
         var idsFile = new Option<string?>("--ids-file") { Description = "file of whitespace-separated token ids" };
         var window = new Option<int?>("--ctx") { Description = "tokens per window (default: 512, capped at the context length)" };
@@ -18,11 +20,13 @@ public static class PerplexityCommand
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var cmd = new Command("perplexity", "perplexity of a text or token file");
         mo.AddTo(cmd);
+        eo.AddTo(cmd);
         foreach (var o in new Option[] { file, idsFile, window, stride, limit, json }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             string? textPath = p.GetValue(file), idsPath = p.GetValue(idsFile);
             if ((textPath is null) == (idsPath is null)) throw new LckvException("give exactly one of --file or --ids-file");
+            var eviction = eo.Parse(p);
             using var model = mo.LoadModel(p);
             int[] ids;
             if (textPath is not null)
@@ -36,7 +40,7 @@ public static class PerplexityCommand
             int win = p.GetValue(window) ?? Math.Min(512, model.ContextLength);
             int str = p.GetValue(stride) ?? win;
             var result = Progress.Run("perplexity", report =>
-                Perplexity.Evaluate(model, ids, win, str, mo.KvStorage(p), (done, total) => report(done, total)), stderr);
+                Perplexity.Evaluate(model, ids, win, str, mo.KvStorage(p), (done, total) => report(done, total), eviction), stderr);
             if (p.GetValue(json))
                 stdout.WriteLine(JsonSerializer.Serialize(new
                 {

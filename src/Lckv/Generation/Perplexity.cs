@@ -16,8 +16,10 @@ public sealed record PerplexityResult(double Perplexity, double MeanNll, long Sc
 /// </summary>
 public static class Perplexity
 {
+    /// <param name="eviction">with a policy, each window is teacher-forced decode: every token its own step from
+    /// position 0, the policy running after each (kv-compression.md §0); windows run side by side as a batch</param>
     public static PerplexityResult Evaluate(LlamaModel model, ReadOnlySpan<int> ids, int window, int stride,
-        DType kvDType = DType.F32, Action<int, int>? progress = null)
+        DType kvDType = DType.F32, Action<int, int>? progress = null, EvictionSettings? eviction = null)
     {
         if (ids.Length < 2) throw new LckvException($"perplexity needs at least 2 tokens, got {ids.Length}");
         if (window < 2) throw new LckvException($"context length must be at least 2, got {window}");
@@ -27,6 +29,7 @@ public static class Perplexity
             if ((uint)id >= (uint)model.Vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {model.Vocab})");
 
         const int blockSize = 16;
+        if (eviction is { Kind: not EvictionKind.None }) return Decoding(model, ids.ToArray(), window, stride, kvDType, progress, eviction);
         bool whole = model.Map.AnyAttendsTop;
         var engineOptions = new EngineOptions
         {
@@ -74,5 +77,67 @@ public static class Perplexity
         }
         double mean = nll / Math.Max(1, scored);
         return new PerplexityResult(Math.Exp(mean), mean, scored, windows, sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Windows side by side, each fed one token per step; windows from Hugging Face's recipe as above.</summary>
+    private static PerplexityResult Decoding(LlamaModel model, int[] ids, int window, int stride, DType kvDType,
+        Action<int, int>? progress, EvictionSettings eviction)
+    {
+        const int blockSize = 16, batch = 16;
+        var windows = new List<(int Begin, int End, int FirstScored)>();
+        for (int begin = 0, prevEnd = 0; ; begin += stride)
+        {
+            int end = Math.Min(begin + window, ids.Length);
+            windows.Add((begin, end, Math.Max(prevEnd, begin + 1)));
+            prevEnd = end;
+            if (end == ids.Length) break;
+        }
+        int sequences = Math.Min(batch, windows.Count);
+        var layout = model.KvLayout(blockSize, kvDType);
+        using var pool = new KvBlockPool(layout, sequences * model.KvBlocksFor(window, blockSize, 1, eviction) * layout.BlockBytes);
+        var engine = new GenerationEngine(model, model.CreateCache(pool, 1, eviction),
+            new EngineOptions { MaxStepTokens = sequences, MaxSequences = sequences, MaxPromptTokens = 1 });
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        double nll = 0;
+        long scored = 0;
+        int next = 0, done = 0, v = model.Vocab;
+        var active = new List<(EngineSequence Sequence, int Window)>(sequences);
+        while (done < windows.Count)
+        {
+            while (active.Count < sequences && next < windows.Count)
+            {
+                var (begin, end, firstScored) = windows[next];
+                var seq = engine.Admit(new GenerationRequest
+                {
+                    Prompt = [ids[begin]], MaxNewTokens = end - begin - 1,
+                    // the logits of the token at `position` predict the one after it
+                    OnLogits = (_, position, row) =>
+                    {
+                        int p = begin + position + 1;
+                        if (p < firstScored || p >= end) return;
+                        nll += Softmax.LogSumExp(row) - row[ids[p]];
+                        scored++;
+                    },
+                });
+                active.Add((seq, next++));
+            }
+            if (engine.Step().Sequences == 0)
+                throw new InvalidOperationException($"the engine made no progress with {active.Count} windows active ({string.Join(", ", active.Select(x => $"{x.Sequence.Position}/{x.Sequence.Tokens.Count} {x.Sequence.Finish}"))})");
+            for (int i = active.Count - 1; i >= 0; i--)
+            {
+                var (seq, w) = active[i];
+                var (begin, end, _) = windows[w];
+                if (begin + seq.Position < end) engine.Feed(seq, [ids[begin + seq.Position]]);
+                else
+                {
+                    engine.Retire(seq);
+                    active.RemoveAt(i);
+                    done++;
+                    progress?.Invoke(done, windows.Count);
+                }
+            }
+        }
+        double mean = nll / Math.Max(1, scored);
+        return new PerplexityResult(Math.Exp(mean), mean, scored, windows.Count, sw.Elapsed.TotalSeconds);
     }
 }

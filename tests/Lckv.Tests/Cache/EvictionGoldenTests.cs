@@ -176,4 +176,29 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         Assert.Contains(message, stderr);
         Assert.Single(stderr.Trim().Split('\n'));
     }
+
+    [SharedTheory]
+    [MemberData(nameof(Cases))]
+    public void PerplexityIsTeacherForcedDecode(string name)
+    {
+        var (model, expected, c) = Open(name);
+        using var _m = model;
+        using var _e = expected;
+        var ids = Rows(expected, "input_ids");
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(SharedData.Path("golden-compress", name), "expected.json")));
+        var want = doc.RootElement.GetProperty("ppl_tf").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        var eviction = new EvictionSettings(c.Evict == "h2o" ? EvictionKind.H2O : EvictionKind.Streaming, c.Sinks, c.Heavy, c.Recent);
+        // each row alone (one window), and both rows as one stream of two windows decoded side by side
+        for (int b = 0; b < ids.Length; b++)
+        {
+            var r = Perplexity.Evaluate(model, ids[b], ids[b].Length, ids[b].Length, eviction: eviction);
+            output.WriteLine($"{name} row {b}: perplexity {r.Perplexity:F4}, reference {want[b]:F4}");
+            Assert.True(Math.Abs(r.Perplexity - want[b]) <= 1e-4 * want[b], $"row {b}: {r.Perplexity} vs {want[b]}");
+        }
+        int t = ids[0].Length;
+        var both = Perplexity.Evaluate(model, [.. ids[0], .. ids[1]], t, t, eviction: eviction);
+        double mean = (Math.Log(want[0]) + Math.Log(want[1])) / 2;
+        Assert.Equal(2, both.Windows);
+        Assert.True(Math.Abs(both.MeanNll - mean) <= 1e-4 * Math.Abs(mean), $"two windows: mean NLL {both.MeanNll} vs {mean}");
+    }
 }
