@@ -49,14 +49,22 @@ public sealed class H2OPolicy : EvictingPolicy
             while (recentFrom > 0 && store.PositionOf(recentFrom - 1, g) > t - Recent) recentFrom--;
             int heavy = budget - (count - recentFrom);
             if (heavy < 0 || heavy > recentFrom) throw new InvalidOperationException($"KV head {g} holds {count - recentFrom} recent entries for a budget of {budget}");
-            Array.Clear(_taken, 0, count);
-            // the best scores among the older entries; scanning upward, a tie keeps the smaller position
-            for (int pick = 0; pick < heavy; pick++)
+            // the best scores among the older entries, a tie keeping the smaller position: picked directly when few are
+            // kept (after a prompt), or by dropping the worst when few go (a decode step evicts one)
+            int evict = recentFrom - heavy;
+            bool pickKept = heavy <= evict;
+            Array.Fill(_taken, !pickKept, 0, recentFrom);
+            for (int pick = 0, picks = pickKept ? heavy : evict; pick < picks; pick++)
             {
-                int best = -1;
+                int at = -1;
                 for (int e = 0; e < recentFrom; e++)
-                    if (!_taken[e] && (best < 0 || scores[g * cap + e] > scores[g * cap + best])) best = e;
-                _taken[best] = true;
+                {
+                    if (_taken[e] == pickKept) continue;
+                    float score = scores[g * cap + e];
+                    // scanning upward: the first of equal best scores is kept, the last of equal worst ones goes
+                    if (at < 0 || (pickKept ? score > scores[g * cap + at] : score <= scores[g * cap + at])) at = e;
+                }
+                _taken[at] = pickKept;
             }
             for (int e = recentFrom; e < count; e++) _taken[e] = true;
             for (int e = 0, i = 0; e < count; e++)

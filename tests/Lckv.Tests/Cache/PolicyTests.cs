@@ -120,6 +120,36 @@ public sealed class PolicyTests
         Assert.Equal(3 + 25, cache.BlocksForTokens(100));
     }
 
+    [Theory]
+    [InlineData(2, 3, 20)]  // few kept: the heavy hitters picked directly
+    [InlineData(12, 3, 20)] // few evicted: the worst dropped
+    [InlineData(4, 1, 5)]
+    public void H2OKeepsTheRecentWindowAndTheBestScoresTiesToTheSmallerPosition(int heavy, int recent, int prompt)
+    {
+        var rng = new Random(heavy * 31 + prompt);
+        var layout = new KvLayout(4, 2, 8, DType.F32);
+        using var pool = new KvBlockPool(layout, 64 * layout.BlockBytes);
+        var cache = new KvCache(pool, [new H2OPolicy(heavy, recent, prompt)], 100);
+        int seq = cache.CreateSequence();
+        Assert.True(cache.TryReserve(seq, prompt));
+        var kv = new float[prompt * 16];
+        cache.Write(seq, 0, 0, kv, kv);
+        var state = cache.StateOf(seq, 0);
+        // scores from a few values, so that ties are common
+        var scores = new float[2, prompt];
+        for (int g = 0; g < 2; g++)
+            for (int e = 0; e < prompt; e++) state.Scores![g * state.Capacity + e] = scores[g, e] = rng.Next(4);
+        cache.SetLength(seq, prompt);
+        for (int g = 0; g < 2; g++)
+        {
+            var expected = Enumerable.Range(0, prompt - recent).OrderByDescending(e => scores[g, e]).ThenBy(e => e).Take(heavy)
+                .Concat(Enumerable.Range(prompt - recent, recent)).Order().ToArray();
+            var kept = Enumerable.Range(0, state.Count).Select(e => state.Positions![g * state.Capacity + e]).ToArray();
+            Assert.Equal(expected, kept);
+            for (int i = 0; i < kept.Length; i++) Assert.Equal(scores[g, kept[i]], state.Scores![g * state.Capacity + i]);
+        }
+    }
+
     private static float[] Dense(ReadOnlySpan<float> q, float[][] keys, float[][] values, float scale)
     {
         int d = q.Length;
