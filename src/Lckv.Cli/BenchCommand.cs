@@ -15,6 +15,7 @@ public static class BenchCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
+        var eo = new EvictionOptions();
         var prompt = new Option<string>("--n-prompt", "-p") { Description = "prompt lengths for pp tests, comma-separated (0 = none)", DefaultValueFactory = _ => "64" };
         var gen = new Option<string>("--n-gen", "-n") { Description = "generated lengths for tg tests, comma-separated (0 = none)", DefaultValueFactory = _ => "32" };
         var batch = new Option<string>("--batch", "-b") { Description = "batch sizes (sequences), comma-separated", DefaultValueFactory = _ => "1,16" };
@@ -23,6 +24,7 @@ public static class BenchCommand
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("bench", "benchmark prompt processing and generation against the machine's roofline");
         mo.AddTo(cmd);
+        eo.AddTo(cmd);
         foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
         cmd.Subcommands.Add(ThroughputCommand.Create(stdout, stderr));
         cmd.SetAction(p =>
@@ -37,6 +39,7 @@ public static class BenchCommand
             if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
             if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder> or --preset small|tinyllama-1.1b");
 
+            var eviction = eo.Parse(p);
             using var model = Progress.Run("loading", _ => mo.LoadModel(p), stderr);
             long afterLoad = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64; // before the roofline probe's buffers
             int threads = WorkerPool.Shared.ThreadCount;
@@ -50,6 +53,7 @@ public static class BenchCommand
             // during which the host took CPU time from this machine (a virtual machine's steal) runs again
             var bench = new SpeedBench(model, kvDType, mo.Block(p), machine)
             {
+                Eviction = eviction,
                 BandwidthProbe = probe.Measure,
                 StealSeconds = StealTime.ReadSeconds() is null ? null : StealTime.ReadSeconds,
             };

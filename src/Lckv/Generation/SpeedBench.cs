@@ -169,6 +169,9 @@ public sealed class SpeedBench
 
     public const int MaxRunsPerRepetition = 1000;
 
+    /// <summary>What every KV store keeps (the rooflines still count the KV of the whole depth).</summary>
+    public EvictionSettings Eviction { get; init; } = EvictionSettings.None;
+
     /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
     public long LargestPoolBytes { get; private set; }
 
@@ -180,10 +183,12 @@ public sealed class SpeedBench
         var layout = _model.KvLayout(_blockSize, _kvDType);
         bool upward = _model.Map.AnyAttendsTop;
         int maxRows = kind == BenchKind.PromptProcessing ? batch * tokens : batch;
-        maxRows = Math.Max(maxRows, upward ? Math.Max(depth, tokens) : Math.Min(depth, 512));
-        using var pool = new KvBlockPool(layout, _model.KvBlocksFor(total, _blockSize, maxRows) * batch * layout.BlockBytes);
+        // a store that evicts takes the depth as one prompt (the policy runs after each step)
+        bool evicts = Eviction.Kind != EvictionKind.None;
+        maxRows = Math.Max(maxRows, upward || evicts ? Math.Max(depth, tokens) : Math.Min(depth, 512));
+        using var pool = new KvBlockPool(layout, _model.KvBlocksFor(total, _blockSize, maxRows, Eviction) * batch * layout.BlockBytes);
         LargestPoolBytes = Math.Max(LargestPoolBytes, pool.CapacityBytes);
-        var engine = new GenerationEngine(_model, _model.CreateCache(pool, maxRows),
+        var engine = new GenerationEngine(_model, _model.CreateCache(pool, maxRows, Eviction),
             new EngineOptions { MaxStepTokens = maxRows, MaxSequences = batch, MaxPromptTokens = maxRows });
         var rng = new SplitMix64(1234);
         int Token() => 3 + (int)(rng.Next() % (ulong)(_model.Vocab - 3));
