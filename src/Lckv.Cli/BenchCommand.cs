@@ -15,7 +15,6 @@ public static class BenchCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
-        var eo = new EvictionOptions();
         var prompt = new Option<string>("--n-prompt", "-p") { Description = "prompt lengths for pp tests, comma-separated (0 = none)", DefaultValueFactory = _ => "64" };
         var gen = new Option<string>("--n-gen", "-n") { Description = "generated lengths for tg tests, comma-separated (0 = none)", DefaultValueFactory = _ => "32" };
         var batch = new Option<string>("--batch", "-b") { Description = "batch sizes (sequences), comma-separated", DefaultValueFactory = _ => "1,16" };
@@ -24,7 +23,7 @@ public static class BenchCommand
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("bench", "benchmark prompt processing and generation against the machine's roofline");
         mo.AddTo(cmd);
-        eo.AddTo(cmd);
+        var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
         cmd.Subcommands.Add(ThroughputCommand.Create(stdout, stderr));
         cmd.SetAction(p =>

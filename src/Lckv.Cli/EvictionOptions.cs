@@ -11,9 +11,12 @@ public sealed class EvictionOptions
     public readonly Option<int?> Heavy = new("--heavy") { Description = "H2O: the positions kept for their accumulated attention" };
     public readonly Option<int?> Recent = new("--recent") { Description = "streaming and H2O: the newest positions kept" };
 
-    public void AddTo(Command c)
+    /// <summary>The options, added to a command.</summary>
+    public static EvictionOptions AddTo(Command c)
     {
-        foreach (var o in new Option[] { Evict, Sinks, Heavy, Recent }) c.Options.Add(o);
+        var e = new EvictionOptions();
+        foreach (var o in new Option[] { e.Evict, e.Sinks, e.Heavy, e.Recent }) c.Options.Add(o);
+        return e;
     }
 
     public EvictionSettings Parse(ParseResult p)

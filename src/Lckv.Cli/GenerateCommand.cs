@@ -12,7 +12,6 @@ public static class GenerateCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
-        var eo = new EvictionOptions();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "prompt text" };
         var promptIds = new Option<string?>("--prompt-ids") { Description = "prompt token ids, comma-separated; several prompts separated by ';' form a batch" };
         var maxTokens = new Option<int?>("--max-tokens", "-n") { Description = "most new tokens per sequence (default: generation_config max_new_tokens, else 128)" };
@@ -29,7 +28,7 @@ public static class GenerateCommand
         var json = new Option<bool>("--json") { Description = "print the generated ids, text and timing as JSON" };
         var cmd = new Command("generate", "generate text from a prompt");
         mo.AddTo(cmd);
-        eo.AddTo(cmd);
+        var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { prompt, promptIds, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, noBos, ignoreEos, prefill, json })
             cmd.Options.Add(o);
 

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Text.Json;
-using Lckv.Cache;
 using Lckv.Generation;
 
 namespace Lckv.Cli;
@@ -11,7 +10,6 @@ public static class PerplexityCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
-        var eo = new EvictionOptions();
         var file = new Option<string?>("--file", "-f") { Description = "text file (tokenized with the model's tokenizer)" };
         var idsFile = new Option<string?>("--ids-file") { Description = "file of whitespace-separated token ids" };
         var window = new Option<int?>("--ctx") { Description = "tokens per window (default: 512, capped at the context length)" };
@@ -20,7 +18,7 @@ public static class PerplexityCommand
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var cmd = new Command("perplexity", "perplexity of a text or token file");
         mo.AddTo(cmd);
-        eo.AddTo(cmd);
+        var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { file, idsFile, window, stride, limit, json }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {

@@ -15,22 +15,9 @@ public sealed class H2OPolicy : EvictingPolicy
     /// <param name="heavy">entries kept for their scores (Hh)</param>
     /// <param name="recent">newest positions always kept (R, at least 1)</param>
     /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
-    public H2OPolicy(int heavy, int recent, int maxStepTokens) : base(CapacityFor(heavy, recent, maxStepTokens))
-    {
-        Heavy = heavy;
-        Recent = recent;
-    }
-
-    private static int CapacityFor(int heavy, int recent, int maxStepTokens)
-    {
-        if (heavy < 0) throw new LckvException($"the heavy-hitter budget must not be negative, got {heavy}") { Settings = [nameof(Heavy)] };
-        if (recent < 1) throw new LckvException($"the recent window must be at least 1, got {recent}") { Settings = [nameof(Recent)] };
-        if (maxStepTokens < 1) throw new LckvException($"a step must bring at least 1 token, got {maxStepTokens}");
-        return checked(heavy + recent + maxStepTokens);
-    }
+    public H2OPolicy(int heavy, int recent, int maxStepTokens) : base(heavy, recent, maxStepTokens) => Heavy = heavy;
 
     public int Heavy { get; }
-    public int Recent { get; }
     public int Budget => Heavy + Recent;
     public override bool TracksScores => true;
 

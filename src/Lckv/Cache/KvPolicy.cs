@@ -86,9 +86,26 @@ public sealed class WindowPolicy(int positions) : KvPolicy
 /// Base of policies that evict: a sequence's entries never exceed Capacity (the budget plus one step's tokens), kept in
 /// position order and compacted after each eviction. Subclasses choose which entries each KV head keeps.
 /// </summary>
-public abstract class EvictingPolicy(int capacity) : KvPolicy
+public abstract class EvictingPolicy : KvPolicy
 {
-    public int Capacity { get; } = capacity > 0 ? capacity : throw new ArgumentOutOfRangeException(nameof(capacity));
+    /// <param name="capacity">the most entries a sequence's store holds</param>
+    protected EvictingPolicy(int capacity) => Capacity = capacity > 0 ? capacity : throw new ArgumentOutOfRangeException(nameof(capacity));
+
+    /// <param name="kept">positions kept besides the recent window (sinks, heavy hitters)</param>
+    /// <param name="recent">the newest positions kept (at least 1)</param>
+    /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
+    protected EvictingPolicy(int kept, int recent, int maxStepTokens)
+    {
+        if (kept < 0) throw new LckvException($"the positions kept besides the recent window must not be negative, got {kept}");
+        if (recent < 1) throw new LckvException($"the recent window must be at least 1, got {recent}") { Settings = ["Recent"] };
+        if (maxStepTokens < 1) throw new LckvException($"a step must bring at least 1 token, got {maxStepTokens}");
+        Capacity = checked(kept + recent + maxStepTokens);
+        Recent = recent;
+    }
+
+    public int Capacity { get; }
+    /// <summary>The newest positions kept (0 for a policy that keeps none by rule).</summary>
+    public int Recent { get; }
 
     public override bool Compacts => true;
     public override int TableLength(int maxSequenceLength, int blockSize) => (int)KvCache.BlocksFor(Math.Min(Capacity, maxSequenceLength), blockSize);

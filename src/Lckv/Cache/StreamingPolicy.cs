@@ -17,24 +17,14 @@ public sealed class StreamingPolicy : EvictingPolicy
     /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
     /// <param name="headDim">the model's head dimension</param>
     /// <param name="ropeTheta">the model's rope_theta</param>
-    public StreamingPolicy(int sinks, int recent, int maxStepTokens, int headDim, double ropeTheta) : base(CapacityFor(sinks, recent, maxStepTokens))
+    public StreamingPolicy(int sinks, int recent, int maxStepTokens, int headDim, double ropeTheta) : base(sinks, recent, maxStepTokens)
     {
         Sinks = sinks;
-        Recent = recent;
         // ranks never reach the capacity: a table of that many positions rotates every key the store can hold
         RankRope = new RopeTable(headDim, ropeTheta, Capacity);
     }
 
-    private static int CapacityFor(int sinks, int recent, int maxStepTokens)
-    {
-        if (sinks < 0) throw new LckvException($"the number of sinks must not be negative, got {sinks}") { Settings = [nameof(Sinks)] };
-        if (recent < 1) throw new LckvException($"the recent window must be at least 1, got {recent}") { Settings = [nameof(Recent)] };
-        if (maxStepTokens < 1) throw new LckvException($"a step must bring at least 1 token, got {maxStepTokens}");
-        return checked(sinks + recent + maxStepTokens);
-    }
-
     public int Sinks { get; }
-    public int Recent { get; }
     public int Budget => Sinks + Recent;
     public override RopeTable RankRope { get; }
 
