@@ -478,15 +478,17 @@ public sealed class KvCache
         if (keep < 0 || keep > count || kept.Length != heads * keep) throw new ArgumentException($"keep {keep} of {count} entries: expected {heads * keep} indices");
         var view = KvView.Compacted(s.Tables[kvLayer], count, state.Positions!, cap, state.Scores);
         var storage = KvStorage.Paged(_pool.Base, Layout);
-        long rowBytes = storage.HeadBytes;
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
+        bool uniform = true; // every KV head keeps the same entries: whole slots move, all heads at once
         for (int g = 0; g < heads; g++)
         {
             var mine = kept.Slice(g * keep, keep);
             for (int i = 1; i < keep; i++)
                 if (mine[i] <= mine[i - 1]) throw new ArgumentException("kept entries must be increasing");
             if (keep > 0 && (mine[0] < 0 || mine[^1] >= count)) throw new ArgumentException("a kept entry is out of range");
+            uniform &= mine.SequenceEqual(kept[..keep]);
+            if (!policy.ReceivesEvicted) continue;
             for (int e = 0, next = 0; e < count; e++)
             {
                 if (next < keep && mine[next] == e) { next++; continue; }
@@ -495,15 +497,28 @@ public sealed class KvCache
                 Convert.Widen((nint)(row + storage.ValueOffset), Layout.DType, v);
                 policy.OnEvicted(state, g, state.Positions![g * cap + e], k, v);
             }
-            for (int i = 0; i < keep; i++)
+        }
+        for (int g = 0; g < (uniform ? 1 : heads); g++)
+        {
+            var mine = kept.Slice(g * keep, keep);
+            long rowBytes = uniform ? storage.SlotBytes : storage.HeadBytes;
+            for (int i = 0, n; i < keep; i += n)
             {
                 int from = mine[i];
+                n = 1;
                 if (from == i) continue;
+                // a run of consecutive entries, within one block at both ends, moves with one copy (K and V)
+                int limit = Math.Min(_blockSize - i % _blockSize, _blockSize - from % _blockSize);
+                if (uniform)
+                    while (n < limit && i + n < keep && mine[i + n] == from + n) n++;
                 byte* src = view.KeyRow(storage, from, g), dst = view.KeyRow(storage, i, g);
-                Buffer.MemoryCopy(src, dst, rowBytes, rowBytes);
-                Buffer.MemoryCopy(src + storage.ValueOffset, dst + storage.ValueOffset, rowBytes, rowBytes);
-                state.Positions![g * cap + i] = state.Positions[g * cap + from];
-                if (state.Scores is { } sc) sc[g * cap + i] = sc[g * cap + from];
+                Buffer.MemoryCopy(src, dst, n * rowBytes, n * rowBytes);
+                Buffer.MemoryCopy(src + storage.ValueOffset, dst + storage.ValueOffset, n * rowBytes, n * rowBytes);
+                for (int h = uniform ? 0 : g; h < (uniform ? heads : g + 1); h++)
+                {
+                    Array.Copy(state.Positions!, h * cap + from, state.Positions!, h * cap + i, n);
+                    if (state.Scores is { } sc) Array.Copy(sc, h * cap + from, sc, h * cap + i, n);
+                }
             }
         }
         state.Count = keep;

@@ -52,8 +52,11 @@ public abstract class KvPolicy
     /// <summary>Runs after a step committed its positions (the last position is length - 1); may evict entries.</summary>
     public virtual void AfterStep(KvStoreEditor store, int length) { }
 
+    /// <summary>True when the policy wants <see cref="OnEvicted"/> (reading the evicted K/V costs a pass over them).</summary>
+    public virtual bool ReceivesEvicted => false;
+
     /// <summary>Receives each evicted entry (K and V as stored, widened to f32) before it is dropped; for a low-rank
-    /// state of what was evicted.</summary>
+    /// state of what was evicted. Called when <see cref="ReceivesEvicted"/> is true.</summary>
     public virtual void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) { }
 
     /// <summary>The state of this store for a new sequence.</summary>

@@ -25,6 +25,8 @@ public sealed class PolicyTests
             store.Keep(kept, keep);
         }
 
+        public override bool ReceivesEvicted => true;
+
         public override void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
             => Evicted.Add((kvHead, position, k.ToArray(), v.ToArray()));
     }
