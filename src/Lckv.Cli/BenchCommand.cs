@@ -47,9 +47,8 @@ public static class BenchCommand
             var roof = new RooflineResult(threads, Roofline.MeasureFmaPeak(threads), probe.Measure());
             var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
             var kvDType = mo.KvStorage(p);
-            // the bandwidth is probed again after the warm-up of each test and after each repetition, and each repetition
-            // is judged against its own (a shared machine's bandwidth moves from one minute to the next); a repetition
-            // during which the host took CPU time from this machine (a virtual machine's steal) runs again
+            // each repetition is judged against bandwidth probes taken around it, since a shared host's bandwidth moves;
+            // a repetition that lost CPU time to the host (steal) runs again
             var bench = new SpeedBench(model, kvDType, mo.Block(p), machine)
             {
                 Eviction = eviction,

@@ -64,9 +64,6 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
     public static KvView Compacted(int[] table, int count, int[] positions, int stride, float[]? scores = null, RopeTable? keyRope = null)
         => new(table, 0, 0, count, 0, positions, stride, scores, keyRope);
 
-    /// <summary>The text position entry e holds for KV head g.</summary>
-    public int PositionOf(int e, int g) => Positions is null ? FirstPosition + e : Positions[g * Stride + e];
-
     /// <summary>The entries [Start, End) a query at position t sees through KV head g under the rule.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public (int Start, int End) Visible(MaskRule rule, int t, int g)

@@ -4,57 +4,94 @@ using Lckv.Formats;
 using Lckv.Generation;
 using Lckv.Model;
 using Lckv.Numerics;
+using Lckv.Tests.Cli;
+using Lckv.Tests.Formats;
 using Xunit.Abstractions;
 
 namespace Lckv.Tests.Cache;
 
 /// <summary>
-/// H2O and StreamingLLM through the policy seam against ../shared/golden-compress: teacher-forced logits (every token its own step) and
-/// the positions each store keeps per KV head, and a greedy generation (the prompt in one step attending fully, or token
-/// by token where the case says so) with its step logits and kept positions, through the engine.
+/// H2O and StreamingLLM through the policy seam against ../shared/golden-compress, through the library and the CLI:
+/// teacher-forced logits (every token its own step) and the positions each store keeps per KV head; a greedy generation
+/// (the prompt in one step attending fully, or token by token where the case says so) with its step logits and kept
+/// positions, through the engine; perplexity as teacher-forced decode.
 /// </summary>
 public sealed class EvictionGoldenTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag" };
 
-    private sealed record Case(string Evict, int Sinks, int Heavy, int Recent, int MaxNewTokens, string Prefill);
+    /// <summary>One case: its model, expected tensors, eviction settings and the CLI options that say the same.</summary>
+    private sealed class Fixture : IDisposable
+    {
+        public required string Dir { get; init; }
+        public required LlamaModel Model { get; init; }
+        public required TensorSet Expected { get; init; }
+        public required EvictionSettings Eviction { get; init; }
+        public required int MaxNewTokens { get; init; }
+        public required bool Sequential { get; init; }
 
-    private static (LlamaModel Model, TensorSet Expected, Case Case) Open(string name)
+        public string[] CliOptions =>
+        [
+            "--evict", Eviction.Kind == EvictionKind.H2O ? "h2o" : "streaming", "--recent", Eviction.Recent.ToString(),
+            .. Eviction.Kind == EvictionKind.H2O ? ["--heavy", Eviction.Heavy.ToString()] : new[] { "--sinks", Eviction.Sinks.ToString() },
+        ];
+
+        public unsafe T[] Read<T>(string name) where T : unmanaged
+            => new ReadOnlySpan<T>((void*)Expected.Pointer(name), (int)(Expected.Info(name).Length / sizeof(T))).ToArray();
+
+        public int[][] Rows(string name)
+        {
+            var shape = Expected.Info(name).Shape;
+            var all = Read<long>(name);
+            return [.. Enumerable.Range(0, (int)shape[0]).Select(i => all.Skip(i * (int)shape[1]).Take((int)shape[1]).Select(x => (int)x).ToArray())];
+        }
+
+        /// <summary>A cache whose every store evicts as the case says, for steps of at most maxStep tokens per sequence.</summary>
+        public KvCache Cache(KvBlockPool pool, int maxStep)
+        {
+            var policy = Eviction.Policy(maxStep, Model.HeadDim, Model.Config.RopeTheta)!;
+            return new KvCache(pool, Enumerable.Repeat(policy, Model.Map.KvLayerCount).ToArray(), Model.ContextLength);
+        }
+
+        public void Dispose()
+        {
+            Model.Dispose();
+            Expected.Dispose();
+        }
+    }
+
+    private static Fixture Open(string name)
     {
         var dir = SharedData.Path("golden-compress", name);
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
         var r = doc.RootElement;
         static int Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : 0;
-        var c = new Case(r.GetProperty("evict").GetString()!, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")),
-            r.GetProperty("recent").GetInt32(), r.GetProperty("max_new_tokens").GetInt32(), r.GetProperty("prefill").GetString()!);
-        return (LlamaModel.Load(dir), TensorSet.Open(Path.Combine(dir, "expected.safetensors")), c);
+        var kind = r.GetProperty("evict").GetString() == "h2o" ? EvictionKind.H2O : EvictionKind.Streaming;
+        return new Fixture
+        {
+            Dir = dir, Model = LlamaModel.Load(dir), Expected = TensorSet.Open(Path.Combine(dir, "expected.safetensors")),
+            Eviction = new EvictionSettings(kind, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")), r.GetProperty("recent").GetInt32()),
+            MaxNewTokens = r.GetProperty("max_new_tokens").GetInt32(), Sequential = r.GetProperty("prefill").GetString() == "sequential",
+        };
     }
 
-    private static unsafe T[] Read<T>(TensorSet set, string name) where T : unmanaged
-        => new ReadOnlySpan<T>((void*)set.Pointer(name), (int)(set.Info(name).Length / sizeof(T))).ToArray();
-
-    private static int[][] Rows(TensorSet set, string name)
+    private static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
-        var shape = set.Info(name).Shape;
-        var all = Read<long>(set, name);
-        return [.. Enumerable.Range(0, (int)shape[0]).Select(i => all.Skip(i * (int)shape[1]).Take((int)shape[1]).Select(x => (int)x).ToArray())];
-    }
-
-    private static KvCache Cache(LlamaModel model, KvBlockPool pool, Case c, int maxStep)
-    {
-        KvPolicy policy = c.Evict == "h2o" ? new H2OPolicy(c.Heavy, c.Recent, maxStep) : new StreamingPolicy(c.Sinks, c.Recent, maxStep, model.HeadDim, model.Config.RopeTheta);
-        return new KvCache(pool, Enumerable.Repeat<KvPolicy>(policy, model.Map.KvLayerCount).ToArray(), model.ContextLength);
+        Assert.Equal(a.Length, b.Length);
+        double diff = 0;
+        for (int i = 0; i < a.Length; i++) diff = Math.Max(diff, Math.Abs(a[i] - b[i]));
+        return diff;
     }
 
     // kept.<layer> [B, KV, budget]: each store's positions per sequence and KV head, ascending, -1 padded
-    private static void CheckKept(LlamaModel model, KvCache cache, TensorSet expected, string prefix, int[] seqs)
+    private static void CheckKept(Fixture f, KvCache cache, string prefix, int[] seqs)
     {
-        var map = model.Map;
+        var map = f.Model.Map;
         for (int layer = 0; layer < map.LayerCount; layer++)
         {
             if (!map.ComputesKv(layer)) continue;
-            var want = Read<long>(expected, $"{prefix}.{layer}");
-            int kv = map.KvIndex(layer), heads = model.KvHeads, width = want.Length / (seqs.Length * heads);
+            var want = f.Read<long>($"{prefix}.{layer}");
+            int kv = map.KvIndex(layer), heads = f.Model.KvHeads, width = want.Length / (seqs.Length * heads);
             for (int b = 0; b < seqs.Length; b++)
                 for (int g = 0; g < heads; g++)
                 {
@@ -70,14 +107,13 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     [MemberData(nameof(Cases))]
     public void TeacherForcedLogitsAndKeptPositions(string name)
     {
-        var (model, expected, c) = Open(name);
-        using var _m = model;
-        using var _e = expected;
-        var ids = Rows(expected, "input_ids");
+        using var f = Open(name);
+        var model = f.Model;
+        var ids = f.Rows("input_ids");
         int b = ids.Length, t = ids[0].Length, v = model.Vocab;
         var layout = model.KvLayout(blockSize: 3, DType.F32);
         using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
-        var cache = Cache(model, pool, c, maxStep: 1);
+        var cache = f.Cache(pool, maxStep: 1);
         var runner = new ForwardRunner(model, cache, b, b);
         var seqs = ids.Select(_ => cache.CreateSequence()).ToArray();
         var logits = new float[b * t * v];
@@ -88,14 +124,12 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
             runner.Run(seqs.Select(s => new StepSequence(s, 1)).ToArray(), ids.Select(x => x[p]).ToArray(), LogitsRows.Last, step);
             for (int i = 0; i < b; i++) step.AsSpan(i * v, v).CopyTo(logits.AsSpan((i * t + p) * v, v));
             for (int kv = 0; kv < cache.KvLayers; kv++)
-                foreach (var s in seqs) Assert.True(cache.EntryCount(s, kv) <= c.Sinks + c.Heavy + c.Recent);
+                foreach (var s in seqs) Assert.True(cache.EntryCount(s, kv) <= f.Eviction.Budget);
         }
-        var want = Read<float>(expected, "logits_tf");
-        double diff = 0;
-        for (int i = 0; i < want.Length; i++) diff = Math.Max(diff, Math.Abs(want[i] - logits[i]));
+        double diff = MaxAbsDiff(f.Read<float>("logits_tf"), logits);
         output.WriteLine($"{name}: logits_tf max abs diff {diff:E2}");
         Assert.True(diff <= 1e-4, $"logits_tf differ by {diff}");
-        CheckKept(model, cache, expected, "kept_tf", seqs);
+        CheckKept(f, cache, "kept_tf", seqs);
         foreach (var s in seqs) cache.Remove(s);
         Assert.Equal(0, pool.UsedBlocks);
     }
@@ -104,63 +138,90 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     [MemberData(nameof(Cases))]
     public void GreedyGenerationThroughTheEngine(string name)
     {
-        var (model, expected, c) = Open(name);
-        using var _m = model;
-        using var _e = expected;
-        var prompts = Rows(expected, "generate.prompt_ids");
-        var outputs = Rows(expected, "generate.output_ids");
-        int v = model.Vocab, p = prompts[0].Length;
-        var layout = model.KvLayout(blockSize: 4, DType.F32);
+        using var f = Open(name);
+        var prompts = f.Rows("generate.prompt_ids");
+        var outputs = f.Rows("generate.output_ids");
+        int p = prompts[0].Length;
+        var layout = f.Model.KvLayout(blockSize: 4, DType.F32);
         using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
-        var cache = Cache(model, pool, c, maxStep: p);
-        var engine = new GenerationEngine(model, cache, new EngineOptions
+        var cache = f.Cache(pool, maxStep: p);
+        var engine = new GenerationEngine(f.Model, cache, new EngineOptions
         {
             MaxStepTokens = p, MaxPromptTokens = p, MaxSequences = prompts.Length,
-            Prefill = c.Prefill == "sequential" ? PrefillMode.Sequential : PrefillMode.Plan,
+            Prefill = f.Sequential ? PrefillMode.Sequential : PrefillMode.Plan,
         });
-        var stepLogits = prompts.Select(_ => new List<float[]>()).ToArray();
+        var stepLogits = prompts.Select(_ => new List<float>()).ToArray();
         var seqs = prompts.Select((prompt, i) => engine.Admit(new GenerationRequest
         {
-            Prompt = prompt, MaxNewTokens = c.MaxNewTokens, Sampling = SamplingParams.Greedy,
-            OnLogits = (_, _, row) => stepLogits[i].Add(row.ToArray()),
+            Prompt = prompt, MaxNewTokens = f.MaxNewTokens, Sampling = SamplingParams.Greedy,
+            OnLogits = (_, _, row) => stepLogits[i].AddRange(row),
         })).ToArray();
         while (engine.HasWork) engine.Step();
-        var want = Read<float>(expected, "generate.step_logits");
-        double diff = 0;
-        for (int i = 0; i < seqs.Length; i++)
-        {
-            Assert.Equal(outputs[i], seqs[i].Output);
-            for (int s = 0; s < c.MaxNewTokens; s++)
-                for (int j = 0; j < v; j++) diff = Math.Max(diff, Math.Abs(want[(i * c.MaxNewTokens + s) * v + j] - stepLogits[i][s][j]));
-        }
+        for (int i = 0; i < seqs.Length; i++) Assert.Equal(outputs[i], seqs[i].Output);
+        double diff = MaxAbsDiff(f.Read<float>("generate.step_logits"), [.. stepLogits.SelectMany(x => x)]);
         output.WriteLine($"{name}: generate.step_logits max abs diff {diff:E2}");
         Assert.True(diff <= 1e-4, $"step logits differ by {diff}");
-        CheckKept(model, cache, expected, "kept", [.. seqs.Select(s => s.Id)]);
+        CheckKept(f, cache, "kept", [.. seqs.Select(s => s.Id)]);
         foreach (var s in seqs) engine.Retire(s);
         Assert.Equal(0, pool.UsedBlocks);
     }
 
     [SharedTheory]
     [MemberData(nameof(Cases))]
-    public void TheCliGeneratesTheGoldenIds(string name)
+    public void PerplexityIsTeacherForcedDecode(string name)
     {
-        var (model, expected, c) = Open(name);
-        model.Dispose();
-        using var _e = expected;
-        var prompts = Rows(expected, "generate.prompt_ids");
-        var outputs = Rows(expected, "generate.output_ids");
-        var args = new List<string>
+        using var f = Open(name);
+        var ids = f.Rows("input_ids");
+        var want = ExpectedPerplexities(f);
+        // each row alone (one window), and both rows as one stream of two windows decoded side by side
+        for (int b = 0; b < ids.Length; b++)
         {
-            "generate", "--model", SharedData.Path("golden-compress", name), "--prompt-ids", string.Join(';', prompts.Select(p => string.Join(',', p))),
-            "--temperature", "0", "--max-tokens", c.MaxNewTokens.ToString(), "--ignore-eos", "--json", "--evict", c.Evict,
-            "--recent", c.Recent.ToString(), "--prefill", c.Prefill == "sequential" ? "sequential" : "plan",
-        };
-        args.AddRange(c.Evict == "h2o" ? ["--heavy", c.Heavy.ToString()] : ["--sinks", c.Sinks.ToString()]);
-        var (code, stdout, stderr) = Lckv.Tests.Cli.CliTests.Run([.. args]);
+            var r = Perplexity.Evaluate(f.Model, ids[b], ids[b].Length, ids[b].Length, eviction: f.Eviction);
+            output.WriteLine($"{name} row {b}: perplexity {r.Perplexity:F4}, reference {want[b]:F4}");
+            Assert.True(Math.Abs(r.Perplexity - want[b]) <= 1e-4 * want[b], $"row {b}: {r.Perplexity} vs {want[b]}");
+        }
+        int t = ids[0].Length;
+        var both = Perplexity.Evaluate(f.Model, [.. ids[0], .. ids[1]], t, t, eviction: f.Eviction);
+        double mean = (Math.Log(want[0]) + Math.Log(want[1])) / 2;
+        Assert.Equal(2, both.Windows);
+        Assert.True(Math.Abs(both.MeanNll - mean) <= 1e-4 * Math.Abs(mean), $"two windows: mean NLL {both.MeanNll} vs {mean}");
+    }
+
+    private static double[] ExpectedPerplexities(Fixture f)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(f.Dir, "expected.json")));
+        return [.. doc.RootElement.GetProperty("ppl_tf").EnumerateArray().Select(x => x.GetDouble())];
+    }
+
+    [SharedTheory]
+    [MemberData(nameof(Cases))]
+    public void TheCliGeneratesTheGoldenIdsAndPerplexity(string name)
+    {
+        using var f = Open(name);
+        var prompts = f.Rows("generate.prompt_ids");
+        var (code, stdout, stderr) = CliTests.Run(
+        [
+            "generate", "--model", f.Dir, "--prompt-ids", string.Join(';', prompts.Select(p => string.Join(',', p))),
+            "--temperature", "0", "--max-tokens", f.MaxNewTokens.ToString(), "--ignore-eos", "--json",
+            "--prefill", f.Sequential ? "sequential" : "plan", .. f.CliOptions,
+        ]);
         Assert.True(code == 0, stderr);
-        using var doc = JsonDocument.Parse(stdout);
-        var got = doc.RootElement.GetProperty("output_ids").EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
-        for (int i = 0; i < outputs.Length; i++) Assert.Equal(outputs[i], got[i]);
+        using (var doc = JsonDocument.Parse(stdout))
+        {
+            var got = doc.RootElement.GetProperty("output_ids").EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+            Assert.Equal(f.Rows("generate.output_ids"), got);
+        }
+
+        var row = f.Rows("input_ids")[0];
+        using var dir = new TempDir();
+        string ids = dir.WriteText("ids.txt", string.Join(' ', row));
+        (code, stdout, stderr) = CliTests.Run(["perplexity", "--model", f.Dir, "--ids-file", ids, "--ctx", row.Length.ToString(), "--json", .. f.CliOptions]);
+        Assert.True(code == 0, stderr);
+        using (var doc = JsonDocument.Parse(stdout))
+        {
+            double ppl = doc.RootElement.GetProperty("perplexity").GetDouble(), want = ExpectedPerplexities(f)[0];
+            Assert.True(Math.Abs(ppl - want) <= 1e-4 * want, $"lckv perplexity {ppl}, reference {want}");
+        }
     }
 
     [Theory]
@@ -171,34 +232,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     [InlineData("--evict", "lru", "--evict must be none, streaming or h2o")]
     public void OptionsThatMakeNoSenseAreOneLineErrors(string option, string value, string message)
     {
-        var (code, _, stderr) = Lckv.Tests.Cli.CliTests.Run("generate", "--preset", "small", "--prompt-ids", "1,2", "-n", "1", option, value);
-        Assert.NotEqual(0, code);
-        Assert.Contains(message, stderr);
-        Assert.Single(stderr.Trim().Split('\n'));
-    }
-
-    [SharedTheory]
-    [MemberData(nameof(Cases))]
-    public void PerplexityIsTeacherForcedDecode(string name)
-    {
-        var (model, expected, c) = Open(name);
-        using var _m = model;
-        using var _e = expected;
-        var ids = Rows(expected, "input_ids");
-        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(SharedData.Path("golden-compress", name), "expected.json")));
-        var want = doc.RootElement.GetProperty("ppl_tf").EnumerateArray().Select(x => x.GetDouble()).ToArray();
-        var eviction = new EvictionSettings(c.Evict == "h2o" ? EvictionKind.H2O : EvictionKind.Streaming, c.Sinks, c.Heavy, c.Recent);
-        // each row alone (one window), and both rows as one stream of two windows decoded side by side
-        for (int b = 0; b < ids.Length; b++)
-        {
-            var r = Perplexity.Evaluate(model, ids[b], ids[b].Length, ids[b].Length, eviction: eviction);
-            output.WriteLine($"{name} row {b}: perplexity {r.Perplexity:F4}, reference {want[b]:F4}");
-            Assert.True(Math.Abs(r.Perplexity - want[b]) <= 1e-4 * want[b], $"row {b}: {r.Perplexity} vs {want[b]}");
-        }
-        int t = ids[0].Length;
-        var both = Perplexity.Evaluate(model, [.. ids[0], .. ids[1]], t, t, eviction: eviction);
-        double mean = (Math.Log(want[0]) + Math.Log(want[1])) / 2;
-        Assert.Equal(2, both.Windows);
-        Assert.True(Math.Abs(both.MeanNll - mean) <= 1e-4 * Math.Abs(mean), $"two windows: mean NLL {both.MeanNll} vs {mean}");
+        var r = CliTests.Run("generate", "--preset", "small", "--prompt-ids", "1,2", "-n", "1", option, value);
+        CliTests.AssertOneLineError(r, message);
     }
 }

@@ -16,8 +16,17 @@ public sealed class PolicyTests
     {
         public readonly List<(int Head, int Position, float[] K, float[] V)> Evicted = [];
 
+        public readonly List<(int Head, int Position, float[] K, float[] V)> Read = [];
+
         public override void AfterStep(KvStoreEditor store, int length)
         {
+            // what the store holds can be read back: the newest entry of each head, before anything moves
+            for (int g = 0; g < store.KvHeads; g++)
+            {
+                float[] k = new float[store.HeadDim], v = new float[store.HeadDim];
+                store.Read(store.Count - 1, g, k, v);
+                Read.Add((g, store.PositionOf(store.Count - 1, g), k, v));
+            }
             int keep = store.Count / 2;
             var kept = new int[store.KvHeads * keep];
             for (int g = 0; g < store.KvHeads; g++)
@@ -72,8 +81,15 @@ public sealed class PolicyTests
                     for (int i = 0; i < d; i++)
                         Assert.True(Math.Abs(expected[i] - actual[(r * heads + h) * d + i]) <= 1e-5, $"step at {length}, row {r}, head {h}: [{i}] {actual[(r * heads + h) * d + i]} vs {expected[i]}");
                 }
-            int evictedBefore = policy.Evicted.Count;
+            int evictedBefore = policy.Evicted.Count, readBefore = policy.Read.Count;
             cache.SetLength(seq, length + n);
+            foreach (var (head, position, readK, readV) in policy.Read.Skip(readBefore))
+            {
+                Assert.Equal(length + n - 1, position);
+                Assert.Equal(written[position].K.AsSpan(head * d, d).ToArray(), readK);
+                Assert.Equal(written[position].V.AsSpan(head * d, d).ToArray(), readV);
+            }
+            Assert.Equal(kvHeads, policy.Read.Count - readBefore);
             for (int g = 0; g < kvHeads; g++)
             {
                 var all = kept[g].Concat(Enumerable.Range(length, n)).ToList();
