@@ -15,6 +15,11 @@ public enum DType : byte
     I8,
     U8,
     Bool,
+    /// <summary>llama.cpp's Q8_0: blocks of 32 weights along a row, an f16 scale then 32 int8 (34 bytes).</summary>
+    Q8_0,
+    /// <summary>llama.cpp's Q4_0: blocks of 32 weights, an f16 scale then 16 bytes of 4-bit values offset by 8 (18 bytes);
+    /// byte j holds element j in its low nibble and element j + 16 in its high nibble.</summary>
+    Q4_0,
 }
 
 public static class DTypes
@@ -25,15 +30,36 @@ public static class DTypes
         DType.F16 or DType.BF16 or DType.I16 => 2,
         DType.F64 or DType.I64 => 8,
         DType.I8 or DType.U8 or DType.Bool => 1,
-        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "unknown dtype"),
+        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "not a per-element dtype"),
     };
+
+    /// <summary>Weights per quantization block (1 for per-element types).</summary>
+    public static int BlockElements(DType t) => IsBlockQuantized(t) ? 32 : 1;
+
+    /// <summary>Bytes per quantization block (the element size for per-element types).</summary>
+    public static int BlockBytes(DType t) => t switch
+    {
+        DType.Q8_0 => 34,
+        DType.Q4_0 => 18,
+        _ => SizeOf(t),
+    };
+
+    public static bool IsBlockQuantized(DType t) => t is DType.Q8_0 or DType.Q4_0;
+
+    /// <summary>Bytes of a row of cols elements; a block-quantized row must hold whole blocks.</summary>
+    public static long RowBytes(DType t, long cols)
+    {
+        int be = BlockElements(t);
+        if (cols % be != 0) throw new ArgumentException($"{Name(t)} rows hold whole blocks of {be}, not {cols} elements");
+        return cols / be * BlockBytes(t);
+    }
 
     /// <summary>The safetensors spelling ("F32", "BF16", ...).</summary>
     public static string Name(DType t) => t switch
     {
         DType.F32 => "F32", DType.F16 => "F16", DType.BF16 => "BF16", DType.F64 => "F64",
         DType.I64 => "I64", DType.I32 => "I32", DType.I16 => "I16", DType.I8 => "I8", DType.U8 => "U8",
-        DType.Bool => "BOOL",
+        DType.Bool => "BOOL", DType.Q8_0 => "Q8_0", DType.Q4_0 => "Q4_0",
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
