@@ -91,7 +91,7 @@ public static class BenchCommand
                 stdout.WriteLine(JsonSerializer.Serialize(new
                 {
                     model = name, parameters = model.ParameterCount, weight_bytes = model.Weights.Bytes, dtype,
-                    layer_types = model.Map.ToString(), kv_dtype = DTypes.Name(kvDType), kv_bytes_per_token = model.KvBytesPerToken(kvDType),
+                    layer_types = model.Map.ToString(), kv_dtype = KvRows.Name(kvDType), kv_bytes_per_token = model.KvBytesPerToken(kvDType),
                     working_set_after_load_bytes = afterLoad, peak_working_set_bytes = peak, largest_kv_pool_bytes = kvPeak,
                     threads, contended_core_samples = monitor?.Contended, core_samples = monitor?.Samples, fma_peak_gflops = machine.PeakGflops, read_bandwidth_gbs = machine.BandwidthGBs,
                     results = results.Select(x => new
@@ -106,7 +106,7 @@ public static class BenchCommand
                 }));
                 return 0;
             }
-            stdout.WriteLine($"model {name}: {model.ParameterCount / 1e6:F1}M parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {DTypes.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
+            stdout.WriteLine($"model {name}: {model.ParameterCount / 1e6:F1}M parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {KvRows.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
             var repBw = results.SelectMany(x => x.RepetitionBandwidths ?? []).ToArray();
             string beside = repBw.Length == 0 ? "" : $"; each repetition is judged against the read bandwidth probed just before and after it, {repBw.Min():F1}-{repBw.Max():F1} GB/s in this run";
             stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run, the better of before the tests {roof.FmaGflops:F1} GFLOP/s, {roof.ReadGBps:F1} GB/s and after them {after.FmaGflops:F1} GFLOP/s, {after.ReadGBps:F1} GB/s{beside})");

@@ -64,7 +64,7 @@ public static class InfoCommand
                     source, model_type = cfg.ModelType, parameters, dtype, layers = cfg.NumHiddenLayers,
                     hidden_size = cfg.HiddenSize, heads = cfg.NumAttentionHeads, kv_heads = cfg.NumKeyValueHeads,
                     head_dim = cfg.HeadDim, vocab_size = cfg.VocabSize, context = cfg.MaxPositionEmbeddings,
-                    layer_types = map.ToString(), kv_layers = map.KvLayerCount, kv_dtype = DTypes.Name(kvDType),
+                    layer_types = map.ToString(), kv_layers = map.KvLayerCount, kv_dtype = KvRows.Name(kvDType),
                     kv_bytes_per_token = kvPerToken, kv_reduction = (double)fullPerToken / kvPerToken,
                     targets = Enumerable.Range(0, map.LayerCount).Select(map.Target),
                 }));
@@ -78,7 +78,7 @@ public static class InfoCommand
             stdout.WriteLine($"context         {cfg.MaxPositionEmbeddings}");
             stdout.WriteLine($"layer_types     {map}");
             stdout.WriteLine($"KV layers       {map.KvLayerCount} of {map.LayerCount}");
-            stdout.WriteLine($"KV bytes/token  {kvPerToken:N0} ({DTypes.Name(kvDType)}; {fullPerToken / (double)kvPerToken:F2}x less than a standard layout)");
+            stdout.WriteLine($"KV bytes/token  {kvPerToken:N0} ({KvRows.Name(kvDType)}; {fullPerToken / (double)kvPerToken:F2}x less than a standard layout)");
             if (map.AnyAttendsTop)
                 stdout.WriteLine($"plan            m={cfg.ForwardPasses} b={cfg.BackwardPasses}, force_nodiag={cfg.ForceNoDiag.ToString().ToLowerInvariant()}");
             stdout.WriteLine("layer map");

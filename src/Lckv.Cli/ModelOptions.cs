@@ -19,7 +19,7 @@ public sealed class ModelOptions
     public Option<string?> LayerTypes => Layout;
     public readonly Option<ulong> WeightSeed = new("--weight-seed") { Description = "seed of a preset's random weights", DefaultValueFactory = _ => 0 };
     public readonly Option<int?> Context = new("--context", "-c") { Description = "context length (default: max_position_embeddings)" };
-    public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16", DefaultValueFactory = _ => "f32" };
+    public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (int8 and q4 with per-row scales)", DefaultValueFactory = _ => "f32" };
     public readonly Option<int> BlockSize = new("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
     public readonly Option<double?> KvBudget = new("--kv-budget") { Description = "KV cache budget in MiB (default: what the job needs)" };
     public readonly Option<string?> Tokenizer = new("--tokenizer") { Description = "tokenizer.model / tokenizer.json (default: the one in --model)" };
@@ -79,7 +79,7 @@ public sealed class ModelOptions
         return TextTokenizer.Load(path);
     }
 
-    public DType KvStorage(ParseResult p) => ParseWeightDType(p.GetValue(KvDType)!);
+    public DType KvStorage(ParseResult p) => KvRows.Parse(p.GetValue(KvDType)!);
 
     public int Block(ParseResult p)
     {

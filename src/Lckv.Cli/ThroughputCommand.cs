@@ -23,7 +23,7 @@ public static class ThroughputCommand
         var budget = new Option<double?>("--budget") { Description = "total memory budget in MiB: weights + KV + working buffers (default: exactly what the first layout needs for batch 1)" };
         var prompt = new Option<int>("--prompt") { Description = "prompt tokens per sequence", DefaultValueFactory = _ => 16 };
         var gen = new Option<int>("--gen") { Description = "generated tokens per sequence", DefaultValueFactory = _ => 240 };
-        var kvDType = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16", DefaultValueFactory = _ => "f32" };
+        var kvDType = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4", DefaultValueFactory = _ => "f32" };
         var blockSize = new Option<int>("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
         var maxBatch = new Option<int>("--max-batch") { Description = "upper end of the batch search", DefaultValueFactory = _ => 512 };
         var batch = new Option<int?>("--batch") { Description = "run every layout at this batch instead of searching (equal-batch comparison)" };
@@ -74,7 +74,7 @@ public static class ThroughputCommand
             var settings = new ThroughputSettings
             {
                 Shape = shape, ShapeName = shapeName, WeightDType = weightDType, PromptLength = promptLength, GenLength = genLength,
-                KvDType = ParseDType(p.GetValue(kvDType)!, "--kv-dtype"), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
+                KvDType = KvRows.Parse(p.GetValue(kvDType)!), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
             };
             double? budgetMiB = p.GetValue(budget);
             if (budgetMiB is { } mib)
@@ -131,7 +131,7 @@ public static class ThroughputCommand
 
     private static string Header(ThroughputSettings s)
         => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes ({(s.BudgetKind == BudgetKind.KvOnly ? "KV only" : "weights + KV + buffers")}), " +
-           $"prompt {s.PromptLength} + gen {s.GenLength}, KV {DTypes.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
+           $"prompt {s.PromptLength} + gen {s.GenLength}, KV {KvRows.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
            $"{WorkerPool.Shared.ThreadCount} thread(s)";
 
     private static void WriteMarkdown(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows, bool fixedBatch)
@@ -177,7 +177,7 @@ public static class ThroughputCommand
         o.WriteLine(JsonSerializer.Serialize(new
         {
             preset = s.ShapeName, dtype = DTypes.Name(s.WeightDType), budget_bytes = s.BudgetBytes, budget_kind = s.BudgetKind == BudgetKind.KvOnly ? "kv" : "total", prompt = s.PromptLength, gen = s.GenLength,
-            kv_dtype = DTypes.Name(s.KvDType), block_size = s.BlockSize, threads = WorkerPool.Shared.ThreadCount, reference = reference?.Layout,
+            kv_dtype = KvRows.Name(s.KvDType), block_size = s.BlockSize, threads = WorkerPool.Shared.ThreadCount, reference = reference?.Layout,
             rows = rows.Select(r => new
             {
                 layout = r.Layout, layer_types = r.LayerTypes, kv_layers = r.KvLayers, kv_bytes_per_token = r.KvBytesPerToken,
@@ -203,7 +203,7 @@ public static class ThroughputCommand
         var names = rows.Select(r => r.Layout).ToList();
         var chart = BarChart.Render(
             $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F1} MiB{(s.BudgetKind == BudgetKind.KvOnly ? " of KV" : "")}",
-            $"prompt {s.PromptLength} + gen {s.GenLength}, {DTypes.Name(s.WeightDType)} weights, {DTypes.Name(s.KvDType)} KV, greedy",
+            $"prompt {s.PromptLength} + gen {s.GenLength}, {DTypes.Name(s.WeightDType)} weights, {KvRows.Name(s.KvDType)} KV, greedy",
             names,
             [
                 new BarPanel("total tok/s (incl. prefill)", rows.Select(r => r.TotalTokensPerSecond).ToList(), "0.0"),

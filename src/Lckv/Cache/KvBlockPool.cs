@@ -27,12 +27,11 @@ public sealed unsafe class KvBlockPool : IDisposable
     {
         if (layout.BlockSize <= 0 || layout.KvHeads <= 0 || layout.HeadDim <= 0)
             throw new LckvException($"invalid KV block layout: block size {layout.BlockSize}, {layout.KvHeads} KV heads, head dim {layout.HeadDim}");
-        if (!DTypes.IsFloat(layout.DType))
-            throw new LckvException($"KV storage dtype {DTypes.Name(layout.DType)} is not supported (f32, f16 or bf16)");
+        KvRows.Check(layout.DType, layout.HeadDim);
         long blockBytes = layout.BlockBytes;
         if (budgetBytes < blockBytes)
             throw new LckvException($"KV budget of {budgetBytes} bytes is smaller than one block ({blockBytes} bytes: " +
-                $"{layout.BlockSize} tokens x {layout.KvHeads} heads x {layout.HeadDim} dims x K,V in {DTypes.Name(layout.DType)})");
+                $"{layout.BlockSize} tokens x {layout.KvHeads} heads x K,V rows of {layout.HeadBytes} bytes ({layout.HeadDim} values in {KvRows.Name(layout.DType)}))");
         long blocks = Math.Min(budgetBytes / blockBytes, Array.MaxLength);
         _layout = layout;
         _totalBlocks = (int)blocks;

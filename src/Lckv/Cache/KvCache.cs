@@ -141,7 +141,7 @@ public sealed class KvCache
 
     /// <summary>2 * kvLayers * kvHeads * headDim * bytes(dtype): the KV of one token across the cached layers.</summary>
     public static long BytesPerTokenFor(int kvLayers, int kvHeads, int headDim, DType dtype)
-        => 2L * kvLayers * kvHeads * headDim * DTypes.SizeOf(dtype);
+        => 2L * kvLayers * kvHeads * KvRows.RowBytes(dtype, headDim);
 
     /// <summary>Pool bytes one unshared sequence of <paramref name="tokens"/> positions takes (whole blocks, every KV
     /// layer, bounded stores bounded).</summary>
@@ -300,8 +300,8 @@ public sealed class KvCache
             nint at = Run(table, kvLayer, logical + done, count - done, out n, out int block);
             if (_pool.RefCount(block) > 1)
                 throw new InvalidOperationException($"position {start + done} of sequence {seq} is in a shared block; reserve it first");
-            Convert.Narrow(k.Slice(done * row, n * row), layout.DType, at);
-            Convert.Narrow(v.Slice(done * row, n * row), layout.DType, at + (nint)layout.HalfBytes);
+            KvRows.Store(k.Slice(done * row, n * row), layout.DType, layout.HeadDim, at);
+            KvRows.Store(v.Slice(done * row, n * row), layout.DType, layout.HeadDim, at + (nint)layout.HalfBytes);
         }
     }
 
@@ -324,7 +324,7 @@ public sealed class KvCache
         int slot = logical % _blockSize;
         n = Math.Min(_blockSize - slot, remaining);
         block = table[TableIndex(kvLayer, logical / _blockSize)];
-        return _pool.BlockPointer(block) + (nint)((long)slot * Layout.RowElements * DTypes.SizeOf(Layout.DType));
+        return _pool.BlockPointer(block) + (nint)(slot * Layout.SlotBytes);
     }
 
     /// <summary>Reads rows of K and V at positions start.. of one positional store into f32 ([count, KvHeads*HeadDim]
@@ -339,8 +339,8 @@ public sealed class KvCache
         for (int done = 0, n; done < count; done += n)
         {
             nint at = Run(table, kvLayer, start + done, count - done, out n, out _);
-            Convert.Widen(at, layout.DType, k.Slice(done * row, n * row));
-            Convert.Widen(at + (nint)layout.HalfBytes, layout.DType, v.Slice(done * row, n * row));
+            KvRows.Load(at, layout.DType, layout.HeadDim, k.Slice(done * row, n * row));
+            KvRows.Load(at + (nint)layout.HalfBytes, layout.DType, layout.HeadDim, v.Slice(done * row, n * row));
         }
     }
 
@@ -352,8 +352,8 @@ public sealed class KvCache
         if ((uint)entry >= (uint)view.Count) throw new ArgumentOutOfRangeException(nameof(entry));
         var storage = KvStorage.Paged(_pool.Base, Layout);
         byte* row = view.KeyRow(storage, entry, kvHead);
-        Convert.Widen((nint)row, Layout.DType, k[..Layout.HeadDim]);
-        Convert.Widen((nint)(row + storage.ValueOffset), Layout.DType, v[..Layout.HeadDim]);
+        KvRows.Load((nint)row, Layout.DType, Layout.HeadDim, k[..Layout.HeadDim]);
+        KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, Layout.HeadDim, v[..Layout.HeadDim]);
     }
 
     /// <summary>
@@ -493,8 +493,8 @@ public sealed class KvCache
             {
                 if (next < keep && mine[next] == e) { next++; continue; }
                 byte* row = view.KeyRow(storage, e, g);
-                Convert.Widen((nint)row, Layout.DType, k);
-                Convert.Widen((nint)(row + storage.ValueOffset), Layout.DType, v);
+                KvRows.Load((nint)row, Layout.DType, d, k);
+                KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
                 policy.OnEvicted(state, g, state.Positions![g * cap + e], k, v);
             }
         }
@@ -579,7 +579,7 @@ public sealed class KvCache
     {
         int fresh = Allocate();
         var layout = Layout;
-        long bytes = (long)slots * layout.RowElements * DTypes.SizeOf(layout.DType);
+        long bytes = slots * layout.SlotBytes;
         if (bytes > 0)
         {
             byte* src = (byte*)_pool.BlockPointer(shared), dst = (byte*)_pool.BlockPointer(fresh);

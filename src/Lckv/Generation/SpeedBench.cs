@@ -281,7 +281,7 @@ public sealed class SpeedBench
     public (double TokensPerSecond, string Bound) Roofline(BenchKind kind, int tokens, int batch, int depth, double peakGflops, double bandwidthGBs)
     {
         var c = _model.Config;
-        double kvRowBytes = 2.0 * c.NumKeyValueHeads * c.HeadDim * DTypes.SizeOf(_kvDType); // one position of one layer
+        double kvRowBytes = 2.0 * c.NumKeyValueHeads * KvRows.RowBytes(_kvDType, c.HeadDim); // one position of one layer
         double avgContext = depth + (tokens + 1) / 2.0;
         // attention: q·k and p·v for every head over the visible context, in every layer
         double attnFlops = 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * c.HeadDim * avgContext;

@@ -37,7 +37,8 @@ public sealed record ThroughputSettings
         if (MaxBatch < 1) throw new LckvException($"the batch cap must be at least 1, got {MaxBatch}");
         if (MaxStepRows < 1) throw new LckvException($"the prefill step must be at least 1 row, got {MaxStepRows}");
         if (BudgetBytes < 0) throw new LckvException($"the memory budget must not be negative, got {BudgetBytes}");
-        if (!DTypes.IsFloat(WeightDType) || !DTypes.IsFloat(KvDType)) throw new LckvException("weights and KV must be f32, f16 or bf16");
+        if (!DTypes.IsFloat(WeightDType)) throw new LckvException("weights must be f32, f16 or bf16");
+        KvRows.Check(KvDType, Shape.HeadDim);
     }
 }
 

@@ -154,7 +154,7 @@ public sealed class LlamaModel : IDisposable
             : KvBlocksFor(tokens, blockSize, maxStepRows);
 
     /// <summary>2 * kv_layers * kv_heads * head_dim * bytes(dtype) (kv-sharing.md §6).</summary>
-    public long KvBytesPerToken(DType dtype) => 2L * Map.KvLayerCount * KvHeads * HeadDim * DTypes.SizeOf(dtype);
+    public long KvBytesPerToken(DType dtype) => Cache.KvCache.BytesPerTokenFor(Map.KvLayerCount, KvHeads, HeadDim, dtype);
 
     public void Dispose() => Weights.Dispose();
 }

@@ -99,7 +99,7 @@ public static unsafe class Attention
         return heads / layout.KvHeads;
     }
 
-    /// <summary>The scalar definition: one (row, head, entry) at a time, widened through Convert.</summary>
+    /// <summary>The scalar definition: one (row, head, entry) at a time, each row read value by value.</summary>
     public static void ComputeReference(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
         ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
         => ComputeReference(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse);
@@ -129,8 +129,8 @@ public static unsafe class Attention
                     for (int e = start; e < end; e++)
                     {
                         nint kr = (nint)view.KeyRow(storage, e, g);
-                        Convert.Widen(kr, layout.DType, k);
-                        Convert.Widen(kr + (nint)storage.ValueOffset, layout.DType, v);
+                        KvRows.LoadReference(kr, layout.DType, d, k);
+                        KvRows.LoadReference(kr + (nint)storage.ValueOffset, layout.DType, d, v);
                         if (view.KeyRope is { } rope) fixed (float* pk = k) Rope.ApplyHead(pk, e, rope);
                         float dot = 0;
                         for (int i = 0; i < d; i++) dot += qh[i] * k[i];
@@ -153,7 +153,7 @@ public static unsafe class Attention
                     if (view.Scores is null) continue;
                     for (int e = start; e < end; e++)
                     {
-                        Convert.Widen((nint)view.KeyRow(storage, e, g), layout.DType, k);
+                        KvRows.LoadReference((nint)view.KeyRow(storage, e, g), layout.DType, d, k);
                         if (view.KeyRope is { } rope) fixed (float* pk = k) Rope.ApplyHead(pk, e, rope);
                         float dot = 0;
                         for (int i = 0; i < d; i++) dot += qh[i] * k[i];
@@ -204,12 +204,16 @@ public static unsafe class Attention
                     bool fast = Vector512.IsHardwareAccelerated && Storage.Layout.HeadDim == 64;
                     switch (Storage.Layout.DType)
                     {
-                        case DType.F32 when fast: Segments64<F32Element>(in s, g, r0, r1); break;
-                        case DType.BF16 when fast: Segments64<BF16Element>(in s, g, r0, r1); break;
-                        case DType.F16 when fast: Segments64<F16Element>(in s, g, r0, r1); break;
-                        case DType.F32: Rows<F32Element>(in s, g, r0, r1); break;
-                        case DType.BF16: Rows<BF16Element>(in s, g, r0, r1); break;
-                        case DType.F16: Rows<F16Element>(in s, g, r0, r1); break;
+                        case DType.F32 when fast: Segments64<FloatRow<F32Element>>(in s, g, r0, r1); break;
+                        case DType.BF16 when fast: Segments64<FloatRow<BF16Element>>(in s, g, r0, r1); break;
+                        case DType.F16 when fast: Segments64<FloatRow<F16Element>>(in s, g, r0, r1); break;
+                        case DType.KvInt8 when fast: Segments64<Int8Row>(in s, g, r0, r1); break;
+                        case DType.KvQ4 when fast: Segments64<Q4Row>(in s, g, r0, r1); break;
+                        case DType.F32: Rows<FloatRow<F32Element>>(in s, g, r0, r1); break;
+                        case DType.BF16: Rows<FloatRow<BF16Element>>(in s, g, r0, r1); break;
+                        case DType.F16: Rows<FloatRow<F16Element>>(in s, g, r0, r1); break;
+                        case DType.KvInt8: Rows<Int8Row>(in s, g, r0, r1); break;
+                        case DType.KvQ4: Rows<Q4Row>(in s, g, r0, r1); break;
                         default: throw new ArgumentException($"KV dtype {Storage.Layout.DType} is not supported");
                     }
                 }
@@ -232,8 +236,8 @@ public static unsafe class Attention
 
         // the log-sum-exp of each head of row `row` (group heads from g * group), and the probabilities into the view's
         // accumulator: a second pass over the visible keys, scores recomputed
-        private readonly void Finish<TE>(in AttentionSequence s, int g, int row, float* qRow, int start, int end, float* max,
-            float* sum, float* kt) where TE : struct, IElement
+        private readonly void Finish<TR>(in AttentionSequence s, int g, int row, float* qRow, int start, int end, float* max,
+            float* sum, float* kt) where TR : struct, IKvRow
         {
             int group = Group, d = Storage.Layout.HeadDim;
             float* lse = stackalloc float[group];
@@ -253,7 +257,7 @@ public static unsafe class Attention
                     s.View.KeyRows(in Storage, j0, nk, g, rows);
                     for (int jj = 0; jj < nk; jj++)
                     {
-                        Simd.Widen<TE>(rows[jj], kt, d);
+                        TR.Widen(rows[jj], kt, d);
                         if (s.View.KeyRope is { } rope) Rope.ApplyHead(kt, j0 + jj, rope);
                         float p = 0;
                         for (int h = 0; h < group; h++) p += MathF.Exp(Dot(qRow + h * d, kt, d) * ScoreScale - lse[h]);
@@ -266,14 +270,14 @@ public static unsafe class Attention
         // a query row that sees no entry outputs zero (and its lse, -inf, when asked: scratch not null) and returns false;
         // otherwise its accumulators start empty
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private readonly bool StartRow<TE>(in AttentionSequence s, int g, int row, float* qRow, float* oRow, int start, int end,
-            float* acc, float* max, float* sum, float* scratch) where TE : struct, IElement
+        private readonly bool StartRow<TR>(in AttentionSequence s, int g, int row, float* qRow, float* oRow, int start, int end,
+            float* acc, float* max, float* sum, float* scratch) where TR : struct, IKvRow
         {
             int n = Group * Storage.Layout.HeadDim;
             if (end <= start)
             {
                 new Span<float>(oRow, n).Clear();
-                if (scratch != null) Finish<TE>(in s, g, row, qRow, start, end, max, sum, scratch);
+                if (scratch != null) Finish<TR>(in s, g, row, qRow, start, end, max, sum, scratch);
                 return false;
             }
             new Span<float>(acc, n).Clear();
@@ -283,7 +287,7 @@ public static unsafe class Attention
 
         // query rows [r0, r1) of sequence s, the query heads of KV head g
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void Rows<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
+        private readonly void Rows<TR>(in AttentionSequence s, int g, int r0, int r1) where TR : struct, IKvRow
         {
             int d = Storage.Layout.HeadDim, group = Group;
             long vOff = Storage.ValueOffset;
@@ -302,15 +306,15 @@ public static unsafe class Attention
                 var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;   // (group, d)
                 float* oRow = O + ((long)row * Heads + g * group) * d;   // (group, d)
-                if (!StartRow<TE>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? kt : null)) continue;
+                if (!StartRow<TR>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? kt : null)) continue;
                 for (int j0 = start; j0 < end; j0 += KeyTile)
                 {
                     int nk = Math.Min(KeyTile, end - j0);
                     s.View.KeyRows(in Storage, j0, nk, g, rows);
                     for (int jj = 0; jj < nk; jj++)
                     {
-                        Simd.Widen<TE>(rows[jj], kt + jj * d, d);
-                        Simd.Widen<TE>(rows[jj] + vOff, vt + jj * d, d);
+                        TR.Widen(rows[jj], kt + jj * d, d);
+                        TR.Widen(rows[jj] + vOff, vt + jj * d, d);
                         if (rope is not null) Rope.ApplyHead(kt + jj * d, j0 + jj, rope);
                     }
                     for (int h = 0; h < group; h++)
@@ -321,7 +325,7 @@ public static unsafe class Attention
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
-                if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, kt);
+                if (finish) Finish<TR>(in s, g, row, qRow, start, end, max, sum, kt);
             }
         }
 
@@ -338,13 +342,13 @@ public static unsafe class Attention
         // across segments, so the dependent chain score -> max -> exp -> p * v runs once per segment instead of once
         // per 16 keys and head.
         [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
-        private readonly void Segments64<TE>(in AttentionSequence s, int g, int r0, int r1) where TE : struct, IElement
+        private readonly void Segments64<TR>(in AttentionSequence s, int g, int r0, int r1) where TR : struct, IKvRow
         {
             const int d = 64;
             int group = Group;
             long half = Storage.ValueOffset;
-            long rowBytes = (long)d * TE.Size;
-            bool inPlace = typeof(TE) == typeof(F32Element);
+            long rowBytes = TR.Bytes(d);
+            bool inPlace = typeof(TR) == typeof(FloatRow<F32Element>);
             var rope = s.View.KeyRope;
             bool keysInPlace = inPlace && rope is null; // keys rotated when read are rotated in a widened copy
             int seg = SegmentKeys(group, inPlace);
@@ -366,7 +370,7 @@ public static unsafe class Attention
                 var (start, end) = s.View.Visible(Rule, t, g);
                 float* qRow = Q + ((long)row * Heads + g * group) * d;
                 float* oRow = O + ((long)row * Heads + g * group) * d;
-                if (!StartRow<TE>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? (keysInPlace ? kf : kt) : null)) continue;
+                if (!StartRow<TR>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? (keysInPlace ? kf : kt) : null)) continue;
                 for (int j0 = start; j0 < end; j0 += seg)
                 {
                     int n = Math.Min(seg, end - j0);
@@ -388,7 +392,7 @@ public static unsafe class Attention
                             else
                             {
                                 kp[jj] = kt + jj * d;
-                                Simd.Widen<TE>(rows[t0 + jj], kp[jj], d);
+                                TR.Widen(rows[t0 + jj], kp[jj], d);
                                 if (rope is not null) Rope.ApplyHead(kp[jj], j0 + t0 + jj, rope);
                             }
                         }
@@ -437,7 +441,7 @@ public static unsafe class Attention
                         else
                         {
                             vrows[jj] = vs + jj * d;
-                            Simd.Widen<TE>(rows[jj] + half, vrows[jj], d);
+                            TR.Widen(rows[jj] + half, vrows[jj], d);
                         }
                     }
                     for (int h = 0; h < group; h += 4)
@@ -453,7 +457,7 @@ public static unsafe class Attention
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
-                if (finish) Finish<TE>(in s, g, row, qRow, start, end, max, sum, keysInPlace ? kf : kt);
+                if (finish) Finish<TR>(in s, g, row, qRow, start, end, max, sum, keysInPlace ? kf : kt);
             }
         }
 

@@ -20,6 +20,10 @@ public enum DType : byte
     /// <summary>llama.cpp's Q4_0: blocks of 32 weights, an f16 scale then 16 bytes of 4-bit values offset by 8 (18 bytes);
     /// byte j holds element j in its low nibble and element j + 16 in its high nibble.</summary>
     Q4_0,
+    /// <summary>KV storage: per (position, KV head) row of D int8 then one f32 scale (kv-compression.md §5).</summary>
+    KvInt8,
+    /// <summary>KV storage: per (position, KV head) row of D/2 bytes of 4-bit values then D/32 f32 group scales.</summary>
+    KvQ4,
 }
 
 public static class DTypes
@@ -60,6 +64,7 @@ public static class DTypes
         DType.F32 => "F32", DType.F16 => "F16", DType.BF16 => "BF16", DType.F64 => "F64",
         DType.I64 => "I64", DType.I32 => "I32", DType.I16 => "I16", DType.I8 => "I8", DType.U8 => "U8",
         DType.Bool => "BOOL", DType.Q8_0 => "Q8_0", DType.Q4_0 => "Q4_0",
+        DType.KvInt8 => "INT8", DType.KvQ4 => "Q4",
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 

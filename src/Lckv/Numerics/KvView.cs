@@ -3,13 +3,17 @@ using System.Runtime.CompilerServices;
 namespace Lckv.Numerics;
 
 /// <summary>
-/// Geometry of one KV block: K then V, each [BlockSize, KvHeads, HeadDim] in the storage dtype.
+/// Geometry of one KV block: K then V, each [BlockSize, KvHeads] rows of HeadDim values in the storage format (KvRows).
 /// Blocks of one pool lie at Base + index * BlockBytes.
 /// </summary>
 public readonly record struct KvLayout(int BlockSize, int KvHeads, int HeadDim, DType DType)
 {
     public int RowElements => KvHeads * HeadDim;
-    public long HalfBytes => (long)BlockSize * RowElements * DTypes.SizeOf(DType);
+    /// <summary>Bytes of one (slot, KV head) row of K (or V), scales included.</summary>
+    public int HeadBytes => KvRows.RowBytes(DType, HeadDim);
+    /// <summary>Bytes of one slot's K (or V): every KV head's row.</summary>
+    public long SlotBytes => (long)KvHeads * HeadBytes;
+    public long HalfBytes => BlockSize * SlotBytes;
     public long BlockBytes => 2 * HalfBytes;
 }
 
@@ -29,10 +33,10 @@ public readonly record struct KvStorage(nint Base, KvLayout Layout, long BlockBy
             (long)((byte*)v - (byte*)k));
 
     /// <summary>Bytes from one slot's row to the next slot's row of the same KV head.</summary>
-    public long SlotBytes => (long)Layout.RowElements * DTypes.SizeOf(Layout.DType);
+    public long SlotBytes => Layout.SlotBytes;
 
     /// <summary>Bytes of one head's row.</summary>
-    public long HeadBytes => (long)Layout.HeadDim * DTypes.SizeOf(Layout.DType);
+    public long HeadBytes => Layout.HeadBytes;
 }
 
 /// <summary>

@@ -11,14 +11,15 @@ using Xunit.Abstractions;
 namespace Lckv.Tests.Cache;
 
 /// <summary>
-/// H2O and StreamingLLM through the policy seam against ../shared/golden-compress, through the library and the CLI:
+/// H2O, StreamingLLM and quantized KV (int8, q4) through the policy seam against ../shared/golden-compress, through the
+/// library and the CLI:
 /// teacher-forced logits (every token its own step) and the positions each store keeps per KV head; a greedy generation
 /// (the prompt in one step attending fully, or token by token where the case says so) with its step logits and kept
 /// positions, through the engine; perplexity as teacher-forced decode.
 /// </summary>
 public sealed class EvictionGoldenTests(ITestOutputHelper output)
 {
-    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag" };
+    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag", "int8-llama", "q4-cla" };
 
     /// <summary>One case: its model, expected tensors, eviction settings and the CLI options that say the same.</summary>
     private sealed class Fixture : IDisposable
@@ -27,13 +28,19 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         public required LlamaModel Model { get; init; }
         public required TensorSet Expected { get; init; }
         public required EvictionSettings Eviction { get; init; }
+        public required DType KvDType { get; init; }
         public required int MaxNewTokens { get; init; }
         public required bool Sequential { get; init; }
 
         public string[] CliOptions =>
         [
-            "--evict", Eviction.Kind == EvictionKind.H2O ? "h2o" : "streaming", "--recent", Eviction.Recent.ToString(),
-            .. Eviction.Kind == EvictionKind.H2O ? ["--heavy", Eviction.Heavy.ToString()] : new[] { "--sinks", Eviction.Sinks.ToString() },
+            "--kv-dtype", KvRows.Name(KvDType),
+            .. Eviction.Kind switch
+            {
+                EvictionKind.H2O => ["--evict", "h2o", "--recent", Eviction.Recent.ToString(), "--heavy", Eviction.Heavy.ToString()],
+                EvictionKind.Streaming => ["--evict", "streaming", "--recent", Eviction.Recent.ToString(), "--sinks", Eviction.Sinks.ToString()],
+                _ => Array.Empty<string>(),
+            },
         ];
 
         public unsafe T[] Read<T>(string name) where T : unmanaged
@@ -47,11 +54,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         }
 
         /// <summary>A cache whose every store evicts as the case says, for steps of at most maxStep tokens per sequence.</summary>
-        public KvCache Cache(KvBlockPool pool, int maxStep)
-        {
-            var policy = Eviction.Policy(maxStep, Model.HeadDim, Model.Config.RopeTheta)!;
-            return new KvCache(pool, Enumerable.Repeat(policy, Model.Map.KvLayerCount).ToArray(), Model.ContextLength);
-        }
+        public KvCache Cache(KvBlockPool pool, int maxStep) => Model.CreateCache(pool, maxStep, Eviction);
 
         public void Dispose()
         {
@@ -66,11 +69,12 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
         var r = doc.RootElement;
         static int Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : 0;
-        var kind = r.GetProperty("evict").GetString() == "h2o" ? EvictionKind.H2O : EvictionKind.Streaming;
+        var kind = r.GetProperty("evict").GetString() switch { "h2o" => EvictionKind.H2O, "streaming" => EvictionKind.Streaming, _ => EvictionKind.None };
         return new Fixture
         {
             Dir = dir, Model = LlamaModel.Load(dir), Expected = TensorSet.Open(Path.Combine(dir, "expected.safetensors")),
-            Eviction = new EvictionSettings(kind, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")), r.GetProperty("recent").GetInt32()),
+            Eviction = new EvictionSettings(kind, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")), Int(r.GetProperty("recent"))),
+            KvDType = KvRows.Parse(r.GetProperty("kv_dtype").GetString()!),
             MaxNewTokens = r.GetProperty("max_new_tokens").GetInt32(), Sequential = r.GetProperty("prefill").GetString() == "sequential",
         };
     }
@@ -96,22 +100,23 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
                 for (int g = 0; g < heads; g++)
                 {
                     var state = cache.StateOf(seqs[b], kv);
-                    var have = Enumerable.Range(0, state.Count).Select(e => (long)state.Positions![g * state.Capacity + e]).ToArray();
+                    var have = state.Positions is null
+                        ? Enumerable.Range(0, cache.EntryCount(seqs[b], kv)).Select(e => (long)e).ToArray()
+                        : Enumerable.Range(0, state.Count).Select(e => (long)state.Positions[g * state.Capacity + e]).ToArray();
                     var exp = want.Skip((b * heads + g) * width).Take(width).Where(p => p >= 0).ToArray();
                     Assert.True(exp.SequenceEqual(have), $"{prefix}.{layer} sequence {b} KV head {g}: kept [{string.Join(",", have)}], expected [{string.Join(",", exp)}]");
                 }
         }
     }
 
-    [SharedTheory]
-    [MemberData(nameof(Cases))]
-    public void TeacherForcedLogitsAndKeptPositions(string name)
+    // every token of input_ids its own step, KV stored as kvDType; checks the budget after every step and, with
+    // checkKept, the positions kept after the last; the pool is empty afterwards
+    private static float[] TeacherForced(Fixture f, DType kvDType, bool checkKept)
     {
-        using var f = Open(name);
         var model = f.Model;
         var ids = f.Rows("input_ids");
         int b = ids.Length, t = ids[0].Length, v = model.Vocab;
-        var layout = model.KvLayout(blockSize: 3, DType.F32);
+        var layout = model.KvLayout(blockSize: 3, kvDType);
         using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
         var cache = f.Cache(pool, maxStep: 1);
         var runner = new ForwardRunner(model, cache, b, b);
@@ -126,12 +131,33 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
             for (int kv = 0; kv < cache.KvLayers; kv++)
                 foreach (var s in seqs) Assert.True(cache.EntryCount(s, kv) <= f.Eviction.Budget);
         }
-        double diff = MaxAbsDiff(f.Read<float>("logits_tf"), logits);
-        output.WriteLine($"{name}: logits_tf max abs diff {diff:E2}");
-        Assert.True(diff <= 1e-4, $"logits_tf differ by {diff}");
-        CheckKept(f, cache, "kept_tf", seqs);
+        if (checkKept) CheckKept(f, cache, "kept_tf", seqs);
         foreach (var s in seqs) cache.Remove(s);
         Assert.Equal(0, pool.UsedBlocks);
+        return logits;
+    }
+
+    [SharedTheory]
+    [MemberData(nameof(Cases))]
+    public void TeacherForcedLogitsAndKeptPositions(string name)
+    {
+        using var f = Open(name);
+        double diff = MaxAbsDiff(f.Read<float>("logits_tf"), TeacherForced(f, f.KvDType, checkKept: true));
+        output.WriteLine($"{name}: logits_tf max abs diff {diff:E2}");
+        Assert.True(diff <= 1e-4, $"logits_tf differ by {diff}");
+    }
+
+    // the quantized cases pin the quantization down: the same model with f32 KV misses their logits by far more than
+    // the tolerance
+    [SharedTheory]
+    [InlineData("int8-llama")]
+    [InlineData("q4-cla")]
+    public void FullPrecisionKvMissesTheQuantizedLogits(string name)
+    {
+        using var f = Open(name);
+        double diff = MaxAbsDiff(f.Read<float>("logits_tf"), TeacherForced(f, DType.F32, checkKept: false));
+        output.WriteLine($"{name} with f32 KV: logits_tf max abs diff {diff:E2}");
+        Assert.True(diff > 1e-3, $"f32 KV is within {diff} of the {KvRows.Name(f.KvDType)} logits");
     }
 
     [SharedTheory]
@@ -142,7 +168,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         var prompts = f.Rows("generate.prompt_ids");
         var outputs = f.Rows("generate.output_ids");
         int p = prompts[0].Length;
-        var layout = f.Model.KvLayout(blockSize: 4, DType.F32);
+        var layout = f.Model.KvLayout(blockSize: 4, f.KvDType);
         using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
         var cache = f.Cache(pool, maxStep: p);
         var engine = new GenerationEngine(f.Model, cache, new EngineOptions
@@ -176,12 +202,12 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         // each row alone (one window), and both rows as one stream of two windows decoded side by side
         for (int b = 0; b < ids.Length; b++)
         {
-            var r = Perplexity.Evaluate(f.Model, ids[b], ids[b].Length, ids[b].Length, eviction: f.Eviction);
+            var r = Perplexity.Evaluate(f.Model, ids[b], ids[b].Length, ids[b].Length, f.KvDType, eviction: f.Eviction);
             output.WriteLine($"{name} row {b}: perplexity {r.Perplexity:F4}, reference {want[b]:F4}");
             Assert.True(Math.Abs(r.Perplexity - want[b]) <= 1e-4 * want[b], $"row {b}: {r.Perplexity} vs {want[b]}");
         }
         int t = ids[0].Length;
-        var both = Perplexity.Evaluate(f.Model, [.. ids[0], .. ids[1]], t, t, eviction: f.Eviction);
+        var both = Perplexity.Evaluate(f.Model, [.. ids[0], .. ids[1]], t, t, f.KvDType, eviction: f.Eviction);
         double mean = (Math.Log(want[0]) + Math.Log(want[1])) / 2;
         Assert.Equal(2, both.Windows);
         Assert.True(Math.Abs(both.MeanNll - mean) <= 1e-4 * Math.Abs(mean), $"two windows: mean NLL {both.MeanNll} vs {mean}");

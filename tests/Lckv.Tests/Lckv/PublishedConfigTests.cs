@@ -77,7 +77,7 @@ public sealed class PublishedConfigTests(ITestOutputHelper output)
         Assert.Equal(22, root.GetProperty("layers").GetInt32());
         Assert.Equal(11, root.GetProperty("kv_layers").GetInt32());
         Assert.Equal(PublishedLayerTypes, root.GetProperty("layer_types").GetString());
-        Assert.Equal("F32", root.GetProperty("kv_dtype").GetString()); // info's default KV storage
+        Assert.Equal("f32", root.GetProperty("kv_dtype").GetString()); // info's default KV storage
         Assert.Equal(2L * 11 * 4 * 64 * 4, root.GetProperty("kv_bytes_per_token").GetInt64());
         Assert.Equal(22528, root.GetProperty("kv_bytes_per_token").GetInt64());
         Assert.Equal(2.0, root.GetProperty("kv_reduction").GetDouble());

@@ -6,7 +6,7 @@ namespace Lckv.Tests.Numerics;
 [Trait("Category", "Kernels")]
 public class AttentionTests(ITestOutputHelper output)
 {
-    public static TheoryData<DType> Types => new(TestData.FloatTypes);
+    public static TheoryData<DType> Types => new(TestData.KvTypes);
 
     private static readonly MaskRule[] _rules = [MaskRule.Causal, new(true, 0), new(false, 3), new(true, 4)];
 
@@ -16,7 +16,7 @@ public class AttentionTests(ITestOutputHelper output)
     {
         var rng = new Random(11);
         int cases = 0;
-        foreach (int d in new[] { 2, 6, 8, 10, 16, 24, 64, 66 })
+        foreach (int d in new[] { 2, 6, 8, 10, 16, 24, 32, 64, 66, 96 })
             foreach (int group in new[] { 1, 2, 4 })
                 foreach (int blockSize in new[] { 3, 16 })
                 {
@@ -57,6 +57,7 @@ public class AttentionTests(ITestOutputHelper output)
         var rng = new Random(14);
         foreach (int d in new[] { 8, 64 })
         {
+            if (!Fits(dtype, d)) continue;
             var layout = new KvLayout(4, 2, d, dtype);
             using var pool = FillPool(rng, layout, 5);
             var seqs = new[] { new AttentionSequence(0, 3, 17, KvView.RingOf([4, 1, 3], 3, 4, 20)), new AttentionSequence(3, 1, 13, KvView.RingOf([0, 2, 4], 3, 4, 14)) };
@@ -89,15 +90,15 @@ public class AttentionTests(ITestOutputHelper output)
         Assert.True(o[16] != 0 && !float.IsNaN(o[16]));
     }
 
-    private static NativeBuffer FillPool(Random rng, KvLayout layout, int blocks)
-    {
-        long elements = blocks * layout.BlockBytes / DTypes.SizeOf(layout.DType);
-        return NativeBuffer.From(TestData.Random(rng, (int)elements), layout.DType, out _);
-    }
+    private static NativeBuffer FillPool(Random rng, KvLayout layout, int blocks) => NativeBuffer.KvBlocks(rng, layout, blocks);
+
+    // q4 stores groups of 32 values
+    private static bool Fits(DType dtype, int d) => dtype != DType.KvQ4 || d % KvRows.Q4Group == 0;
 
     private static void Compare(Random rng, DType dtype, int d, int kvHeads, int group, int blockSize, MaskRule rule,
         (int Queries, int First, int Keys)[]? shapes = null)
     {
+        if (!Fits(dtype, d)) return;
         int heads = kvHeads * group;
         var layout = new KvLayout(blockSize, kvHeads, d, dtype);
         // sequences: a prefill of 21 rows (crosses the 16-row chunk), a decode row, a middle chunk, an empty one
@@ -139,7 +140,7 @@ public class AttentionTests(ITestOutputHelper output)
     {
         var rng = new Random(21);
         int cases = 0;
-        foreach (int d in new[] { 8, 64, 66 })
+        foreach (int d in new[] { 8, 32, 64, 66 })
             foreach (int group in new[] { 1, 3 })
                 foreach (var rule in new[] { MaskRule.Causal, new MaskRule(true, 0), new MaskRule(false, 5) })
                     foreach (bool compacted in new[] { false, true })
@@ -169,12 +170,13 @@ public class AttentionTests(ITestOutputHelper output)
     private static void CompareExtras(Random rng, DType dtype, int d, int group, MaskRule rule, bool compacted)
     {
         const int kvHeads = 2, bs = 4;
+        if (!Fits(dtype, d)) return;
         int heads = kvHeads * group;
         var layout = new KvLayout(bs, kvHeads, d, dtype);
         // a prefill of 19 rows (crosses the 16-row chunk), a decode row deep in the store, a sequence with no entries
         var shapes = new (int Queries, int First, int Entries)[] { (19, 0, 19), (1, 40, 23), (2, 0, 0) };
         int blocks = shapes.Sum(s => (s.Entries + bs - 1) / bs) + 1;
-        using var pool = NativeBuffer.From(TestData.Random(rng, (int)(blocks * layout.BlockBytes / DTypes.SizeOf(dtype))), dtype, out _);
+        using var pool = FillPool(rng, layout, blocks);
         var order = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).ToArray();
         var seqs = new AttentionSequence[shapes.Length];
         var refSeqs = new AttentionSequence[shapes.Length];

@@ -26,6 +26,16 @@ internal sealed unsafe class NativeBuffer : IDisposable
         return b;
     }
 
+    /// <summary>Blocks of a KV pool in any KV format, every row random (values in [-scale, scale]) and stored as the
+    /// cache stores it.</summary>
+    public static NativeBuffer KvBlocks(Random rng, KvLayout layout, int blocks, float scale = 1f)
+    {
+        var b = new NativeBuffer(blocks * layout.BlockBytes);
+        long rows = blocks * 2L * layout.BlockSize * layout.KvHeads;
+        KvRows.Store(TestData.Random(rng, (int)(rows * layout.HeadDim), scale), layout.DType, layout.HeadDim, b.Address);
+        return b;
+    }
+
     public void Dispose()
     {
         if (Address != 0) NativeMemory.AlignedFree((void*)Address);
@@ -43,4 +53,7 @@ internal static class TestData
     }
 
     public static readonly DType[] FloatTypes = [DType.F32, DType.F16, DType.BF16];
+
+    /// <summary>Every KV storage format.</summary>
+    public static readonly DType[] KvTypes = [DType.F32, DType.F16, DType.BF16, DType.KvInt8, DType.KvQ4];
 }
