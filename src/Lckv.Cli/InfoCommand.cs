@@ -16,6 +16,7 @@ public static class InfoCommand
         var json = new Option<bool>("--json") { Description = "print as JSON" };
         var cmd = new Command("info", "describe a model: parameters, dtype, KV bytes per token, layer map");
         mo.AddTo(cmd);
+        var evict = EvictionOptions.AddTo(cmd);
         cmd.Options.Add(config);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
@@ -54,8 +55,21 @@ public static class InfoCommand
             cfg.Validate();
             var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
             var kvDType = mo.KvStorage(p);
-            long kvPerToken = 2L * map.KvLayerCount * cfg.NumKeyValueHeads * cfg.HeadDim * DTypes.SizeOf(kvDType);
-            long fullPerToken = 2L * cfg.NumHiddenLayers * cfg.NumKeyValueHeads * cfg.HeadDim * DTypes.SizeOf(kvDType);
+            KvRows.Check(kvDType, cfg.HeadDim);
+            var eviction = evict.Parse(p);
+            int block = mo.Block(p), context = p.GetValue(mo.Context) ?? cfg.MaxPositionEmbeddings;
+            if (context < 1) throw new LckvException($"--context must be at least 1, got {context}");
+            long kvPerToken = Cache.KvCache.BytesPerTokenFor(map.KvLayerCount, cfg.NumKeyValueHeads, cfg.HeadDim, kvDType);
+            long fullPerToken = Cache.KvCache.BytesPerTokenFor(cfg.NumHiddenLayers, cfg.NumKeyValueHeads, cfg.HeadDim, kvDType);
+            // one sequence of the whole context, decoded a token per step, in pool blocks (rings and eviction bound it)
+            long kvPerSequence = LlamaModel.KvBlocksFor(cfg, map, context, context, block, 1, eviction)
+                * new KvLayout(block, cfg.NumKeyValueHeads, cfg.HeadDim, kvDType).BlockBytes;
+            string policy = eviction.Kind switch
+            {
+                Cache.EvictionKind.Streaming => $"streaming, sinks {eviction.Sinks} + recent {eviction.Recent}",
+                Cache.EvictionKind.H2O => $"h2o, heavy {eviction.Heavy} + recent {eviction.Recent}",
+                _ => "none",
+            };
             long parameters = ModelWeights.Specs(cfg, map).Sum(s => s.Elements);
             if (p.GetValue(json))
             {
@@ -66,6 +80,7 @@ public static class InfoCommand
                     head_dim = cfg.HeadDim, vocab_size = cfg.VocabSize, context = cfg.MaxPositionEmbeddings,
                     layer_types = map.ToString(), kv_layers = map.KvLayerCount, kv_dtype = KvRows.Name(kvDType),
                     kv_bytes_per_token = kvPerToken, kv_reduction = (double)fullPerToken / kvPerToken,
+                    kv_policy = policy, kv_block_size = block, kv_context = context, kv_bytes_per_sequence = kvPerSequence,
                     targets = Enumerable.Range(0, map.LayerCount).Select(map.Target),
                 }));
                 return 0;
@@ -79,6 +94,7 @@ public static class InfoCommand
             stdout.WriteLine($"layer_types     {map}");
             stdout.WriteLine($"KV layers       {map.KvLayerCount} of {map.LayerCount}");
             stdout.WriteLine($"KV bytes/token  {kvPerToken:N0} ({KvRows.Name(kvDType)}; {fullPerToken / (double)kvPerToken:F2}x less than a standard layout)");
+            stdout.WriteLine($"KV/sequence     {kvPerSequence:N0} bytes ({kvPerSequence / 1048576.0:F2} MiB) at {context} tokens in blocks of {block}, eviction {policy}");
             if (map.AnyAttendsTop)
                 stdout.WriteLine($"plan            m={cfg.ForwardPasses} b={cfg.BackwardPasses}, force_nodiag={cfg.ForceNoDiag.ToString().ToLowerInvariant()}");
             stdout.WriteLine("layer map");

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using Lckv.Diagnostics;
 using Lckv.Generation;
 using Lckv.Model;
 using Lckv.Numerics;
@@ -19,7 +20,7 @@ public static class ThroughputCommand
     {
         var preset = new Option<string>("--preset") { Description = "model shape with random weights: " + string.Join(" | ", Presets.Names), DefaultValueFactory = _ => "tinyllama-1.1b" };
         var dtype = new Option<string?>("--dtype") { Description = "weight dtype: f32 | f16 | bf16 (default: the preset's)" };
-        var layouts = new Option<string>("--layouts") { Description = "layouts, comma-separated: " + string.Join(", ", ThroughputLayouts.Names) + ", or layer_types strings", DefaultValueFactory = _ => string.Join(',', ThroughputLayouts.Names) };
+        var layouts = new Option<string>("--layouts") { Description = "rows, comma-separated: LAYOUT[/KV][/EVICTION] with LAYOUT one of " + string.Join(", ", ThroughputLayouts.Names) + " or a layer_types string, KV f32|f16|bf16|int8|q4, EVICTION streaming:SINKS:RECENT|h2o:HEAVY:RECENT (e.g. lckv-w2/int8/streaming:4:508); what a row leaves out comes from --kv-dtype and --evict", DefaultValueFactory = _ => string.Join(',', ThroughputLayouts.Names) };
         var budget = new Option<double?>("--budget") { Description = "total memory budget in MiB: weights + KV + working buffers (default: exactly what the first layout needs for batch 1)" };
         var prompt = new Option<int>("--prompt") { Description = "prompt tokens per sequence", DefaultValueFactory = _ => 16 };
         var gen = new Option<int>("--gen") { Description = "generated tokens per sequence", DefaultValueFactory = _ => 240 };
@@ -37,6 +38,7 @@ public static class ThroughputCommand
         var cmd = new Command("throughput", "max batch and throughput per KV layout under one memory budget (the LCKV paper's Table 1)");
         foreach (var o in new Option[] { preset, dtype, layouts, budget, prompt, gen, kvDType, blockSize, maxBatch, batch, format, plot, seed, accountOnly, threads, rounds, budgetKind })
             cmd.Options.Add(o);
+        var evict = EvictionOptions.AddTo(cmd);
         cmd.SetAction(p =>
         {
             string fmt = p.GetValue(format)!;
@@ -51,7 +53,6 @@ public static class ThroughputCommand
             var weightDType = p.GetValue(dtype) is { } d ? ParseDType(d, "--dtype") : Presets.DefaultDType(shapeName);
             var names = p.GetValue(layouts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (names.Length == 0) throw new LckvException("--layouts is empty");
-            foreach (var n in names) ThroughputLayouts.LayerTypes(n, shape.NumHiddenLayers); // fail early on a bad name
             var kind = p.GetValue(budgetKind) switch
             {
                 "total" => BudgetKind.Total,
@@ -74,8 +75,10 @@ public static class ThroughputCommand
             var settings = new ThroughputSettings
             {
                 Shape = shape, ShapeName = shapeName, WeightDType = weightDType, PromptLength = promptLength, GenLength = genLength,
-                KvDType = KvRows.Parse(p.GetValue(kvDType)!), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
+                KvDType = KvRows.Parse(p.GetValue(kvDType)!), Eviction = evict.Parse(p), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
             };
+            var check = new ThroughputBench(settings);
+            foreach (var n in names) ThroughputLayouts.LayerTypes(check.Variant(n).Layout, shape.NumHiddenLayers); // fail early on a bad row
             double? budgetMiB = p.GetValue(budget);
             if (budgetMiB is { } mib)
             {
@@ -93,6 +96,9 @@ public static class ThroughputCommand
 
             var bench = new ThroughputBench(settings);
             bool noRun = p.GetValue(accountOnly);
+            // the machine's limits, measured in the same run, for each row's share of the FMA peak
+            RooflineResult? roof = noRun ? null : Roofline.Measure(WorkerPool.Shared.ThreadCount);
+            if (roof is { } r0) stderr.WriteLine(r0.ToString());
             stderr.WriteLine($"budget {settings.BudgetBytes / 1048576.0:F2} MiB; {names.Length} layout(s); prompt {promptLength} + gen {genLength}");
             int roundCount = noRun ? 1 : requestedRounds;
             var runs = names.Select(_ => new List<ThroughputRow>()).ToArray();
@@ -108,9 +114,9 @@ public static class ThroughputCommand
             var rows = runs.Select(ThroughputRow.Median).ToList();
             rows = [.. WithKvOnlyBatch(rows)];
 
+            if (fmt == "json") WriteJson(stdout, settings, rows, roof);
+            else WriteMarkdown(stdout, settings, rows, fixedBatch is not null, roof);
             if (plotPath is not null) WritePlot(plotPath, settings, rows);
-            if (fmt == "json") WriteJson(stdout, settings, rows);
-            else WriteMarkdown(stdout, settings, rows, fixedBatch is not null);
             return 0;
         });
         return cmd;
@@ -134,18 +140,19 @@ public static class ThroughputCommand
            $"prompt {s.PromptLength} + gen {s.GenLength}, KV {KvRows.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
            $"{WorkerPool.Shared.ThreadCount} thread(s)";
 
-    private static void WriteMarkdown(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows, bool fixedBatch)
+    private static void WriteMarkdown(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows, bool fixedBatch, RooflineResult? roof)
     {
         var reference = Reference(rows);
-        double refTotal = reference?.TotalTokensPerSecond ?? 0;
+        double refTotal = reference?.TotalTokensPerSecond ?? 0, peak = roof?.FmaGflops ?? 0;
         o.WriteLine(Header(s));
+        if (roof is { } m) o.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Machine, measured in this run: FMA peak {m.FmaGflops:F1} GFLOP/s, read bandwidth {m.ReadGBps:F1} GB/s ({m.Threads} thread(s))."));
         o.WriteLine();
-        o.WriteLine($"| layout | layer_types | KV layers | KV bytes/token | {(fixedBatch ? "batch" : "max batch")} | prefill tok/s | decode tok/s | total tok/s | vs {reference?.Layout ?? "-"} | prefill ms/token |");
-        o.WriteLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        o.WriteLine($"| row | layer_types | KV | eviction | KV layers | KV bytes/token | {(fixedBatch ? "batch" : "max batch")} | prefill tok/s | decode tok/s | decode % of FMA peak | total tok/s | vs {reference?.Layout ?? "-"} | prefill ms/token |");
+        o.WriteLine("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in rows)
             o.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {r.Layout} | {ThroughputLayouts.Abbreviate(r.LayerTypes)} | {r.KvLayers} | {r.KvBytesPerToken} | {r.Batch}{(r.Capped ? " (cap)" : "")} | " +
-                $"{r.PrefillTokensPerSecond:F1} | {r.DecodeTokensPerSecond:F2} | {r.TotalTokensPerSecond:F2} | {Ratio(r.TotalTokensPerSecond, refTotal)} | {1000 * r.PrefillSecondsPerToken:F1} |"));
+                $"| {r.Layout} | {ThroughputLayouts.Abbreviate(r.LayerTypes)} | {KvRows.Name(r.KvDType)} | {EvictionName(r.Eviction)} | {r.KvLayers} | {r.KvBytesPerToken} | {r.Batch}{(r.Capped ? " (cap)" : "")} | " +
+                $"{r.PrefillTokensPerSecond:F1} | {r.DecodeTokensPerSecond:F2} | {(peak > 0 ? (100 * r.DecodeFractionOfPeak(peak)).ToString("F0", CultureInfo.InvariantCulture) + "%" : "-")} | {r.TotalTokensPerSecond:F2} | {Ratio(r.TotalTokensPerSecond, refTotal)} | {1000 * r.PrefillSecondsPerToken:F1} |"));
         if (rows.Any(r => r.Rounds > 1))
         {
             o.WriteLine();
@@ -169,18 +176,28 @@ public static class ThroughputCommand
         o.WriteLine($"KV-only batch: sequences of the layout that fit in the KV bytes of {rows[0].Layout}'s batch (the KV-size ratio alone, without the k/v projection weights that sharing also frees).");
     }
 
+    private static string EvictionName(Cache.EvictionSettings e) => e.Kind switch
+    {
+        Cache.EvictionKind.Streaming => $"streaming {e.Sinks}+{e.Recent}",
+        Cache.EvictionKind.H2O => $"h2o {e.Heavy}+{e.Recent}",
+        _ => "none",
+    };
+
     private static string Mib(long bytes) => (bytes / 1048576.0).ToString("F1", CultureInfo.InvariantCulture);
 
-    private static void WriteJson(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows)
+    private static void WriteJson(TextWriter o, ThroughputSettings s, List<ThroughputRow> rows, RooflineResult? roof)
     {
         var reference = Reference(rows);
         o.WriteLine(JsonSerializer.Serialize(new
         {
             preset = s.ShapeName, dtype = DTypes.Name(s.WeightDType), budget_bytes = s.BudgetBytes, budget_kind = s.BudgetKind == BudgetKind.KvOnly ? "kv" : "total", prompt = s.PromptLength, gen = s.GenLength,
             kv_dtype = KvRows.Name(s.KvDType), block_size = s.BlockSize, threads = WorkerPool.Shared.ThreadCount, reference = reference?.Layout,
+            fma_peak_gflops = roof?.FmaGflops, read_bandwidth_gbs = roof?.ReadGBps,
             rows = rows.Select(r => new
             {
-                layout = r.Layout, layer_types = r.LayerTypes, kv_layers = r.KvLayers, kv_bytes_per_token = r.KvBytesPerToken,
+                layout = r.Layout, layer_types = r.LayerTypes, kv_dtype = KvRows.Name(r.KvDType), eviction = EvictionName(r.Eviction),
+                kv_layers = r.KvLayers, kv_bytes_per_token = r.KvBytesPerToken, matmul_parameters = r.MatMulParameters,
+                decode_fraction_of_fma_peak = roof is { } m ? r.DecodeFractionOfPeak(m.FmaGflops) : (double?)null,
                 batch = r.Batch, searched = r.Searched, capped = r.Capped, fits_budget = r.FitsBudget, uses_plan = r.UsesPlan,
                 memory = Account(r.Fit), next_batch_memory = Account(r.Next), pool_bytes = r.PoolBytes, kv_only_batch = r.BatchAtKvBytes,
                 prompt_tokens = r.PromptTokens, generated_tokens = r.GeneratedTokens, decode_tokens = r.DecodeTokens,

@@ -204,14 +204,12 @@ public sealed class GenerationEngine
         Options = options;
         // a prompt is evaluated in one step where the plan needs the whole sequence, or where a store evicts (a policy
         // runs after each step, so a prompt split across steps would be evicted from before it is complete)
-        _wholePrompts = model.Map.AnyAttendsTop || Enumerable.Range(0, cache.KvLayers).Any(l => cache.Policy(l).Compacts);
+        bool evicting = Enumerable.Range(0, cache.KvLayers).Any(l => cache.Policy(l).Compacts);
+        _wholePrompts = model.Map.AnyAttendsTop || evicting;
         _rows = _wholePrompts ? Math.Max(options.MaxStepTokens, options.MaxPromptTokens) : options.MaxStepTokens;
         _vocab = model.Vocab;
         _context = model.ContextLength;
-        // whole prompts and the other input each get up to _rows rows of a step: an upward layout's runner evaluates them
-        // as sub-steps, a standard one in one evaluation of up to twice the rows
-        int runnerRows = _wholePrompts && !model.Map.AnyAttendsTop ? 2 * _rows : _rows;
-        _runner = new ForwardRunner(model, cache, runnerRows, options.MaxSequences) { Prefill = options.Prefill };
+        _runner = new ForwardRunner(model, cache, RunnerRows(options, model.Map, evicting), options.MaxSequences) { Prefill = options.Prefill };
         _active = new List<EngineSequence>(options.MaxSequences);
         _finished = new List<EngineSequence>(options.MaxSequences);
         _entries = new EngineSequence[options.MaxSequences];
@@ -245,6 +243,18 @@ public sealed class GenerationEngine
             foreach (var s in _active) if (s.HasWork) return true;
             return false;
         }
+    }
+
+    /// <summary>
+    /// Rows of the engine's forward runner. Whole prompts (upward layouts, stores that evict) and the other input each get
+    /// up to a step's rows: an upward layout's runner evaluates them as sub-steps, a standard one in one evaluation of up
+    /// to twice the rows.
+    /// </summary>
+    public static int RunnerRows(EngineOptions options, LayerMap map, bool evicting)
+    {
+        bool whole = map.AnyAttendsTop || evicting;
+        int rows = whole ? Math.Max(options.MaxStepTokens, options.MaxPromptTokens) : options.MaxStepTokens;
+        return whole && !map.AnyAttendsTop ? 2 * rows : rows;
     }
 
     /// <summary>Bytes of the logits buffer an engine for maxSequences allocates (the last row of each sequence).</summary>

@@ -19,7 +19,10 @@ public sealed record ThroughputSettings
     public BudgetKind BudgetKind { get; init; } = BudgetKind.Total;
     public int PromptLength { get; init; } = 16;
     public int GenLength { get; init; } = 240;
+    /// <summary>KV storage of a row that names none.</summary>
     public DType KvDType { get; init; } = DType.F32;
+    /// <summary>Eviction of a row that names none.</summary>
+    public EvictionSettings Eviction { get; init; } = EvictionSettings.None;
     public int BlockSize { get; init; } = 16;
     /// <summary>Upper end of the batch search.</summary>
     public int MaxBatch { get; init; } = 512;
@@ -39,7 +42,54 @@ public sealed record ThroughputSettings
         if (BudgetBytes < 0) throw new LckvException($"the memory budget must not be negative, got {BudgetBytes}");
         if (!DTypes.IsFloat(WeightDType)) throw new LckvException("weights must be f32, f16 or bf16");
         KvRows.Check(KvDType, Shape.HeadDim);
+        Eviction.Validate();
     }
+}
+
+/// <summary>
+/// One row of the experiment: a layout with its KV storage and eviction, written LAYOUT[/KV][/EVICTION] with KV one of
+/// f32, f16, bf16, int8, q4 and EVICTION streaming:SINKS:RECENT or h2o:HEAVY:RECENT ("lckv-w2/int8/streaming:4:508").
+/// What a row leaves out comes from the settings.
+/// </summary>
+public sealed record ThroughputVariant(string Spec, string Layout, DType KvDType, EvictionSettings Eviction)
+{
+    public static ThroughputVariant Parse(string spec, DType kvDType, EvictionSettings eviction)
+    {
+        var parts = spec.Split('/', StringSplitOptions.TrimEntries);
+        if (parts[0].Length == 0) throw new LckvException($"row '{spec}' names no layout");
+        bool kvGiven = false, evictionGiven = false;
+        foreach (var part in parts.Skip(1))
+        {
+            var fields = part.Split(':');
+            if (fields[0] is "streaming" or "h2o" or "none")
+            {
+                if (evictionGiven) throw new LckvException($"row '{spec}' names two evictions");
+                evictionGiven = true;
+                eviction = ParseEviction(spec, fields);
+            }
+            else
+            {
+                if (kvGiven) throw new LckvException($"row '{spec}' names two KV dtypes");
+                kvGiven = true;
+                try { kvDType = KvRows.Parse(part); }
+                catch (LckvException) { throw new LckvException($"row '{spec}': '{part}' is neither a KV dtype (f32, f16, bf16, int8, q4) nor an eviction (streaming:SINKS:RECENT, h2o:HEAVY:RECENT, none)"); }
+            }
+        }
+        return new ThroughputVariant(spec, parts[0], kvDType, eviction);
+    }
+
+    private static EvictionSettings ParseEviction(string spec, string[] fields)
+    {
+        if (fields[0] == "none")
+            return fields.Length == 1 ? EvictionSettings.None : throw new LckvException($"row '{spec}': 'none' takes no numbers");
+        if (fields.Length != 3 || !int.TryParse(fields[1], out int a) || !int.TryParse(fields[2], out int recent))
+            throw new LckvException($"row '{spec}': write {fields[0]}:{(fields[0] == "h2o" ? "HEAVY" : "SINKS")}:RECENT with two integers");
+        var e = fields[0] == "h2o" ? new EvictionSettings(EvictionKind.H2O, Heavy: a, Recent: recent) : new EvictionSettings(EvictionKind.Streaming, Sinks: a, Recent: recent);
+        e.Validate();
+        return e;
+    }
+
+    public bool Evicts => Eviction.Kind != EvictionKind.None;
 }
 
 /// <summary>
@@ -67,6 +117,10 @@ public sealed record ThroughputRow
     public required string Layout { get; init; }
     public required string LayerTypes { get; init; }
     public required int KvLayers { get; init; }
+    public DType KvDType { get; init; } = DType.F32;
+    public EvictionSettings Eviction { get; init; } = EvictionSettings.None;
+    /// <summary>Weights a token multiplies (every matrix but the embedding table): 2 FLOP each per token.</summary>
+    public long MatMulParameters { get; init; }
     public required long KvBytesPerToken { get; init; }
     /// <summary>Whether upward-reading layers make prefill use the iteration plan (m+b passes over the cyclic groups).</summary>
     public required bool UsesPlan { get; init; }
@@ -124,6 +178,8 @@ public sealed record ThroughputRow
     public double TotalTokensPerSecond => TotalSeconds > 0 ? GeneratedTokens / TotalSeconds : 0;
     public double PrefillTokensPerSecond => PrefillSeconds > 0 ? PromptTokens / PrefillSeconds : 0;
     public double DecodeTokensPerSecond => DecodeSeconds > 0 ? DecodeTokens / DecodeSeconds : 0;
+    /// <summary>Decode's share of an FMA peak (GFLOP/s): 2 FLOP per weight per token, attention not counted.</summary>
+    public double DecodeFractionOfPeak(double peakGflops) => peakGflops > 0 ? 2.0 * MatMulParameters * DecodeTokensPerSecond / (peakGflops * 1e9) : 0;
     /// <summary>Prefill seconds per prompt token (batch included: the whole prefill over every prompt token).</summary>
     public double PrefillSecondsPerToken => PromptTokens > 0 ? PrefillSeconds / PromptTokens : 0;
 }
@@ -182,43 +238,75 @@ public sealed class ThroughputBench
         MaxSequences = batch, MaxPromptTokens = _settings.PromptLength,
     };
 
-    /// <summary>Rows the engine's runner gets for a batch: its prefill chunk, or a whole prompt for upward layouts.</summary>
-    public int RunnerRows(LayerMap map, int batch) => EngineOptionsFor(batch).StepRows(map);
+    /// <summary>Rows the engine's runner gets for a batch (GenerationEngine.RunnerRows).</summary>
+    public int RunnerRows(LayerMap map, int batch, bool evicting = false) => GenerationEngine.RunnerRows(EngineOptionsFor(batch), map, evicting);
+
+    // the most tokens one sequence brings to a step: a whole prompt where stores evict, else up to the runner's rows
+    private int SequenceStepRows(LayerMap map, int batch, ThroughputVariant v) => v.Evicts ? _settings.PromptLength : RunnerRows(map, batch);
+
+    /// <summary>A row of the experiment from its spec, with the settings' KV dtype and eviction as defaults.</summary>
+    public ThroughputVariant Variant(string spec)
+    {
+        var v = ThroughputVariant.Parse(spec, _settings.KvDType, _settings.Eviction);
+        KvRows.Check(v.KvDType, _settings.Shape.HeadDim);
+        return v;
+    }
 
     private bool SequentialPrefill(ModelConfig config, LayerMap map)
         => map.AnyAttendsTop && (config.UseSequential || _settings.PromptLength <= config.ForwardPasses + config.BackwardPasses);
 
+    // a row that names neither KV storage nor eviction
+    private ThroughputVariant Defaults => new("", "", _settings.KvDType, _settings.Eviction);
+
+    /// <summary>Every byte a batch needs with the settings' KV storage and eviction.</summary>
+    public MemoryAccount Account(ModelConfig config, LayerMap map, int batch) => Account(config, map, batch, Defaults);
+
+    /// <summary>The largest batch with the settings' KV storage and eviction.</summary>
+    public int MaxBatch(ModelConfig config, LayerMap map) => MaxBatch(config, map, Defaults);
+
     /// <summary>Every byte a batch needs, by where it goes.</summary>
-    public MemoryAccount Account(ModelConfig config, LayerMap map, int batch)
+    public MemoryAccount Account(ModelConfig config, LayerMap map, int batch, ThroughputVariant v)
     {
         var s = _settings;
         long weights = WeightBytes(config, map, s.WeightDType);
-        long scratch = ForwardRunner.ScratchBytes(config, RunnerRows(map, batch), batch);
+        long scratch = ForwardRunner.ScratchBytes(config, RunnerRows(map, batch, v.Evicts), batch);
         // the engine's logits buffer (the last row of each sequence) and each sequence's greedy sampler; the sequential
         // path (short prompts of upward layouts) adds a logits buffer for its steps
         long logits = GenerationEngine.LogitsBytes(config.VocabSize, batch) * (SequentialPrefill(config, map) ? 2 : 1)
                       + batch * GenerationEngine.SamplerBytes(config.VocabSize, repetitionPenalty: false);
         long seqBlocks = KvCache.BlocksFor(s.SequenceLength, s.BlockSize);
-        // sliding-window KV layers keep a bounded ring (LlamaModel.RingPositions, as the cache is built in Run)
-        long perSequence = 0, tableEntries = 0;
-        foreach (int ring in LlamaModel.RingPositions(config, map, s.SequenceLength, RunnerRows(map, batch), s.BlockSize))
+        long perSequence = 0, tableEntries = 0, policyBytes = 0;
+        if (v.Eviction.Policy(SequenceStepRows(map, batch, v), config.HeadDim, config.RopeTheta) is { } policy)
         {
-            long ringBlocks = KvCache.BlocksFor(ring, s.BlockSize);
-            bool bounded = ringBlocks > 0 && ringBlocks < seqBlocks;
-            perSequence += bounded ? Math.Min(seqBlocks, ringBlocks) : seqBlocks;
-            tableEntries += bounded ? ringBlocks : seqBlocks;
+            // every store keeps at most its capacity, with positions (and scores) per KV head
+            perSequence = policy.BlocksFor(s.SequenceLength, s.BlockSize) * map.KvLayerCount;
+            tableEntries = policy.TableLength(s.SequenceLength, s.BlockSize) * (long)map.KvLayerCount;
+            long capacity = Math.Min(((EvictingPolicy)policy).Capacity, s.SequenceLength);
+            policyBytes = (long)batch * map.KvLayerCount * config.NumKeyValueHeads * capacity * (sizeof(int) + (policy.TracksScores ? sizeof(float) : 0))
+                + (policy.RankRope is { } rope ? (long)rope.MaxPositions * rope.HeadDim * sizeof(float) : 0);
+        }
+        else
+        {
+            // sliding-window KV layers keep a bounded ring (LlamaModel.RingPositions, as the cache is built in Run)
+            foreach (int ring in LlamaModel.RingPositions(config, map, s.SequenceLength, RunnerRows(map, batch), s.BlockSize))
+            {
+                long ringBlocks = KvCache.BlocksFor(ring, s.BlockSize);
+                bool bounded = ringBlocks > 0 && ringBlocks < seqBlocks;
+                perSequence += bounded ? Math.Min(seqBlocks, ringBlocks) : seqBlocks;
+                tableEntries += bounded ? ringBlocks : seqBlocks;
+            }
         }
         long blocks = batch * perSequence;
-        long blockBytes = new KvLayout(s.BlockSize, config.NumKeyValueHeads, config.HeadDim, s.KvDType).BlockBytes;
-        // the pool's free stack and reference counts, and one block table per (sequence, KV layer)
-        long tables = blocks * 2 * sizeof(int) + (long)batch * tableEntries * sizeof(int);
+        long blockBytes = new KvLayout(s.BlockSize, config.NumKeyValueHeads, config.HeadDim, v.KvDType).BlockBytes;
+        // the pool's free stack and reference counts, one block table per (sequence, KV layer), and the policies' state
+        long tables = blocks * 2 * sizeof(int) + (long)batch * tableEntries * sizeof(int) + policyBytes;
         return new MemoryAccount(batch, weights, scratch, logits, tables, blocks * blockBytes);
     }
 
     /// <summary>The largest batch in [1, MaxBatch] whose account fits the budget; 0 when batch 1 does not fit.</summary>
-    public int MaxBatch(ModelConfig config, LayerMap map)
+    public int MaxBatch(ModelConfig config, LayerMap map, ThroughputVariant v)
     {
-        bool Fits(int b) => Account(config, map, b).Charged(_settings.BudgetKind) <= _settings.BudgetBytes;
+        bool Fits(int b) => Account(config, map, b, v).Charged(_settings.BudgetKind) <= _settings.BudgetBytes;
         if (!Fits(1)) return 0;
         int lo = 1, hi = _settings.MaxBatch; // Fits(lo) holds
         while (lo < hi)
@@ -234,19 +322,22 @@ public sealed class ThroughputBench
     /// the accounted size, greedy decoding and no stop tokens. A layout where not even one sequence fits is not run.
     /// </summary>
     /// <param name="accountOnly">only search and account (no model is built, nothing is generated)</param>
-    public ThroughputRow Run(string layout, int? batch = null, Action<ThroughputProgress>? progress = null, bool accountOnly = false)
+    public ThroughputRow Run(string spec, int? batch = null, Action<ThroughputProgress>? progress = null, bool accountOnly = false)
     {
         var s = _settings;
-        var config = ConfigFor(layout);
+        var v = Variant(spec);
+        string layout = v.Spec;
+        var config = ConfigFor(v.Layout);
         var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
-        int found = batch ?? MaxBatch(config, map);
+        int found = batch ?? MaxBatch(config, map, v);
         if (batch is < 1) throw new LckvException($"the batch must be at least 1, got {batch}");
-        var fit = Account(config, map, Math.Max(found, 1));
-        var next = Account(config, map, found + 1);
+        var fit = Account(config, map, Math.Max(found, 1), v);
+        var next = Account(config, map, found + 1, v);
         var row = new ThroughputRow
         {
-            Layout = layout, LayerTypes = config.LayerTypes!, KvLayers = map.KvLayerCount,
-            KvBytesPerToken = KvCache.BytesPerTokenFor(map.KvLayerCount, config.NumKeyValueHeads, config.HeadDim, s.KvDType),
+            Layout = layout, LayerTypes = config.LayerTypes!, KvLayers = map.KvLayerCount, KvDType = v.KvDType, Eviction = v.Eviction,
+            MatMulParameters = ModelWeights.Specs(config, map).Where(w => w.Slot != WeightSlot.Embed && w.Shape.Length == 2).Sum(w => w.Elements),
+            KvBytesPerToken = KvCache.BytesPerTokenFor(map.KvLayerCount, config.NumKeyValueHeads, config.HeadDim, v.KvDType),
             UsesPlan = map.AnyAttendsTop && !SequentialPrefill(config, map),
             Batch = found, Searched = batch is null, Capped = batch is null && found == s.MaxBatch,
             Fit = fit, Next = next, FitsBudget = found > 0 && fit.Charged(s.BudgetKind) <= s.BudgetBytes,
@@ -255,8 +346,8 @@ public sealed class ThroughputBench
 
         progress?.Invoke(new ThroughputProgress(layout, "weights", 0, 1));
         using var model = new LlamaModel(config, ModelWeights.Random(config, map, s.WeightDType, s.Seed), $"preset:{s.ShapeName}", s.SequenceLength);
-        using var pool = new KvBlockPool(model.KvLayout(s.BlockSize, s.KvDType), fit.KvBytes);
-        var engine = new GenerationEngine(model, model.CreateCache(pool, RunnerRows(map, found)), EngineOptionsFor(found));
+        using var pool = new KvBlockPool(model.KvLayout(s.BlockSize, v.KvDType), fit.KvBytes);
+        var engine = new GenerationEngine(model, model.CreateCache(pool, SequenceStepRows(map, found, v), v.Eviction), EngineOptionsFor(found));
         var rng = new SplitMix64(s.Seed ^ 0x7468726F75676870UL);
         int vocab = config.VocabSize;
         int Token() => vocab > 3 ? 3 + (int)(rng.Next() % (ulong)(vocab - 3)) : (int)(rng.Next() % (ulong)vocab);
@@ -287,9 +378,10 @@ public sealed class ThroughputBench
     }
 
     /// <summary>The budget at which a layout fits exactly the given batch (its account's charged bytes).</summary>
-    public long BudgetFor(string layout, int batch)
+    public long BudgetFor(string spec, int batch)
     {
-        var config = ConfigFor(layout);
-        return Account(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers), batch).Charged(_settings.BudgetKind);
+        var v = Variant(spec);
+        var config = ConfigFor(v.Layout);
+        return Account(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers), batch, v).Charged(_settings.BudgetKind);
     }
 }

@@ -123,10 +123,13 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>Pool blocks one sequence of `tokens` positions takes over every KV layer (rings bounded).</summary>
-    public long KvBlocksFor(int tokens, int blockSize, int maxStepRows)
+    public long KvBlocksFor(int tokens, int blockSize, int maxStepRows) => KvBlocksFor(Config, Map, ContextLength, tokens, blockSize, maxStepRows);
+
+    /// <summary>KvBlocksFor for a config and layer map without weights (for accounting).</summary>
+    public static long KvBlocksFor(ModelConfig config, LayerMap map, int contextLength, int tokens, int blockSize, int maxStepRows)
     {
-        long linear = (tokens + (long)blockSize - 1) / blockSize, tableBlocks = (ContextLength + (long)blockSize - 1) / blockSize, total = 0;
-        foreach (int ring in RingPositions(maxStepRows, blockSize))
+        long linear = (tokens + (long)blockSize - 1) / blockSize, tableBlocks = (contextLength + (long)blockSize - 1) / blockSize, total = 0;
+        foreach (int ring in RingPositions(config, map, contextLength, maxStepRows, blockSize))
         {
             long ringBlocks = (ring + (long)blockSize - 1) / blockSize;
             total += ringBlocks > 0 && ringBlocks < tableBlocks ? Math.Min(linear, ringBlocks) : linear;
@@ -149,9 +152,14 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>Pool blocks one sequence of `tokens` positions takes over every KV layer under the eviction settings.</summary>
     public long KvBlocksFor(int tokens, int blockSize, int maxStepRows, Cache.EvictionSettings eviction)
-        => eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta) is { } policy
-            ? policy.BlocksFor(tokens, blockSize) * Map.KvLayerCount
-            : KvBlocksFor(tokens, blockSize, maxStepRows);
+        => KvBlocksFor(Config, Map, ContextLength, tokens, blockSize, maxStepRows, eviction);
+
+    /// <summary>The same for a config and layer map without weights.</summary>
+    public static long KvBlocksFor(ModelConfig config, LayerMap map, int contextLength, int tokens, int blockSize, int maxStepRows,
+        Cache.EvictionSettings eviction)
+        => eviction.Policy(maxStepRows, config.HeadDim, config.RopeTheta) is { } policy
+            ? policy.BlocksFor(tokens, blockSize) * map.KvLayerCount
+            : KvBlocksFor(config, map, contextLength, tokens, blockSize, maxStepRows);
 
     /// <summary>2 * kv_layers * kv_heads * head_dim * bytes(dtype) (kv-sharing.md §6).</summary>
     public long KvBytesPerToken(DType dtype) => Cache.KvCache.BytesPerTokenFor(Map.KvLayerCount, KvHeads, HeadDim, dtype);

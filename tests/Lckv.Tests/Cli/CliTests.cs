@@ -162,6 +162,30 @@ public sealed class CliTests(ITestOutputHelper output)
         Assert.Equal(2 * 3 * 2 * 16 * 4, doc.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
     }
 
+    [Fact]
+    public void InfoGivesKvBytesPerTokenAndPerSequenceUnderTheDtypeAndPolicy()
+    {
+        JsonElement Info(params string[] extra)
+        {
+            var (code, stdout, stderr) = Run(["info", "--preset", "small", "--json", .. extra]);
+            Assert.True(code == 0, stderr);
+            return JsonDocument.Parse(stdout).RootElement.Clone();
+        }
+        var full = Info();
+        int layers = full.GetProperty("kv_layers").GetInt32(), heads = full.GetProperty("kv_heads").GetInt32(), d = full.GetProperty("head_dim").GetInt32();
+        int context = full.GetProperty("context").GetInt32();
+        Assert.Equal(2L * layers * heads * d * 4, full.GetProperty("kv_bytes_per_token").GetInt64());
+        Assert.Equal(2L * layers * heads * d * 4 * context, full.GetProperty("kv_bytes_per_sequence").GetInt64()); // whole blocks of 16
+        // int8: D values and an f32 scale per row; q4: D/2 bytes and an f32 scale per 32 values
+        Assert.Equal(2L * layers * heads * (d + 4), Info("--kv-dtype", "int8").GetProperty("kv_bytes_per_token").GetInt64());
+        Assert.Equal(2L * layers * heads * (d / 2 + 4 * (d / 32)), Info("--kv-dtype", "q4").GetProperty("kv_bytes_per_token").GetInt64());
+        // StreamingLLM 4 + 60 decoding a token per step: 65 entries, 5 blocks of 16 per store, whatever the context
+        var streaming = Info("--kv-dtype", "int8", "--evict", "streaming", "--recent", "60", "--block-size", "16");
+        Assert.Equal(5L * layers * 2 * 16 * heads * (d + 4), streaming.GetProperty("kv_bytes_per_sequence").GetInt64());
+        Assert.Equal("streaming, sinks 4 + recent 60", streaming.GetProperty("kv_policy").GetString());
+        AssertOneLineError(Run("info", "--preset", "small", "--heavy", "3"), "--heavy needs --evict h2o");
+    }
+
     [SharedFact]
     public void TextPromptsStreamTheTextOfTheGeneratedIds()
     {

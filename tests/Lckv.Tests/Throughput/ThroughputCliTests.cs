@@ -25,9 +25,10 @@ public sealed class ThroughputCliTests
             string png = Path.Combine(dir.FullName, "tp.png");
             var (code, stdout, stderr) = Run([.. _tiny, "--plot", png]);
             Assert.True(code == 0, stderr);
-            Assert.Contains("| layout | layer_types | KV layers | KV bytes/token | max batch |", stdout);
-            Assert.Contains("| llama | 0..7 | 8 | 16384 | 1 |", stdout);
-            Assert.Contains("| lckv-w2 | 0_6x6_7 | 3 | 6144 |", stdout);
+            Assert.Contains("| row | layer_types | KV | eviction | KV layers | KV bytes/token | max batch |", stdout);
+            Assert.Contains("| llama | 0..7 | f32 | none | 8 | 16384 | 1 |", stdout);
+            Assert.Contains("| lckv-w2 | 0_6x6_7 | f32 | none | 3 | 6144 |", stdout);
+            Assert.Contains("Machine, measured in this run: FMA peak", stdout);
             Assert.Contains("1.00x", stdout);
             Assert.Equal(Png.Signature.ToArray(), File.ReadAllBytes(png)[..8]);
         }
@@ -81,7 +82,9 @@ public sealed class ThroughputCliTests
     [InlineData("--budget", "-5", "--budget")]
     [InlineData("--prompt", "0", "--prompt")]
     [InlineData("--gen", "5000", "context")]
-    [InlineData("--kv-dtype", "q4", "q4")]
+    [InlineData("--kv-dtype", "int4", "int4")]
+    [InlineData("--layouts", "llama/int8/lru:1:2", "lru")]
+    [InlineData("--heavy", "4", "--heavy needs --evict h2o")]
     [InlineData("--output", "csv", "--output")]
     [InlineData("--plot", "x.gif", ".png")]
     [InlineData("--max-batch", "0", "--max-batch")]
