@@ -197,8 +197,8 @@ public sealed class KvCache
     /// <summary>The state a store keeps for the sequence.</summary>
     public KvStoreState StateOf(int seq, int kvLayer) => Get(seq).States[CheckLayer(kvLayer)];
 
-    // logical slot of the first uncommitted position
-    private int Frontier(Sequence s, int l) => _policies[l].Compacts ? s.States[l].Count : s.Length;
+    // logical slot of the first uncommitted position of a positional store
+    private static int Frontier(Sequence s) => s.Length;
 
     /// <summary>
     /// Fresh blocks TryReserve(seq, length) would take from the pool: missing blocks plus copies of shared blocks that
@@ -228,7 +228,7 @@ public sealed class KvCache
                 if (missing || shared) needed++;
                 if (!apply) continue;
                 if (missing) table[slot] = Allocate();
-                else if (shared) table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s, l), b));
+                else if (shared) table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s), b));
             }
             if (!apply) continue;
             s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
@@ -237,28 +237,38 @@ public sealed class KvCache
         return needed;
     }
 
-    // an evicting store's entries for positions [Length, length): their positions, and scores of zero, known before the
-    // step writes them (an upward reader looks at the store before its owner layer writes the step's K/V)
+    // an evicting store's entries for positions [Length, length): their positions, scores of zero and slots, known before
+    // the step writes them (an upward reader looks at the store before its owner layer writes the step's K/V). New entry
+    // i of a head takes the i-th slot from the top of its free stack, then slots from HighWater on; the same call
+    // repeated gives the same slots.
     private static void NewEntries(Sequence s, int l, int length)
     {
         var state = s.States[l];
-        int heads = state.Positions!.Length / state.Capacity;
+        int cap = state.Capacity, heads = state.Positions!.Length / cap, free = state.HighWater - state.Count;
         for (int g = 0; g < heads; g++)
             for (int p = s.Length; p < length; p++)
             {
-                int at = g * state.Capacity + state.Count + (p - s.Length);
+                int i = p - s.Length, at = g * cap + state.Count + i;
                 state.Positions[at] = p;
                 if (state.Scores is { } scores) scores[at] = 0;
+                state.Slots![at] = i < free ? state.FreeSlots![g * cap + free - 1 - i] : state.HighWater + (i - free);
             }
     }
 
-    // logical blocks [first, end) that positions [Length, length) of store l fall in
+    // logical blocks [first, end) that positions [Length, length) of store l fall in (for an evicting store, the blocks
+    // its slots reach)
     private (int First, int End) BlockRange(Sequence s, int l, int length)
     {
-        int from = Frontier(s, l), to = from + (length - s.Length);
-        if (_policies[l].Compacts && to > s.States[l].Capacity)
-            throw new LckvException($"a step of {length - s.Length} tokens exceeds the store's capacity of {s.States[l].Capacity} entries ({s.States[l].Count} kept)");
-        return (from / _blockSize, (int)BlocksFor(to, _blockSize));
+        if (!_policies[l].Compacts)
+        {
+            int from = Frontier(s), to = from + (length - s.Length);
+            return (from / _blockSize, (int)BlocksFor(to, _blockSize));
+        }
+        var st = s.States[l];
+        int entries = st.Count + (length - s.Length);
+        if (entries > st.Capacity)
+            throw new LckvException($"a step of {length - s.Length} tokens exceeds the store's capacity of {st.Capacity} entries ({st.Count} kept)");
+        return (st.HighWater / _blockSize, (int)BlocksFor(Math.Max(st.HighWater, entries), _blockSize));
     }
 
     /// <summary>
@@ -289,12 +299,13 @@ public sealed class KvCache
         var table = Table(s, kvLayer);
         var layout = Layout;
         int row = layout.RowElements, count = CheckRows(s, seq, start, k.Length, v.Length);
-        int logical = start;
         if (_policies[kvLayer].Compacts)
         {
             if (start < s.Length) throw new ArgumentOutOfRangeException(nameof(start), $"position {start} of sequence {seq} is committed in a store that evicts");
-            logical = s.States[kvLayer].Count + (start - s.Length);
+            WriteEntries(s, kvLayer, s.States[kvLayer].Count + (start - s.Length), count, k, v);
+            return;
         }
+        int logical = start;
         for (int done = 0, n; done < count; done += n)
         {
             nint at = Run(table, kvLayer, logical + done, count - done, out n, out int block);
@@ -303,6 +314,23 @@ public sealed class KvCache
             KvRows.Store(k.Slice(done * row, n * row), layout.DType, layout.HeadDim, at);
             KvRows.Store(v.Slice(done * row, n * row), layout.DType, layout.HeadDim, at + (nint)layout.HalfBytes);
         }
+    }
+
+    // rows i < count of k and v as entries first + i of an evicting store, each KV head's row at its entry's slot
+    private unsafe void WriteEntries(Sequence s, int l, int first, int count, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        var state = s.States[l];
+        var view = KvView.Compacted(s.Tables[l], first + count, state.Positions!, state.Capacity, slots: state.Slots);
+        var storage = KvStorage.Paged(_pool.Base, Layout);
+        int d = Layout.HeadDim, heads = Layout.KvHeads;
+        for (int i = 0; i < count; i++)
+            for (int g = 0; g < heads; g++)
+            {
+                byte* at = view.KeyRow(storage, first + i, g);
+                int from = (i * heads + g) * d;
+                KvRows.Store(k.Slice(from, d), Layout.DType, d, (nint)at);
+                KvRows.Store(v.Slice(from, d), Layout.DType, d, (nint)(at + storage.ValueOffset));
+            }
     }
 
     // the K/V spans of `count` rows of [KvHeads * HeadDim] at positions start.. must lie in the reservation
@@ -372,7 +400,7 @@ public sealed class KvCache
         var table = s.Tables[l];
         var state = s.States[l];
         if (_policies[l].Compacts)
-            return KvView.Compacted(table, state.Count + newTokens, state.Positions!, state.Capacity, state.Scores, _policies[l].RankRope);
+            return KvView.Compacted(table, state.Count + newTokens, state.Positions!, state.Capacity, state.Scores, _policies[l].RankRope, state.Slots);
         int keys = s.Length + newTokens;
         return _ringBlocks[l] > 0 ? KvView.RingOf(table, _ringBlocks[l], _blockSize, keys) : KvView.Linear(table, keys);
     }
@@ -388,7 +416,11 @@ public sealed class KvCache
         for (int l = 0; l < _kvLayers; l++)
         {
             var st = s.States[l];
-            if (_policies[l].Compacts) st.Count += Math.Max(0, added);
+            if (_policies[l].Compacts)
+            {
+                st.Count += Math.Max(0, added);
+                st.HighWater = Math.Max(st.HighWater, st.Count);
+            }
             else st.Count = length;
         }
         s.Length = length;
@@ -448,9 +480,13 @@ public sealed class KvCache
             throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence {seq} has {s.Length} positions");
         for (int l = 0; l < _kvLayers; l++)
         {
-            if (_policies[l].Compacts && length != s.Length) throw new LckvException("a sequence whose stores evict cannot be truncated");
-            ReleaseFrom(s, l, (int)BlocksFor(_policies[l].Compacts ? s.States[l].Count : length, _blockSize));
-            if (!_policies[l].Compacts) s.States[l].Count = length;
+            if (_policies[l].Compacts)
+            {
+                if (length != s.Length) throw new LckvException("a sequence whose stores evict cannot be truncated");
+                continue; // its slots are scattered below HighWater: every block stays
+            }
+            ReleaseFrom(s, l, (int)BlocksFor(length, _blockSize));
+            s.States[l].Count = length;
         }
         s.Length = s.Reserved = length;
     }
@@ -465,8 +501,8 @@ public sealed class KvCache
 
     /// <summary>
     /// Keeps kept[g * keep + i] (increasing in i) of each KV head of one (sequence, store) and evicts the rest: each
-    /// evicted entry goes to the policy's OnEvicted, the kept rows move down to entries 0..keep-1, and blocks past them
-    /// return to the pool.
+    /// evicted entry goes to the policy's OnEvicted, its slot to the head's free stack; the kept entries' positions,
+    /// scores and slots move down to entries 0..keep-1. No K/V moves and the store keeps its blocks.
     /// </summary>
     internal unsafe void Compact(int seq, int kvLayer, ReadOnlySpan<int> kept, int keep)
     {
@@ -476,54 +512,42 @@ public sealed class KvCache
         var state = s.States[kvLayer];
         int heads = Layout.KvHeads, d = Layout.HeadDim, count = state.Count, cap = state.Capacity;
         if (keep < 0 || keep > count || kept.Length != heads * keep) throw new ArgumentException($"keep {keep} of {count} entries: expected {heads * keep} indices");
-        var view = KvView.Compacted(s.Tables[kvLayer], count, state.Positions!, cap, state.Scores);
+        var view = KvView.Compacted(s.Tables[kvLayer], count, state.Positions!, cap, state.Scores, slots: state.Slots);
         var storage = KvStorage.Paged(_pool.Base, Layout);
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
-        bool uniform = true; // every KV head keeps the same entries: whole slots move, all heads at once
+        int[] positions = state.Positions!, slots = state.Slots!, free = state.FreeSlots!;
+        var scores = state.Scores;
+        int freeCount = state.HighWater - count;
         for (int g = 0; g < heads; g++)
         {
             var mine = kept.Slice(g * keep, keep);
             for (int i = 1; i < keep; i++)
                 if (mine[i] <= mine[i - 1]) throw new ArgumentException("kept entries must be increasing");
             if (keep > 0 && (mine[0] < 0 || mine[^1] >= count)) throw new ArgumentException("a kept entry is out of range");
-            uniform &= mine.SequenceEqual(kept[..keep]);
-            if (!policy.ReceivesEvicted) continue;
+            int o = g * cap, pushed = freeCount;
             for (int e = 0, next = 0; e < count; e++)
             {
-                if (next < keep && mine[next] == e) { next++; continue; }
-                byte* row = view.KeyRow(storage, e, g);
-                KvRows.Load((nint)row, Layout.DType, d, k);
-                KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
-                policy.OnEvicted(state, g, state.Positions![g * cap + e], k, v);
-            }
-        }
-        for (int g = 0; g < (uniform ? 1 : heads); g++)
-        {
-            var mine = kept.Slice(g * keep, keep);
-            long rowBytes = uniform ? storage.SlotBytes : storage.HeadBytes;
-            for (int i = 0, n; i < keep; i += n)
-            {
-                int from = mine[i];
-                n = 1;
-                if (from == i) continue;
-                // a run of consecutive entries, within one block at both ends, moves with one copy (K and V)
-                int limit = Math.Min(_blockSize - i % _blockSize, _blockSize - from % _blockSize);
-                if (uniform)
-                    while (n < limit && i + n < keep && mine[i + n] == from + n) n++;
-                byte* src = view.KeyRow(storage, from, g), dst = view.KeyRow(storage, i, g);
-                Buffer.MemoryCopy(src, dst, n * rowBytes, n * rowBytes);
-                Buffer.MemoryCopy(src + storage.ValueOffset, dst + storage.ValueOffset, n * rowBytes, n * rowBytes);
-                for (int h = uniform ? 0 : g; h < (uniform ? heads : g + 1); h++)
+                if (next < keep && mine[next] == e)
                 {
-                    Array.Copy(state.Positions!, h * cap + from, state.Positions!, h * cap + i, n);
-                    if (state.Scores is { } sc) Array.Copy(sc, h * cap + from, sc, h * cap + i, n);
+                    // entry e becomes entry `next` (next <= e)
+                    positions[o + next] = positions[o + e];
+                    slots[o + next] = slots[o + e];
+                    if (scores is not null) scores[o + next] = scores[o + e];
+                    next++;
+                    continue;
                 }
+                if (policy.ReceivesEvicted)
+                {
+                    byte* row = view.KeyRow(storage, e, g);
+                    KvRows.Load((nint)row, Layout.DType, d, k);
+                    KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
+                    policy.OnEvicted(state, g, positions[o + e], k, v);
+                }
+                free[o + pushed++] = slots[o + e];
             }
         }
         state.Count = keep;
-        // blocks past the kept entries return to the pool, but for slots an outstanding reservation still covers
-        ReleaseFrom(s, kvLayer, (int)BlocksFor(keep + (s.Reserved - s.Length), _blockSize));
     }
 
     private void Activate(Sequence s)

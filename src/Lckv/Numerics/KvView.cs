@@ -41,15 +41,15 @@ public readonly record struct KvStorage(nint Base, KvLayout Layout, long BlockBy
 
 /// <summary>
 /// What one (sequence, store) holds, as the attention kernel sees it: entries 0..Count-1 in increasing position
-/// order, entry e in logical slot Origin + e, logical slot L in block Table[L / BlockSize] (modulo Ring when the table
-/// is a ring) at slot L % BlockSize. Entry e holds position FirstPosition + e, or, for a store that evicts, the
-/// per-KV-head positions in Positions[g * Stride + e]. Scores, when present, is a per-(KV head, entry) accumulator
+/// order, entry e in logical slot Origin + e (or, for a store that evicts, Slots[g * Stride + e] of KV head g), logical
+/// slot L in block Table[L / BlockSize] (modulo Ring when the table is a ring) at slot L % BlockSize. Entry e holds
+/// position FirstPosition + e, or, for a store that evicts, the per-KV-head positions in Positions[g * Stride + e]. Scores, when present, is a per-(KV head, entry) accumulator
 /// (same stride) into which the kernel adds each entry's softmax probabilities (summed over query rows and the query
 /// heads of the KV head). KeyRope, when present, says the keys are stored unrotated and rotated when read by their rank
 /// in the store: entry e by position e of the table (StreamingLLM).
 /// </summary>
 public readonly record struct KvView(int[] Table, int Ring, int Origin, int Count, int FirstPosition, int[]? Positions = null,
-    int Stride = 0, float[]? Scores = null, RopeTable? KeyRope = null)
+    int Stride = 0, float[]? Scores = null, RopeTable? KeyRope = null, int[]? Slots = null)
 {
     /// <summary>Positions 0..count-1 in a linear table.</summary>
     public static KvView Linear(int[] table, int count, float[]? scores = null) => new(table, 0, 0, count, 0, Scores: scores, Stride: count);
@@ -64,9 +64,11 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
         return new KvView(table, ringBlocks, first, Math.Max(0, keyCount - first), first);
     }
 
-    /// <summary>Entry e at logical slot e, holding per-KV-head positions (increasing in e).</summary>
-    public static KvView Compacted(int[] table, int count, int[] positions, int stride, float[]? scores = null, RopeTable? keyRope = null)
-        => new(table, 0, 0, count, 0, positions, stride, scores, keyRope);
+    /// <summary>Entries with per-KV-head positions (increasing in e), entry e of head g at logical slot
+    /// slots[g * stride + e] (at slot e when slots is null).</summary>
+    public static KvView Compacted(int[] table, int count, int[] positions, int stride, float[]? scores = null, RopeTable? keyRope = null,
+        int[]? slots = null)
+        => new(table, 0, 0, count, 0, positions, stride, scores, keyRope, slots);
 
     /// <summary>The entries [Start, End) a query at position t sees through KV head g under the rule.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -102,7 +104,7 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public unsafe byte* KeyRow(in KvStorage storage, int e, int g)
     {
-        int bs = storage.Layout.BlockSize, l = Origin + e, b = l / bs;
+        int bs = storage.Layout.BlockSize, l = Slots is null ? Origin + e : Slots[g * Stride + e], b = l / bs;
         return (byte*)storage.Base + Table[Ring > 0 ? b % Ring : b] * storage.BlockBytes + (l - b * bs) * storage.SlotBytes
             + g * storage.HeadBytes;
     }
@@ -115,6 +117,15 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
         long blockBytes = storage.BlockBytes, slotBytes = storage.SlotBytes;
         byte* head = (byte*)storage.Base + g * storage.HeadBytes;
         int[] table = Table;
+        if (Slots is { } slots)
+        {
+            for (int i = 0, at = g * Stride + e; i < n; i++)
+            {
+                int s = slots[at + i], b = s / bs;
+                rows[i] = head + table[b] * blockBytes + (s - b * bs) * slotBytes;
+            }
+            return;
+        }
         for (int i = 0; i < n; i++)
         {
             rows[i] = head + table[ring > 0 ? block % ring : block] * blockBytes + slot * slotBytes;
@@ -140,6 +151,7 @@ public readonly record struct KvView(int[] Table, int Ring, int Origin, int Coun
         if (Positions is not null)
         {
             if (Stride < Count || Positions.Length < perHead) throw new ArgumentException("the positions do not cover the entries");
+            if (Slots is not null && Slots.Length < perHead) throw new ArgumentException("the slots do not cover the entries");
             return;
         }
         long oldestVisible = rule.Window > 0 ? Math.Max(0L, firstQueryPosition - (long)rule.Window) : 0;

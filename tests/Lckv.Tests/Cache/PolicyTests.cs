@@ -168,6 +168,73 @@ public sealed class PolicyTests
         }
     }
 
+    // A long stream in steps of 1 to 3 tokens with H2O (random scores) or StreamingLLM, two sequences side by side:
+    // after every step each store holds at most its budget, positions increase, the recent window (and the sinks) are
+    // there, every kept entry reads back the K/V written for its position and head, and the pool never holds more than
+    // the capacity's blocks; at the end the blocks return to the pool.
+    [Theory]
+    [InlineData("h2o", 3)]
+    [InlineData("h2o", 16)]
+    [InlineData("streaming", 5)]
+    public void LongStreamsKeepTheirInvariantsAfterEveryStep(string kind, int blockSize)
+    {
+        const int kvHeads = 2, d = 8, budgetKept = 6, recent = 5, maxStep = 3;
+        var rng = new Random(blockSize);
+        var layout = new KvLayout(blockSize, kvHeads, d, DType.F32);
+        EvictingPolicy policy = kind == "h2o" ? new H2OPolicy(budgetKept, recent, maxStep) : new StreamingPolicy(budgetKept, recent, maxStep, d, 10000);
+        using var pool = new KvBlockPool(layout, 64 * layout.BlockBytes);
+        var cache = new KvCache(pool, [policy], maxSequenceLength: 1000);
+        int[] seqs = [cache.CreateSequence(), cache.CreateSequence()];
+        int[] lengths = [0, 0];
+        static float Value(int seq, int position, int head, int i) => seq * 100000 + position * 10 + head * 0.5f + i * 0.01f;
+        long maxBlocks = KvCache.BlocksFor(policy.Capacity, blockSize) * seqs.Length;
+        for (int step = 0; step < 300; step++)
+            for (int b = 0; b < seqs.Length; b++)
+            {
+                int seq = seqs[b], n = 1 + rng.Next(maxStep), start = lengths[b];
+                Assert.True(cache.TryReserve(seq, start + n));
+                var k = new float[n * kvHeads * d];
+                var v = new float[k.Length];
+                for (int t = 0; t < n; t++)
+                    for (int g = 0; g < kvHeads; g++)
+                        for (int i = 0; i < d; i++)
+                        {
+                            k[(t * kvHeads + g) * d + i] = Value(seq, start + t, g, i);
+                            v[(t * kvHeads + g) * d + i] = -Value(seq, start + t, g, i);
+                        }
+                cache.Write(seq, 0, start, k, v);
+                var state = cache.StateOf(seq, 0);
+                if (state.Scores is { } sc)
+                    for (int g = 0; g < kvHeads; g++)
+                        for (int e = 0; e < state.Count + n; e++) sc[g * state.Capacity + e] += (float)rng.NextDouble();
+                cache.SetLength(seq, lengths[b] = start + n);
+                int length = lengths[b];
+                Assert.True(state.Count <= Math.Min(length, budgetKept + recent));
+                var kr = new float[d];
+                var vr = new float[d];
+                for (int g = 0; g < kvHeads; g++)
+                {
+                    var positions = Enumerable.Range(0, state.Count).Select(e => state.Positions![g * state.Capacity + e]).ToArray();
+                    for (int e = 1; e < positions.Length; e++) Assert.True(positions[e] > positions[e - 1]);
+                    for (int p = Math.Max(0, length - recent); p < length; p++) Assert.Contains(p, positions);
+                    if (kind == "streaming")
+                        for (int p = 0; p < Math.Min(budgetKept, length); p++) Assert.Contains(p, positions);
+                    for (int e = 0; e < positions.Length; e++)
+                    {
+                        cache.ReadEntry(seq, 0, e, g, kr, vr);
+                        for (int i = 0; i < d; i++)
+                        {
+                            Assert.Equal(Value(seq, positions[e], g, i), kr[i]);
+                            Assert.Equal(-Value(seq, positions[e], g, i), vr[i]);
+                        }
+                    }
+                }
+                Assert.True(pool.UsedBlocks <= maxBlocks, $"{pool.UsedBlocks} blocks in use, at most {maxBlocks}");
+            }
+        foreach (int seq in seqs) cache.Remove(seq);
+        Assert.Equal(0, pool.UsedBlocks);
+    }
+
     private static float[] Dense(ReadOnlySpan<float> q, float[][] keys, float[][] values, float scale)
     {
         int d = q.Length;

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Lckv.Cache;
 using Lckv.Generation;
 using Lckv.Numerics;
 using Lckv.Tests.Cli;
@@ -84,5 +85,46 @@ public sealed class PerplexityTests
         Assert.True(code == 0, stderr);
         using var doc = JsonDocument.Parse(stdout);
         Assert.Equal(299, doc.RootElement.GetProperty("tokens").GetInt64());
+    }
+
+    // a store whose budget is at least the sequence evicts nothing: teacher-forced decode under StreamingLLM or H2O gives
+    // the full cache's logits step by step, on a standard and an upward-reading layout, with f32 and int8 KV (int8 with
+    // H2O only: StreamingLLM quantizes its keys unrotated, so its int8 store holds other values than the full cache's)
+    [SharedTheory]
+    [InlineData("llama-standard", "streaming", DType.F32)]
+    [InlineData("llama-standard", "h2o", DType.KvInt8)]
+    [InlineData("lckv-groups-nodiag", "h2o", DType.F32)]
+    [InlineData("lckv-groups-nodiag", "streaming", DType.F32)]
+    public void ABudgetLargerThanTheSequenceEqualsNoPolicy(string name, string kind, DType kv)
+    {
+        using var f = GoldenTests.Open(name);
+        var ids = f.Rows("input_ids")[0];
+        int t = ids.Length;
+        var eviction = kind == "h2o" ? new EvictionSettings(EvictionKind.H2O, Heavy: 1, Recent: t)
+            : new EvictionSettings(EvictionKind.Streaming, Sinks: 1, Recent: t);
+        var full = Decode(f.Model, ids, kv, EvictionSettings.None);
+        var evicting = Decode(f.Model, ids, kv, eviction);
+        for (int i = 0; i < full.Length; i++)
+            Assert.True(Math.Abs(full[i] - evicting[i]) <= 1e-5, $"logit {i}: {evicting[i]} under {kind}, {full[i]} without eviction");
+        // and with perplexity's own decode
+        var ppl = Perplexity.Evaluate(f.Model, ids, t, t, kv, eviction: eviction);
+        Assert.True(double.IsFinite(ppl.MeanNll));
+    }
+
+    // every token its own step through the runner; the logits of every step
+    private static float[] Decode(Lckv.Model.LlamaModel model, int[] ids, DType kv, EvictionSettings eviction)
+    {
+        var layout = model.KvLayout(4, kv);
+        using var pool = new KvBlockPool(layout, 256 * layout.BlockBytes);
+        var cache = model.CreateCache(pool, 1, eviction);
+        var runner = new Lckv.Model.ForwardRunner(model, cache, 1, 1);
+        int seq = cache.CreateSequence(), v = model.Vocab;
+        var logits = new float[ids.Length * v];
+        for (int p = 0; p < ids.Length; p++)
+        {
+            Assert.True(cache.TryReserve(seq, p + 1));
+            runner.Run([new Lckv.Model.StepSequence(seq, 1)], [ids[p]], Lckv.Model.LogitsRows.Last, logits.AsSpan(p * v, v));
+        }
+        return logits;
     }
 }
