@@ -197,8 +197,8 @@ public sealed class KvCache
     /// <summary>The state a store keeps for the sequence.</summary>
     public KvStoreState StateOf(int seq, int kvLayer) => Get(seq).States[CheckLayer(kvLayer)];
 
-    // logical slot of the first uncommitted position of a positional store
-    private static int Frontier(Sequence s) => s.Length;
+    // logical slot of the first uncommitted position
+    private int Frontier(Sequence s, int l) => _policies[l].Compacts ? s.States[l].Count : s.Length;
 
     /// <summary>
     /// Fresh blocks TryReserve(seq, length) would take from the pool: missing blocks plus copies of shared blocks that
@@ -228,7 +228,7 @@ public sealed class KvCache
                 if (missing || shared) needed++;
                 if (!apply) continue;
                 if (missing) table[slot] = Allocate();
-                else if (shared) table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s), b));
+                else if (shared) table[slot] = CopyOnWrite(table[slot], _ringBlocks[l] > 0 ? _blockSize : ValidSlots(Frontier(s, l), b));
             }
             if (!apply) continue;
             s.States[l].Blocks = Math.Max(s.States[l].Blocks, end);
@@ -237,38 +237,30 @@ public sealed class KvCache
         return needed;
     }
 
-    // an evicting store's entries for positions [Length, length): their positions, scores of zero and slots, known before
-    // the step writes them (an upward reader looks at the store before its owner layer writes the step's K/V). New entry
-    // i of a head takes the i-th slot from the top of its free stack, then slots from HighWater on; the same call
-    // repeated gives the same slots.
+    // an evicting store's entries for positions [Length, length): their positions, scores of zero and slots (after the
+    // kept entries'), known before the step writes them (an upward reader looks at the store before its owner layer
+    // writes the step's K/V)
     private static void NewEntries(Sequence s, int l, int length)
     {
         var state = s.States[l];
-        int cap = state.Capacity, heads = state.Positions!.Length / cap, free = state.HighWater - state.Count;
+        int cap = state.Capacity, heads = state.Positions!.Length / cap;
         for (int g = 0; g < heads; g++)
             for (int p = s.Length; p < length; p++)
             {
-                int i = p - s.Length, at = g * cap + state.Count + i;
+                int e = state.Count + (p - s.Length), at = g * cap + e;
                 state.Positions[at] = p;
                 if (state.Scores is { } scores) scores[at] = 0;
-                state.Slots![at] = i < free ? state.FreeSlots![g * cap + free - 1 - i] : state.HighWater + (i - free);
+                state.Slots![at] = e;
             }
     }
 
-    // logical blocks [first, end) that positions [Length, length) of store l fall in (for an evicting store, the blocks
-    // its slots reach)
+    // logical blocks [first, end) that positions [Length, length) of store l fall in
     private (int First, int End) BlockRange(Sequence s, int l, int length)
     {
-        if (!_policies[l].Compacts)
-        {
-            int from = Frontier(s), to = from + (length - s.Length);
-            return (from / _blockSize, (int)BlocksFor(to, _blockSize));
-        }
-        var st = s.States[l];
-        int entries = st.Count + (length - s.Length);
-        if (entries > st.Capacity)
-            throw new LckvException($"a step of {length - s.Length} tokens exceeds the store's capacity of {st.Capacity} entries ({st.Count} kept)");
-        return (st.HighWater / _blockSize, (int)BlocksFor(Math.Max(st.HighWater, entries), _blockSize));
+        int from = Frontier(s, l), to = from + (length - s.Length);
+        if (_policies[l].Compacts && to > s.States[l].Capacity)
+            throw new LckvException($"a step of {length - s.Length} tokens exceeds the store's capacity of {s.States[l].Capacity} entries ({s.States[l].Count} kept)");
+        return (from / _blockSize, (int)BlocksFor(to, _blockSize));
     }
 
     /// <summary>
@@ -416,11 +408,7 @@ public sealed class KvCache
         for (int l = 0; l < _kvLayers; l++)
         {
             var st = s.States[l];
-            if (_policies[l].Compacts)
-            {
-                st.Count += Math.Max(0, added);
-                st.HighWater = Math.Max(st.HighWater, st.Count);
-            }
+            if (_policies[l].Compacts) st.Count += Math.Max(0, added);
             else st.Count = length;
         }
         s.Length = length;
@@ -480,13 +468,9 @@ public sealed class KvCache
             throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence {seq} has {s.Length} positions");
         for (int l = 0; l < _kvLayers; l++)
         {
-            if (_policies[l].Compacts)
-            {
-                if (length != s.Length) throw new LckvException("a sequence whose stores evict cannot be truncated");
-                continue; // its slots are scattered below HighWater: every block stays
-            }
-            ReleaseFrom(s, l, (int)BlocksFor(length, _blockSize));
-            s.States[l].Count = length;
+            if (_policies[l].Compacts && length != s.Length) throw new LckvException("a sequence whose stores evict cannot be truncated");
+            ReleaseFrom(s, l, (int)BlocksFor(_policies[l].Compacts ? s.States[l].Count : length, _blockSize));
+            if (!_policies[l].Compacts) s.States[l].Count = length;
         }
         s.Length = s.Reserved = length;
     }
@@ -501,8 +485,9 @@ public sealed class KvCache
 
     /// <summary>
     /// Keeps kept[g * keep + i] (increasing in i) of each KV head of one (sequence, store) and evicts the rest: each
-    /// evicted entry goes to the policy's OnEvicted, its slot to the head's free stack; the kept entries' positions,
-    /// scores and slots move down to entries 0..keep-1. No K/V moves and the store keeps its blocks.
+    /// evicted entry goes to the policy's OnEvicted; the kept entries' positions, scores and slots move down to entries
+    /// 0..keep-1; the kept rows in slots >= keep move into the slots below keep that evicted entries left, so that the
+    /// slots stay [0, keep); blocks past them return to the pool.
     /// </summary>
     internal unsafe void Compact(int seq, int kvLayer, ReadOnlySpan<int> kept, int keep)
     {
@@ -516,21 +501,22 @@ public sealed class KvCache
         var storage = KvStorage.Paged(_pool.Base, Layout);
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
-        int[] positions = state.Positions!, slots = state.Slots!, free = state.FreeSlots!;
+        Span<int> holes = count <= 1024 ? stackalloc int[count] : new int[count];
+        int[] positions = state.Positions!, slots = state.Slots!;
         var scores = state.Scores;
-        int freeCount = state.HighWater - count;
+        long rowBytes = storage.HeadBytes;
         for (int g = 0; g < heads; g++)
         {
             var mine = kept.Slice(g * keep, keep);
             for (int i = 1; i < keep; i++)
                 if (mine[i] <= mine[i - 1]) throw new ArgumentException("kept entries must be increasing");
             if (keep > 0 && (mine[0] < 0 || mine[^1] >= count)) throw new ArgumentException("a kept entry is out of range");
-            int o = g * cap, pushed = freeCount;
+            int o = g * cap, nHoles = 0;
             for (int e = 0, next = 0; e < count; e++)
             {
                 if (next < keep && mine[next] == e)
                 {
-                    // entry e becomes entry `next` (next <= e)
+                    // entry e becomes entry `next` (next <= e: nothing at index e has been overwritten yet)
                     positions[o + next] = positions[o + e];
                     slots[o + next] = slots[o + e];
                     if (scores is not null) scores[o + next] = scores[o + e];
@@ -544,10 +530,22 @@ public sealed class KvCache
                     KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
                     policy.OnEvicted(state, g, positions[o + e], k, v);
                 }
-                free[o + pushed++] = slots[o + e];
+                if (slots[o + e] < keep) holes[nHoles++] = slots[o + e];
+            }
+            // as many kept entries sit in slots >= keep as there are holes below keep
+            for (int i = 0, h = 0; i < keep && h < nHoles; i++)
+            {
+                if (slots[o + i] < keep) continue;
+                var from = view.KeyRow(storage, i, g);
+                slots[o + i] = holes[h++];
+                var to = view.KeyRow(storage, i, g);
+                Buffer.MemoryCopy(from, to, rowBytes, rowBytes);
+                Buffer.MemoryCopy(from + storage.ValueOffset, to + storage.ValueOffset, rowBytes, rowBytes);
             }
         }
         state.Count = keep;
+        // blocks past the kept entries return to the pool, but for slots an outstanding reservation still covers
+        ReleaseFrom(s, kvLayer, (int)BlocksFor(keep + (s.Reserved - s.Length), _blockSize));
     }
 
     private void Activate(Sequence s)

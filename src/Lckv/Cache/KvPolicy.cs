@@ -5,9 +5,9 @@ namespace Lckv.Cache;
 /// <summary>
 /// What one store (the cache of one KV-computing layer) keeps for one sequence: its committed entries, and for a policy
 /// that evicts, each entry's position, attention score and logical slot per KV head ([KvHeads, Capacity], entry e of
-/// head g at g * Capacity + e, positions increasing in e). An evicted entry's slot goes to its head's free stack and the
-/// next new entry of that head takes it, so eviction moves no K/V. A policy with more per-sequence state (a low-rank
-/// summary of what it evicted) derives from it and creates it in <see cref="KvPolicy.CreateState"/>.
+/// head g at g * Capacity + e, positions increasing in e; the slots of a head are a permutation of [0, Count)). A
+/// policy with more per-sequence state (a low-rank summary of what it evicted) derives from it and creates it in
+/// <see cref="KvPolicy.CreateState"/>.
 /// </summary>
 public class KvStoreState
 {
@@ -19,15 +19,10 @@ public class KvStoreState
     public float[]? Scores;
     /// <summary>Evicting stores: the logical slot of each entry.</summary>
     public int[]? Slots;
-    /// <summary>Evicting stores: per KV head, a stack of the slots below HighWater that hold no entry (HighWater - Count
-    /// of them, the same number for every head).</summary>
-    public int[]? FreeSlots;
-    /// <summary>Evicting stores: logical slots [0, HighWater) have held an entry; blocks cover them.</summary>
-    public int HighWater;
     public int Capacity;
 
     /// <summary>Empties the state for a new sequence that reuses the id (arrays are kept and overwritten as written).</summary>
-    public virtual void Reset() => Count = Blocks = HighWater = 0;
+    public virtual void Reset() => Count = Blocks = 0;
 }
 
 /// <summary>
@@ -95,8 +90,9 @@ public sealed class WindowPolicy(int positions) : KvPolicy
 
 /// <summary>
 /// Base of policies that evict: a sequence's entries never exceed Capacity (the budget plus one step's tokens), kept in
-/// position order with their slots; an eviction frees slots for the next entries. Subclasses choose which entries each
-/// KV head keeps.
+/// position order, each in a slot of its own below the entry count: an eviction fills the holes it leaves below the
+/// kept count with the kept entries above it, a few rows, instead of shifting every later entry. Subclasses choose
+/// which entries each KV head keeps.
 /// </summary>
 public abstract class EvictingPolicy : KvPolicy
 {
@@ -126,7 +122,7 @@ public abstract class EvictingPolicy : KvPolicy
     protected internal override KvStoreState CreateState(int kvHeads) => new()
     {
         Capacity = Capacity, Positions = new int[kvHeads * Capacity], Scores = TracksScores ? new float[kvHeads * Capacity] : null,
-        Slots = new int[kvHeads * Capacity], FreeSlots = new int[kvHeads * Capacity],
+        Slots = new int[kvHeads * Capacity],
     };
 }
 

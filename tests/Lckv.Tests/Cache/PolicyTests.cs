@@ -189,6 +189,7 @@ public sealed class PolicyTests
         static float Value(int seq, int position, int head, int i) => seq * 100000 + position * 10 + head * 0.5f + i * 0.01f;
         long maxBlocks = KvCache.BlocksFor(policy.Capacity, blockSize) * seqs.Length;
         for (int step = 0; step < 300; step++)
+        {
             for (int b = 0; b < seqs.Length; b++)
             {
                 int seq = seqs[b], n = 1 + rng.Next(maxStep), start = lengths[b];
@@ -231,6 +232,9 @@ public sealed class PolicyTests
                 }
                 Assert.True(pool.UsedBlocks <= maxBlocks, $"{pool.UsedBlocks} blocks in use, at most {maxBlocks}");
             }
+            // after a step a store holds the blocks of its kept entries and no more
+            Assert.Equal(seqs.Sum(q => KvCache.BlocksFor(cache.StateOf(q, 0).Count, blockSize)), pool.UsedBlocks);
+        }
         foreach (int seq in seqs) cache.Remove(seq);
         Assert.Equal(0, pool.UsedBlocks);
     }
