@@ -237,7 +237,7 @@ public static unsafe class Attention
         // the log-sum-exp of each head of row `row` (group heads from g * group), and the probabilities into the view's
         // accumulator: a second pass over the visible keys, scores recomputed
         private readonly void Finish<TR>(in AttentionSequence s, int g, int row, float* qRow, int start, int end, float* max,
-            float* sum, float* kt) where TR : struct, IKvRow
+            float* sum, float* kt, bool scoresAdded = false) where TR : struct, IKvRow
         {
             int group = Group, d = Storage.Layout.HeadDim;
             float* lse = stackalloc float[group];
@@ -247,7 +247,7 @@ public static unsafe class Attention
                 if (Lse != null) Lse[(long)row * Heads + g * group + h] = lse[h];
             }
             var scores = s.View.Scores;
-            if (scores is null || end <= start) return;
+            if (scores is null || end <= start || scoresAdded) return;
             byte** rows = stackalloc byte*[KeyTile];
             fixed (float* acc = &scores[g * s.View.Stride])
             {
@@ -363,6 +363,12 @@ public static unsafe class Attention
             float* vs = stackalloc float[inPlace ? 1 : seg * d];     // widened values of a segment
             float* kf = stackalloc float[keysInPlace && s.View.Scores is not null ? d : 1]; // scratch of Finish
             bool finish = Lse != null || s.View.Scores is not null;
+            // with a score accumulator: each segment's p = exp(score - m) per head and that m, so that the row's
+            // probabilities p * exp(m - max) / sum are added at its end without scoring the keys again
+            bool collect = s.View.Scores is not null;
+            int entries = collect ? (s.View.Count + KeyTile - 1) / KeyTile * KeyTile : 0, segments = collect ? entries / seg + 1 : 0;
+            float[]? saved = collect ? ScoreScratch(group * entries) : null;
+            float* segMax = stackalloc float[group * segments];
             var scale = Vector128.Create(ScoreScale);
             for (int r = r0; r < r1; r++)
             {
@@ -373,6 +379,7 @@ public static unsafe class Attention
                 if (!StartRow<TR>(in s, g, row, qRow, oRow, start, end, acc, max, sum, finish ? (keysInPlace ? kf : kt) : null)) continue;
                 for (int j0 = start; j0 < end; j0 += seg)
                 {
+                    int si = (j0 - start) / seg;
                     int n = Math.Min(seg, end - j0);
                     s.View.KeyRows(in Storage, j0, n, g, rows);
                     // scores, a tile of 16 keys at a time (the next tile's keys to L1, this tile's values to L2)
@@ -433,6 +440,11 @@ public static unsafe class Attention
                             total += pe;
                         }
                         sum[h] += Vector512.Sum(total);
+                        if (collect)
+                        {
+                            new ReadOnlySpan<float>(sh, n).CopyTo(saved.AsSpan(h * entries + (j0 - start), n));
+                            segMax[h * segments + si] = m;
+                        }
                     }
                     // the sums of p * v: the values in place (f32) or widened once for all query heads
                     for (int jj = 0; jj < n; jj++)
@@ -457,8 +469,33 @@ public static unsafe class Attention
                     }
                 }
                 for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
-                if (finish) Finish<TR>(in s, g, row, qRow, start, end, max, sum, keysInPlace ? kf : kt);
+                if (collect) AddScores(in s, g, group, start, end, seg, saved!, entries, segMax, segments, max, sum);
+                if (finish) Finish<TR>(in s, g, row, qRow, start, end, max, sum, keysInPlace ? kf : kt, scoresAdded: collect);
             }
+        }
+
+        // the view's accumulator of KV head g gains each of the group's heads' probabilities of entries [start, end): the
+        // saved p = exp(score - m) of each segment, times exp(m - max) / sum
+        private static void AddScores(in AttentionSequence s, int g, int group, int start, int end, int seg, float[] saved, int entries,
+            float* segMax, int segments, float* max, float* sum)
+        {
+            var acc = s.View.Scores.AsSpan(g * s.View.Stride + start, end - start);
+            for (int h = 0; h < group; h++)
+                for (int j0 = 0, si = 0; j0 < end - start; j0 += seg, si++)
+                {
+                    int n = Math.Min(seg, end - start - j0);
+                    float f = MathF.Exp(segMax[h * segments + si] - max[h]) / sum[h];
+                    System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(saved.AsSpan(h * entries + j0, n), f, acc.Slice(j0, n), acc.Slice(j0, n));
+                }
+        }
+
+        // per worker thread: the saved probabilities of one row's segments
+        [ThreadStatic] private static float[]? _scoreScratch;
+
+        private static float[] ScoreScratch(int length)
+        {
+            if (_scoreScratch is null || _scoreScratch.Length < length) _scoreScratch = new float[Math.Max(length, 1024)];
+            return _scoreScratch;
         }
 
         // the scores of 4 keys (64 values each) for `group` query heads at q (64 apart), times scale, stored at

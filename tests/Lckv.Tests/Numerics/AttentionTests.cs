@@ -173,8 +173,9 @@ public class AttentionTests(ITestOutputHelper output)
         if (!Fits(dtype, d)) return;
         int heads = kvHeads * group;
         var layout = new KvLayout(bs, kvHeads, d, dtype);
-        // a prefill of 19 rows (crosses the 16-row chunk), a decode row deep in the store, a sequence with no entries
-        var shapes = new (int Queries, int First, int Entries)[] { (19, 0, 19), (1, 40, 23), (2, 0, 0) };
+        // a prefill of 19 rows (crosses the 16-row chunk), a decode row deep in the store, a sequence with no entries, and
+        // two rows over 300 entries (several of the head_dim-64 kernel's key segments)
+        var shapes = new (int Queries, int First, int Entries)[] { (19, 0, 19), (1, 40, 23), (2, 0, 0), (2, 298, 300) };
         int blocks = shapes.Sum(s => (s.Entries + bs - 1) / bs) + 1;
         using var pool = FillPool(rng, layout, blocks);
         var order = Enumerable.Range(0, blocks).OrderBy(_ => rng.Next()).ToArray();
@@ -198,7 +199,7 @@ public class AttentionTests(ITestOutputHelper output)
                     kept.CopyTo(positions, g * stride);
                 }
                 // keys stored unrotated and rotated by rank when read (StreamingLLM)
-                var rope = new RopeTable(d, 10000, 64);
+                var rope = new RopeTable(d, 10000, 320);
                 view = KvView.Compacted(table, n, positions, stride, new float[kvHeads * stride], rope);
                 refView = KvView.Compacted(table, n, positions, stride, new float[kvHeads * stride], rope);
             }
