@@ -104,6 +104,7 @@ public static class GenerateCommand
                         decode_tokens = result.Timing.DecodeTokens,
                         decode_seconds = result.Timing.DecodeSeconds,
                         decode_tokens_per_second = result.Timing.DecodeTokensPerSecond,
+                        decode_step_ms = result.Timing.DecodeStepSeconds.Select(x => Math.Round(x * 1000, 3)),
                     },
                 };
                 stdout.WriteLine(JsonSerializer.Serialize(doc));

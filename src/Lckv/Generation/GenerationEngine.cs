@@ -479,6 +479,7 @@ public sealed class GenerationEngine
     {
         long prefillTicks = 0, decodeTicks = 0;
         int prefillTokens = 0, decodeTokens = 0, steps = 0;
+        var stepSeconds = new List<double>();
         while (true)
         {
             long t0 = Stopwatch.GetTimestamp();
@@ -492,10 +493,11 @@ public sealed class GenerationEngine
                 decodeTicks += ticks;
                 decodeTokens += report.DecodeTokens;
                 steps++;
+                stepSeconds.Add(ticks / (double)Stopwatch.Frequency);
             }
             foreach (var s in _finished) Retire(s);
         }
         return new GenerationTiming(prefillTokens, prefillTicks / (double)Stopwatch.Frequency, decodeTokens,
-            decodeTicks / (double)Stopwatch.Frequency, steps);
+            decodeTicks / (double)Stopwatch.Frequency, steps) { DecodeStepSeconds = stepSeconds };
     }
 }

@@ -32,6 +32,8 @@ public sealed record GenerationTiming(int PrefillTokens, double PrefillSeconds, 
 {
     public double PrefillTokensPerSecond => PrefillSeconds > 0 ? PrefillTokens / PrefillSeconds : 0;
     public double DecodeTokensPerSecond => DecodeSeconds > 0 ? DecodeTokens / DecodeSeconds : 0;
+    /// <summary>Seconds of each decode step, in order (the per-token latency at batch 1).</summary>
+    public IReadOnlyList<double> DecodeStepSeconds { get; init; } = [];
 }
 
 public sealed record GenerationOutput(IReadOnlyList<SequenceResult> Sequences, GenerationTiming Timing);
