@@ -16,15 +16,18 @@ public static class PerplexityCommand
         var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: the window)" };
         var limit = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens" };
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
+        var segment = new Option<int?>("--segment") { Description = "also report the perplexity of every N positions of the stream (e.g. 1000)" };
         var cmd = new Command("perplexity", "perplexity of a text or token file");
         mo.AddTo(cmd);
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { file, idsFile, window, stride, limit, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { file, idsFile, window, stride, limit, json, segment }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             string? textPath = p.GetValue(file), idsPath = p.GetValue(idsFile);
             if ((textPath is null) == (idsPath is null)) throw new LckvException("give exactly one of --file or --ids-file");
             var eviction = eo.Parse(p);
+            int? segmentLength = p.GetValue(segment);
+            if (segmentLength is < 1) throw new LckvException($"--segment must be at least 1, got {segmentLength}");
             using var model = mo.LoadModel(p);
             int[] ids;
             if (textPath is not null)
@@ -50,9 +53,15 @@ public static class PerplexityCommand
                     stride = str,
                     seconds = result.Seconds,
                     tokens_per_second = result.TokensPerSecond,
+                    segments = segmentLength is int sl ? result.Segments(sl).Select(x => new { from = x.From, tokens = x.Tokens, perplexity = x.Perplexity }) : null,
                 }));
             else
+            {
                 stdout.WriteLine($"perplexity {result.Perplexity:F4} over {result.ScoredTokens} tokens ({result.Windows} windows of {win}, stride {str}), {result.TokensPerSecond:F1} tok/s");
+                if (segmentLength is int sl)
+                    foreach (var (from, tokens, ppl) in result.Segments(sl))
+                        stdout.WriteLine($"  positions {from}-{from + sl - 1}: perplexity {ppl:F4} over {tokens} tokens");
+            }
             return 0;
         });
         return cmd;

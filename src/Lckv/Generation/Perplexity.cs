@@ -7,6 +7,24 @@ namespace Lckv.Generation;
 public sealed record PerplexityResult(double Perplexity, double MeanNll, long ScoredTokens, int Windows, double Seconds)
 {
     public double TokensPerSecond => Seconds > 0 ? ScoredTokens / Seconds : 0;
+
+    /// <summary>The negative log-likelihood of each token of the stream by position (NaN where unscored: the first).</summary>
+    public IReadOnlyList<double> TokenNll { get; init; } = [];
+
+    /// <summary>Perplexity of each run of `length` stream positions that has scored tokens: (first position, scored
+    /// tokens, perplexity).</summary>
+    public IEnumerable<(int From, int Tokens, double Perplexity)> Segments(int length)
+    {
+        if (length < 1) throw new LckvException($"a segment must hold at least 1 token, got {length}");
+        for (int from = 0; from < TokenNll.Count; from += length)
+        {
+            double sum = 0;
+            int n = 0;
+            for (int p = from; p < Math.Min(from + length, TokenNll.Count); p++)
+                if (!double.IsNaN(TokenNll[p])) { sum += TokenNll[p]; n++; }
+            if (n > 0) yield return (from, n, Math.Exp(sum / n));
+        }
+    }
 }
 
 /// <summary>
@@ -45,6 +63,8 @@ public static class Perplexity
         double nll = 0;
         long scored = 0;
         int windows = 0, prevEnd = 0;
+        var perToken = new double[ids.Length];
+        Array.Fill(perToken, double.NaN);
         int total = (int)Math.Ceiling(Math.Max(1, ids.Length - window) / (double)stride) + 1;
         for (int begin = 0; ; begin += stride)
         {
@@ -63,7 +83,9 @@ public static class Perplexity
                         int p = first + r + 1; // the token these logits predict, within the window
                         if (begin + p < firstScored || p >= tokens.Length) continue;
                         var row = rows.Slice(r * v, v);
-                        nll += Softmax.LogSumExp(row) - row[tokens[p]];
+                        double x = Softmax.LogSumExp(row) - row[tokens[p]];
+                        nll += x;
+                        perToken[begin + p] = x;
                         scored++;
                     }
                 },
@@ -76,7 +98,7 @@ public static class Perplexity
             if (end == ids.Length) break;
         }
         double mean = nll / Math.Max(1, scored);
-        return new PerplexityResult(Math.Exp(mean), mean, scored, windows, sw.Elapsed.TotalSeconds);
+        return new PerplexityResult(Math.Exp(mean), mean, scored, windows, sw.Elapsed.TotalSeconds) { TokenNll = perToken };
     }
 
     /// <summary>Windows side by side, each fed one token per step; windows from Hugging Face's recipe as above.</summary>
@@ -101,6 +123,8 @@ public static class Perplexity
         double nll = 0;
         long scored = 0;
         int next = 0, done = 0, v = model.Vocab;
+        var perToken = new double[ids.Length];
+        Array.Fill(perToken, double.NaN);
         var active = new List<(EngineSequence Sequence, int Window)>(sequences);
         while (done < windows.Count)
         {
@@ -115,7 +139,9 @@ public static class Perplexity
                     {
                         int p = begin + position + 1;
                         if (p < firstScored || p >= end) return;
-                        nll += Softmax.LogSumExp(row) - row[ids[p]];
+                        double x = Softmax.LogSumExp(row) - row[ids[p]];
+                        nll += x;
+                        perToken[p] = x;
                         scored++;
                     },
                 });
@@ -138,6 +164,6 @@ public static class Perplexity
             }
         }
         double mean = nll / Math.Max(1, scored);
-        return new PerplexityResult(Math.Exp(mean), mean, scored, windows.Count, sw.Elapsed.TotalSeconds);
+        return new PerplexityResult(Math.Exp(mean), mean, scored, windows.Count, sw.Elapsed.TotalSeconds) { TokenNll = perToken };
     }
 }

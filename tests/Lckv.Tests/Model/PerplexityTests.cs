@@ -127,4 +127,25 @@ public sealed class PerplexityTests
         }
         return logits;
     }
+
+    // the per-token NLLs are the ones the perplexity averages; segments split them by stream position
+    [SharedTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SegmentsSplitTheStreamsTokenNlls(bool evicting)
+    {
+        using var f = GoldenTests.Open("llama-standard");
+        var ids = f.Rows("input_ids")[0];
+        int t = ids.Length;
+        var r = Perplexity.Evaluate(f.Model, ids, t, t, eviction: evicting ? new EvictionSettings(EvictionKind.H2O, Heavy: 2, Recent: 2) : null);
+        Assert.Equal(t, r.TokenNll.Count);
+        Assert.True(double.IsNaN(r.TokenNll[0]));
+        Assert.Equal(r.MeanNll, r.TokenNll.Skip(1).Average(), 9);
+        var one = Assert.Single(r.Segments(t));
+        Assert.Equal((0, t - 1), (one.From, one.Tokens));
+        Assert.Equal(r.Perplexity, one.Perplexity, 9);
+        var parts = r.Segments(5).ToList();
+        Assert.Equal(Enumerable.Range(0, (t + 4) / 5).Select(i => i * 5), parts.Select(x => x.From));
+        Assert.Equal(r.MeanNll * (t - 1), parts.Sum(x => x.Tokens * Math.Log(x.Perplexity)), 6);
+    }
 }
