@@ -47,7 +47,71 @@ public static class PlotCommand
         });
         var cmd = new Command("plot", "draw charts from run outputs");
         cmd.Subcommands.Add(loss);
+        cmd.Subcommands.Add(Lines(stdout));
         return cmd;
+    }
+
+    /// <summary>lckv plot lines: one line per series of a CSV file with the header series,x,y.</summary>
+    private static Command Lines(TextWriter stdout)
+    {
+        var csv = new Option<string>("--csv") { Description = "CSV file with the header series,x,y (one row per point, rows of a series in x order)", Required = true };
+        var output = new Option<string>("--out", "-o") { Description = "PNG file to write (atomically)", Required = true };
+        var title = new Option<string>("--title") { Description = "chart title", DefaultValueFactory = _ => "" };
+        var subtitle = new Option<string>("--subtitle") { Description = "line under the title", DefaultValueFactory = _ => "" };
+        var xLabel = new Option<string>("--x-label") { Description = "x axis label", DefaultValueFactory = _ => "x" };
+        var yLabel = new Option<string>("--y-label") { Description = "y axis label", DefaultValueFactory = _ => "y" };
+        var yMin = new Option<double?>("--y-min") { Description = "bottom of the y axis (default: the data's minimum)" };
+        var yMax = new Option<double?>("--y-max") { Description = "top of the y axis (default: the data's maximum)" };
+        var lines = new Command("lines", "plot the series of a CSV file (series,x,y) as lines");
+        foreach (var o in new Option[] { csv, output, title, subtitle, xLabel, yLabel, yMin, yMax }) lines.Options.Add(o);
+        lines.SetAction(p =>
+        {
+            double? lo = p.GetValue(yMin), hi = p.GetValue(yMax);
+            if (lo is double a && hi is double b && !(a < b)) throw new LckvException($"--y-min {a} must be below --y-max {b}");
+            string path = p.GetValue(csv)!, outPath = p.GetValue(output)!;
+            if (!File.Exists(path)) throw new LckvException($"CSV file '{path}' does not exist");
+            string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
+            if (dir is not null && !Directory.Exists(dir)) throw new LckvException($"{outPath}: folder '{dir}' does not exist");
+            var series = ReadSeries(path);
+            var chart = LineChart.Render(p.GetValue(title)!, p.GetValue(subtitle)!, p.GetValue(xLabel)!, p.GetValue(yLabel)!, series, lo, hi);
+            Png.Save(outPath, chart.Width, chart.Height, chart.Rgb);
+            stdout.WriteLine($"wrote {outPath} ({series.Count} line(s), {series.Sum(x => x.Points.Count)} points)");
+            return 0;
+        });
+        return lines;
+    }
+
+    /// <summary>The series of a series,x,y CSV file, in the order they first appear.</summary>
+    internal static List<LineSeries> ReadSeries(string path)
+    {
+        var order = new List<string>();
+        var points = new Dictionary<string, List<(double X, double Y)>>();
+        int lineNo = 0;
+        foreach (string raw in File.ReadLines(path))
+        {
+            lineNo++;
+            string line = raw.Trim();
+            if (line.Length == 0) continue;
+            if (lineNo == 1)
+            {
+                if (line.Replace(" ", "") != "series,x,y") throw new LckvException($"{path}: the first line must be the header series,x,y");
+                continue;
+            }
+            var f = line.Split(',');
+            if (f.Length != 3 || !double.TryParse(f[1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double x)
+                || !double.TryParse(f[2], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double y)
+                || !double.IsFinite(x) || !double.IsFinite(y))
+                throw new LckvException($"{path}:{lineNo}: expected series,x,y with two finite numbers");
+            string name = f[0].Trim();
+            if (!points.TryGetValue(name, out var list))
+            {
+                points[name] = list = [];
+                order.Add(name);
+            }
+            list.Add((x, y));
+        }
+        if (order.Count == 0) throw new LckvException($"{path}: no points");
+        return [.. order.Select(n => new LineSeries(n, points[n]))];
     }
 
     /// <summary>PATH or PATH:LABEL; the label defaults to the name of the log's folder.</summary>

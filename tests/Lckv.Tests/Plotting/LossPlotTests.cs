@@ -141,4 +141,19 @@ public sealed class LossPlotTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("--log", stderr);
     }
+
+    [Fact]
+    public void LinesFromACsvFileMakeAPngAndBadRowsAreOneLineErrors()
+    {
+        string csv = Path.Combine(_dir.FullName, "s.csv"), png = Path.Combine(_dir.FullName, "s.png");
+        File.WriteAllText(csv, "series,x,y\nfull,0,10\nfull,1,9.5\nsinks 4,0,11\nsinks 4,1,10.25\n");
+        var (code, stdout, stderr) = Run("plot", "lines", "--csv", csv, "--out", png, "--title", "t", "--x-label", "segment", "--y-label", "ppl");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("2 line(s), 4 points", stdout);
+        Assert.Equal(Png.Signature.ToArray(), File.ReadAllBytes(png)[..8]);
+        File.WriteAllText(csv, "series,x,y\nfull,0,abc\n");
+        Lckv.Tests.Cli.CliTests.AssertOneLineError(Run("plot", "lines", "--csv", csv, "--out", png), "s.csv:2");
+        File.WriteAllText(csv, "a,b\n");
+        Lckv.Tests.Cli.CliTests.AssertOneLineError(Run("plot", "lines", "--csv", csv, "--out", png), "header");
+    }
 }
