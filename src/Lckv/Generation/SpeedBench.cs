@@ -169,7 +169,7 @@ public sealed class SpeedBench
 
     public const int MaxRunsPerRepetition = 1000;
 
-    /// <summary>What every KV store keeps (the rooflines still count the KV of the whole depth).</summary>
+    /// <summary>What every KV store keeps (the rooflines count the entries a store holds).</summary>
     public EvictionSettings Eviction { get; init; } = EvictionSettings.None;
 
     /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
@@ -283,6 +283,8 @@ public sealed class SpeedBench
         var c = _model.Config;
         double kvRowBytes = 2.0 * c.NumKeyValueHeads * KvRows.RowBytes(_kvDType, c.HeadDim); // one position of one layer
         double avgContext = depth + (tokens + 1) / 2.0;
+        // a store that evicts holds at most its budget and the step's token
+        if (Eviction.Kind != EvictionKind.None) avgContext = Math.Min(avgContext, Eviction.Budget + 1);
         // attention: q·k and p·v for every head over the visible context, in every layer
         double attnFlops = 4.0 * c.NumHiddenLayers * c.NumAttentionHeads * c.HeadDim * avgContext;
         double flopsPerToken = _model.FlopsPerToken + attnFlops;
