@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Lckv.Numerics;
 
 namespace Lckv.Formats;
 
@@ -22,6 +23,8 @@ public sealed record ModelConfig
     public int VocabSize { get; init; }
     public float RmsNormEps { get; init; } = 1e-5f;
     public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>Which dimensions RoPE pairs: rotate_half for Hugging Face checkpoints, adjacent pairs for GGUF files.</summary>
+    public RopeStyle RopeStyle { get; init; } = RopeStyle.RotateHalf;
     public int MaxPositionEmbeddings { get; init; } = 2048;
     public bool TieWordEmbeddings { get; init; }
     public int? BosTokenId { get; init; }

@@ -27,7 +27,7 @@ public sealed class LlamaModel : IDisposable
         Source = source;
         ContextLength = contextLength ?? config.MaxPositionEmbeddings;
         if (ContextLength <= 0) throw new LckvException($"context length must be positive, got {ContextLength}");
-        Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength);
+        Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength, config.RopeStyle);
     }
 
     /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder.</summary>
@@ -142,14 +142,14 @@ public sealed class LlamaModel : IDisposable
     /// <see cref="CreateCache(Cache.KvBlockPool, int)"/>'s without eviction.</summary>
     public Cache.KvCache CreateCache(Cache.KvBlockPool pool, int maxStepRows, Cache.EvictionSettings eviction)
     {
-        var policy = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta);
+        var policy = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta, Config.RopeStyle);
         if (policy is null) return CreateCache(pool, maxStepRows);
         return new Cache.KvCache(pool, Enumerable.Repeat(policy, Map.KvLayerCount).ToArray(), ContextLength);
     }
 
     /// <summary>Pool blocks one sequence of `tokens` positions takes over every KV layer under the eviction settings.</summary>
     public long KvBlocksFor(int tokens, int blockSize, int maxStepRows, Cache.EvictionSettings eviction)
-        => eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta) is { } policy
+        => eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta, Config.RopeStyle) is { } policy
             ? policy.BlocksFor(tokens, blockSize) * Map.KvLayerCount
             : KvBlocksFor(tokens, blockSize, maxStepRows);
 

@@ -49,7 +49,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         /// <summary>A cache whose every store evicts as the case says, for steps of at most maxStep tokens per sequence.</summary>
         public KvCache Cache(KvBlockPool pool, int maxStep)
         {
-            var policy = Eviction.Policy(maxStep, Model.HeadDim, Model.Config.RopeTheta)!;
+            var policy = Eviction.Policy(maxStep, Model.HeadDim, Model.Config.RopeTheta, Model.Config.RopeStyle)!;
             return new KvCache(pool, Enumerable.Repeat(policy, Model.Map.KvLayerCount).ToArray(), Model.ContextLength);
         }
 
