@@ -165,7 +165,8 @@ public sealed record ModelConfig
     /// <summary>Throws LckvException if the record is inconsistent (used by Parse and by presets).</summary>
     public void Validate() => Validate("model config");
 
-    private void Validate(string source)
+    /// <summary>Validate with errors naming source (the file the config came from).</summary>
+    internal void Validate(string source)
     {
         if (ModelType is not (LlamaType or LckvLlamaType))
             throw new LckvException($"{source}: unsupported model_type '{ModelType}' (expected llama or lckv-llama)");

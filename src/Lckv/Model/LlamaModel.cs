@@ -30,9 +30,16 @@ public sealed class LlamaModel : IDisposable
         Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength, config.RopeStyle);
     }
 
-    /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder.</summary>
+    /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder, or
+    /// the config and weights of a GGUF file (<see cref="GgufLlama"/>).</summary>
     public static LlamaModel Load(string folder, int? contextLength = null)
     {
+        if (File.Exists(folder))
+        {
+            if (!GgufFile.IsGguf(folder))
+                throw new LckvException($"model '{folder}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
+            return LoadGguf(folder, contextLength);
+        }
         if (!Directory.Exists(folder)) throw new LckvException($"model folder '{folder}' does not exist");
         var configPath = Path.Combine(folder, "config.json");
         if (!File.Exists(configPath)) throw new LckvException($"'{folder}' has no config.json");
@@ -42,6 +49,23 @@ public sealed class LlamaModel : IDisposable
         try
         {
             return new LlamaModel(config, ModelWeights.FromTensors(config, map, tensors), folder, contextLength);
+        }
+        catch
+        {
+            tensors.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A GGUF file's model: its config from the metadata, its weights memory-mapped under their GGUF names.</summary>
+    public static LlamaModel LoadGguf(string path, int? contextLength = null)
+    {
+        var tensors = TensorSet.FromFile(GgufFile.Open(path));
+        try
+        {
+            var config = GgufLlama.Config(tensors.Gguf!);
+            var weights = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors);
+            return new LlamaModel(config, weights, path, contextLength);
         }
         catch
         {
