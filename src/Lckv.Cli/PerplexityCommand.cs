@@ -17,7 +17,7 @@ public static class PerplexityCommand
         var limit = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens" };
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var cmd = new Command("perplexity", "perplexity of a text or token file");
-        mo.AddTo(cmd);
+        mo.AddTo(cmd, longContext: true);
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { file, idsFile, window, stride, limit, json }) cmd.Options.Add(o);
         cmd.SetAction(p =>
@@ -25,13 +25,13 @@ public static class PerplexityCommand
             string? textPath = p.GetValue(file), idsPath = p.GetValue(idsFile);
             if ((textPath is null) == (idsPath is null)) throw new LckvException("give exactly one of --file or --ids-file");
             var eviction = eo.Parse(p);
-            using var model = mo.LoadModel(p);
+            using var model = mo.LoadModel(p, stderr);
             int[] ids;
             if (textPath is not null)
             {
                 if (!File.Exists(textPath)) throw new LckvException($"text file '{textPath}' does not exist");
                 var tokenizer = mo.LoadTokenizer(p, required: true)!;
-                ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.BosId is not null);
+                ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.AddBosByDefault && tokenizer.BosId is not null);
             }
             else ids = ReadIds(idsPath!);
             if (p.GetValue(limit) is int n) ids = ids[..Math.Min(n, ids.Length)];

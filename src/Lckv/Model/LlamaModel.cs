@@ -57,6 +57,22 @@ public sealed class LlamaModel : IDisposable
         }
     }
 
+    /// <summary>The config of a checkpoint folder (its config.json) or of a GGUF file (its metadata), without the weights.</summary>
+    public static ModelConfig LoadConfig(string path)
+    {
+        if (File.Exists(path))
+        {
+            if (!GgufFile.IsGguf(path))
+                throw new LckvException($"model '{path}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
+            using var gguf = GgufFile.Open(path);
+            return GgufLlama.Config(gguf);
+        }
+        if (!Directory.Exists(path)) throw new LckvException($"model folder '{path}' does not exist");
+        var configPath = Path.Combine(path, "config.json");
+        if (!File.Exists(configPath)) throw new LckvException($"'{path}' has no config.json");
+        return ModelConfig.Load(configPath);
+    }
+
     /// <summary>A GGUF file's model: its config from the metadata, its weights memory-mapped under their GGUF names.</summary>
     public static LlamaModel LoadGguf(string path, int? contextLength = null)
     {
