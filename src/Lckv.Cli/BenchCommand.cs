@@ -22,7 +22,7 @@ public static class BenchCommand
         var reps = new Option<int>("--repetitions", "-r") { Description = "repetitions per test", DefaultValueFactory = _ => 5 };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("bench", "benchmark prompt processing and generation against the machine's roofline");
-        mo.AddTo(cmd);
+        mo.AddTo(cmd, longContext: true);
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
         cmd.Subcommands.Add(ThroughputCommand.Create(stdout, stderr));
@@ -39,7 +39,7 @@ public static class BenchCommand
             if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder> or --preset small|tinyllama-1.1b");
 
             var eviction = eo.Parse(p);
-            using var model = Progress.Run("loading", _ => mo.LoadModel(p), stderr);
+            using var model = Progress.Run("loading", _ => mo.LoadModel(p, stderr, eviction), stderr);
             long afterLoad = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64; // before the roofline probe's buffers
             int threads = WorkerPool.Shared.ThreadCount;
             stderr.WriteLine($"measuring the roofline on {threads} thread(s)...");

@@ -27,7 +27,7 @@ public static class GenerateCommand
         var prefill = new Option<string>("--prefill") { Description = "plan | sequential (how upward-reading layouts evaluate the prompt)", DefaultValueFactory = _ => "plan" };
         var json = new Option<bool>("--json") { Description = "print the generated ids, text and timing as JSON" };
         var cmd = new Command("generate", "generate text from a prompt");
-        mo.AddTo(cmd);
+        mo.AddTo(cmd, longContext: true);
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { prompt, promptIds, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, noBos, ignoreEos, prefill, json })
             cmd.Options.Add(o);
@@ -43,14 +43,14 @@ public static class GenerateCommand
                 var other => throw new LckvException($"--prefill must be plan or sequential, got '{other}'"),
             };
             var eviction = eo.Parse(p);
-            using var model = mo.LoadModel(p);
+            using var model = mo.LoadModel(p, stderr, eviction);
             var tokenizer = mo.LoadTokenizer(p, required: text is not null);
-            var genConfig = p.GetValue(mo.Model) is { } folder ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
+            var genConfig = p.GetValue(mo.Model) is { } folder && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
 
             List<int[]> prompts;
             if (text is not null)
             {
-                bool bos = !p.GetValue(noBos) && (tokenizer!.BosId ?? genConfig?.BosTokenId ?? model.Config.BosTokenId) is not null;
+                bool bos = !p.GetValue(noBos) && tokenizer!.AddBosByDefault && (tokenizer.BosId ?? genConfig?.BosTokenId ?? model.Config.BosTokenId) is not null;
                 prompts = [tokenizer!.Encode(text, bos)];
             }
             else prompts = ParseIds(ids!);

@@ -24,6 +24,7 @@ public static class InfoCommand
             ModelConfig cfg;
             string source;
             string dtype;
+            GgufFile? gguf = null;
             if (p.GetValue(config) is { } path)
             {
                 if (!File.Exists(path)) throw new LckvException($"config file '{path}' does not exist");
@@ -31,6 +32,16 @@ public static class InfoCommand
                 if (p.GetValue(mo.Layout) is { } layout) cfg = Layouts.ApplyLayout(cfg, layout);
                 source = path;
                 dtype = cfg.TorchDtype ?? "unknown";
+            }
+            else if (p.GetValue(mo.Model) is { } file && File.Exists(file) && p.GetValue(mo.Preset) is null)
+            {
+                if (p.GetValue(mo.Layout) is not null)
+                    throw new LckvException("--layout applies to --preset or --config; use 'lckv convert' to change a checkpoint's layout");
+                if (!GgufFile.IsGguf(file)) throw new LckvException($"model '{file}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
+                gguf = GgufFile.Open(file);
+                cfg = GgufLlama.Config(gguf);
+                source = file;
+                dtype = string.Join(", ", gguf.TensorList.Select(t => DTypes.Name(t.DType)).Distinct());
             }
             else if (p.GetValue(mo.Model) is { } folder && p.GetValue(mo.Preset) is null)
             {
@@ -71,11 +82,15 @@ public static class InfoCommand
                 _ => "none",
             };
             long parameters = ModelWeights.Specs(cfg, map).Sum(s => s.Elements);
+            using var ggufOwner = gguf;
             if (p.GetValue(json))
             {
                 stdout.WriteLine(JsonSerializer.Serialize(new
                 {
-                    source, model_type = cfg.ModelType, parameters, dtype, layers = cfg.NumHiddenLayers,
+                    source, format = gguf is null ? "safetensors" : $"gguf v{gguf.Version}",
+                    metadata = gguf?.Keys.ToDictionary(k => Printable.Escape(k), k => gguf.Metadata[k].Describe()),
+                    rope = cfg.RopeStyle == RopeStyle.AdjacentPairs ? "adjacent pairs" : "rotate half",
+                    model_type = cfg.ModelType, parameters, dtype, layers = cfg.NumHiddenLayers,
                     hidden_size = cfg.HiddenSize, heads = cfg.NumAttentionHeads, kv_heads = cfg.NumKeyValueHeads,
                     head_dim = cfg.HeadDim, vocab_size = cfg.VocabSize, context = cfg.MaxPositionEmbeddings,
                     layer_types = map.ToString(), kv_layers = map.KvLayerCount, kv_dtype = KvRows.Name(kvDType),
@@ -99,6 +114,17 @@ public static class InfoCommand
                 stdout.WriteLine($"plan            m={cfg.ForwardPasses} b={cfg.BackwardPasses}, force_nodiag={cfg.ForceNoDiag.ToString().ToLowerInvariant()}");
             stdout.WriteLine("layer map");
             stdout.Write(map.Describe());
+            if (gguf is not null)
+            {
+                // every string from the file escaped, long arrays shortened: a file cannot drive the terminal
+                stdout.WriteLine($"GGUF v{gguf.Version} metadata ({gguf.Keys.Count} keys, {gguf.TensorList.Count} tensors, alignment {gguf.Alignment}; RoPE on adjacent pairs)");
+                int width = Math.Min(48, gguf.Keys.Select(k => Printable.Escape(k).Length).DefaultIfEmpty(0).Max());
+                foreach (var k in gguf.Keys)
+                {
+                    var v = gguf.Metadata[k];
+                    stdout.WriteLine($"  {Printable.Escape(k, 48).PadRight(width)}  {v.TypeName,-14} {v.Describe()}");
+                }
+            }
             return 0;
         });
         return cmd;

@@ -8,7 +8,7 @@ namespace Lckv.Cli;
 /// <summary>Options every command that needs a model shares: where it comes from and how its cache is stored.</summary>
 public sealed class ModelOptions
 {
-    public readonly Option<string?> Model = new("--model", "-m") { Description = "Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer)" };
+    public readonly Option<string?> Model = new("--model", "-m") { Description = "Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer) or a .gguf file" };
     public readonly Option<string?> Preset = new("--preset") { Description = "built-in shape with random weights: small | tinyllama-1.1b" };
     public readonly Option<string?> DType = new("--dtype") { Description = "weight dtype of a preset: f32 | f16 | bf16 (default: small f32, tinyllama bf16)" };
     public readonly Option<string?> Layout = new("--layout", "--layer-types")
@@ -24,15 +24,29 @@ public sealed class ModelOptions
     public readonly Option<double?> KvBudget = new("--kv-budget") { Description = "KV cache budget in MiB (default: what the job needs)" };
     public readonly Option<string?> Tokenizer = new("--tokenizer") { Description = "tokenizer.model / tokenizer.json (default: the one in --model)" };
     public readonly Option<int?> Threads = new("--threads", "-t") { Description = "worker threads (default: all cores)" };
+    public readonly Option<bool> AllowLongContext = new("--allow-long-context")
+    {
+        Description = "allow --context above the model's trained length (max_position_embeddings; llama.context_length in GGUF); quality past it is undefined",
+    };
+    private bool _longContext;
 
-    public void AddTo(Command c)
+    /// <param name="c">the command</param>
+    /// <param name="longContext">the command evaluates the model, so it takes --allow-long-context</param>
+    public void AddTo(Command c, bool longContext = false)
     {
         foreach (var o in new Option[] { Model, Preset, DType, Layout, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
             c.Options.Add(o);
+        if (longContext) c.Options.Add(AllowLongContext);
+        _longContext |= longContext;
     }
 
-    public LlamaModel LoadModel(ParseResult p)
+    /// <summary>The model --model or --preset names, its context --context when given. A context past the model's
+    /// trained length is an error unless --allow-long-context, which writes a one-line warning to stderr. Under
+    /// StreamingLLM keys and queries are rotated by their rank in a bounded store, so it is the budget that must stay
+    /// within the trained length, not the context.</summary>
+    public LlamaModel LoadModel(ParseResult p, TextWriter stderr, Cache.EvictionSettings? eviction = null)
     {
+        _streamingBudget = eviction is { Kind: Cache.EvictionKind.Streaming } e ? e.Budget + 1 : null;
         ApplyThreads(p);
         string? model = p.GetValue(Model), preset = p.GetValue(Preset);
         if (model is not null && preset is not null) throw new LckvException("give either --model or --preset, not both");
@@ -41,11 +55,39 @@ public sealed class ModelOptions
         {
             if (p.GetValue(DType) is not null || p.GetValue(Layout) is not null)
                 throw new LckvException("--dtype and --layout apply to presets; a checkpoint keeps its own (use 'lckv convert' to change its layout)");
+            if (context is not null || _streamingBudget is not null)
+            {
+                var config = LlamaModel.LoadConfig(model);
+                CheckContext(p, context ?? config.MaxPositionEmbeddings, config, stderr);
+            }
             return LlamaModel.Load(model, context);
         }
-        if (preset is null) throw new LckvException("no model: give --model <folder> or --preset small|tinyllama-1.1b");
+        if (preset is null) throw new LckvException("no model: give --model <folder or .gguf> or --preset small|tinyllama-1.1b");
+        if (context is not null || _streamingBudget is not null) CheckContext(p, context ?? Presets.Config(preset).MaxPositionEmbeddings, Presets.Config(preset), stderr);
         var dtype = p.GetValue(DType) is { } d ? ParseWeightDType(d) : (Numerics.DType?)null;
         return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers), p.GetValue(WeightSeed), context);
+    }
+
+    private int? _streamingBudget;
+
+    private void CheckContext(ParseResult p, int context, ModelConfig config, TextWriter stderr)
+    {
+        int trained = config.MaxPositionEmbeddings;
+        if (_streamingBudget is int ranks)
+        {
+            if (ranks <= trained) return;
+            if (!_longContext || !p.GetValue(AllowLongContext))
+                throw new LckvException($"a StreamingLLM store of {ranks - 1} entries plus a step rotates keys past the {trained} positions the model was trained for; "
+                    + "add --allow-long-context to run it anyway");
+            stderr.WriteLine($"warning: a StreamingLLM store of {ranks - 1} entries plus a step rotates keys past the {trained} positions the model was trained for; quality past them is undefined");
+            return;
+        }
+        if (context <= trained) return;
+        string key = config.RopeStyle == RopeStyle.AdjacentPairs ? "llama.context_length" : "max_position_embeddings";
+        if (!_longContext || !p.GetValue(AllowLongContext))
+            throw new LckvException($"--context {context} is past the {trained} positions the model was trained for ({key}); "
+                + (_longContext ? "add --allow-long-context to run it anyway" : "this command does not go past them"));
+        stderr.WriteLine($"warning: --context {context} is past the {trained} positions the model was trained for ({key}); quality past them is undefined");
     }
 
     /// <summary>The layer_types string --layout gives for a model of that depth; null for none or plain llama.</summary>
@@ -65,12 +107,22 @@ public sealed class ModelOptions
         }
     }
 
+    /// <summary>--tokenizer, else the model folder's tokenizer file, else the tokenizer a GGUF model carries.</summary>
     public TextTokenizer? LoadTokenizer(ParseResult p, bool required)
     {
         string? path = p.GetValue(Tokenizer);
-        if (path is null && p.GetValue(Model) is { } folder
-            && (File.Exists(Path.Combine(folder, "tokenizer.model")) || File.Exists(Path.Combine(folder, "tokenizer.json"))))
-            path = folder;
+        string? model = p.GetValue(Model);
+        if (path is null && model is not null && File.Exists(model) && GgufFile.IsGguf(model))
+        {
+            using var gguf = GgufFile.Open(model);
+            if (gguf.Metadata.TryGetValue(TokenizerKeys.Model, out var kind) && kind.Value is not ("no_vocab" or "none"))
+                return TextTokenizer.FromGguf(gguf);
+            if (required) throw new LckvException($"this needs a tokenizer: {model} carries none; give --tokenizer <tokenizer.model>");
+            return null;
+        }
+        if (path is null && model is not null
+            && (File.Exists(Path.Combine(model, "tokenizer.model")) || File.Exists(Path.Combine(model, "tokenizer.json"))))
+            path = model;
         if (path is null)
         {
             if (required) throw new LckvException("this needs a tokenizer: the model folder has none; give --tokenizer <tokenizer.model>");

@@ -18,7 +18,7 @@ public static class PerplexityCommand
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var segment = new Option<int?>("--segment") { Description = "also report the perplexity of every N positions of the stream (e.g. 1000)" };
         var cmd = new Command("perplexity", "perplexity of a text or token file");
-        mo.AddTo(cmd);
+        mo.AddTo(cmd, longContext: true);
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { file, idsFile, window, stride, limit, json, segment }) cmd.Options.Add(o);
         cmd.SetAction(p =>
@@ -28,13 +28,13 @@ public static class PerplexityCommand
             var eviction = eo.Parse(p);
             int? segmentLength = p.GetValue(segment);
             if (segmentLength is < 1) throw new LckvException($"--segment must be at least 1, got {segmentLength}");
-            using var model = mo.LoadModel(p);
+            using var model = mo.LoadModel(p, stderr, eviction);
             int[] ids;
             if (textPath is not null)
             {
                 if (!File.Exists(textPath)) throw new LckvException($"text file '{textPath}' does not exist");
                 var tokenizer = mo.LoadTokenizer(p, required: true)!;
-                ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.BosId is not null);
+                ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.AddBosByDefault && tokenizer.BosId is not null);
             }
             else ids = ReadIds(idsPath!);
             if (p.GetValue(limit) is int n) ids = ids[..Math.Min(n, ids.Length)];

@@ -1,3 +1,5 @@
+using Lckv.Numerics;
+
 namespace Lckv.Cache;
 
 /// <summary>Which positions a store keeps (kv-compression.md §1-2).</summary>
@@ -24,13 +26,14 @@ public sealed record EvictionSettings(EvictionKind Kind, int Sinks = 0, int Heav
         if (Sinks < 0 || Heavy < 0) throw new LckvException("the sink and heavy-hitter budgets must not be negative") { Settings = [nameof(Sinks), nameof(Heavy)] };
     }
 
-    /// <summary>The policy of a store, for steps of at most maxStepTokens tokens; null without eviction.</summary>
-    public KvPolicy? Policy(int maxStepTokens, int headDim, double ropeTheta)
+    /// <summary>The policy of a store, for steps of at most maxStepTokens tokens; null without eviction. The RoPE
+    /// settings are the model's (StreamingLLM rotates keys by their rank with them).</summary>
+    public KvPolicy? Policy(int maxStepTokens, int headDim, double ropeTheta, RopeStyle ropeStyle = RopeStyle.RotateHalf)
     {
         Validate();
         return Kind switch
         {
-            EvictionKind.Streaming => new StreamingPolicy(Sinks, Recent, maxStepTokens, headDim, ropeTheta),
+            EvictionKind.Streaming => new StreamingPolicy(Sinks, Recent, maxStepTokens, headDim, ropeTheta, ropeStyle),
             EvictionKind.H2O => new H2OPolicy(Heavy, Recent, maxStepTokens),
             _ => null,
         };

@@ -17,11 +17,13 @@ public sealed class StreamingPolicy : EvictingPolicy
     /// <param name="maxStepTokens">the most tokens one step brings (the store holds the budget plus one step)</param>
     /// <param name="headDim">the model's head dimension</param>
     /// <param name="ropeTheta">the model's rope_theta</param>
-    public StreamingPolicy(int sinks, int recent, int maxStepTokens, int headDim, double ropeTheta) : base(sinks, recent, maxStepTokens)
+    /// <param name="ropeStyle">the model's RoPE pairing</param>
+    public StreamingPolicy(int sinks, int recent, int maxStepTokens, int headDim, double ropeTheta, RopeStyle ropeStyle = RopeStyle.RotateHalf)
+        : base(sinks, recent, maxStepTokens)
     {
         Sinks = sinks;
         // ranks never reach the capacity: a table of that many positions rotates every key the store can hold
-        RankRope = new RopeTable(headDim, ropeTheta, Capacity);
+        RankRope = new RopeTable(headDim, ropeTheta, Capacity, ropeStyle);
     }
 
     public int Sinks { get; }

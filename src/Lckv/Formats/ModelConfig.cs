@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Lckv.Numerics;
 
 namespace Lckv.Formats;
 
@@ -22,6 +23,8 @@ public sealed record ModelConfig
     public int VocabSize { get; init; }
     public float RmsNormEps { get; init; } = 1e-5f;
     public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>Which dimensions RoPE pairs: rotate_half for Hugging Face checkpoints, adjacent pairs for GGUF files.</summary>
+    public RopeStyle RopeStyle { get; init; } = RopeStyle.RotateHalf;
     public int MaxPositionEmbeddings { get; init; } = 2048;
     public bool TieWordEmbeddings { get; init; }
     public int? BosTokenId { get; init; }
@@ -162,7 +165,8 @@ public sealed record ModelConfig
     /// <summary>Throws LckvException if the record is inconsistent (used by Parse and by presets).</summary>
     public void Validate() => Validate("model config");
 
-    private void Validate(string source)
+    /// <summary>Validate with errors naming source (the file the config came from).</summary>
+    internal void Validate(string source)
     {
         if (ModelType is not (LlamaType or LckvLlamaType))
             throw new LckvException($"{source}: unsupported model_type '{ModelType}' (expected llama or lckv-llama)");

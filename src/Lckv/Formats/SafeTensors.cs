@@ -13,6 +13,21 @@ public sealed record TensorInfo(string Name, DType DType, long[] Shape, long Off
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 }
 
+/// <summary>A memory-mapped checkpoint file whose tensors a <see cref="TensorSet"/> serves: safetensors or GGUF.</summary>
+public interface ITensorFile : IDisposable
+{
+    string Path { get; }
+    /// <summary>Every tensor by name, shapes outermost dimension first (row-major: a matrix is [rows, cols]).</summary>
+    IReadOnlyDictionary<string, TensorInfo> Tensors { get; }
+    long FileLength { get; }
+    /// <summary>Absolute file offset of the data section.</summary>
+    long DataStart { get; }
+    /// <summary>Address of the first byte of the tensor's data in the mapping (valid until Dispose).</summary>
+    nint Pointer(string name);
+    /// <summary>The tensor's raw bytes in the mapping (valid until Dispose; at most 2 GiB).</summary>
+    ReadOnlySpan<byte> Bytes(string name);
+}
+
 /// <summary>
 /// A memory-mapped safetensors file. Open validates the header: JSON well-formed, dtypes known, shape x dtype size
 /// equal to each byte range, ranges inside the file and not overlapping. Errors are LckvException naming the file.
@@ -22,7 +37,7 @@ public sealed record TensorInfo(string Name, DType DType, long[] Shape, long Off
 /// data_offsets [begin, end)} plus an optional "__metadata__" string map), then the data section; data_offsets are
 /// relative to the start of the data section.
 /// </remarks>
-public sealed unsafe class SafeTensorsFile : IDisposable
+public sealed unsafe class SafeTensorsFile : ITensorFile
 {
     /// <summary>Largest header accepted (the reference implementation's limit).</summary>
     public const long MaxHeaderBytes = 100L * 1024 * 1024;
@@ -298,30 +313,35 @@ public sealed unsafe class SafeTensorsFile : IDisposable
 }
 
 /// <summary>
-/// The tensors of a checkpoint: a single model.safetensors, or shards listed by model.safetensors.index.json.
+/// The tensors of a checkpoint: a single model.safetensors, shards listed by model.safetensors.index.json, or a GGUF
+/// file (its tensors under their GGUF names, shapes row-major like every other format's).
 /// </summary>
 public sealed class TensorSet : IDisposable
 {
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
 
-    private readonly List<SafeTensorsFile> _files;
-    private readonly Dictionary<string, SafeTensorsFile> _owner;
+    private readonly List<ITensorFile> _files;
+    private readonly Dictionary<string, ITensorFile> _owner;
 
     /// <summary>What was opened (a file or folder path), for error messages.</summary>
     public string Source { get; }
 
-    /// <summary>The open files (one, or the shards).</summary>
-    public IReadOnlyList<SafeTensorsFile> Files => _files;
+    /// <summary>The open safetensors files (one, or the shards); empty for a GGUF file.</summary>
+    public IReadOnlyList<SafeTensorsFile> Files => [.. _files.OfType<SafeTensorsFile>()];
 
-    private TensorSet(string source, List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> owner)
+    /// <summary>The GGUF file when that is what was opened (its metadata describes the model), else null.</summary>
+    public GgufFile? Gguf => _files is [GgufFile g] ? g : null;
+
+    private TensorSet(string source, List<ITensorFile> files, Dictionary<string, ITensorFile> owner)
     {
         Source = source;
         _files = files;
         _owner = owner;
     }
 
-    /// <summary>Opens a directory (model.safetensors or model.safetensors.index.json in it) or a .safetensors file.</summary>
+    /// <summary>Opens a directory (model.safetensors or model.safetensors.index.json in it), a .safetensors file, or a
+    /// GGUF file (by its .gguf name or its magic).</summary>
     public static TensorSet Open(string path)
     {
         if (Directory.Exists(path))
@@ -329,30 +349,31 @@ public sealed class TensorSet : IDisposable
             string index = System.IO.Path.Combine(path, IndexFileName);
             if (File.Exists(index)) return OpenIndex(index);
             string single = System.IO.Path.Combine(path, SingleFileName);
-            if (File.Exists(single)) return OpenSingle(single);
+            if (File.Exists(single)) return FromFile(SafeTensorsFile.Open(single));
             throw new LckvException($"{path}: no {SingleFileName} or {IndexFileName} in this folder");
         }
         if (!File.Exists(path)) throw new LckvException($"{path}: no such file or folder");
         if (path.EndsWith(".json", StringComparison.OrdinalIgnoreCase)) return OpenIndex(path);
-        return OpenSingle(path);
+        if (GgufFile.IsGguf(path)) return FromFile(GgufFile.Open(path));
+        return FromFile(SafeTensorsFile.Open(path));
     }
 
-    private static TensorSet OpenSingle(string path)
+    /// <summary>A set over one open file, which it owns from here on.</summary>
+    public static TensorSet FromFile(ITensorFile file)
     {
-        var file = SafeTensorsFile.Open(path);
-        var owner = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        var owner = new Dictionary<string, ITensorFile>(StringComparer.Ordinal);
         foreach (var name in file.Tensors.Keys) owner[name] = file;
-        return new TensorSet(path, [file], owner);
+        return new TensorSet(file.Path, [file], owner);
     }
 
     private static TensorSet OpenIndex(string indexPath)
     {
         var weightMap = ReadWeightMap(indexPath);
         string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
-        var files = new List<SafeTensorsFile>();
+        var files = new List<ITensorFile>();
         try
         {
-            var byShard = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+            var byShard = new Dictionary<string, ITensorFile>(StringComparer.Ordinal);
             foreach (var (tensor, shard) in weightMap)
             {
                 if (byShard.ContainsKey(shard)) continue;
@@ -364,7 +385,7 @@ public sealed class TensorSet : IDisposable
                 byShard.Add(shard, f);
             }
 
-            var owner = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+            var owner = new Dictionary<string, ITensorFile>(StringComparer.Ordinal);
             foreach (var f in files)
             {
                 foreach (var name in f.Tensors.Keys)
@@ -439,7 +460,7 @@ public sealed class TensorSet : IDisposable
     public nint Pointer(string name) => FileOf(name).Pointer(name);
 
     /// <summary>The file holding the tensor; LckvException if there is none.</summary>
-    public SafeTensorsFile FileOf(string name)
+    public ITensorFile FileOf(string name)
         => _owner.TryGetValue(name, out var f) ? f : throw new LckvException($"{Source}: no tensor '{name}'");
 
     /// <summary>The tensor's raw bytes (valid until Dispose; at most 2 GiB).</summary>
@@ -483,6 +504,8 @@ public sealed class TensorSet : IDisposable
             case DType.F64:
                 { var s = MemoryMarshal.Cast<byte, double>(bytes); for (int i = 0; i < result.Length; i++) result[i] = (float)s[i]; }
                 break;
+            case DType.Q8_0 or DType.Q4_0:
+                throw new LckvException($"{FileOf(name).Path}: tensor '{name}' is {DTypes.Name(info.DType)}-quantized; it cannot be read as f32 values here");
             default:
                 { var l = ReadInt64s(name); for (int i = 0; i < result.Length; i++) result[i] = l[i]; }
                 break;

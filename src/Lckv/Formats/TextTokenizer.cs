@@ -17,7 +17,7 @@ namespace Lckv.Formats;
 /// nothing, and the space the encoder added in front of the text (add_dummy_prefix) is dropped from the first piece.
 /// tokenizer.json is supported for byte-level BPE (GPT-2 / Llama 3 style) only.
 /// </remarks>
-public sealed class TextTokenizer
+public sealed partial class TextTokenizer
 {
     private readonly Tokenizer _tokenizer;
     private readonly byte[][] _bytes;      // per id: the bytes it prints after other text
@@ -36,7 +36,9 @@ public sealed class TextTokenizer
     public IReadOnlyList<int> EosIds { get; }
     public int? UnkId { get; }
 
-    /// <summary>tokenizer_config.json's add_bos_token when present, else true for SentencePiece, false otherwise.</summary>
+    /// <summary>Whether a text starts with BOS: tokenizer_config.json's add_bos_token when present, else true for a
+    /// tokenizer.model and for a tokenizer.json whose checkpoint names a BOS token; a GGUF file's
+    /// tokenizer.ggml.add_bos_token, else true for its "llama" tokenizer and false for "gpt2".</summary>
     public bool AddBosByDefault { get; }
 
     private TextTokenizer(string source, string kind, Tokenizer tokenizer, byte[][] bytes, bool[] control,
@@ -55,9 +57,15 @@ public sealed class TextTokenizer
         AddBosByDefault = addBosDefault;
     }
 
-    /// <summary>path: a folder holding tokenizer.model or tokenizer.json, or one of those files.</summary>
+    /// <summary>path: a folder holding tokenizer.model or tokenizer.json, one of those files, or a GGUF file (the
+    /// tokenizer its metadata carries, <see cref="FromGguf"/>).</summary>
     public static TextTokenizer Load(string path)
     {
+        if (File.Exists(path) && GgufFile.IsGguf(path))
+        {
+            using var gguf = GgufFile.Open(path);
+            return FromGguf(gguf);
+        }
         string file;
         if (Directory.Exists(path))
         {
@@ -144,11 +152,24 @@ public sealed class TextTokenizer
         catch (FormatException e) { throw new LckvException($"{path}: not a SentencePiece model ({e.Message})", e); }
         if (pieces.Count == 0) throw new LckvException($"{path}: the SentencePiece model has no pieces");
 
+        var (tokenizer, bytes, control, ids, strip) = BuildSentencePiece(path, data, pieces, null);
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        var side = SideFiles.Read(dir);
+        var specials = ResolveSpecials(path, side, ids, pieces.Count,
+            tokenizer.BeginningOfSentenceId, tokenizer.EndOfSentenceId, tokenizer.UnknownId);
+        return new TextTokenizer(path, "sentencepiece", tokenizer, bytes, control, strip, ids, specials, side.AddBosToken ?? true);
+    }
+
+    /// <summary>The library's tokenizer over a SentencePiece ModelProto, and the per-id bytes and control flags that
+    /// decoding reads (<see cref="SentencePieceModelReader"/>'s piece types).</summary>
+    private static (SentencePieceTokenizer Tokenizer, byte[][] Bytes, bool[] Control, Dictionary<string, int> Ids, bool StripFirstSpace)
+        BuildSentencePiece(string path, byte[] data, List<(string Piece, int Type)> pieces, IReadOnlyDictionary<string, int>? specialTokens)
+    {
         SentencePieceTokenizer tokenizer;
         try
         {
             using var stream = new MemoryStream(data, writable: false);
-            tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
+            tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens);
         }
         catch (Exception e) when (e is not LckvException and not OutOfMemoryException)
         {
@@ -181,13 +202,8 @@ public sealed class TextTokenizer
                     break;
             }
         }
-
-        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        var side = SideFiles.Read(dir);
-        var specials = ResolveSpecials(path, side, ids, n,
-            tokenizer.BeginningOfSentenceId, tokenizer.EndOfSentenceId, tokenizer.UnknownId);
         bool strip = tokenizer.AddDummyPrefix && !tokenizer.TreatWhitespaceAsSuffix;
-        return new TextTokenizer(path, "sentencepiece", tokenizer, bytes, control, strip, ids, specials, side.AddBosToken ?? true);
+        return (tokenizer, bytes, control, ids, strip);
     }
 
     private static byte ParseBytePiece(string path, string piece)
@@ -254,6 +270,18 @@ public sealed class TextTokenizer
             }
         }
 
+        var (tokenizer, bytes, control, ids) = BuildByteLevelBpe(path, vocab, merges, added, specialIds, split);
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        var side = SideFiles.Read(dir);
+        var specials = ResolveSpecials(path, side, ids, bytes.Length, null, null, null);
+        return new TextTokenizer(path, "bpe-bytelevel", tokenizer, bytes, control, false, ids, specials, side.AddBosToken ?? specials.Bos is not null);
+    }
+
+    /// <summary>The library's byte-level BPE over a vocabulary and merges ("a b", in rank order), with added tokens
+    /// matched whole in the input; per id the bytes it prints (special added tokens print nothing).</summary>
+    private static (Tokenizer Tokenizer, byte[][] Bytes, bool[] Control, Dictionary<string, int> Ids) BuildByteLevelBpe(string path,
+        Dictionary<string, int> vocab, List<string> merges, Dictionary<string, int> added, HashSet<int> specialIds, Regex split)
+    {
         Tokenizer tokenizer;
         try
         {
@@ -293,11 +321,7 @@ public sealed class TextTokenizer
         {
             if (bytes[i] is null) { bytes[i] = []; control[i] = true; }
         }
-
-        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        var side = SideFiles.Read(dir);
-        var specials = ResolveSpecials(path, side, ids, n, null, null, null);
-        return new TextTokenizer(path, "bpe-bytelevel", tokenizer, bytes, control, false, ids, specials, side.AddBosToken ?? false);
+        return (tokenizer, bytes, control, ids);
     }
 
     private static string TypeName(JsonElement e)

@@ -276,7 +276,7 @@ public sealed class ThroughputBench
                       + batch * GenerationEngine.SamplerBytes(config.VocabSize, repetitionPenalty: false);
         long seqBlocks = KvCache.BlocksFor(s.SequenceLength, s.BlockSize);
         long perSequence = 0, tableEntries = 0, policyBytes = 0;
-        if (v.Eviction.Policy(SequenceStepRows(map, batch, v), config.HeadDim, config.RopeTheta) is { } policy)
+        if (v.Eviction.Policy(SequenceStepRows(map, batch, v), config.HeadDim, config.RopeTheta, config.RopeStyle) is { } policy)
         {
             // every store keeps at most its capacity, with positions (and scores) per KV head
             perSequence = policy.BlocksFor(s.SequenceLength, s.BlockSize) * map.KvLayerCount;

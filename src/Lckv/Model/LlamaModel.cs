@@ -27,12 +27,19 @@ public sealed class LlamaModel : IDisposable
         Source = source;
         ContextLength = contextLength ?? config.MaxPositionEmbeddings;
         if (ContextLength <= 0) throw new LckvException($"context length must be positive, got {ContextLength}");
-        Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength);
+        Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength, config.RopeStyle);
     }
 
-    /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder.</summary>
+    /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder, or
+    /// the config and weights of a GGUF file (<see cref="GgufLlama"/>).</summary>
     public static LlamaModel Load(string folder, int? contextLength = null)
     {
+        if (File.Exists(folder))
+        {
+            if (!GgufFile.IsGguf(folder))
+                throw new LckvException($"model '{folder}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
+            return LoadGguf(folder, contextLength);
+        }
         if (!Directory.Exists(folder)) throw new LckvException($"model folder '{folder}' does not exist");
         var configPath = Path.Combine(folder, "config.json");
         if (!File.Exists(configPath)) throw new LckvException($"'{folder}' has no config.json");
@@ -42,6 +49,39 @@ public sealed class LlamaModel : IDisposable
         try
         {
             return new LlamaModel(config, ModelWeights.FromTensors(config, map, tensors), folder, contextLength);
+        }
+        catch
+        {
+            tensors.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The config of a checkpoint folder (its config.json) or of a GGUF file (its metadata), without the weights.</summary>
+    public static ModelConfig LoadConfig(string path)
+    {
+        if (File.Exists(path))
+        {
+            if (!GgufFile.IsGguf(path))
+                throw new LckvException($"model '{path}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
+            using var gguf = GgufFile.Open(path);
+            return GgufLlama.Config(gguf);
+        }
+        if (!Directory.Exists(path)) throw new LckvException($"model folder '{path}' does not exist");
+        var configPath = Path.Combine(path, "config.json");
+        if (!File.Exists(configPath)) throw new LckvException($"'{path}' has no config.json");
+        return ModelConfig.Load(configPath);
+    }
+
+    /// <summary>A GGUF file's model: its config from the metadata, its weights memory-mapped under their GGUF names.</summary>
+    public static LlamaModel LoadGguf(string path, int? contextLength = null)
+    {
+        var tensors = TensorSet.FromFile(GgufFile.Open(path));
+        try
+        {
+            var config = GgufLlama.Config(tensors.Gguf!);
+            var weights = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors);
+            return new LlamaModel(config, weights, path, contextLength);
         }
         catch
         {
@@ -145,7 +185,7 @@ public sealed class LlamaModel : IDisposable
     /// <see cref="CreateCache(Cache.KvBlockPool, int)"/>'s without eviction.</summary>
     public Cache.KvCache CreateCache(Cache.KvBlockPool pool, int maxStepRows, Cache.EvictionSettings eviction)
     {
-        var policy = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta);
+        var policy = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta, Config.RopeStyle);
         if (policy is null) return CreateCache(pool, maxStepRows);
         return new Cache.KvCache(pool, Enumerable.Repeat(policy, Map.KvLayerCount).ToArray(), ContextLength);
     }
@@ -157,7 +197,7 @@ public sealed class LlamaModel : IDisposable
     /// <summary>The same for a config and layer map without weights.</summary>
     public static long KvBlocksFor(ModelConfig config, LayerMap map, int contextLength, int tokens, int blockSize, int maxStepRows,
         Cache.EvictionSettings eviction)
-        => eviction.Policy(maxStepRows, config.HeadDim, config.RopeTheta) is { } policy
+        => eviction.Policy(maxStepRows, config.HeadDim, config.RopeTheta, config.RopeStyle) is { } policy
             ? policy.BlocksFor(tokens, blockSize) * map.KvLayerCount
             : KvBlocksFor(config, map, contextLength, tokens, blockSize, maxStepRows);
 

@@ -21,12 +21,32 @@ public sealed class LayerWeights
 /// <summary>Which field a Hugging Face tensor fills.</summary>
 public enum WeightSlot { Embed, FinalNorm, Head, InputNorm, Q, K, V, O, PostNorm, Gate, Up, Down }
 
-/// <summary>A tensor the config implies: its Hugging Face name, shape and the field it fills.</summary>
+/// <summary>A tensor the config implies: its Hugging Face name, shape (row-major, [out, in]) and the field it fills.</summary>
 public readonly record struct WeightSpec(string Name, WeightSlot Slot, int Layer, long[] Shape)
 {
     public long Elements => Shape.Aggregate(1L, (a, b) => a * b);
     public int Rows => Shape.Length == 1 ? 1 : (int)Shape[0];
     public int Cols => (int)Shape[^1];
+
+    /// <summary>The tensor's name in a GGUF file (llama.cpp's names for the llama architecture).</summary>
+    public string GgufName => Slot switch
+    {
+        WeightSlot.Embed => "token_embd.weight",
+        WeightSlot.FinalNorm => "output_norm.weight",
+        WeightSlot.Head => "output.weight",
+        WeightSlot.InputNorm => $"blk.{Layer}.attn_norm.weight",
+        WeightSlot.Q => $"blk.{Layer}.attn_q.weight",
+        WeightSlot.K => $"blk.{Layer}.attn_k.weight",
+        WeightSlot.V => $"blk.{Layer}.attn_v.weight",
+        WeightSlot.O => $"blk.{Layer}.attn_output.weight",
+        WeightSlot.PostNorm => $"blk.{Layer}.ffn_norm.weight",
+        WeightSlot.Gate => $"blk.{Layer}.ffn_gate.weight",
+        WeightSlot.Up => $"blk.{Layer}.ffn_up.weight",
+        _ => $"blk.{Layer}.ffn_down.weight",
+    };
+
+    /// <summary>The name this tensor has in the set: its GGUF name in a GGUF file, else its Hugging Face name.</summary>
+    public string NameIn(TensorSet tensors) => tensors.Gguf is null ? Name : GgufName;
 }
 
 /// <summary>
@@ -85,28 +105,34 @@ public sealed class ModelWeights : IDisposable
     /// Binds the checkpoint's tensors without copying them: every spec must be present with its exact shape and a
     /// float dtype; a tensor the config does not imply is an error unless it is a known optional one.
     /// </summary>
+    /// <remarks>A GGUF file's tensors go by their GGUF names, and their shapes are quoted as the file lists them
+    /// (ne, innermost first).</remarks>
     public static ModelWeights FromTensors(ModelConfig config, LayerMap map, TensorSet tensors)
     {
         var specs = Specs(config, map);
         var weights = new ModelWeights(config.NumHiddenLayers, tensors);
-        var expected = new HashSet<string>(specs.Select(s => s.Name));
+        bool gguf = tensors.Gguf is not null;
+        string source = gguf ? "the GGUF metadata" : "config.json";
+        string Shape(IEnumerable<long> rowMajor) => gguf ? "ne " + GgufFile.FormatNe(rowMajor.Reverse()) : $"[{string.Join(", ", rowMajor)}]";
+        var expected = new HashSet<string>(specs.Select(s => s.NameIn(tensors)));
         foreach (var name in tensors.Names)
         {
-            if (expected.Contains(name) || IsKnownOptional(name)) continue;
-            if (config.TieWordEmbeddings && name == "lm_head.weight") continue; // some tied checkpoints still store it
+            if (expected.Contains(name) || (!gguf && IsKnownOptional(name))) continue;
+            if (config.TieWordEmbeddings && name == (gguf ? "output.weight" : "lm_head.weight")) continue; // some tied checkpoints still store it
             throw new LckvException(name.EndsWith("k_proj.weight", StringComparison.Ordinal) || name.EndsWith("v_proj.weight", StringComparison.Ordinal)
-                ? $"checkpoint has tensor '{name}' but layer_types says that layer computes no KV"
-                : $"checkpoint has unexpected tensor '{name}' (not implied by config.json)");
+                ? $"checkpoint has tensor '{Formats.Printable.Escape(name)}' but layer_types says that layer computes no KV"
+                : $"checkpoint has unexpected tensor '{Formats.Printable.Escape(name)}' (not implied by {source})");
         }
         foreach (var s in specs)
         {
-            if (!tensors.Contains(s.Name)) throw new LckvException($"checkpoint is missing tensor '{s.Name}' (expected shape [{string.Join(", ", s.Shape)}])");
-            var info = tensors.Info(s.Name);
+            string name = s.NameIn(tensors);
+            if (!tensors.Contains(name)) throw new LckvException($"checkpoint is missing tensor '{name}' (expected shape {Shape(s.Shape)})");
+            var info = tensors.Info(name);
             if (!info.Shape.SequenceEqual(s.Shape))
-                throw new LckvException($"tensor '{s.Name}' has shape {info.ShapeText} but config.json implies [{string.Join(", ", s.Shape)}]");
+                throw new LckvException($"tensor '{name}' has shape {Shape(info.Shape)} but {source} implies {Shape(s.Shape)}");
             if (!DTypes.IsFloat(info.DType))
-                throw new LckvException($"tensor '{s.Name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
-            weights.Set(s, new WeightMatrix(tensors.Pointer(s.Name), info.DType, s.Rows, s.Cols));
+                throw new LckvException($"tensor '{name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
+            weights.Set(s, new WeightMatrix(tensors.Pointer(name), info.DType, s.Rows, s.Cols));
             weights.Bytes += info.Length;
         }
         if (config.TieWordEmbeddings) weights.Head = weights.Embed;

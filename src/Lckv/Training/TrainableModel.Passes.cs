@@ -181,7 +181,7 @@ public sealed unsafe partial class TrainableModel : IPlanHost, IKvStores
         _batch = batch;
         _seqLen = seqLen;
         _rows = n;
-        if (seqLen > _ctx.Rope.MaxPositions) _ctx.Rope = new RopeTable(Config.HeadDim, Config.RopeTheta, seqLen);
+        if (seqLen > _ctx.Rope.MaxPositions) _ctx.Rope = new RopeTable(Config.HeadDim, Config.RopeTheta, seqLen, Config.RopeStyle);
         if (_records.Length == 0)
         {
             var list = new List<LayerRecord>();

@@ -92,7 +92,7 @@ public sealed unsafe partial class TrainableModel : ITrainable
         _head = config.TieWordEmbeddings ? _embed : head!;
         _layerWeights = [.. _layers.Select(l => l.Views())];
         _plan = IterationPlan.Build(Map, config.ForwardPasses, config.BackwardPasses);
-        _ctx = new ForwardContext(config, Map, new RopeTable(config.HeadDim, config.RopeTheta, config.MaxPositionEmbeddings));
+        _ctx = new ForwardContext(config, Map, new RopeTable(config.HeadDim, config.RopeTheta, config.MaxPositionEmbeddings, config.RopeStyle));
     }
 
     /// <summary>

@@ -132,7 +132,7 @@ public sealed class CliTests(ITestOutputHelper output)
         AssertOneLineError(Run("generate", "--model", "/nonexistent/model", "--prompt-ids", "1"), "/nonexistent/model");
         AssertOneLineError(Run("generate", "--preset", "small", "--prompt-ids", "1,x"), "'x'");
         AssertOneLineError(Run("generate", "--preset", "huge", "--prompt-ids", "1"), "huge");
-        AssertOneLineError(Run("generate", "--preset", "small", "--prompt-ids", "1", "--kv-dtype", "q4"), "q4");
+        AssertOneLineError(Run("generate", "--preset", "small", "--prompt-ids", "1", "--kv-dtype", "int4"), "int4");
         AssertOneLineError(Run("generate", "--preset", "small", "--prompt-ids", "1", "--top-p", "1.5"), "top");
         AssertOneLineError(Run("generate", "--preset", "small", "--prompt", "hello"), "tokenizer");
         AssertOneLineError(Run("generate", "--nonsense-flag"), "nonsense");

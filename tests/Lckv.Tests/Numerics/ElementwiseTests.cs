@@ -46,13 +46,15 @@ public class ElementwiseTests
         for (int i = 0; i < be.Length; i++) Close(be[i], bx[i], 1e-5f, $"300x130 [{i}]");
     }
 
-    [Fact]
-    public void RopeMatchesReference()
+    [Theory]
+    [InlineData(RopeStyle.RotateHalf)]
+    [InlineData(RopeStyle.AdjacentPairs)]
+    public void RopeMatchesReference(RopeStyle style)
     {
         var rng = new Random(22);
         foreach (int d in new[] { 2, 4, 6, 8, 14, 16, 18, 32, 34, 64, 66, 128 })
         {
-            var table = new RopeTable(d, 10000, 50);
+            var table = new RopeTable(d, 10000, 50, style);
             int heads = 3;
             int[] positions = [0, 1, 7, 49, 20];
             var x = TestData.Random(rng, positions.Length * heads * d);
@@ -60,6 +62,48 @@ public class ElementwiseTests
             Rope.ApplyReference(expected, positions, heads, table);
             Rope.Apply(x, positions, heads, table);
             for (int i = 0; i < x.Length; i++) Close(expected[i], x[i], 1e-6f, $"d={d} [{i}]");
+            // one head at a time (the KV cache's rank rotation) gives the same
+            var y = TestData.Random(new Random(d), x.Length);
+            var whole = (float[])y.Clone();
+            Rope.Apply(whole, positions, heads, table);
+            unsafe
+            {
+                fixed (float* py = y)
+                    for (int r = 0; r < positions.Length; r++)
+                        for (int h = 0; h < heads; h++) Rope.ApplyHead(py + (r * heads + h) * d, positions[r], table);
+            }
+            Assert.Equal(whole, y);
+        }
+    }
+
+    [Fact]
+    public void AdjacentPairsOnInterleavedDimsEqualsRotateHalf()
+    {
+        // GGUF's Q/K rows are each head's rows reordered (2i <- i, 2i+1 <- i + D/2): the adjacent-pair rotation of the
+        // reordered vector is the rotate-half rotation of the original, reordered the same way
+        var rng = new Random(5);
+        foreach (int d in new[] { 2, 8, 16, 34, 64, 128 })
+        {
+            int heads = 2;
+            int[] positions = [0, 3, 17, 40];
+            var half = new RopeTable(d, 10000, 41);
+            var pairs = new RopeTable(d, 10000, 41, RopeStyle.AdjacentPairs);
+            var x = TestData.Random(rng, positions.Length * heads * d);
+            var interleaved = new float[x.Length];
+            for (int v = 0; v < x.Length / d; v++)
+                for (int i = 0; i < d / 2; i++)
+                {
+                    interleaved[v * d + 2 * i] = x[v * d + i];
+                    interleaved[v * d + 2 * i + 1] = x[v * d + i + d / 2];
+                }
+            Rope.Apply(x, positions, heads, half);
+            Rope.Apply(interleaved, positions, heads, pairs);
+            for (int v = 0; v < x.Length / d; v++)
+                for (int i = 0; i < d / 2; i++)
+                {
+                    Assert.Equal(x[v * d + i], interleaved[v * d + 2 * i]);
+                    Assert.Equal(x[v * d + i + d / 2], interleaved[v * d + 2 * i + 1]);
+                }
         }
     }
 

@@ -78,13 +78,15 @@ public sealed class BackwardKernelTests
     }
 
     [Theory]
-    [InlineData(2, 1, 1)]
-    [InlineData(6, 3, 5)]
-    [InlineData(16, 2, 9)]
-    [InlineData(34, 3, 4)]
-    public void RopeBackwardMatchesTheReference(int headDim, int heads, int rows)
+    [InlineData(2, 1, 1, RopeStyle.RotateHalf)]
+    [InlineData(6, 3, 5, RopeStyle.RotateHalf)]
+    [InlineData(16, 2, 9, RopeStyle.RotateHalf)]
+    [InlineData(34, 3, 4, RopeStyle.RotateHalf)]
+    [InlineData(6, 3, 5, RopeStyle.AdjacentPairs)]
+    [InlineData(34, 3, 4, RopeStyle.AdjacentPairs)]
+    public void RopeBackwardMatchesTheReference(int headDim, int heads, int rows, RopeStyle style)
     {
-        var table = new RopeTable(headDim, 10000, 64);
+        var table = new RopeTable(headDim, 10000, 64, style);
         var positions = Enumerable.Range(0, rows).Select(r => (r * 7) % 64).ToArray();
         var expected = Random(rows * heads * headDim, 21);
         var actual = (float[])expected.Clone();

@@ -121,7 +121,7 @@ public static unsafe class RmsNormBackward
     }
 }
 
-/// <summary>Backward of the rotate-half RoPE: the transpose of a rotation is the rotation by the opposite angle.</summary>
+/// <summary>Backward of RoPE (either style): the transpose of a rotation is the rotation by the opposite angle.</summary>
 public static unsafe class RopeBackward
 {
     /// <summary>In place: dx = R(-angle) dy, per head of each row.</summary>
@@ -130,12 +130,16 @@ public static unsafe class RopeBackward
     {
         int d = table.HeadDim, half = d / 2;
         if (dx.Length < (long)positions.Length * heads * d) throw new ArgumentException("dx is shorter than rows x heads x head_dim", nameof(dx));
+        bool pairs = table.Style == RopeStyle.AdjacentPairs;
         for (int r = 0; r < positions.Length; r++)
         {
             var cs = table.Cos(positions[r]);
             var sn = table.Sin(positions[r]);
             fixed (float* pc = cs, ps = sn, px = dx.Slice(r * heads * d, heads * d))
-                for (int h = 0; h < heads; h++) Unrotate(px + h * d, pc, ps, half);
+            {
+                if (pairs) for (int h = 0; h < heads; h++) UnrotatePairs(px + h * d, pc, ps, half);
+                else for (int h = 0; h < heads; h++) Unrotate(px + h * d, pc, ps, half);
+            }
         }
     }
 
@@ -160,6 +164,18 @@ public static unsafe class RopeBackward
         }
     }
 
+    // (v[2j], v[2j+1]) -> (v[2j]*cos[j] + v[2j+1]*sin[j], v[2j+1]*cos[j] - v[2j]*sin[j]); training is not a hot path
+    // for this style, so it stays scalar.
+    private static void UnrotatePairs(float* v, float* cos, float* sin, int half)
+    {
+        for (int j = 0; j < half; j++)
+        {
+            float a = v[2 * j], b = v[2 * j + 1];
+            v[2 * j] = a * cos[j] + b * sin[j];
+            v[2 * j + 1] = b * cos[j] - a * sin[j];
+        }
+    }
+
     public static void ApplyReference(Span<float> dx, ReadOnlySpan<int> positions, int heads, RopeTable table)
     {
         int d = table.HeadDim, half = d / 2;
@@ -172,9 +188,10 @@ public static unsafe class RopeBackward
                 var v = dx.Slice((r * heads + h) * d, d);
                 for (int j = 0; j < half; j++)
                 {
-                    float a = v[j], b = v[j + half];
-                    v[j] = a * cos[j] + b * sin[j];
-                    v[j + half] = b * cos[j] - a * sin[j];
+                    var (ia, ib) = table.Style == RopeStyle.AdjacentPairs ? (2 * j, 2 * j + 1) : (j, j + half);
+                    float a = v[ia], b = v[ib];
+                    v[ia] = a * cos[j] + b * sin[j];
+                    v[ib] = b * cos[j] - a * sin[j];
                 }
             }
         }

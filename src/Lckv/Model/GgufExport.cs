@@ -1,0 +1,170 @@
+using Lckv.Formats;
+using Lckv.Numerics;
+
+namespace Lckv.Model;
+
+/// <summary>
+/// Encodes a row-major matrix of f32 values (rows x cols; a 1-D tensor is one row) into a tensor type's bytes;
+/// destination has exactly the tensor's byte length.
+/// </summary>
+public delegate void TensorEncoder(ReadOnlySpan<float> values, int rows, int cols, Span<byte> destination);
+
+/// <summary>What <see cref="GgufExport.Write"/> writes.</summary>
+public sealed record GgufExportOptions
+{
+    /// <summary>The type of the 2-D weight matrices; norm weights stay F32, as llama.cpp's converter keeps them.</summary>
+    public DType Weights { get; init; } = DType.F32;
+    /// <summary>Encoders for tensor types beyond F32, F16 and BF16 (the Q8_0 and Q4_0 quantizers), by type.</summary>
+    public IReadOnlyDictionary<DType, TensorEncoder>? Encoders { get; init; }
+    /// <summary>A tensor's type when it should differ from the rule above (null keeps the rule).</summary>
+    public Func<WeightSpec, DType?>? TypeOf { get; init; }
+    /// <summary>general.name (default: the input folder's name).</summary>
+    public string? Name { get; init; }
+    /// <summary>Replace an existing output file.</summary>
+    public bool Force { get; init; }
+}
+
+/// <summary>What an export wrote.</summary>
+public sealed record GgufExportResult(ModelConfig Config, int TensorCount, long Bytes, string? Tokenizer, IReadOnlyDictionary<DType, int> TensorsByType);
+
+/// <summary>
+/// Writes a standard Llama checkpoint as a GGUF file that llama.cpp runs: the llama.* metadata of its config, its
+/// tokenizer when it has one GGUF can express (a SentencePiece BPE tokenizer.model, as tokenizer.ggml.model "llama"),
+/// the tensors under their GGUF names in the weight table's order, with each head's Q and K rows reordered as
+/// llama.cpp's converter does (row 2i of a head takes row i, row 2i + 1 takes row i + D/2) so that adjacent-pair RoPE
+/// computes what rotate_half computed. Layouts that share KV across layers are refused: llama.cpp cannot run them.
+/// </summary>
+public static class GgufExport
+{
+    public static GgufExportResult Write(string input, string output, GgufExportOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (!Directory.Exists(input)) throw new LckvException($"input folder '{input}' does not exist");
+        string configPath = Path.Combine(input, "config.json");
+        if (!File.Exists(configPath)) throw new LckvException($"input '{input}' has no config.json");
+        if (Directory.Exists(output)) throw new LckvException($"output '{output}' is a folder; give the path of the .gguf file to write");
+        string? outDir = Path.GetDirectoryName(Path.GetFullPath(output));
+        if (outDir is null || !Directory.Exists(outDir)) throw new LckvException($"output '{output}': its folder does not exist");
+        if (File.Exists(output) && !options.Force)
+            throw new LckvException($"output '{output}' already exists, and it is replaced only when forced") { Settings = [nameof(GgufExportOptions.Force)] };
+        if (DTypes.IsBlockQuantized(options.Weights) ? options.Encoders?.ContainsKey(options.Weights) != true : !DTypes.IsFloat(options.Weights))
+            throw new LckvException($"no encoder for {DTypes.Name(options.Weights)} weights (F32, F16 and BF16 are built in)") { Settings = [nameof(GgufExportOptions.Weights)] };
+
+        var config = ModelConfig.Load(configPath);
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        if (config.IsLckv && !IsStandard(config, map))
+            throw new LckvException($"{configPath}: layer_types {map} shares KV across layers or uses a sliding window; GGUF (llama.cpp) holds standard Llama models only");
+        config = config with { ModelType = ModelConfig.LlamaType, LayerTypes = null };
+
+        using var tensors = TensorSet.Open(input);
+        _ = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors); // names, shapes, dtypes
+        string name = options.Name ?? Path.GetFileName(Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar));
+
+        var metadata = GgufLlama.Metadata(config, name);
+        var (tokenizerKind, tokenizerKeys) = Tokenizer(input, config);
+        metadata.AddRange(tokenizerKeys);
+
+        var list = new List<GgufTensorData>();
+        var byType = new Dictionary<DType, int>();
+        foreach (var spec in ModelWeights.Specs(config, LayerMap.Identity(config.NumHiddenLayers)))
+        {
+            var dtype = options.TypeOf?.Invoke(spec) ?? (spec.Shape.Length == 1 ? DType.F32 : options.Weights);
+            TensorEncoder encode = DTypes.IsFloat(dtype) ? (v, _, _, dst) => GgufWriter.EncodeFloat(v, dtype, dst)
+                : options.Encoders?.GetValueOrDefault(dtype) ?? throw new LckvException($"no encoder for {DTypes.Name(dtype)} (tensor '{spec.GgufName}')");
+            var s = spec;
+            list.Add(new GgufTensorData(spec.GgufName, dtype, spec.Shape, dst =>
+            {
+                var values = tensors.ReadSingles(s.Name);
+                if (s.Slot == WeightSlot.Q) values = PermuteForAdjacentPairs(values, config.NumAttentionHeads, config.HeadDim, s.Cols);
+                if (s.Slot == WeightSlot.K) values = PermuteForAdjacentPairs(values, config.NumKeyValueHeads, config.HeadDim, s.Cols);
+                encode(values, s.Rows, s.Cols, dst);
+            }));
+            byType[dtype] = byType.GetValueOrDefault(dtype) + 1;
+        }
+        metadata.Add(new("general.file_type", GgufValue.UInt32(FileType(options.Weights))));
+        if (DTypes.IsBlockQuantized(options.Weights)) metadata.Add(new("general.quantization_version", GgufValue.UInt32(2)));
+
+        // written under a temporary name beside the output, checked to load as a model, then renamed into place, so a
+        // failure leaves nothing behind
+        string full = Path.GetFullPath(output);
+        string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-{System.Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(6))}.gguf");
+        try
+        {
+            GgufWriter.Write(temp, metadata, list);
+            using (LlamaModel.Load(temp)) { }
+            long bytes = new FileInfo(temp).Length;
+            File.Move(temp, full, overwrite: options.Force);
+            return new GgufExportResult(config, list.Count, bytes, tokenizerKind, byType);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    /// <summary>An lckv-llama config that is a plain Llama after all: every layer its own KV, no sliding window, the
+    /// diagonal not masked.</summary>
+    private static bool IsStandard(ModelConfig c, LayerMap map)
+        => !c.ForceNoDiag && Enumerable.Range(0, map.LayerCount).All(i => map.Target(i) == i && !map.IsSliding(i));
+
+    /// <summary>
+    /// Reorders the rows of each head of a [heads * d, cols] projection from the rotate-half order of Hugging Face
+    /// checkpoints to the adjacent-pair order of GGUF files: row 2i of a head takes row i, row 2i + 1 takes row
+    /// i + d/2 (llama.cpp's convert_hf_to_gguf permute).
+    /// </summary>
+    public static float[] PermuteForAdjacentPairs(ReadOnlySpan<float> rows, int heads, int d, int cols)
+    {
+        if (rows.Length != (long)heads * d * cols) throw new ArgumentException("rows is not heads x d x cols", nameof(rows));
+        var result = new float[rows.Length];
+        int half = d / 2;
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < half; i++)
+            {
+                rows.Slice((h * d + i) * cols, cols).CopyTo(result.AsSpan((h * d + 2 * i) * cols, cols));
+                rows.Slice((h * d + half + i) * cols, cols).CopyTo(result.AsSpan((h * d + 2 * i + 1) * cols, cols));
+            }
+        return result;
+    }
+
+    /// <summary>llama.cpp's general.file_type (LLAMA_FTYPE) for weights of that type.</summary>
+    private static uint FileType(DType t) => t switch
+    {
+        DType.F32 => 0, DType.F16 => 1, DType.Q4_0 => 2, DType.Q8_0 => 7, DType.BF16 => 32,
+        _ => throw new ArgumentOutOfRangeException(nameof(t)),
+    };
+
+    /// <summary>The tokenizer.ggml.* keys for the checkpoint's tokenizer.model, when it is a SentencePiece BPE model
+    /// of the checkpoint's vocabulary size; none otherwise ("no_vocab").</summary>
+    private static (string? Kind, List<KeyValuePair<string, GgufValue>> Keys) Tokenizer(string input, ModelConfig config)
+    {
+        var none = new List<KeyValuePair<string, GgufValue>> { new(TokenizerKeys.Model, GgufValue.String("no_vocab")) };
+        string path = Path.Combine(input, "tokenizer.model");
+        if (!File.Exists(path)) return (null, none);
+        var tokenizer = TextTokenizer.Load(path); // the same checks and special tokens a run of the folder gets
+        SentencePieceModel sp;
+        try { sp = SentencePieceModel.Read(File.ReadAllBytes(path)); }
+        catch (FormatException e) { throw new LckvException($"{path}: not a SentencePiece model ({e.Message})", e); }
+        // llama.cpp's SPM tokenizer: BPE merges by piece score, spaces as U+2581, no normalization
+        if (sp.ModelType != SentencePieceModel.Bpe || sp.Pieces.Count != config.VocabSize || sp.TreatWhitespaceAsSuffix
+            || !sp.EscapeWhitespaces || sp.NormalizerName is not ("" or "identity"))
+            return (null, none);
+
+        var keys = new List<KeyValuePair<string, GgufValue>>
+        {
+            new(TokenizerKeys.Model, GgufValue.String("llama")),
+            new(TokenizerKeys.Tokens, GgufValue.Array(sp.Pieces.Select(p => p.Piece).ToArray())),
+            new(TokenizerKeys.Scores, GgufValue.Array(sp.Pieces.Select(p => p.Score).ToArray())),
+            new(TokenizerKeys.TokenType, GgufValue.Array(sp.Pieces.Select(p => p.Type).ToArray())),
+            new(TokenizerKeys.AddSpacePrefix, GgufValue.Bool(sp.AddDummyPrefix)),
+            new(TokenizerKeys.RemoveExtraWhitespaces, GgufValue.Bool(sp.RemoveExtraWhitespaces)),
+            new(TokenizerKeys.AddBos, GgufValue.Bool(tokenizer.AddBosByDefault)),
+            new(TokenizerKeys.AddEos, GgufValue.Bool(false)),
+        };
+        if (tokenizer.BosId is int bos) keys.Add(new(TokenizerKeys.Bos, GgufValue.UInt32((uint)bos)));
+        if (tokenizer.EosIds.Count > 0) keys.Add(new(TokenizerKeys.Eos, GgufValue.UInt32((uint)tokenizer.EosIds[0])));
+        if (tokenizer.UnkId is int unk) keys.Add(new(TokenizerKeys.Unk, GgufValue.UInt32((uint)unk)));
+        if (sp.PadId >= 0) keys.Add(new(TokenizerKeys.Pad, GgufValue.UInt32((uint)sp.PadId)));
+        return ("llama", keys);
+    }
+}
