@@ -90,6 +90,19 @@ public static class DTypes
         _ => throw new FormatException($"unknown float dtype '{name}' (expected f32, f16 or bf16)"),
     };
 
+    /// <summary>Parses a user-facing weight dtype: a float name of <see cref="ParseFloat"/>, or q8_0 / q4_0.</summary>
+    public static DType ParseWeight(string name) => name.ToLowerInvariant() switch
+    {
+        "q8_0" => DType.Q8_0,
+        "q4_0" => DType.Q4_0,
+        _ => IsFloatName(name) ? ParseFloat(name) : throw new FormatException($"unknown weight dtype '{name}' (expected f32, f16, bf16, q8_0 or q4_0)"),
+    };
+
+    private static bool IsFloatName(string name) => name.ToLowerInvariant() is "f32" or "float32" or "float" or "f16" or "float16" or "half" or "bf16" or "bfloat16";
+
+    /// <summary>Whether matrices may hold this dtype: f32, f16, bf16, Q8_0 or Q4_0.</summary>
+    public static bool IsWeight(DType t) => IsFloat(t) || IsBlockQuantized(t);
+
     public static bool IsFloat(DType t) => t is DType.F32 or DType.F16 or DType.BF16;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

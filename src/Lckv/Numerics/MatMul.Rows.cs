@@ -13,10 +13,12 @@ public static unsafe partial class MatMul
     /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy), up to 64 rows.
     /// For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is large (16 x 2048 and
     /// up: the panel kernel at 15-16 rows, else the GEMM); while x is small (16 x 512) the dot kernel wins, and with k
-    /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection).
+    /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection). Q8_0 and Q4_0 W
+    /// take it up to 16 rows (at 32 the GEMM, which dequantizes each panel of W once for all rows, is even with it).
     /// docs/benchmarks.md has the evidence for each path.
     /// </summary>
     private const int DotMaxRowsBf16 = 64;
+    private const int DotMaxRowsQuantized = 16;
     private const int DotMaxRowsF32 = 28;
     private const long DotMaxXFloats = 128 * 1024; // x up to 512 KiB: half of L2
     private const long DotSmallXFloats = 24 * 1024; // x up to 96 KiB: f32 W takes the dot kernel at any row count
@@ -38,6 +40,7 @@ public static unsafe partial class MatMul
         if (m < GemmMinRows) return true;
         if ((long)m * k > DotMaxXFloats) return false;
         if (typeof(TE) == typeof(BF16Element)) return m <= DotMaxRowsBf16;
+        if (TE.Block > 1) return m <= DotMaxRowsQuantized;
         if (typeof(TE) == typeof(F32Element)) return m <= DotMaxRowsF32 && ((long)m * k <= DotSmallXFloats || m % 16 is > 0 and <= 14);
         return false;
     }

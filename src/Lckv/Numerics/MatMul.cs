@@ -93,8 +93,8 @@ public static unsafe partial class MatMul
             case DType.F32: Dispatch<F32Element>(x, t, m); break;
             case DType.BF16: Dispatch<BF16Element>(x, t, m); break;
             case DType.F16: Dispatch<F16Element>(x, t, m); break;
-            case DType.Q8_0: Dispatch<Q8_0Element>(x, t, m); break;
-            case DType.Q4_0: Dispatch<Q4_0Element>(x, t, m); break;
+            case DType.Q8_0: F16Table.EnsureCreated(); Dispatch<Q8_0Element>(x, t, m); break;
+            case DType.Q4_0: F16Table.EnsureCreated(); Dispatch<Q4_0Element>(x, t, m); break;
             default: throw new ArgumentException($"weights must be f32, f16, bf16, Q8_0 or Q4_0, not {t.DType}");
         }
     }

@@ -29,11 +29,18 @@ internal unsafe interface IWeight
     static abstract Vector512<float> Second(byte* w);
 }
 
-/// <summary>f32 values of every f16 bit pattern (256 KiB, on a cache line): a block's scale is one load, as the
-/// runtime exposes no scalar vcvtph2ps.</summary>
+/// <summary>
+/// f32 values of every f16 bit pattern (256 KiB, on a cache line): a block's scale is one load, as the runtime exposes
+/// no vcvtph2ps. The products touch it (<see cref="EnsureCreated"/>) before their kernels are compiled: a kernel
+/// compiled while the class is not yet initialized checks for it on every read, a call that makes the JIT keep the
+/// kernel's accumulators on the stack.
+/// </summary>
 internal static unsafe class F16Table
 {
     public static readonly float* Values = Create();
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    public static void EnsureCreated() => GC.KeepAlive(Values == null ? null : (object?)null);
 
     private static float* Create()
     {
