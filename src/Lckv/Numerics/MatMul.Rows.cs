@@ -14,11 +14,12 @@ public static unsafe partial class MatMul
     /// For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is large (16 x 2048 and
     /// up: the panel kernel at 15-16 rows, else the GEMM); while x is small (16 x 512) the dot kernel wins, and with k
     /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection). Q8_0 and Q4_0 W
-    /// take it up to 16 rows (at 32 the GEMM, which dequantizes each panel of W once for all rows, is even with it).
+    /// take it up to 24 rows (25-50% ahead of the GEMM at 24 rows; at 32 the GEMM, which dequantizes each panel of W
+    /// once for all rows, is even with it).
     /// docs/benchmarks.md has the evidence for each path.
     /// </summary>
     private const int DotMaxRowsBf16 = 64;
-    private const int DotMaxRowsQuantized = 16;
+    private const int DotMaxRowsQuantized = 24;
     private const int DotMaxRowsF32 = 28;
     private const long DotMaxXFloats = 128 * 1024; // x up to 512 KiB: half of L2
     private const long DotSmallXFloats = 24 * 1024; // x up to 96 KiB: f32 W takes the dot kernel at any row count
@@ -32,6 +33,21 @@ public static unsafe partial class MatMul
     private const int DotKBlock = 512;
     private const int DotKBlockMinRows = 8;
     private const int DotKBlockMaxRows = 16;
+
+    /// <summary>
+    /// Whether k is walked in blocks: f32/f16/bf16 W at 8-16 rows with k past a block. Not Q8_0/Q4_0 W: dequantizing
+    /// bounds their products, not x's reads, and blocks cut W's stream (whole k measures 5-40% ahead).
+    /// </summary>
+    private static bool KBlocked(bool quantized, int m, int k) => !quantized && m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
+
+    /// <summary>
+    /// Whether the spread prefetch applies where k is whole: always for f32/f16/bf16 W; for Q8_0/Q4_0 W only while x is
+    /// small (at most this many values: 4-33% ahead of the per-pass prefetch at 2-8 rows of k = 512, 3-17% behind it
+    /// once x reaches 2 x 5632 or 4 x 2048).
+    /// </summary>
+    private const long SpreadMaxXFloatsQuantized = 4096;
+
+    private static bool Spreads(bool quantized, int m, int k) => !quantized || (long)m * k <= SpreadMaxXFloatsQuantized;
 
     private const int MaxPassRows = 6;
 
@@ -156,12 +172,12 @@ public static unsafe partial class MatMul
             else
             {
                 // k in blocks (x's block of every row stays in L1 while W's groups stream past it), sums added up in y
-                int kBlock = M is >= DotKBlockMinRows and <= DotKBlockMaxRows && K > DotKBlock && Uses(Variants.KBlocks) ? DotKBlock : K;
+                int kBlock = KBlocked(TE.Block > 1, M, K) && Uses(Variants.KBlocks) ? DotKBlock : K;
                 for (int k0 = 0; k0 < K; k0 += kBlock)
                 {
                     int kb = Math.Min(kBlock, K - k0);
                     bool add = k0 > 0;
-                    bool spread = kb == K && Uses(Variants.SpreadPrefetch); // see Rows4
+                    bool spread = kb == K && Spreads(TE.Block > 1, M, K) && Uses(Variants.SpreadPrefetch); // see Rows4
                     bool twoAhead = spread && Uses(Variants.TwoAhead);
                     for (j = j0; j < jEnd; j += 4)
                     {

@@ -256,10 +256,10 @@ public static unsafe partial class MatMul
         switch (Choose(dtype, m, k))
         {
             case Path.DotRows:
-                bool blocked = m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
+                bool quantized = DTypes.IsBlockQuantized(dtype), blocked = KBlocked(quantized, m, k);
                 if (m == 1) v |= Variants.SequentialGemv;
                 if (blocked) v |= Variants.KBlocks;
-                if (m > 1 && !blocked) v |= Variants.SpreadPrefetch | Variants.TwoAhead;
+                if (m > 1 && !blocked && Spreads(quantized, m, k)) v |= Variants.SpreadPrefetch | Variants.TwoAhead;
                 break;
             case Path.Gemm:
                 int lanes = Vector512.IsHardwareAccelerated ? 16 : 8;
