@@ -372,17 +372,14 @@ public static unsafe partial class MatMul
         int p = 0;
         if (TE.Block > 1)
         {
-            // a block at a time, its 4 vectors addressed from the block's start so that each row's scale is read once
+            // a block at a time, its 4 vectors addressed from the block's start by constants, so that each row's scale
+            // is read once per block
             for (long o = 0; p <= k - 32; p += 32, o += TE.Bytes(32))
             {
-                for (int q = 0; q < 32; q += 8)
-                {
-                    var xq = Vector256.Load(x + p + q);
-                    a0 = Vector256.FusedMultiplyAdd(xq, TE.At256(w0 + o, q), a0);
-                    a1 = Vector256.FusedMultiplyAdd(xq, TE.At256(w1 + o, q), a1);
-                    a2 = Vector256.FusedMultiplyAdd(xq, TE.At256(w2 + o, q), a2);
-                    a3 = Vector256.FusedMultiplyAdd(xq, TE.At256(w3 + o, q), a3);
-                }
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 0, ref a0, ref a1, ref a2, ref a3);
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 8, ref a0, ref a1, ref a2, ref a3);
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 16, ref a0, ref a1, ref a2, ref a3);
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 24, ref a0, ref a1, ref a2, ref a3);
             }
         }
         for (; p <= k - 8; p += 8)
@@ -395,6 +392,18 @@ public static unsafe partial class MatMul
         }
         y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
         AddTail4<TE>(x, w, rowBytes, p, k, y);
+    }
+
+    // a_c += x[q, q + 8) * W_c[q, q + 8) for the 4 rows W_c at w0..w3 (block boundaries)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Quarter4<TE>(float* x, byte* w0, byte* w1, byte* w2, byte* w3, int q,
+        ref Vector256<float> a0, ref Vector256<float> a1, ref Vector256<float> a2, ref Vector256<float> a3) where TE : struct, IWeight
+    {
+        var xq = Vector256.Load(x + q);
+        a0 = Vector256.FusedMultiplyAdd(xq, TE.At256(w0, q), a0);
+        a1 = Vector256.FusedMultiplyAdd(xq, TE.At256(w1, q), a1);
+        a2 = Vector256.FusedMultiplyAdd(xq, TE.At256(w2, q), a2);
+        a3 = Vector256.FusedMultiplyAdd(xq, TE.At256(w3, q), a3);
     }
 
     // y[c] += x[q] * W[c, q] for q in [p, k), for the 4 rows of W at w: the k tail of a 4-row dot kernel, in k order
