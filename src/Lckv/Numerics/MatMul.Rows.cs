@@ -14,8 +14,7 @@ public static unsafe partial class MatMul
     /// For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is large (16 x 2048 and
     /// up: the panel kernel at 15-16 rows, else the GEMM); while x is small (16 x 512) the dot kernel wins, and with k
     /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection). Q8_0 and Q4_0 W
-    /// take it up to 24 rows (25-50% ahead of the GEMM at 24 rows; at 32 the GEMM, which dequantizes each panel of W
-    /// once for all rows, is even with it).
+    /// take it up to 24 rows (from 32 the GEMM, which dequantizes each panel of W once for all rows, is even with it).
     /// docs/benchmarks.md has the evidence for each path.
     /// </summary>
     private const int DotMaxRowsBf16 = 64;
@@ -36,14 +35,13 @@ public static unsafe partial class MatMul
 
     /// <summary>
     /// Whether k is walked in blocks: f32/f16/bf16 W at 8-16 rows with k past a block. Not Q8_0/Q4_0 W: dequantizing
-    /// bounds their products, not x's reads, and blocks cut W's stream (whole k measures 5-40% ahead).
+    /// bounds their products, not x's reads, and blocks cut W's stream.
     /// </summary>
     private static bool KBlocked(bool quantized, int m, int k) => !quantized && m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
 
     /// <summary>
-    /// Whether the spread prefetch applies where k is whole: always for f32/f16/bf16 W; for Q8_0/Q4_0 W only while x is
-    /// small (at most this many values: 4-33% ahead of the per-pass prefetch at 2-8 rows of k = 512, 3-17% behind it
-    /// once x reaches 2 x 5632 or 4 x 2048).
+    /// Whether the spread prefetch applies where k is whole: always for f32/f16/bf16 W; for Q8_0/Q4_0 W only while x
+    /// holds at most this many values (beyond, the per-pass prefetch is ahead; docs/benchmarks.md).
     /// </summary>
     private const long SpreadMaxXFloatsQuantized = 4096;
 
