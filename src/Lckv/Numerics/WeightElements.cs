@@ -39,8 +39,7 @@ internal static unsafe class F16Table
 {
     public static readonly float* Values = Create();
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    public static void EnsureCreated() => GC.KeepAlive(Values == null ? null : (object?)null);
+    public static void EnsureCreated() => RuntimeHelpers.RunClassConstructor(typeof(F16Table).TypeHandle);
 
     private static float* Create()
     {
