@@ -41,7 +41,7 @@ public sealed class ModelOptions
         string? model = p.GetValue(Model), preset = p.GetValue(Preset);
         if (model is not null && preset is not null) throw new LckvException("give either --model or --preset, not both");
         int? context = p.GetValue(Context);
-        var weights = p.GetValue(Weights) is { } w ? Parse(w, DTypes.ParseWeight) : (Numerics.DType?)null;
+        var weights = WeightsDType(p);
         if (model is not null)
         {
             if (p.GetValue(DType) is not null || p.GetValue(Layout) is not null)
@@ -52,6 +52,9 @@ public sealed class ModelOptions
         var dtype = p.GetValue(DType) is { } d ? ParseWeightDType(d) : (Numerics.DType?)null;
         return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers), p.GetValue(WeightSeed), context, weights);
     }
+
+    /// <summary>The dtype --weights asks the matrices to be stored in; null to keep the checkpoint's.</summary>
+    public DType? WeightsDType(ParseResult p) => p.GetValue(Weights) is { } w ? Parse(w, DTypes.ParseWeight) : null;
 
     /// <summary>The layer_types string --layout gives for a model of that depth; null for none or plain llama.</summary>
     public string? PresetLayerTypes(ParseResult p, int layers)

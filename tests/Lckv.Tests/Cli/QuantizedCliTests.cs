@@ -48,8 +48,18 @@ public sealed class QuantizedCliTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void InfoNamesTheWeightsDtype()
+    {
+        var (code, stdout, _) = CliTests.Run("info", "--preset", "small", "--weights", "q8_0", "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.StartsWith("Q8_0 matrices", doc.RootElement.GetProperty("dtype").GetString());
+    }
+
+    [Fact]
     public void UnknownWeightDtypeIsOneLine()
     {
         CliTests.AssertOneLineError(CliTests.Run("generate", "--preset", "small", "--weights", "q5_1", "--prompt-ids", "1"), "q5_1");
+        CliTests.AssertOneLineError(CliTests.Run("info", "--preset", "small", "--weights", "int4"), "int4");
     }
 }
