@@ -7,7 +7,8 @@ namespace Lckv.Bench;
 
 /// <summary>
 /// `gemm` mode: a markdown table of MatMul.Multiply against the roofline measured in the same run and against
-/// OpenBLAS cblas_sgemm on the same f32 operands (bf16/f16 rows compare against OpenBLAS on the f32 equivalent).
+/// OpenBLAS cblas_sgemm on the same f32 operands (bf16/f16/Q8_0/Q4_0 rows compare against OpenBLAS on the f32
+/// equivalent). W GB/s counts the bytes of W as stored (Q8_0 1.0625 bytes a weight, Q4_0 0.5625).
 /// </summary>
 internal static unsafe class GemmTable
 {
@@ -32,7 +33,7 @@ internal static unsafe class GemmTable
         foreach (var a in args)
         {
             if (a.StartsWith("--threads=")) threads = int.Parse(a[10..]);
-            else if (a is "f32" or "bf16" or "f16") types.Add(DTypes.ParseFloat(a));
+            else if (a is "f32" or "bf16" or "f16" or "q8_0" or "q4_0") types.Add(DTypes.ParseWeight(a));
             else if (a.Contains('x') && char.IsDigit(a[0])) custom.Add(a);
             else groups.Add(a);
         }
@@ -76,7 +77,7 @@ internal static unsafe class GemmTable
         int m = s.M, k = s.K, n = s.N;
         var rng = new Random(7);
         float* x = Alloc((long)m * k), wf = Alloc((long)n * k), y = Alloc((long)m * n);
-        long wBytes = (long)n * k * DTypes.SizeOf(dtype);
+        long rowBytes = DTypes.RowBytes(dtype, k), wBytes = n * rowBytes;
         int copies = m <= 64 ? (int)Math.Max(1, (_coldBytes + wBytes - 1) / wBytes) : 1;
         var wd = new nint[copies];
         nint region = 0;
@@ -89,7 +90,7 @@ internal static unsafe class GemmTable
                 if (c == 0) region = (nint)NativeMemory.AlignedAlloc((nuint)(((wBytes + 4095) & ~4095L) * copies), 4096);
                 wd[c] = region + (nint)(c * ((wBytes + 4095) & ~4095L));
                 for (long r = 0; r < n; r++)
-                    Lckv.Numerics.Convert.Narrow(new ReadOnlySpan<float>(wf + r * k, k), dtype, wd[c] + (nint)(r * k * DTypes.SizeOf(dtype)));
+                    Quantize.Row(dtype, new ReadOnlySpan<float>(wf + r * k, k), new Span<byte>((byte*)wd[c] + r * rowBytes, (int)rowBytes));
             }
             int next = 0;
             double flops = 2.0 * m * k * n;

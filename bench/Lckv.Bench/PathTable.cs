@@ -10,7 +10,7 @@ namespace Lckv.Bench;
 /// each round's (time of the other way) / (time of the path). A path or variant keeps its place only where it is 5% or
 /// more ahead on some shape (docs/benchmarks.md).
 /// </summary>
-/// <remarks>paths [m1|m4|m16|m128]... [small|tinyllama]... [f32|bf16]... [--rounds=N]</remarks>
+/// <remarks>paths [m1|m4|m16|m128]... [small|tinyllama]... [f32|bf16|f16|q8_0|q4_0]... [--rounds=N]</remarks>
 internal static unsafe class PathTable
 {
     private record Product(string Preset, string Name, int K, int N);
@@ -39,9 +39,9 @@ internal static unsafe class PathTable
         {
             if (a.StartsWith("--rounds=")) rounds = int.Parse(a[9..]);
             else if (a.StartsWith('m') && int.TryParse(a[1..], out int m)) ms.Add(m);
-            else if (a is "f32" or "bf16" or "f16") types.Add(DTypes.ParseFloat(a));
+            else if (a is "f32" or "bf16" or "f16" or "q8_0" or "q4_0") types.Add(DTypes.ParseWeight(a));
             else if (a is "small" or "tinyllama") presets.Add(a);
-            else throw new ArgumentException($"unknown argument {a} (m1 m4 m16 m128, small tinyllama, f32 bf16, --rounds=N)");
+            else throw new ArgumentException($"unknown argument {a} (m1 m4 m16 m128, small tinyllama, f32 bf16 f16 q8_0 q4_0, --rounds=N)");
         }
         if (ms.Count == 0) ms = [1, 4, 16, 128];
         if (presets.Count == 0) presets = ["small", "tinyllama"];
@@ -73,7 +73,7 @@ internal static unsafe class PathTable
     {
         int k = p.K, n = p.N;
         var rng = new Random(7);
-        long wBytes = (long)n * k * DTypes.SizeOf(dtype);
+        long rowBytes = DTypes.RowBytes(dtype, k), wBytes = n * rowBytes;
         long stride = (wBytes + 4095) & ~4095L;
         int copies = m <= 64 ? (int)Math.Max(1, ((128L << 20) + wBytes - 1) / wBytes) : 1;
         float* x = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * k * 4), 64);
@@ -86,7 +86,7 @@ internal static unsafe class PathTable
             for (long r = 0; r < n; r++)
             {
                 for (int i = 0; i < k; i++) row[i] = (float)(rng.NextDouble() - 0.5);
-                Lckv.Numerics.Convert.Narrow(row, dtype, region + (nint)(r * k * DTypes.SizeOf(dtype)));
+                Quantize.Row(dtype, row, new Span<byte>((byte*)region + r * rowBytes, (int)rowBytes));
             }
             for (int c = 1; c < copies; c++) Buffer.MemoryCopy((void*)region, (void*)(region + (nint)(c * stride)), wBytes, wBytes);
             int next = 0;

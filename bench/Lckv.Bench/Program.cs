@@ -3,10 +3,10 @@ using Lckv.Bench;
 using Lckv.Diagnostics;
 using Lckv.Numerics;
 
-// dotnet run -c Release --project bench/Lckv.Bench -- gemm [square|m1|m16|m64]... [f32|bf16|f16]... [--threads=N]
+// dotnet run -c Release --project bench/Lckv.Bench -- gemm [square|m1|m16|m64]... [f32|bf16|f16|q8_0|q4_0]... [--threads=N]
 // dotnet run -c Release --project bench/Lckv.Bench -- attention [--dtype=f32|bf16|f16]
 // dotnet run -c Release --project bench/Lckv.Bench -- roofline
-// dotnet run -c Release --project bench/Lckv.Bench -- paths [m1|m4|m16|m128]... [small|tinyllama]... [f32|bf16]... [--rounds=N]
+// dotnet run -c Release --project bench/Lckv.Bench -- paths [m1|m4|m16|m128]... [small|tinyllama]... [f32|bf16|f16|q8_0|q4_0]... [--rounds=N]
 // dotnet run -c Release --project bench/Lckv.Bench -- [BenchmarkDotNet arguments, e.g. --filter '*Gemm*']
 // the kernels use only the cores other processes leave, as in the CLI
 WorkerPool.Shared.Cores = CoreMonitor.TryCreate();

@@ -63,6 +63,7 @@ public static class InfoCommand
                 source = $"preset:{preset}";
                 dtype = DTypes.Name(dt);
             }
+            if (mo.WeightsDType(p) is { } weights) dtype = $"{DTypes.Name(weights)} matrices (--weights), norms {dtype}";
             cfg.Validate();
             var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
             var kvDType = mo.KvStorage(p);

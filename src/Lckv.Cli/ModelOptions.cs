@@ -17,6 +17,10 @@ public sealed class ModelOptions
     };
     /// <summary>The same option as <see cref="Layout"/> (--layer-types is its alias).</summary>
     public Option<string?> LayerTypes => Layout;
+    public readonly Option<string?> Weights = new("--weights")
+    {
+        Description = "store the weight matrices as f32 | f16 | bf16 | q8_0 | q4_0, converted at load (q8_0/q4_0 quantized as llama.cpp does; norms keep their dtype)",
+    };
     public readonly Option<ulong> WeightSeed = new("--weight-seed") { Description = "seed of a preset's random weights", DefaultValueFactory = _ => 0 };
     public readonly Option<int?> Context = new("--context", "-c") { Description = "context length (default: max_position_embeddings)" };
     public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (int8 and q4 with per-row scales)", DefaultValueFactory = _ => "f32" };
@@ -34,7 +38,7 @@ public sealed class ModelOptions
     /// <param name="longContext">the command evaluates the model, so it takes --allow-long-context</param>
     public void AddTo(Command c, bool longContext = false)
     {
-        foreach (var o in new Option[] { Model, Preset, DType, Layout, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
+        foreach (var o in new Option[] { Model, Preset, DType, Layout, Weights, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
             c.Options.Add(o);
         if (longContext) c.Options.Add(AllowLongContext);
         _longContext |= longContext;
@@ -51,21 +55,22 @@ public sealed class ModelOptions
         string? model = p.GetValue(Model), preset = p.GetValue(Preset);
         if (model is not null && preset is not null) throw new LckvException("give either --model or --preset, not both");
         int? context = p.GetValue(Context);
+        var weights = WeightsDType(p);
         if (model is not null)
         {
             if (p.GetValue(DType) is not null || p.GetValue(Layout) is not null)
-                throw new LckvException("--dtype and --layout apply to presets; a checkpoint keeps its own (use 'lckv convert' to change its layout)");
+                throw new LckvException("--dtype and --layout apply to presets; a checkpoint keeps its own (use --weights to store its matrices in another dtype, 'lckv convert' to change its layout)");
             if (context is not null || _streamingBudget is not null)
             {
                 var config = LlamaModel.LoadConfig(model);
                 CheckContext(p, context ?? config.MaxPositionEmbeddings, config, stderr);
             }
-            return LlamaModel.Load(model, context);
+            return LlamaModel.Load(model, context, weights);
         }
         if (preset is null) throw new LckvException("no model: give --model <folder or .gguf> or --preset small|tinyllama-1.1b");
         if (context is not null || _streamingBudget is not null) CheckContext(p, context ?? Presets.Config(preset).MaxPositionEmbeddings, Presets.Config(preset), stderr);
         var dtype = p.GetValue(DType) is { } d ? ParseWeightDType(d) : (Numerics.DType?)null;
-        return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers), p.GetValue(WeightSeed), context);
+        return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers), p.GetValue(WeightSeed), context, weights);
     }
 
     private int? _streamingBudget;
@@ -89,6 +94,9 @@ public sealed class ModelOptions
                 + (_longContext ? "add --allow-long-context to run it anyway" : "this command does not go past them"));
         stderr.WriteLine($"warning: --context {context} is past the {trained} positions the model was trained for ({key}); quality past them is undefined");
     }
+
+    /// <summary>The dtype --weights asks the matrices to be stored in; null to keep the checkpoint's.</summary>
+    public DType? WeightsDType(ParseResult p) => p.GetValue(Weights) is { } w ? Parse(w, DTypes.ParseWeight) : null;
 
     /// <summary>The layer_types string --layout gives for a model of that depth; null for none or plain llama.</summary>
     public string? PresetLayerTypes(ParseResult p, int layers)
@@ -140,9 +148,11 @@ public sealed class ModelOptions
         return b;
     }
 
-    private static DType ParseWeightDType(string s)
+    private static DType ParseWeightDType(string s) => Parse(s, DTypes.ParseFloat);
+
+    private static DType Parse(string s, Func<string, DType> parse)
     {
-        try { return DTypes.ParseFloat(s); }
+        try { return parse(s); }
         catch (FormatException e) { throw new LckvException(e.Message); }
     }
 }

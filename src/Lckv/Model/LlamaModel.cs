@@ -30,15 +30,19 @@ public sealed class LlamaModel : IDisposable
         Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength, config.RopeStyle);
     }
 
-    /// <summary>Loads config.json and the safetensors weights (memory-mapped, not copied) from a checkpoint folder, or
-    /// the config and weights of a GGUF file (<see cref="GgufLlama"/>).</summary>
-    public static LlamaModel Load(string folder, int? contextLength = null)
+    /// <summary>
+    /// Loads config.json and the safetensors weights from a checkpoint folder, or the config and weights of a GGUF file
+    /// (<see cref="GgufLlama"/>): memory-mapped in their checkpoint dtype, or, given weights, with every matrix converted
+    /// to that dtype at load (Q8_0 or Q4_0 quantized as llama.cpp does, or f32/f16/bf16; <see cref="ModelWeights.ConvertTo"/>);
+    /// the norms keep their dtype.
+    /// </summary>
+    public static LlamaModel Load(string folder, int? contextLength = null, DType? weights = null)
     {
         if (File.Exists(folder))
         {
             if (!GgufFile.IsGguf(folder))
                 throw new LckvException($"model '{folder}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
-            return LoadGguf(folder, contextLength);
+            return LoadGguf(folder, contextLength, weights);
         }
         if (!Directory.Exists(folder)) throw new LckvException($"model folder '{folder}' does not exist");
         var configPath = Path.Combine(folder, "config.json");
@@ -46,15 +50,17 @@ public sealed class LlamaModel : IDisposable
         var config = ModelConfig.Load(configPath);
         var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
         var tensors = TensorSet.Open(folder);
+        ModelWeights w;
         try
         {
-            return new LlamaModel(config, ModelWeights.FromTensors(config, map, tensors), folder, contextLength);
+            w = ModelWeights.FromTensors(config, map, tensors);
         }
         catch
         {
             tensors.Dispose();
             throw;
         }
+        return Create(config, w, weights, folder, contextLength);
     }
 
     /// <summary>The config of a checkpoint folder (its config.json) or of a GGUF file (its metadata), without the weights.</summary>
@@ -74,14 +80,14 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>A GGUF file's model: its config from the metadata, its weights memory-mapped under their GGUF names.</summary>
-    public static LlamaModel LoadGguf(string path, int? contextLength = null)
+    public static LlamaModel LoadGguf(string path, int? contextLength = null, DType? weightsDType = null)
     {
         var tensors = TensorSet.FromFile(GgufFile.Open(path));
         try
         {
             var config = GgufLlama.Config(tensors.Gguf!);
             var weights = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors);
-            return new LlamaModel(config, weights, path, contextLength);
+            return Create(config, weights, weightsDType, path, contextLength);
         }
         catch
         {
@@ -90,15 +96,38 @@ public sealed class LlamaModel : IDisposable
         }
     }
 
-    /// <summary>A built-in shape with random weights (deterministic in seed) in the given dtype.</summary>
-    public static LlamaModel FromPreset(string name, DType? dtype = null, string? layerTypes = null, ulong seed = 0, int? contextLength = null)
+    // the model over w converted to dtype (w disposed once converted), or over w as it is (also when its matrices are
+    // in dtype already); whatever w is then is disposed if this fails
+    private static LlamaModel Create(ModelConfig config, ModelWeights w, DType? dtype, string source, int? contextLength)
+    {
+        try
+        {
+            if (dtype is { } d && !w.MatricesAre(d))
+            {
+                var converted = w.ConvertTo(d);
+                w.Dispose();
+                w = converted;
+            }
+            return new LlamaModel(config, w, source, contextLength);
+        }
+        catch
+        {
+            w.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A built-in shape with random weights (deterministic in seed) in the given float dtype; given weights,
+    /// the matrices are then converted to that dtype as <see cref="Load"/> does.</summary>
+    public static LlamaModel FromPreset(string name, DType? dtype = null, string? layerTypes = null, ulong seed = 0, int? contextLength = null,
+        DType? weights = null)
     {
         var config = Presets.Config(name);
         var dt = dtype ?? Presets.DefaultDType(name);
         config = config with { TorchDtype = dt switch { DType.BF16 => "bfloat16", DType.F16 => "float16", _ => "float32" } };
         if (layerTypes is not null) config = config with { ModelType = "lckv-llama", LayerTypes = layerTypes };
         var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
-        return new LlamaModel(config, ModelWeights.Random(config, map, dt, seed), $"preset:{name}", contextLength);
+        return Create(config, ModelWeights.Random(config, map, dt, seed), weights, $"preset:{name}", contextLength);
     }
 
     public int Hidden => Config.HiddenSize;
@@ -110,14 +139,15 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Parameters counted from the weight table (the embedding once when tied).</summary>
     public long ParameterCount => ModelWeights.Specs(Config, Map).Sum(s => s.Elements);
 
-    /// <summary>Weight bytes read per decoded token: every matrix but the embedding (only one row of it is read).</summary>
+    /// <summary>Weight bytes read per decoded token: every matrix but the embedding (only one row of it is read), in
+    /// the dtype each is stored in.</summary>
     public long DecodeWeightBytes
     {
         get
         {
             long total = 0;
             foreach (var s in ModelWeights.Specs(Config, Map))
-                if (s.Slot != WeightSlot.Embed) total += s.Elements * DTypes.SizeOf(Weights.Embed.DType);
+                if (s.Slot != WeightSlot.Embed) total += Weights.Matrix(s).ByteLength;
             if (Config.TieWordEmbeddings) total += Weights.Head.ByteLength;
             return total;
         }

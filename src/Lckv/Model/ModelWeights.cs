@@ -51,7 +51,8 @@ public readonly record struct WeightSpec(string Name, WeightSlot Slot, int Layer
 
 /// <summary>
 /// All weights of a Llama decoder, each in its checkpoint dtype in memory the model does not copy (a memory-mapped
-/// checkpoint, or a native buffer for random presets). Specs is the one table from Hugging Face names to fields.
+/// checkpoint, or a native buffer for random presets), or converted once at load (<see cref="ConvertTo"/>: e.g.
+/// quantized to Q8_0 or Q4_0). Specs is the one table from Hugging Face names to fields.
 /// </summary>
 public sealed class ModelWeights : IDisposable
 {
@@ -62,12 +63,14 @@ public sealed class ModelWeights : IDisposable
     public LayerWeights[] Layers { get; }
     public long Bytes { get; private set; }
     private readonly IDisposable? _owner;
+    private readonly IReadOnlyList<WeightSpec> _specs;
 
-    private ModelWeights(int layers, IDisposable? owner)
+    private ModelWeights(IReadOnlyList<WeightSpec> specs, int layers, IDisposable? owner)
     {
         Layers = new LayerWeights[layers];
         for (int i = 0; i < layers; i++) Layers[i] = new LayerWeights();
         _owner = owner;
+        _specs = specs;
     }
 
     /// <summary>Tensors that some Hugging Face checkpoints carry and the model does not need.</summary>
@@ -110,7 +113,7 @@ public sealed class ModelWeights : IDisposable
     public static ModelWeights FromTensors(ModelConfig config, LayerMap map, TensorSet tensors)
     {
         var specs = Specs(config, map);
-        var weights = new ModelWeights(config.NumHiddenLayers, tensors);
+        var weights = new ModelWeights(specs, config.NumHiddenLayers, tensors);
         bool gguf = tensors.Gguf is not null;
         string source = gguf ? "the GGUF metadata" : "config.json";
         string Shape(IEnumerable<long> rowMajor) => gguf ? "ne " + GgufFile.FormatNe(rowMajor.Reverse()) : $"[{string.Join(", ", rowMajor)}]";
@@ -130,8 +133,9 @@ public sealed class ModelWeights : IDisposable
             var info = tensors.Info(name);
             if (!info.Shape.SequenceEqual(s.Shape))
                 throw new LckvException($"tensor '{name}' has shape {Shape(info.Shape)} but {source} implies {Shape(s.Shape)}");
-            if (!DTypes.IsFloat(info.DType))
-                throw new LckvException($"tensor '{name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
+            // matrices may be block-quantized (their kernels dequantize in registers); norms are read as floats
+            if (!DTypes.IsFloat(info.DType) && !(DTypes.IsBlockQuantized(info.DType) && s.Shape.Length == 2))
+                throw new LckvException($"tensor '{name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16 (Q8_0 or Q4_0 for matrices)");
             weights.Set(s, new WeightMatrix(tensors.Pointer(name), info.DType, s.Rows, s.Cols));
             weights.Bytes += info.Length;
         }
@@ -151,7 +155,7 @@ public sealed class ModelWeights : IDisposable
         var offsets = new long[specs.Count];
         for (int i = 0; i < specs.Count; i++) { offsets[i] = total; total += (specs[i].Elements * es + 63) / 64 * 64; }
         var buffer = new NativeBuffer(total);
-        var weights = new ModelWeights(config.NumHiddenLayers, buffer) { Bytes = total };
+        var weights = new ModelWeights(specs, config.NumHiddenLayers, buffer) { Bytes = total };
         // fill in parallel chunks of 1M elements; each chunk has its own stream so the result is thread-independent
         var jobs = new List<(int Spec, long Start, long Count)>();
         for (int i = 0; i < specs.Count; i++)
@@ -176,6 +180,59 @@ public sealed class ModelWeights : IDisposable
         if (config.TieWordEmbeddings) weights.Head = weights.Embed;
         return weights;
     }
+
+    /// <summary>
+    /// These weights with every matrix (the projections, the embedding and an untied head) stored as dtype in one new
+    /// native buffer: Q8_0 and Q4_0 quantized byte for byte as llama.cpp quantizes them (<see cref="Quantize"/>), f32,
+    /// f16 and bf16 rounded to nearest even. The norms are copied in their own dtype. The rows are converted in
+    /// parallel; these weights stay valid (the caller disposes them).
+    /// </summary>
+    public unsafe ModelWeights ConvertTo(DType dtype)
+    {
+        if (!DTypes.IsWeight(dtype)) throw new ArgumentException($"weights are f32, f16, bf16, Q8_0 or Q4_0, not {DTypes.Name(dtype)}", nameof(dtype));
+        var dst = _specs.Select(s => s.Shape.Length == 1 ? Matrix(s).DType : dtype).ToArray();
+        foreach (var (s, i) in _specs.Select((s, i) => (s, i)))
+            if (s.Cols % DTypes.BlockElements(dst[i]) != 0)
+                throw new LckvException($"tensor '{s.Name}' has rows of {s.Cols} values; {DTypes.Name(dtype)} needs whole blocks of {DTypes.BlockElements(dtype)}");
+        long total = 0;
+        var offsets = new long[_specs.Count];
+        for (int i = 0; i < _specs.Count; i++) { offsets[i] = total; total += (_specs[i].Rows * DTypes.RowBytes(dst[i], _specs[i].Cols) + 63) / 64 * 64; }
+        var buffer = new NativeBuffer(total);
+        try
+        {
+            var converted = new ModelWeights(_specs, Layers.Length, buffer) { Bytes = total };
+            for (int i = 0; i < _specs.Count; i++)
+                converted.Set(_specs[i], new WeightMatrix(buffer.Pointer + (nint)offsets[i], dst[i], _specs[i].Rows, _specs[i].Cols));
+            // chunks of about 1M values, each widened a row at a time and stored as the new dtype
+            var jobs = new List<(int Spec, int Row, int Rows)>();
+            for (int i = 0; i < _specs.Count; i++)
+            {
+                int step = Math.Max(1, (1 << 20) / Math.Max(1, _specs[i].Cols));
+                for (int r = 0; r < _specs[i].Rows; r += step) jobs.Add((i, r, Math.Min(step, _specs[i].Rows - r)));
+            }
+            Parallel.ForEach(jobs, job =>
+            {
+                var from = Matrix(_specs[job.Spec]);
+                var to = converted.Matrix(_specs[job.Spec]);
+                var row = new float[from.Cols];
+                for (int r = job.Row; r < job.Row + job.Rows; r++)
+                {
+                    from.ReadRow(r, row);
+                    Quantize.Row(to.DType, row, new Span<byte>((byte*)to.Data + r * to.RowBytes, (int)to.RowBytes));
+                }
+            });
+            if (!_specs.Any(s => s.Slot == WeightSlot.Head)) converted.Head = converted.Embed; // tied
+            return converted;
+        }
+        catch
+        {
+            buffer.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Whether every matrix (the norms aside) is stored as dtype.</summary>
+    public bool MatricesAre(DType dtype) => _specs.All(s => s.Shape.Length == 1 || Matrix(s).DType == dtype);
 
     /// <summary>The matrix a spec's field holds.</summary>
     public WeightMatrix Matrix(WeightSpec s) => s.Slot switch

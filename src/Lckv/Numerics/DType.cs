@@ -87,13 +87,27 @@ public static class DTypes
     }
 
     /// <summary>Parses a user-facing name: f32, f16, bf16 (also float32, float16, bfloat16).</summary>
-    public static DType ParseFloat(string name) => name.ToLowerInvariant() switch
+    public static DType ParseFloat(string name)
+        => FloatNamed(name) ?? throw new FormatException($"unknown float dtype '{name}' (expected f32, f16 or bf16)");
+
+    /// <summary>Parses a user-facing weight dtype: a float name of <see cref="ParseFloat"/>, or q8_0 / q4_0.</summary>
+    public static DType ParseWeight(string name) => name.ToLowerInvariant() switch
+    {
+        "q8_0" => DType.Q8_0,
+        "q4_0" => DType.Q4_0,
+        _ => FloatNamed(name) ?? throw new FormatException($"unknown weight dtype '{name}' (expected f32, f16, bf16, q8_0 or q4_0)"),
+    };
+
+    private static DType? FloatNamed(string name) => name.ToLowerInvariant() switch
     {
         "f32" or "float32" or "float" => DType.F32,
         "f16" or "float16" or "half" => DType.F16,
         "bf16" or "bfloat16" => DType.BF16,
-        _ => throw new FormatException($"unknown float dtype '{name}' (expected f32, f16 or bf16)"),
+        _ => null,
     };
+
+    /// <summary>Whether matrices may hold this dtype: f32, f16, bf16, Q8_0 or Q4_0.</summary>
+    public static bool IsWeight(DType t) => IsFloat(t) || IsBlockQuantized(t);
 
     public static bool IsFloat(DType t) => t is DType.F32 or DType.F16 or DType.BF16;
 

@@ -19,7 +19,7 @@ public static unsafe partial class MatMul
     /// </summary>
     private const int PanelKb = KC;
 
-    private static bool UsePanel<TE>(int m, int k) where TE : struct, IElement
+    private static bool UsePanel<TE>(int m, int k) where TE : struct, IWeight
         => typeof(TE) == typeof(F32Element) && m is 15 or 16 && 16L * k <= DotMaxXFloats;
 
     /// <summary>x (m &lt;= 16 rows) transposed into xT[p * 16 + r] = x[r, p], rows m..15 zero; on a cache line.</summary>
@@ -62,16 +62,19 @@ public static unsafe partial class MatMul
     private struct PanelChunks
     {
         private readonly Targets _t;
-        private readonly int _j0, _j1, _k, _blocks, _size;
+        private readonly int _j0, _j1, _k, _blocks;
+        private readonly long _rowBytes, _chunkBytes, _lastBytes;
         private int _s, _end, _jr, _blk;
         private byte* _w;
         private float* _y;
         private int _n;
         public bool Valid;
 
-        public PanelChunks(in Targets t, int j0, int j1, int k, int size)
+        /// <summary>rowBytes: bytes of a row of W; chunkBytes: of PanelKb values; lastBytes: of the values of the last k block.</summary>
+        public PanelChunks(in Targets t, int j0, int j1, int k, long rowBytes, long chunkBytes, long lastBytes)
         {
-            _t = t; _j0 = j0; _j1 = j1; _k = k; _size = size;
+            _t = t; _j0 = j0; _j1 = j1; _k = k;
+            _rowBytes = rowBytes; _chunkBytes = chunkBytes; _lastBytes = lastBytes;
             _blocks = (k + PanelKb - 1) / PanelKb;
             _s = -1;
             NextTarget();
@@ -97,17 +100,18 @@ public static unsafe partial class MatMul
         }
 
         public readonly int Blocks => _blocks;
-        public readonly int Size => _size;
         public readonly int Rows => Math.Min(16, _end - _jr);
         public readonly int Kb => Math.Min(PanelKb, _k - _blk * PanelKb);
-        public readonly long RowBytes => (long)_k * _size;
+        /// <summary>Bytes of the chunk's values in one row.</summary>
+        public readonly long KbBytes => _blk == _blocks - 1 ? _lastBytes : _chunkBytes;
+        public readonly long RowBytes => _rowBytes;
         /// <summary>The chunk's first value in W (row jr, column blk * PanelKb).</summary>
-        public readonly byte* W => _w + ((long)_jr * _k + (long)_blk * PanelKb) * _size;
+        public readonly byte* W => _w + _jr * _rowBytes + _blk * _chunkBytes;
         public readonly float* Y => _y + _jr;
         public readonly int Ldy => _n;
     }
 
-    private struct PanelJob<TE> : IRangeBody where TE : struct, IElement
+    private struct PanelJob<TE> : IRangeBody where TE : struct, IWeight
     {
         public float* X;
         public Targets T;
@@ -118,7 +122,7 @@ public static unsafe partial class MatMul
             float* xT = PanelPack.Apply(X, M, K); // per thread, as RowPack
             var scratch = Scratch.Current;
             float* bufA = scratch.W, bufB = scratch.W2;
-            var cur = new PanelChunks(T, j0, j1, K, TE.Size);
+            var cur = new PanelChunks(T, j0, j1, K, TE.Bytes(K), TE.Bytes(PanelKb), TE.Bytes(K - (K - 1) / PanelKb * PanelKb));
             if (!cur.Valid) return;
             var copy = cur; copy.MoveNext();
             var fetch = copy; fetch.MoveNext();
@@ -134,7 +138,7 @@ public static unsafe partial class MatMul
     private static void PrefetchPanelChunk(in PanelChunks c)
     {
         if (!c.Valid || !Sse.IsSupported) return;
-        int bytes = c.Kb * c.Size;
+        long bytes = c.KbBytes;
         for (int r = 0; r < c.Rows; r++)
         {
             byte* row = c.W + r * c.RowBytes;
@@ -144,7 +148,7 @@ public static unsafe partial class MatMul
 
     // rows [from, 16) of chunk c copied (widened) into buf (rows of stride PanelKb); rows past the chunk's last repeat it
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void CopyRows<TE>(in PanelChunks c, float* buf, int from) where TE : struct, IElement
+    private static void CopyRows<TE>(in PanelChunks c, float* buf, int from) where TE : struct, IWeight
     {
         int kb = c.Kb, rows = c.Rows;
         byte* w = c.W;
@@ -153,13 +157,13 @@ public static unsafe partial class MatMul
             CopyTail<TE>(w + Math.Min(r, rows - 1) * rb, buf + r * PanelKb, 0, kb);
     }
 
-    // values [q0, kb) of one row
+    // values [q0, kb) of one row, src on a block boundary
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void CopyTail<TE>(byte* src, float* dst, int q0, int kb) where TE : struct, IElement
+    private static void CopyTail<TE>(byte* src, float* dst, int q0, int kb) where TE : struct, IWeight
     {
         int q = q0;
-        for (; q + 16 <= kb; q += 16) TE.Load512(src + (long)q * TE.Size).Store(dst + q);
-        for (; q < kb; q++) dst[q] = TE.Load1(src + (long)q * TE.Size);
+        for (; q + 16 <= kb; q += 16) TE.At512(src, q).Store(dst + q);
+        for (; q < kb; q++) dst[q] = TE.At(src, q);
     }
 
     /// <summary>
@@ -169,7 +173,7 @@ public static unsafe partial class MatMul
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static void PanelTile<TE>(float* xT, int m, ref PanelChunks cur, ref PanelChunks copy, ref PanelChunks fetch,
-        float* bufA, float* bufB, float* acc, ref int parity) where TE : struct, IElement
+        float* bufA, float* bufB, float* acc, ref int parity) where TE : struct, IWeight
     {
         float* y = cur.Y;
         int ldy = cur.Ldy, cols = cur.Rows, blocks = cur.Blocks;
@@ -187,7 +191,7 @@ public static unsafe partial class MatMul
             if (fetch.Valid && prefetch)
             {
                 s.Fw = fetch.W; s.Frb = fetch.RowBytes; s.FRows = fetch.Rows;
-                s.NFetch = Math.Min(16, (fetch.Kb * TE.Size + 63) / 64);
+                s.NFetch = (int)Math.Min(16, (fetch.KbBytes + 63) / 64);
             }
             PanelBlock<TE>(xT + (long)blk * PanelKb * 16, wb, kb, acc, blk == 0, s);
             // what the groups did not copy: the k tails of the rows they copied, and the rows they did not reach
@@ -216,7 +220,7 @@ public static unsafe partial class MatMul
 
     // acc (16 x 16, acc[j * 16 + r] = sum for column j, row r) = or += the kb steps of xT against the buffered chunk wb
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void PanelBlock<TE>(float* a, float* wb, int kb, float* acc, bool first, in PanelStream s) where TE : struct, IElement
+    private static void PanelBlock<TE>(float* a, float* wb, int kb, float* acc, bool first, in PanelStream s) where TE : struct, IWeight
     {
         Vector512<float> c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15;
         if (first)
@@ -263,7 +267,7 @@ public static unsafe partial class MatMul
                 c13 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[13 * PanelKb]), c13);
                 c14 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[14 * PanelKb]), c14);
                 c15 = Vector512.FusedMultiplyAdd(v, Vector512.Create(w[15 * PanelKb]), c15);
-                if (q < nc) TE.Load512(cs + q * 16 * TE.Size).Store(cd + q * 16);
+                if (q < nc) TE.At512(cs, q * 16).Store(cd + q * 16);
                 if (q < nf) Sse.Prefetch1(fs + q * 64);
             }
         }

@@ -13,10 +13,12 @@ public static unsafe partial class MatMul
     /// long as x stays in L2. bf16 W gains most (the GEMM widens every panel of W into a packed copy), up to 64 rows.
     /// For f32 W, 16-lane tiles win where they are nearly full (m = 15, 16, 31, 32 and up) and x is large (16 x 2048 and
     /// up: the panel kernel at 15-16 rows, else the GEMM); while x is small (16 x 512) the dot kernel wins, and with k
-    /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection).
+    /// in blocks (<see cref="DotKBlock"/>) also up to 16 x 1536 (the `small` preset's down projection). Q8_0 and Q4_0 W
+    /// take it up to 24 rows (from 32 the GEMM, which dequantizes each panel of W once for all rows, is even with it).
     /// docs/benchmarks.md has the evidence for each path.
     /// </summary>
     private const int DotMaxRowsBf16 = 64;
+    private const int DotMaxRowsQuantized = 24;
     private const int DotMaxRowsF32 = 28;
     private const long DotMaxXFloats = 128 * 1024; // x up to 512 KiB: half of L2
     private const long DotSmallXFloats = 24 * 1024; // x up to 96 KiB: f32 W takes the dot kernel at any row count
@@ -31,13 +33,28 @@ public static unsafe partial class MatMul
     private const int DotKBlockMinRows = 8;
     private const int DotKBlockMaxRows = 16;
 
+    /// <summary>
+    /// Whether k is walked in blocks: f32/f16/bf16 W at 8-16 rows with k past a block. Not Q8_0/Q4_0 W: dequantizing
+    /// bounds their products, not x's reads, and blocks cut W's stream.
+    /// </summary>
+    private static bool KBlocked(bool quantized, int m, int k) => !quantized && m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
+
+    /// <summary>
+    /// Whether the spread prefetch applies where k is whole: always for f32/f16/bf16 W; for Q8_0/Q4_0 W only while x
+    /// holds at most this many values (beyond, the per-pass prefetch is ahead; docs/benchmarks.md).
+    /// </summary>
+    private const long SpreadMaxXFloatsQuantized = 4096;
+
+    private static bool Spreads(bool quantized, int m, int k) => !quantized || (long)m * k <= SpreadMaxXFloatsQuantized;
+
     private const int MaxPassRows = 6;
 
-    private static bool UseDotRows<TE>(int m, int k) where TE : struct, IElement
+    private static bool UseDotRows<TE>(int m, int k) where TE : struct, IWeight
     {
         if (m < GemmMinRows) return true;
         if ((long)m * k > DotMaxXFloats) return false;
         if (typeof(TE) == typeof(BF16Element)) return m <= DotMaxRowsBf16;
+        if (TE.Block > 1) return m <= DotMaxRowsQuantized;
         if (typeof(TE) == typeof(F32Element)) return m <= DotMaxRowsF32 && ((long)m * k <= DotSmallXFloats || m % 16 is > 0 and <= 14);
         return false;
     }
@@ -118,7 +135,7 @@ public static unsafe partial class MatMul
     /// <see cref="MaxPassRows"/> rows (lanes along k). While a group computes, the next group is prefetched into L1, so
     /// W is read from memory once, in the background of the FMAs. XP is x in <see cref="RowPack"/> order.
     /// </summary>
-    private struct DotRowsJob<TE> : IRangeBody where TE : struct, IElement
+    private struct DotRowsJob<TE> : IRangeBody where TE : struct, IWeight
     {
         public float* X;
         public Targets T;
@@ -143,7 +160,7 @@ public static unsafe partial class MatMul
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private readonly void Columns(float* XP, byte* W, float* Y, int N, int j0, int j1)
         {
-            long rowBytes = (long)K * TE.Size;
+            long rowBytes = TE.Bytes(K);
             int passes = RowPack.Passes(M);
             int j = j0, jEnd = j0 + (j1 - j0) / 4 * 4;
             if (M == 1 && Uses(Variants.SequentialGemv))
@@ -153,16 +170,16 @@ public static unsafe partial class MatMul
             else
             {
                 // k in blocks (x's block of every row stays in L1 while W's groups stream past it), sums added up in y
-                int kBlock = M is >= DotKBlockMinRows and <= DotKBlockMaxRows && K > DotKBlock && Uses(Variants.KBlocks) ? DotKBlock : K;
+                int kBlock = KBlocked(TE.Block > 1, M, K) && Uses(Variants.KBlocks) ? DotKBlock : K;
                 for (int k0 = 0; k0 < K; k0 += kBlock)
                 {
                     int kb = Math.Min(kBlock, K - k0);
                     bool add = k0 > 0;
-                    bool spread = kb == K && Uses(Variants.SpreadPrefetch); // see Rows4
+                    bool spread = kb == K && Spreads(TE.Block > 1, M, K) && Uses(Variants.SpreadPrefetch); // see Rows4
                     bool twoAhead = spread && Uses(Variants.TwoAhead);
                     for (j = j0; j < jEnd; j += 4)
                     {
-                        byte* wr = W + j * rowBytes + (long)k0 * TE.Size;
+                        byte* wr = W + j * rowBytes + TE.Bytes(k0);
                         // past the range's last group, prefetching the current group again is harmless
                         byte* next = j + 8 <= j1 ? wr + 4 * rowBytes : wr;
                         byte* after = twoAhead && j + 12 <= j1 ? wr + 8 * rowBytes : null; // the group after next, into L2
@@ -196,7 +213,7 @@ public static unsafe partial class MatMul
     /// prefetch runs <see cref="SeqPrefetchBytes"/> ahead, on across row ends.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void Dot1Seq4<TE>(float* xp, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
+    private static void Dot1Seq4<TE>(float* xp, byte* w, long rowBytes, int k, float* y) where TE : struct, IWeight
     {
         var s0 = RowSum<TE>(xp, w, k);
         var s1 = RowSum<TE>(xp, w + rowBytes, k);
@@ -212,41 +229,34 @@ public static unsafe partial class MatMul
 
     // the lane sums of one row of x (RowPack order) times one row of W over the whole blocks of 32 values of k
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> RowSum<TE>(float* xp, byte* w, int k) where TE : struct, IElement
+    private static Vector512<float> RowSum<TE>(float* xp, byte* w, int k) where TE : struct, IWeight
     {
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        long half = TE.Bytes(32); // bytes of 32 values
+        int lines = (int)((TE.Bytes(64) + 63) / 64); // cache lines 64 values span, prefetched at each step
         int p = 0;
         for (; p <= k - 64; p += 64)
         {
-            byte* wc = w + (long)p * TE.Size;
+            byte* wc = w + TE.Bytes(p);
             if (Sse.IsSupported)
             {
                 Sse.Prefetch0(wc + SeqPrefetchBytes);
-                if (TE.Size >= 2) Sse.Prefetch0(wc + SeqPrefetchBytes + 64);
-                if (TE.Size == 4) { Sse.Prefetch0(wc + SeqPrefetchBytes + 128); Sse.Prefetch0(wc + SeqPrefetchBytes + 192); }
+                if (lines >= 2) Sse.Prefetch0(wc + SeqPrefetchBytes + 64);
+                if (lines >= 4) { Sse.Prefetch0(wc + SeqPrefetchBytes + 128); Sse.Prefetch0(wc + SeqPrefetchBytes + 192); }
             }
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p), FirstHalf<TE>(wc), a0);
-            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 16), SecondHalf<TE>(wc), a1);
-            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 32), FirstHalf<TE>(wc + 32 * TE.Size), a2);
-            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 48), SecondHalf<TE>(wc + 32 * TE.Size), a3);
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p), TE.First(wc), a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 16), TE.Second(wc), a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 32), TE.First(wc + half), a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 48), TE.Second(wc + half), a3);
         }
         if (p <= k - 32)
         {
-            byte* wc = w + (long)p * TE.Size;
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p), FirstHalf<TE>(wc), a0);
-            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 16), SecondHalf<TE>(wc), a1);
+            byte* wc = w + TE.Bytes(p);
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p), TE.First(wc), a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(xp + p + 16), TE.Second(wc), a1);
         }
         return (a0 + a1) + (a2 + a3);
     }
-
-    // the 16 values of W at [0, 16) (bf16: the even ones of [0, 32)) and at [16, 32) (bf16: the odd ones)
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> FirstHalf<TE>(byte* w) where TE : struct, IElement
-        => typeof(TE) == typeof(BF16Element) ? Even(Vector512.Load((uint*)w)) : TE.Load512(w);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> SecondHalf<TE>(byte* w) where TE : struct, IElement
-        => typeof(TE) == typeof(BF16Element) ? Odd(Vector512.Load((uint*)w)) : TE.Load512(w + 16 * TE.Size);
 
     // TR rows of x (a RowPack block) against the 4 rows of W at w; y is (TR, ldy), columns [0, 4) written (add: added
     // to). The same bytes of the 4 rows at pf (the next group) are prefetched into L1 along the way. pass >= 0 (pass
@@ -257,7 +267,7 @@ public static unsafe partial class MatMul
     // alongside.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows4<TE, TR>(float* xp, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf, bool add, int pass, int passes, byte* pf2)
-        where TE : struct, IElement where TR : struct, IRowCount
+        where TE : struct, IWeight where TR : struct, IRowCount
     {
         int rn = TR.Value;
         var c00 = Vector512<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
@@ -272,17 +282,18 @@ public static unsafe partial class MatMul
         byte* wc = w;
         bool spread = Sse.IsSupported && pass >= 0;
         bool prefetch = Sse.IsSupported && !spread;
-        int rowLines = (k * TE.Size + 63) / 64, totalLines = 4 * rowLines;
+        int rowLines = (int)((TE.Bytes(k) + 63) / 64), totalLines = 4 * rowLines;
+        long step = TE.Bytes(32); // bytes of W per row per step of 32 values
         int perStep = Math.Max(1, (totalLines + passes * steps - 1) / Math.Max(1, passes * steps));
         int cursor = Math.Max(pass, 0) * steps * perStep;
         int prow = cursor % 4, pline = cursor / 4 % rowLines; // the 4 rows' lines in the order the next group reads them
         byte* pfBase = pf;
-        for (float* a = xp; a < end; a += 32 * rn, wc += 32 * TE.Size, pf += 32 * TE.Size)
+        for (float* a = xp; a < end; a += 32 * rn, wc += step, pf += step)
         {
             if (prefetch)
             {
                 Sse.Prefetch0(pf); Sse.Prefetch0(pf + rowBytes); Sse.Prefetch0(pf + 2 * rowBytes); Sse.Prefetch0(pf + rb3);
-                if (TE.Size == 4)
+                if (step > 64)
                 {
                     Sse.Prefetch0(pf + 64); Sse.Prefetch0(pf + rowBytes + 64); Sse.Prefetch0(pf + 2 * rowBytes + 64); Sse.Prefetch0(pf + rb3 + 64);
                 }
@@ -301,8 +312,8 @@ public static unsafe partial class MatMul
                     }
                 }
             }
-            var v0 = FirstHalf<TE>(wc); var v1 = FirstHalf<TE>(wc + rowBytes);
-            var v2 = FirstHalf<TE>(wc + 2 * rowBytes); var v3 = FirstHalf<TE>(wc + rb3);
+            var v0 = TE.First(wc); var v1 = TE.First(wc + rowBytes);
+            var v2 = TE.First(wc + 2 * rowBytes); var v3 = TE.First(wc + rb3);
             var u = Vector512.Load(a);
             c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
             c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);
@@ -337,8 +348,8 @@ public static unsafe partial class MatMul
                 c52 = Vector512.FusedMultiplyAdd(u, v2, c52); c53 = Vector512.FusedMultiplyAdd(u, v3, c53);
             }
             float* b = a + 16 * rn;
-            v0 = SecondHalf<TE>(wc); v1 = SecondHalf<TE>(wc + rowBytes);
-            v2 = SecondHalf<TE>(wc + 2 * rowBytes); v3 = SecondHalf<TE>(wc + rb3);
+            v0 = TE.Second(wc); v1 = TE.Second(wc + rowBytes);
+            v2 = TE.Second(wc + 2 * rowBytes); v3 = TE.Second(wc + rb3);
             u = Vector512.Load(b);
             c00 = Vector512.FusedMultiplyAdd(u, v0, c00); c01 = Vector512.FusedMultiplyAdd(u, v1, c01);
             c02 = Vector512.FusedMultiplyAdd(u, v2, c02); c03 = Vector512.FusedMultiplyAdd(u, v3, c03);

@@ -5,7 +5,9 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Lckv.Numerics;
 
-/// <summary>y[m, n] = x[m, k] · w[n, k]^T with x, y in f32 and w in f32/f16/bf16 (widened in registers).</summary>
+/// <summary>y[m, n] = x[m, k] · w[n, k]^T with x, y in f32 and w in f32/f16/bf16 (widened in registers) or Q8_0/Q4_0
+/// (dequantized in registers: each value is f16(d) * q exactly, so the product is the f32 product over the dequantized
+/// weights, x never quantized).</summary>
 /// <remarks>
 /// Few rows of x (decode): each thread streams its share of W's rows once, 4 rows at a time, and dots them against
 /// the rows of x kept in cache (lanes along k). Many rows (prefill, batched decode): a blocked GEMM with lanes along m:
@@ -91,7 +93,9 @@ public static unsafe partial class MatMul
             case DType.F32: Dispatch<F32Element>(x, t, m); break;
             case DType.BF16: Dispatch<BF16Element>(x, t, m); break;
             case DType.F16: Dispatch<F16Element>(x, t, m); break;
-            default: throw new ArgumentException($"weights must be f32, f16 or bf16, not {t.DType}");
+            case DType.Q8_0: F16Table.EnsureCreated(); Dispatch<Q8_0Element>(x, t, m); break;
+            case DType.Q4_0: F16Table.EnsureCreated(); Dispatch<Q4_0Element>(x, t, m); break;
+            default: throw new ArgumentException($"weights must be f32, f16, bf16, Q8_0 or Q4_0, not {t.DType}");
         }
     }
 
@@ -185,10 +189,12 @@ public static unsafe partial class MatMul
     {
         DType.F32 => Choose<F32Element>(m, k),
         DType.BF16 => Choose<BF16Element>(m, k),
-        _ => Choose<F16Element>(m, k),
+        DType.F16 => Choose<F16Element>(m, k),
+        DType.Q8_0 => Choose<Q8_0Element>(m, k),
+        _ => Choose<Q4_0Element>(m, k),
     };
 
-    private static Path Choose<TE>(int m, int k) where TE : struct, IElement
+    private static Path Choose<TE>(int m, int k) where TE : struct, IWeight
     {
         if (!Vector256.IsHardwareAccelerated) return Path.Scalar;
         var forced = Forced;
@@ -250,10 +256,10 @@ public static unsafe partial class MatMul
         switch (Choose(dtype, m, k))
         {
             case Path.DotRows:
-                bool blocked = m is >= DotKBlockMinRows and <= DotKBlockMaxRows && k > DotKBlock;
+                bool quantized = DTypes.IsBlockQuantized(dtype), blocked = KBlocked(quantized, m, k);
                 if (m == 1) v |= Variants.SequentialGemv;
                 if (blocked) v |= Variants.KBlocks;
-                if (m > 1 && !blocked) v |= Variants.SpreadPrefetch | Variants.TwoAhead;
+                if (m > 1 && !blocked && Spreads(quantized, m, k)) v |= Variants.SpreadPrefetch | Variants.TwoAhead;
                 break;
             case Path.Gemm:
                 int lanes = Vector512.IsHardwareAccelerated ? 16 : 8;
@@ -263,7 +269,7 @@ public static unsafe partial class MatMul
         return v;
     }
 
-    private static void Dispatch<TE>(float* x, in Targets t, int m) where TE : struct, IElement
+    private static void Dispatch<TE>(float* x, in Targets t, int m) where TE : struct, IWeight
     {
         var pool = WorkerPool.Shared;
         int k = t.K, n = t.Total;
@@ -293,7 +299,7 @@ public static unsafe partial class MatMul
         }
     }
 
-    private struct ScalarJob<TE> : IRangeBody where TE : struct, IElement
+    private struct ScalarJob<TE> : IRangeBody where TE : struct, IWeight
     {
         public float* X, Y;
         public byte* W;
@@ -306,9 +312,9 @@ public static unsafe partial class MatMul
                 for (int j = j0; j < j1; j++)
                 {
                     float* xr = X + (long)i * K;
-                    byte* wr = W + (long)j * K * TE.Size;
+                    byte* wr = W + j * TE.Bytes(K);
                     float s = 0;
-                    for (int p = 0; p < K; p++) s += xr[p] * TE.Load1(wr + (long)p * TE.Size);
+                    for (int p = 0; p < K; p++) s += xr[p] * TE.At(wr, p);
                     Y[(long)i * N + j] = s;
                 }
         }
@@ -317,7 +323,7 @@ public static unsafe partial class MatMul
     // ---------------------------------------------------------------- few rows: streaming dot products
 
     // 256-bit hardware: each row of x against 4 rows of W at a time
-    private struct DotJob<TE> : IRangeBody where TE : struct, IElement
+    private struct DotJob<TE> : IRangeBody where TE : struct, IWeight
     {
         public float* X, Y;
         public byte* W;
@@ -326,7 +332,7 @@ public static unsafe partial class MatMul
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void Invoke(int j0, int j1)
         {
-            long rowBytes = (long)K * TE.Size;
+            long rowBytes = TE.Bytes(K);
             int j = j0;
             for (; j + 4 <= j1; j += 4)
                 for (int i = 0; i < M; i++)
@@ -338,64 +344,79 @@ public static unsafe partial class MatMul
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot<TE>(float* x, byte* w, int k) where TE : struct, IElement
+    private static float Dot<TE>(float* x, byte* w, int k) where TE : struct, IWeight
     {
         int p = 0;
         float s = 0;
         if (Vector512.IsHardwareAccelerated && k >= 16)
         {
             var a = Vector512<float>.Zero;
-            for (; p <= k - 16; p += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(x + p), TE.Load512(w + (long)p * TE.Size), a);
+            for (; p <= k - 16; p += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(x + p), TE.At512(w, p), a);
             s = Vector512.Sum(a);
         }
         else if (Vector256.IsHardwareAccelerated && k >= 8)
         {
             var a = Vector256<float>.Zero;
-            for (; p <= k - 8; p += 8) a = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), TE.Load256(w + (long)p * TE.Size), a);
+            for (; p <= k - 8; p += 8) a = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), TE.At256(w, p), a);
             s = Vector256.Sum(a);
         }
-        for (; p < k; p++) s += x[p] * TE.Load1(w + (long)p * TE.Size);
+        for (; p < k; p++) s += x[p] * TE.At(w, p);
         return s;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot1x4V256<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IElement
+    private static void Dot1x4V256<TE>(float* x, byte* w, long rowBytes, int k, float* y) where TE : struct, IWeight
     {
         byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
         int p = 0;
+        if (TE.Block > 1)
+        {
+            // a block at a time, its 4 vectors addressed from the block's start by constants, so that each row's scale
+            // is read once per block
+            for (long o = 0; p <= k - 32; p += 32, o += TE.Bytes(32))
+            {
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 0, ref a0, ref a1, ref a2, ref a3);
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 8, ref a0, ref a1, ref a2, ref a3);
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 16, ref a0, ref a1, ref a2, ref a3);
+                Quarter4<TE>(x + p, w0 + o, w1 + o, w2 + o, w3 + o, 24, ref a0, ref a1, ref a2, ref a3);
+            }
+        }
         for (; p <= k - 8; p += 8)
         {
-            long o = (long)p * TE.Size;
             var xv = Vector256.Load(x + p);
-            a0 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w0 + o), a0);
-            a1 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w1 + o), a1);
-            a2 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w2 + o), a2);
-            a3 = Vector256.FusedMultiplyAdd(xv, TE.Load256(w3 + o), a3);
+            a0 = Vector256.FusedMultiplyAdd(xv, TE.At256(w0, p), a0);
+            a1 = Vector256.FusedMultiplyAdd(xv, TE.At256(w1, p), a1);
+            a2 = Vector256.FusedMultiplyAdd(xv, TE.At256(w2, p), a2);
+            a3 = Vector256.FusedMultiplyAdd(xv, TE.At256(w3, p), a3);
         }
         y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
         AddTail4<TE>(x, w, rowBytes, p, k, y);
     }
 
+    // a_c += x[q, q + 8) * W_c[q, q + 8) for the 4 rows W_c at w0..w3 (block boundaries)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Quarter4<TE>(float* x, byte* w0, byte* w1, byte* w2, byte* w3, int q,
+        ref Vector256<float> a0, ref Vector256<float> a1, ref Vector256<float> a2, ref Vector256<float> a3) where TE : struct, IWeight
+    {
+        var xq = Vector256.Load(x + q);
+        a0 = Vector256.FusedMultiplyAdd(xq, TE.At256(w0, q), a0);
+        a1 = Vector256.FusedMultiplyAdd(xq, TE.At256(w1, q), a1);
+        a2 = Vector256.FusedMultiplyAdd(xq, TE.At256(w2, q), a2);
+        a3 = Vector256.FusedMultiplyAdd(xq, TE.At256(w3, q), a3);
+    }
+
     // y[c] += x[q] * W[c, q] for q in [p, k), for the 4 rows of W at w: the k tail of a 4-row dot kernel, in k order
-    private static void AddTail4<TE>(float* x, byte* w, long rowBytes, int p, int k, float* y) where TE : struct, IElement
+    private static void AddTail4<TE>(float* x, byte* w, long rowBytes, int p, int k, float* y) where TE : struct, IWeight
     {
         for (int c = 0; c < 4; c++)
         {
             byte* wc = w + c * rowBytes;
             float acc = y[c];
-            for (int q = p; q < k; q++) acc += x[q] * TE.Load1(wc + (long)q * TE.Size);
+            for (int q = p; q < k; q++) acc += x[q] * TE.At(wc, q);
             y[c] = acc;
         }
     }
-
-    // ---------------------------------------------------------------- few rows, bf16 W: even/odd lanes
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Even(Vector512<uint> u) => Vector512.ShiftLeft(u, 16).AsSingle();
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Odd(Vector512<uint> u) => (u & Vector512.Create(0xFFFF0000u)).AsSingle();
 
     // ---------------------------------------------------------------- many rows: blocked GEMM, lanes along m
 
@@ -427,7 +448,7 @@ public static unsafe partial class MatMul
         public static Scratch Current => _current ??= new Scratch();
     }
 
-    private struct GemmJob<TE> : IRangeBody where TE : struct, IElement
+    private struct GemmJob<TE> : IRangeBody where TE : struct, IWeight
     {
         public float* X;
         public Targets T;
@@ -443,6 +464,7 @@ public static unsafe partial class MatMul
             int lanes = wide ? 16 : 8;
             int mPad = (M + lanes - 1) / lanes * lanes;
             int kBlocks = (K + KC - 1) / KC;
+            long rowBytes = TE.Bytes(K);
             if ((long)mPad * kBlocks * KC <= AllKFloats && (Off & Variants.GemmAllK) == 0)
             {
                 // few rows (batched decode): pack all of x once, then stream each 16-row panel of W along k
@@ -458,9 +480,9 @@ public static unsafe partial class MatMul
                         {
                             int pc = b * KC, kb = Math.Min(KC, K - pc);
                             // while this panel computes, the same k block of the next panel streams into L2
-                            byte* next = jr + lanes < c1 ? W + ((long)(jr + lanes) * K + pc) * TE.Size : null;
+                            byte* next = jr + lanes < c1 ? W + (jr + lanes) * rowBytes + TE.Bytes(pc) : null;
                             int nextRows = next == null ? 0 : Math.Min(lanes, c1 - jr - lanes);
-                            PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, wide ? null : next, nextRows);
+                            PackW<TE>(W + jr * rowBytes + TE.Bytes(pc), rowBytes, nb, kb, lanes, wp, wide ? null : next, nextRows);
                             float* xb = xp + (long)b * mPad * KC;
                             for (int q = 0; q < M; q += lanes)
                             {
@@ -469,7 +491,7 @@ public static unsafe partial class MatMul
                                 // the first tile spreads the prefetch of the next panel's block over its k loop, so that
                                 // W streams from memory while the FMAs run (a burst of prefetches would mostly be dropped)
                                 if (wide) Tile16x16(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0,
-                                    q == 0 ? next : null, (long)K * TE.Size, nextRows, kb * TE.Size);
+                                    q == 0 ? next : null, rowBytes, nextRows, (int)TE.Bytes(kb));
                                 else Tile8x8(xb + (long)q * kb, wp, kb, yt, N, rows, nb, b > 0);
                             }
                         }
@@ -491,7 +513,7 @@ public static unsafe partial class MatMul
                         for (int jr = c0; jr < c1; jr += lanes)
                         {
                             int nb = Math.Min(lanes, c1 - jr);
-                            PackW<TE>(W + ((long)jr * K + pc) * TE.Size, K, nb, kb, lanes, wp, null, 0);
+                            PackW<TE>(W + jr * rowBytes + TE.Bytes(pc), rowBytes, nb, kb, lanes, wp, null, 0);
                             for (int q = 0; q < mb; q += lanes)
                             {
                                 float* yt = Y + (long)(ic + q) * N + jr;
@@ -504,6 +526,18 @@ public static unsafe partial class MatMul
                 }
             }
         }
+    }
+
+    // values [0, n) of a row at w (a block boundary) widened to f32 at dst with the widest vectors available
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Widen<TE>(byte* w, float* dst, int n) where TE : struct, IWeight
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) TE.At512(w, i).Store(dst + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= n - 8; i += 8) TE.At256(w, i).Store(dst + i);
+        for (; i < n; i++) dst[i] = TE.At(w, i);
     }
 
     // x is (rows, ldx), a block of (rows, kb); xp receives panels of `lanes` rows, each (kb, lanes): xp[q*kb + p*lanes + r]
@@ -529,18 +563,22 @@ public static unsafe partial class MatMul
         }
     }
 
-    // w is (rows, ldw) stored elements, a block of (rows, kb); wp receives `lanes` rows of stride KC widened to f32,
-    // rows past the end zero; the same block of prefetchRows rows at prefetch (the next panel) is fetched into L2
+    // w is rows of rowBytes stored bytes, a block of (rows, kb) values from a block boundary; wp receives `lanes` rows of
+    // stride KC widened to f32, rows past the end zero; the same block of prefetchRows rows at prefetch (the next panel)
+    // is fetched into L2
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackW<TE>(byte* w, int ldw, int rows, int kb, int lanes, float* wp, byte* prefetch, int prefetchRows) where TE : struct, IElement
+    private static void PackW<TE>(byte* w, long rowBytes, int rows, int kb, int lanes, float* wp, byte* prefetch, int prefetchRows) where TE : struct, IWeight
     {
-        for (int r = 0; r < rows; r++) Simd.Widen<TE>(w + (long)r * ldw * TE.Size, wp + r * KC, kb);
+        for (int r = 0; r < rows; r++) Widen<TE>(w + r * rowBytes, wp + r * KC, kb);
         if (prefetch != null && Sse.IsSupported)
+        {
+            long bytes = TE.Bytes(kb);
             for (int r = 0; r < prefetchRows; r++)
             {
-                byte* src = prefetch + (long)r * ldw * TE.Size;
-                for (int b = 0; b < kb * TE.Size; b += 64) Sse.Prefetch1(src + b);
+                byte* src = prefetch + r * rowBytes;
+                for (int b = 0; b < bytes; b += 64) Sse.Prefetch1(src + b);
             }
+        }
         for (int r = rows; r < lanes; r++) new Span<float>(wp + r * KC, kb).Clear();
     }
 

@@ -16,16 +16,25 @@ internal unsafe interface IElement
     static abstract Vector512<float> Load512(byte* p);
 }
 
-internal unsafe struct F32Element : IElement
+internal unsafe struct F32Element : IElement, IWeight
 {
     public static int Size => 4;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => *(float*)p;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load256(byte* p) => Vector256.Load((float*)p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load512(byte* p) => Vector512.Load((float*)p);
+
+    public static int Block => 1;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static long Bytes(long n) => n * 4;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(byte* w, long p) => ((float*)w)[p];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> At256(byte* w, long p) => Vector256.Load((float*)w + p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> At512(byte* w, long p) => Vector512.Load((float*)w + p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> First(byte* w) => Vector512.Load((float*)w);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Second(byte* w) => Vector512.Load((float*)w + 16);
 }
 
-/// <summary>bf16: zero-extend 16 -> 32 bits and shift left 16.</summary>
-internal unsafe struct BF16Element : IElement
+/// <summary>bf16: zero-extend 16 -> 32 bits and shift left 16. The row-blocked kernel's halves of 32 values are the even
+/// and the odd ones: 32 values loaded as 16 uints, even ones by a shift, odd ones by a mask, without a cross-lane widening.</summary>
+internal unsafe struct BF16Element : IElement, IWeight
 {
     public static int Size => 2;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => DTypes.BF16ToSingle(*(ushort*)p);
@@ -37,13 +46,21 @@ internal unsafe struct BF16Element : IElement
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load512(byte* p)
         => Vector512.ShiftLeft(Vector512.WidenLower(Vector256.Load((ushort*)p).ToVector512Unsafe()), 16).AsSingle();
+
+    public static int Block => 1;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static long Bytes(long n) => n * 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(byte* w, long p) => Load1(w + p * 2);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> At256(byte* w, long p) => Load256(w + p * 2);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> At512(byte* w, long p) => Load512(w + p * 2);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> First(byte* w) => Vector512.ShiftLeft(Vector512.Load((uint*)w), 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Second(byte* w) => (Vector512.Load((uint*)w) & Vector512.Create(0xFFFF0000u)).AsSingle();
 }
 
 /// <summary>
 /// f16 by bit manipulation (the runtime exposes no vcvtph2ps): exponent rebias for normals, a magic subtraction for
 /// subnormals, Inf/NaN kept. Exact for every input.
 /// </summary>
-internal unsafe struct F16Element : IElement
+internal unsafe struct F16Element : IElement, IWeight
 {
     public static int Size => 2;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Load1(byte* p) => DTypes.F16ToSingle(*(ushort*)p);
@@ -55,6 +72,14 @@ internal unsafe struct F16Element : IElement
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load512(byte* p)
         => Bits512(Vector512.WidenLower(Vector256.Load((ushort*)p).ToVector512Unsafe()));
+
+    public static int Block => 1;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static long Bytes(long n) => n * 2;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float At(byte* w, long p) => Load1(w + p * 2);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> At256(byte* w, long p) => Load256(w + p * 2);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> At512(byte* w, long p) => Load512(w + p * 2);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> First(byte* w) => Load512(w);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Second(byte* w) => Load512(w + 32);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Bits512(Vector512<uint> h)

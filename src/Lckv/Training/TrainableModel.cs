@@ -137,6 +137,8 @@ public sealed unsafe partial class TrainableModel : ITrainable
             var info = tensors.Info(p.Name);
             if (!info.Shape.SequenceEqual(p.Shape))
                 throw new LckvException($"tensor '{p.Name}' has shape {info.ShapeText} but config.json implies [{string.Join(", ", p.Shape)}]");
+            if (DTypes.IsBlockQuantized(info.DType))
+                throw new LckvException($"tensor '{p.Name}' is {DTypes.Name(info.DType)}: training needs F32, F16 or BF16 weights (quantized weights are for inference only)");
             if (!DTypes.IsFloat(info.DType))
                 throw new LckvException($"tensor '{p.Name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
             Numerics.Convert.Widen(tensors.Pointer(p.Name), info.DType, p.Value);

@@ -16,13 +16,16 @@ internal sealed unsafe class NativeBuffer : IDisposable
         new Span<byte>((void*)Address, (int)bytes).Clear();
     }
 
-    /// <summary>Stores values narrowed to dtype; returns the values as the kernel will see them (rounded).</summary>
+    /// <summary>Stores values narrowed or quantized to dtype (blocks of 32 along the array: rows of whole blocks stay
+    /// whole); returns the values as the kernel will see them (rounded or dequantized).</summary>
     public static NativeBuffer From(float[] values, DType dtype, out float[] stored)
     {
-        var b = new NativeBuffer((long)values.Length * DTypes.SizeOf(dtype));
-        Lckv.Numerics.Convert.Narrow(values, dtype, b.Address);
+        long bytes = DTypes.RowBytes(dtype, values.Length);
+        var b = new NativeBuffer(bytes);
+        var span = new Span<byte>((void*)b.Address, (int)bytes);
+        Quantize.Row(dtype, values, span);
         stored = new float[values.Length];
-        Lckv.Numerics.Convert.Widen(b.Address, dtype, stored);
+        Quantize.Dequantize(dtype, span, stored);
         return b;
     }
 
@@ -56,4 +59,6 @@ internal static class TestData
 
     /// <summary>Every KV storage format.</summary>
     public static readonly DType[] KvTypes = [DType.F32, DType.F16, DType.BF16, DType.KvInt8, DType.KvQ4];
+
+    public static readonly DType[] QuantizedTypes = [DType.Q8_0, DType.Q4_0];
 }

@@ -125,10 +125,151 @@ public class MatMulTests(ITestOutputHelper output)
         Assert.Contains("share width", e.Message);
     }
 
-    private static unsafe void Compare(Random rng, int m, int k, int n, DType dtype)
+    public static TheoryData<DType> QuantizedTypes => new(TestData.QuantizedTypes);
+
+    /// <summary>Few-row counts of decode (1-7, 16), rows past a tile (17, 33), widths of 1 to 5 blocks, odd n.</summary>
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void QuantizedMatchesReferenceOnSmallShapes(DType dtype)
+    {
+        var rng = new Random(11);
+        int checkedCount = 0;
+        foreach (int m in new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 33 })
+            foreach (int k in new[] { 32, 64, 96, 160 })
+                for (int n = 1; n <= 67; n += (n < 20 ? 1 : 7))
+                {
+                    Compare(rng, m, k, n, dtype);
+                    checkedCount++;
+                }
+        output.WriteLine($"{dtype}: {checkedCount} shapes OK");
+    }
+
+    /// <summary>Many blocks per row, k blocks of the dot kernel (m 8-16, k past 512) and of the GEMM (k past 256, m past
+    /// its 384-row block), the panel widths (15, 16), and many rows.</summary>
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void QuantizedMatchesReferenceOnLargerShapes(DType dtype)
+    {
+        var rng = new Random(12);
+        foreach (var (m, k, n) in new[] { (1, 1056, 131), (2, 544, 67), (3, 1088, 37), (4, 2080, 33), (7, 608, 41), (16, 1088, 37),
+            (12, 1120, 21), (8, 576, 19), (15, 1600, 35), (16, 2080, 40), (31, 320, 33), (64, 544, 37), (65, 800, 21), (130, 320, 41), (400, 544, 40) })
+            Compare(rng, m, k, n, dtype);
+    }
+
+    /// <summary>Few rows against 4+ MiB of quantized W, split across the shared pool's threads.</summary>
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void QuantizedStreamedProductsMatchReference(DType dtype)
+    {
+        var rng = new Random(13);
+        int scale = dtype == DType.Q8_0 ? 1 : 2;
+        foreach (var (m, k, n) in new[] { (1, 2048, 2051 * scale), (3, 1024, 4099 * scale), (4, 2048, 2063 * scale) })
+            Compare(rng, m, k, n, dtype);
+    }
+
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void QuantizedEveryPathAndVariantMatchesReference(DType dtype)
+    {
+        var rng = new Random(14);
+        var shapes = new[] { (1, 1056, 70), (2, 288, 131), (4, 608, 37), (7, 320, 19), (12, 1120, 21), (16, 544, 33), (16, 1600, 40), (20, 320, 41), (40, 704, 19) };
+        try
+        {
+            foreach (var path in Enum.GetValues<MatMul.Path>())
+            {
+                MatMul.Forced = path;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+            MatMul.Forced = MatMul.Path.Auto;
+            foreach (var v in Enum.GetValues<MatMul.Variants>())
+            {
+                MatMul.Off = v;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+        }
+        finally
+        {
+            MatMul.Forced = MatMul.Path.Auto;
+            MatMul.Off = MatMul.Variants.None;
+        }
+    }
+
+    /// <summary>Blocks whose scale is zero (all-zero weights), subnormal in f16 (tiny weights), or large, beside ordinary
+    /// ones, on every path.</summary>
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void QuantizedBlocksOfExtremeScalesMatchReference(DType dtype)
+    {
+        var rng = new Random(15);
+        try
+        {
+            foreach (var path in Enum.GetValues<MatMul.Path>())
+            {
+                MatMul.Forced = path;
+                foreach (var (m, k, n) in new[] { (1, 256, 37), (3, 256, 21), (16, 512, 17), (40, 288, 19) })
+                {
+                    var w = TestData.Random(rng, n * k);
+                    for (int b = 0; b < w.Length / 32; b++)
+                    {
+                        float f = (b % 4) switch { 0 => 0f, 1 => 1e-6f, 2 => 300f, _ => 1f };
+                        for (int j = 0; j < 32; j++) w[b * 32 + j] *= f;
+                    }
+                    Compare(rng, m, k, n, dtype, w);
+                }
+            }
+        }
+        finally
+        {
+            MatMul.Forced = MatMul.Path.Auto;
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void SeveralQuantizedWeightsOfOneInputMatchSeparateProducts(DType dtype)
+    {
+        var rng = new Random(16);
+        foreach (var (m, k, ns) in new[] { (1, 64, new[] { 5, 33 }), (3, 160, new[] { 16, 9, 40 }), (10, 288, new[] { 64, 17, 17 }),
+            (16, 1088, new[] { 35, 48, 20 }), (2, 704, new[] { 1601, 1599 }), (20, 96, new[] { 7, 30, 3 }), (130, 64, new[] { 21, 16, 33 }) })
+        {
+            var x = TestData.Random(rng, m * k);
+            var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
+            try
+            {
+                var w = buffers.Select((b, i) => new WeightMatrix(b.Address, dtype, ns[i], k)).ToArray();
+                var y = ns.Select(n => new float[m * n]).ToArray();
+                if (ns.Length == 2) MatMul.Multiply(x, w[0], y[0], w[1], y[1], m);
+                else MatMul.Multiply(x, w[0], y[0], w[1], y[1], w[2], y[2], m);
+                for (int i = 0; i < ns.Length; i++)
+                {
+                    var expected = new float[m * ns[i]];
+                    MatMul.MultiplyReference(x, w[i], expected, m);
+                    for (int j = 0; j < expected.Length; j++)
+                        Assert.True(Math.Abs(expected[j] - y[i][j]) <= 1e-4 * (1 + Math.Abs(expected[j])), $"m={m} k={k} {dtype}: output {i} [{j}] = {y[i][j]}, reference {expected[j]}");
+                }
+            }
+            finally
+            {
+                foreach (var b in buffers) b.Dispose();
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(QuantizedTypes))]
+    public void QuantizedRowsHoldWholeBlocks(DType dtype)
+    {
+        using var b = new NativeBuffer(4096);
+        var e = Assert.Throws<ArgumentException>(() => new WeightMatrix(b.Address, dtype, 4, 48));
+        Assert.Contains("whole blocks", e.Message);
+    }
+
+    private static void Compare(Random rng, int m, int k, int n, DType dtype) => Compare(rng, m, k, n, dtype, TestData.Random(rng, n * k));
+
+    private static unsafe void Compare(Random rng, int m, int k, int n, DType dtype, float[] weights)
     {
         var x = TestData.Random(rng, m * k);
-        using var wb = NativeBuffer.From(TestData.Random(rng, n * k), dtype, out var ws);
+        using var wb = NativeBuffer.From(weights, dtype, out var ws);
         var w = new WeightMatrix(wb.Address, dtype, n, k);
         var expected = new float[m * n];
         var actual = new float[m * n + 3];
