@@ -140,6 +140,9 @@ public static class GgmlTypes
     /// <summary>"Q4_K", or "unknown type 77".</summary>
     public static string Name(uint id) => _names.TryGetValue(id, out var n) ? n : $"unknown type {id}";
 
+    /// <summary>"GGML type Q4_K (12)", or "unknown GGML type 77".</summary>
+    public static string Describe(uint id) => _names.TryGetValue(id, out var n) ? $"GGML type {n} ({id})" : $"unknown GGML type {id}";
+
     public static bool TryToDType(uint id, out DType dtype)
     {
         (bool ok, dtype) = id switch
@@ -330,7 +333,7 @@ public sealed unsafe class GgufFile : ITensorFile
             }
             uint ggml = r.U32($"the type of {where}");
             if (!GgmlTypes.TryToDType(ggml, out var dtype))
-                throw new LckvException($"{Path}: {where} has GGML type {GgmlTypes.Name(ggml)} ({ggml}), which Lckv does not read (F32, F16, BF16, Q8_0 and Q4_0 are supported)");
+                throw new LckvException($"{Path}: {where} has {GgmlTypes.Describe(ggml)}, which Lckv does not read (F32, F16, BF16, Q8_0 and Q4_0 are supported)");
             ulong offset = r.U64($"the offset of {where}");
             if (offset > long.MaxValue) throw new LckvException($"{Path}: {where} has offset {offset}, which is too large");
             if (offset % (ulong)alignment != 0)
