@@ -258,7 +258,6 @@ public sealed unsafe class GgufFile : ITensorFile
             // the fixed header: magic, version, two counts
             if (mapped.FileLength < 24)
             {
-                stream.Dispose();
                 throw new LckvException($"{path}: too short to be a GGUF file ({mapped.FileLength} bytes; the header alone takes 24)");
             }
             mapped._map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
@@ -271,6 +270,7 @@ public sealed unsafe class GgufFile : ITensorFile
         }
         catch
         {
+            if (mapped._map is null) stream.Dispose(); // once mapped, the mapping owns the stream
             mapped.Dispose();
             throw;
         }
