@@ -38,7 +38,12 @@ public static class InfoCommand
                     throw new LckvException("--layout applies to --preset or --config; use 'lckv convert' to change a checkpoint's layout");
                 if (!GgufFile.IsGguf(file)) throw new LckvException($"model '{file}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
                 gguf = GgufFile.Open(file);
-                cfg = GgufLlama.Config(gguf);
+                try { cfg = GgufLlama.Config(gguf); }
+                catch
+                {
+                    gguf.Dispose();
+                    throw;
+                }
                 source = file;
                 dtype = string.Join(", ", gguf.TensorList.Select(t => DTypes.Name(t.DType)).Distinct());
             }
@@ -62,13 +67,13 @@ public static class InfoCommand
                 source = $"preset:{preset}";
                 dtype = DTypes.Name(dt);
             }
+            using var ggufOwner = gguf;
             cfg.Validate();
             var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
             var kvDType = mo.KvStorage(p);
             long kvPerToken = 2L * map.KvLayerCount * cfg.NumKeyValueHeads * cfg.HeadDim * DTypes.SizeOf(kvDType);
             long fullPerToken = 2L * cfg.NumHiddenLayers * cfg.NumKeyValueHeads * cfg.HeadDim * DTypes.SizeOf(kvDType);
             long parameters = ModelWeights.Specs(cfg, map).Sum(s => s.Elements);
-            using var ggufOwner = gguf;
             if (p.GetValue(json))
             {
                 stdout.WriteLine(JsonSerializer.Serialize(new

@@ -294,7 +294,7 @@ public sealed unsafe class GgufFile : ITensorFile
         if (tensorCount > (ulong)r.Remaining / 24)
             throw new LckvException($"{Path}: header says {tensorCount} tensors, more than the {FileLength}-byte file can hold");
 
-        var keys = new List<string>((int)kvCount);
+        var keys = new List<string>((int)Math.Min(kvCount, 4096)); // a count is only a claim until its entries are read
         var metadata = new Dictionary<string, GgufValue>(StringComparer.Ordinal);
         for (ulong i = 0; i < kvCount; i++)
         {
@@ -314,7 +314,7 @@ public sealed unsafe class GgufFile : ITensorFile
             alignment = (int)a;
         }
 
-        var list = new List<GgufTensor>((int)tensorCount);
+        var list = new List<GgufTensor>((int)Math.Min(tensorCount, 4096));
         var names = new HashSet<string>(StringComparer.Ordinal);
         for (ulong i = 0; i < tensorCount; i++)
         {

@@ -700,5 +700,7 @@ public sealed class GgufTests(ITestOutputHelper output)
         Bad("type 9", llama, tokens, new(TokenizerKeys.TokenType, GgufValue.Array([2, 3, 9, 1])));
         Bad("byte piece 'a'", llama, tokens, new(TokenizerKeys.TokenType, GgufValue.Array([2, 3, 3, 6])));
         Bad("missing GGUF metadata key 'tokenizer.ggml.merges'", new(TokenizerKeys.Model, GgufValue.String("gpt2")), tokens);
+        Bad("entry '' is not two tokens", new(TokenizerKeys.Model, GgufValue.String("gpt2")), tokens,
+            new(TokenizerKeys.Pre, GgufValue.String("gpt2")), new(TokenizerKeys.Merges, GgufValue.Array([""])));
     }
 }
