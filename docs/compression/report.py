@@ -16,8 +16,8 @@ def load(name):
 
 
 lines = []
-stream = [("sinks 4 + recent 252", "stream-sinks4-recent252.json"), ("recent 256, no sinks", "stream-recent256.json"),
-          ("full cache, whole stream", "stream-full.json"), ("full cache, 512-token windows", "stream-windows512.json")]
+stream = [("sinks 4 + recent 252", "stream-sinks4-recent252.json"), ("recent 256 (no sinks)", "stream-recent256.json"),
+          ("full cache (whole stream)", "stream-full.json"), ("full cache (512-token windows)", "stream-windows512.json")]
 runs = [(label, load(name)) for label, name in stream]
 with open(os.path.join(out, "stream.csv"), "w") as f:
     f.write("series,x,y\n")

@@ -39,7 +39,12 @@ public static class InfoCommand
                     throw new LckvException("--layout applies to --preset or --config; use 'lckv convert' to change a checkpoint's layout");
                 if (!GgufFile.IsGguf(file)) throw new LckvException($"model '{file}' is a file but not a GGUF file; expected a checkpoint folder or a .gguf file");
                 gguf = GgufFile.Open(file);
-                cfg = GgufLlama.Config(gguf);
+                try { cfg = GgufLlama.Config(gguf); }
+                catch
+                {
+                    gguf.Dispose();
+                    throw;
+                }
                 source = file;
                 dtype = string.Join(", ", gguf.TensorList.Select(t => DTypes.Name(t.DType)).Distinct());
             }
@@ -63,6 +68,7 @@ public static class InfoCommand
                 source = $"preset:{preset}";
                 dtype = DTypes.Name(dt);
             }
+            using var ggufOwner = gguf;
             if (mo.WeightsDType(p) is { } weights) dtype = $"{DTypes.Name(weights)} matrices (--weights), norms {dtype}";
             cfg.Validate();
             var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
@@ -83,7 +89,6 @@ public static class InfoCommand
                 _ => "none",
             };
             long parameters = ModelWeights.Specs(cfg, map).Sum(s => s.Elements);
-            using var ggufOwner = gguf;
             if (p.GetValue(json))
             {
                 stdout.WriteLine(JsonSerializer.Serialize(new

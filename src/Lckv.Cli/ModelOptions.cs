@@ -26,7 +26,7 @@ public sealed class ModelOptions
     public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (int8 and q4 with per-row scales)", DefaultValueFactory = _ => "f32" };
     public readonly Option<int> BlockSize = new("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
     public readonly Option<double?> KvBudget = new("--kv-budget") { Description = "KV cache budget in MiB (default: what the job needs)" };
-    public readonly Option<string?> Tokenizer = new("--tokenizer") { Description = "tokenizer.model / tokenizer.json (default: the one in --model)" };
+    public readonly Option<string?> Tokenizer = new("--tokenizer") { Description = "tokenizer.model / tokenizer.json / a .gguf file's tokenizer (default: the one in --model)" };
     public readonly Option<int?> Threads = new("--threads", "-t") { Description = "worker threads (default: all cores)" };
     public readonly Option<bool> AllowLongContext = new("--allow-long-context")
     {

@@ -140,6 +140,9 @@ public static class GgmlTypes
     /// <summary>"Q4_K", or "unknown type 77".</summary>
     public static string Name(uint id) => _names.TryGetValue(id, out var n) ? n : $"unknown type {id}";
 
+    /// <summary>"GGML type Q4_K (12)", or "unknown GGML type 77".</summary>
+    public static string Describe(uint id) => _names.TryGetValue(id, out var n) ? $"GGML type {n} ({id})" : $"unknown GGML type {id}";
+
     public static bool TryToDType(uint id, out DType dtype)
     {
         (bool ok, dtype) = id switch
@@ -255,7 +258,6 @@ public sealed unsafe class GgufFile : ITensorFile
             // the fixed header: magic, version, two counts
             if (mapped.FileLength < 24)
             {
-                stream.Dispose();
                 throw new LckvException($"{path}: too short to be a GGUF file ({mapped.FileLength} bytes; the header alone takes 24)");
             }
             mapped._map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
@@ -268,6 +270,7 @@ public sealed unsafe class GgufFile : ITensorFile
         }
         catch
         {
+            if (mapped._map is null) stream.Dispose(); // once mapped, the mapping owns the stream
             mapped.Dispose();
             throw;
         }
@@ -291,7 +294,7 @@ public sealed unsafe class GgufFile : ITensorFile
         if (tensorCount > (ulong)r.Remaining / 24)
             throw new LckvException($"{Path}: header says {tensorCount} tensors, more than the {FileLength}-byte file can hold");
 
-        var keys = new List<string>((int)kvCount);
+        var keys = new List<string>((int)Math.Min(kvCount, 4096)); // a count is only a claim until its entries are read
         var metadata = new Dictionary<string, GgufValue>(StringComparer.Ordinal);
         for (ulong i = 0; i < kvCount; i++)
         {
@@ -311,7 +314,7 @@ public sealed unsafe class GgufFile : ITensorFile
             alignment = (int)a;
         }
 
-        var list = new List<GgufTensor>((int)tensorCount);
+        var list = new List<GgufTensor>((int)Math.Min(tensorCount, 4096));
         var names = new HashSet<string>(StringComparer.Ordinal);
         for (ulong i = 0; i < tensorCount; i++)
         {
@@ -330,7 +333,7 @@ public sealed unsafe class GgufFile : ITensorFile
             }
             uint ggml = r.U32($"the type of {where}");
             if (!GgmlTypes.TryToDType(ggml, out var dtype))
-                throw new LckvException($"{Path}: {where} has GGML type {GgmlTypes.Name(ggml)} ({ggml}), which Lckv does not read (F32, F16, BF16, Q8_0 and Q4_0 are supported)");
+                throw new LckvException($"{Path}: {where} has {GgmlTypes.Describe(ggml)}, which Lckv does not read (F32, F16, BF16, Q8_0 and Q4_0 are supported)");
             ulong offset = r.U64($"the offset of {where}");
             if (offset > long.MaxValue) throw new LckvException($"{Path}: {where} has offset {offset}, which is too large");
             if (offset % (ulong)alignment != 0)

@@ -34,6 +34,9 @@ public static class GgufLlama
 
         int hidden = m.RequiredInt("llama.embedding_length");
         int layers = m.RequiredInt("llama.block_count");
+        // each block has its tensors in the file: a count past them is damage, and would size the weight table
+        if (layers > file.TensorList.Count)
+            throw new LckvException($"{file.Path}: llama.block_count is {layers}, but the file holds only {file.TensorList.Count} tensors");
         int heads = m.RequiredPerLayerInt("llama.attention.head_count", layers);
         int kvHeads = m.OptionalPerLayerInt("llama.attention.head_count_kv", layers) ?? heads;
         int inter = m.RequiredPerLayerInt("llama.feed_forward_length", layers);

@@ -113,7 +113,7 @@ public sealed partial class TextTokenizer
             }
         }
         foreach (var m in merges)
-            if (m.IndexOf(' ', 1) < 0) throw new LckvException($"{file.Path}: {TokenizerKeys.Merges} entry '{Printable.Escape(m)}' is not two tokens separated by a space");
+            if (m.Length < 3 || m.IndexOf(' ', 1) < 0) throw new LckvException($"{file.Path}: {TokenizerKeys.Merges} entry '{Printable.Escape(m)}' is not two tokens separated by a space");
         var (tokenizer, bytes, control, ids) = BuildByteLevelBpe(file.Path, vocab, [.. merges], added, specialIds, split);
         return new TextTokenizer(file.Path, "bpe-bytelevel", tokenizer, bytes, control, false, ids, specials, addBos);
     }

@@ -125,31 +125,23 @@ public static unsafe class Rope
     {
         int j = 0;
         if (Vector512.IsHardwareAccelerated)
-        {
-            var spread = Vector512.Create(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-            var swap = Vector512.Create(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-            var sign = Vector512.Create(-1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f);
             for (; j <= half - 8; j += 8)
             {
                 var x = Vector512.Load(v + 2 * j);
-                var c = Vector512.Shuffle(Vector256.Load(cos + j).ToVector512Unsafe(), spread);
-                var s = Vector512.Shuffle(Vector256.Load(sin + j).ToVector512Unsafe(), spread) * sign;
-                (x * c + Vector512.Shuffle(x, swap) * s).Store(v + 2 * j);
+                var c = Vector512.Shuffle(Vector256.Load(cos + j).ToVector512Unsafe(), Vector512.Create(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+                var s = Vector512.Shuffle(Vector256.Load(sin + j).ToVector512Unsafe(), Vector512.Create(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+                var swapped = Vector512.Shuffle(x, Vector512.Create(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+                (x * c + swapped * s * Vector512.Create(-1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f)).Store(v + 2 * j);
             }
-        }
         if (Vector256.IsHardwareAccelerated)
-        {
-            var spread = Vector256.Create(0, 0, 1, 1, 2, 2, 3, 3);
-            var swap = Vector256.Create(1, 0, 3, 2, 5, 4, 7, 6);
-            var sign = Vector256.Create(-1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f);
             for (; j <= half - 4; j += 4)
             {
                 var x = Vector256.Load(v + 2 * j);
-                var c = Vector256.Shuffle(Vector128.Load(cos + j).ToVector256Unsafe(), spread);
-                var s = Vector256.Shuffle(Vector128.Load(sin + j).ToVector256Unsafe(), spread) * sign;
-                (x * c + Vector256.Shuffle(x, swap) * s).Store(v + 2 * j);
+                var c = Vector256.Shuffle(Vector128.Load(cos + j).ToVector256Unsafe(), Vector256.Create(0, 0, 1, 1, 2, 2, 3, 3));
+                var s = Vector256.Shuffle(Vector128.Load(sin + j).ToVector256Unsafe(), Vector256.Create(0, 0, 1, 1, 2, 2, 3, 3));
+                var swapped = Vector256.Shuffle(x, Vector256.Create(1, 0, 3, 2, 5, 4, 7, 6));
+                (x * c + swapped * s * Vector256.Create(-1f, 1f, -1f, 1f, -1f, 1f, -1f, 1f)).Store(v + 2 * j);
             }
-        }
         for (; j < half; j++)
         {
             float a = v[2 * j], b = v[2 * j + 1];
