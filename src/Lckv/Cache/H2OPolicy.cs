@@ -11,6 +11,7 @@ public sealed class H2OPolicy : EvictingPolicy
 {
     private int[] _kept = [];
     private bool[] _taken = [];
+    private int[] _worst = [];
 
     /// <param name="heavy">entries kept for their scores (Hh)</param>
     /// <param name="recent">newest positions always kept (R, at least 1)</param>
@@ -25,6 +26,11 @@ public sealed class H2OPolicy : EvictingPolicy
     {
         int count = store.Count, budget = Budget, heads = store.KvHeads;
         if (count <= budget) return;
+        if (count == budget + 1)
+        {
+            EvictWorst(store, length);
+            return;
+        }
         if (_kept.Length < heads * budget) _kept = new int[heads * budget];
         if (_taken.Length < count) _taken = new bool[count];
         var scores = store.State.Scores!;
@@ -58,5 +64,25 @@ public sealed class H2OPolicy : EvictingPolicy
                 if (_taken[e]) _kept[g * budget + i++] = e;
         }
         store.Keep(_kept.AsSpan(0, heads * budget), budget);
+    }
+
+    // one entry over the budget (a decode step): per KV head, the worst score among the entries older than the recent
+    // window goes, the last of equal worst ones (as the selection above)
+    private void EvictWorst(KvStoreEditor store, int length)
+    {
+        int heads = store.KvHeads, cap = store.State.Capacity, t = length - 1;
+        if (_worst.Length < heads) _worst = new int[heads];
+        var scores = store.State.Scores!;
+        for (int g = 0; g < heads; g++)
+        {
+            int recentFrom = store.FirstAtOrAfter(t - Recent + 1, g);
+            if (recentFrom == 0) throw new InvalidOperationException($"KV head {g} holds only recent entries for a budget of {Budget}");
+            var s = scores.AsSpan(g * cap, recentFrom);
+            int at = 0;
+            for (int e = 1; e < s.Length; e++)
+                if (s[e] <= s[at]) at = e;
+            _worst[g] = at;
+        }
+        store.EvictOne(_worst.AsSpan(0, heads));
     }
 }

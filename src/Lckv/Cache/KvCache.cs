@@ -548,6 +548,50 @@ public sealed class KvCache
         ReleaseFrom(s, kvLayer, (int)BlocksFor(keep + (s.Reserved - s.Length), _blockSize));
     }
 
+    /// <summary>Evicts entries[g] of each KV head g of one (sequence, store): Compact keeping every other entry.</summary>
+    internal unsafe void EvictOne(int seq, int kvLayer, ReadOnlySpan<int> entries)
+    {
+        var s = Get(seq);
+        var policy = _policies[kvLayer];
+        if (!policy.Compacts) throw new InvalidOperationException("only a store that evicts can drop entries");
+        var state = s.States[kvLayer];
+        int heads = Layout.KvHeads, d = Layout.HeadDim, count = state.Count, cap = state.Capacity, keep = count - 1;
+        if (entries.Length != heads) throw new ArgumentException($"expected one entry per KV head ({heads}), got {entries.Length}");
+        var view = KvView.Compacted(s.Tables[kvLayer], count, state.Positions!, cap, state.Scores, slots: state.Slots);
+        var storage = KvStorage.Paged(_pool.Base, Layout);
+        int[] positions = state.Positions!, slots = state.Slots!;
+        var scores = state.Scores;
+        long rowBytes = storage.HeadBytes;
+        Span<float> k = policy.ReceivesEvicted ? stackalloc float[d] : default;
+        Span<float> v = policy.ReceivesEvicted ? stackalloc float[d] : default;
+        for (int g = 0; g < heads; g++)
+        {
+            int e = entries[g], o = g * cap;
+            if ((uint)e >= (uint)count) throw new ArgumentException("an evicted entry is out of range");
+            if (policy.ReceivesEvicted)
+            {
+                byte* row = view.KeyRow(storage, e, g);
+                KvRows.Load((nint)row, Layout.DType, d, k);
+                KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
+                policy.OnEvicted(state, g, positions[o + e], k, v);
+            }
+            int hole = slots[o + e], tail = count - 1 - e;
+            Array.Copy(positions, o + e + 1, positions, o + e, tail);
+            Array.Copy(slots, o + e + 1, slots, o + e, tail);
+            if (scores is not null) Array.Copy(scores, o + e + 1, scores, o + e, tail);
+            if (hole == keep) continue;
+            // the entry in the last slot moves into the hole, so that the slots stay [0, keep)
+            int mover = slots.AsSpan(o, keep).IndexOf(keep);
+            byte* from = view.KeyRow(storage, mover, g);
+            slots[o + mover] = hole;
+            byte* to = view.KeyRow(storage, mover, g);
+            Buffer.MemoryCopy(from, to, rowBytes, rowBytes);
+            Buffer.MemoryCopy(from + storage.ValueOffset, to + storage.ValueOffset, rowBytes, rowBytes);
+        }
+        state.Count = keep;
+        ReleaseFrom(s, kvLayer, (int)BlocksFor(keep + (s.Reserved - s.Length), _blockSize));
+    }
+
     private void Activate(Sequence s)
     {
         s.Live = true;

@@ -157,4 +157,23 @@ public readonly ref struct KvStoreEditor
     /// kept[g * keep + i] is the i-th kept entry of head g. Evicted entries go to the policy's OnEvicted first.
     /// </summary>
     public void Keep(ReadOnlySpan<int> kept, int keep) => _cache.Compact(_sequence, _kvLayer, kept, keep);
+
+    /// <summary>Evicts one entry of each KV head, entries[g] of head g (the same as keeping all the others, without
+    /// touching them: the later entries' positions, scores and slots move down by one, and at most one row per head
+    /// moves into the freed slot).</summary>
+    public void EvictOne(ReadOnlySpan<int> entries) => _cache.EvictOne(_sequence, _kvLayer, entries);
+
+    /// <summary>The first entry of KV head g whose position is at least `position` (Count when none).</summary>
+    public int FirstAtOrAfter(int position, int kvHead)
+    {
+        var positions = State.Positions.AsSpan(kvHead * State.Capacity, State.Count);
+        int lo = 0, hi = positions.Length;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (positions[mid] < position) lo = mid + 1;
+            else hi = mid;
+        }
+        return lo;
+    }
 }

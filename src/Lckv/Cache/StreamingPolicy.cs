@@ -11,6 +11,7 @@ namespace Lckv.Cache;
 public sealed class StreamingPolicy : EvictingPolicy
 {
     private int[] _kept = [];
+    private int[] _oldest = [];
 
     /// <param name="sinks">the first positions, always kept (S)</param>
     /// <param name="recent">the newest positions kept (R, at least 1)</param>
@@ -34,6 +35,14 @@ public sealed class StreamingPolicy : EvictingPolicy
     {
         int count = store.Count, heads = store.KvHeads, t = length - 1;
         if (count <= Budget) return;
+        if (count == Budget + 1 && count > Sinks)
+        {
+            // a decode step: the oldest entry after the sinks goes (entries hold positions 0..Sinks-1 first)
+            if (_oldest.Length < heads) _oldest = new int[heads];
+            Array.Fill(_oldest, Sinks, 0, heads);
+            store.EvictOne(_oldest.AsSpan(0, heads));
+            return;
+        }
         // every KV head holds the same positions: choose from head 0
         int keep = 0;
         if (_kept.Length < heads * Budget) _kept = new int[heads * Budget];

@@ -239,6 +239,72 @@ public sealed class PolicyTests
         Assert.Equal(0, pool.UsedBlocks);
     }
 
+    /// <summary>Keeps 5 entries: past them, head g evicts its entry g % count through the one-entry path.</summary>
+    private sealed class OneAtATime() : EvictingPolicy(6)
+    {
+        public readonly List<(int Head, int Position, float[] K)> Evicted = [];
+        public override bool ReceivesEvicted => true;
+
+        public override void AfterStep(KvStoreEditor store, int length)
+        {
+            if (store.Count <= 5) return;
+            var entries = new int[store.KvHeads];
+            for (int g = 0; g < entries.Length; g++) entries[g] = (length + g) % store.Count;
+            store.EvictOne(entries);
+        }
+
+        public override void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+            => Evicted.Add((kvHead, position, k.ToArray()));
+    }
+
+    [Fact]
+    public void EvictingOneEntryPerHeadHandsItOverAndKeepsTheOthersIntact()
+    {
+        const int kvHeads = 2, d = 4;
+        var layout = new KvLayout(2, kvHeads, d, DType.F32);
+        var policy = new OneAtATime();
+        using var pool = new KvBlockPool(layout, 16 * layout.BlockBytes);
+        var cache = new KvCache(pool, [policy], 100);
+        int seq = cache.CreateSequence();
+        var kept = new List<int>[] { [], [] };
+        for (int p = 0; p < 40; p++)
+        {
+            Assert.True(cache.TryReserve(seq, p + 1));
+            var k = new float[kvHeads * d];
+            for (int g = 0; g < kvHeads; g++) for (int i = 0; i < d; i++) k[g * d + i] = p * 100 + g * 10 + i;
+            cache.Write(seq, 0, p, k, k);
+            for (int g = 0; g < kvHeads; g++) kept[g].Add(p);
+            int before = policy.Evicted.Count;
+            cache.SetLength(seq, p + 1);
+            if (p + 1 > 5)
+            {
+                Assert.Equal(before + kvHeads, policy.Evicted.Count);
+                for (int g = 0; g < kvHeads; g++)
+                {
+                    int e = (p + 1 + g) % 6;
+                    var (head, position, evictedK) = policy.Evicted[before + g];
+                    Assert.Equal((g, kept[g][e]), (head, position));
+                    Assert.Equal(Enumerable.Range(0, d).Select(i => (float)(position * 100 + g * 10 + i)), evictedK);
+                    kept[g].RemoveAt(e);
+                }
+            }
+            var state = cache.StateOf(seq, 0);
+            var kr = new float[d];
+            var vr = new float[d];
+            for (int g = 0; g < kvHeads; g++)
+            {
+                Assert.Equal(kept[g], Enumerable.Range(0, state.Count).Select(e => state.Positions![g * state.Capacity + e]));
+                for (int e = 0; e < state.Count; e++)
+                {
+                    cache.ReadEntry(seq, 0, e, g, kr, vr);
+                    Assert.Equal(kept[g][e] * 100 + g * 10, kr[0]);
+                }
+            }
+        }
+        cache.Remove(seq);
+        Assert.Equal(0, pool.UsedBlocks);
+    }
+
     private static float[] Dense(ReadOnlySpan<float> q, float[][] keys, float[][] values, float scale)
     {
         int d = q.Length;
