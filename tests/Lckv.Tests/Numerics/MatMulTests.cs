@@ -54,25 +54,7 @@ public class MatMulTests(ITestOutputHelper output)
     {
         var rng = new Random(6);
         var shapes = new[] { (1, 1031, 70), (3, 259, 131), (4, 600, 37), (12, 1100, 21), (16, 515, 33), (16, 1600, 40), (20, 300, 41), (40, 700, 19) };
-        try
-        {
-            foreach (var path in Enum.GetValues<MatMul.Path>())
-            {
-                MatMul.Forced = path;
-                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
-            }
-            MatMul.Forced = MatMul.Path.Auto;
-            foreach (var v in Enum.GetValues<MatMul.Variants>())
-            {
-                MatMul.Off = v;
-                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
-            }
-        }
-        finally
-        {
-            MatMul.Forced = MatMul.Path.Auto;
-            MatMul.Off = MatMul.Variants.None;
-        }
+        OnEveryPathAndVariant(rng, shapes, dtype);
     }
 
     [Fact]
@@ -173,25 +155,7 @@ public class MatMulTests(ITestOutputHelper output)
     {
         var rng = new Random(14);
         var shapes = new[] { (1, 1056, 70), (2, 288, 131), (4, 608, 37), (7, 320, 19), (12, 1120, 21), (16, 544, 33), (16, 1600, 40), (20, 320, 41), (40, 704, 19) };
-        try
-        {
-            foreach (var path in Enum.GetValues<MatMul.Path>())
-            {
-                MatMul.Forced = path;
-                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
-            }
-            MatMul.Forced = MatMul.Path.Auto;
-            foreach (var v in Enum.GetValues<MatMul.Variants>())
-            {
-                MatMul.Off = v;
-                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
-            }
-        }
-        finally
-        {
-            MatMul.Forced = MatMul.Path.Auto;
-            MatMul.Off = MatMul.Variants.None;
-        }
+        OnEveryPathAndVariant(rng, shapes, dtype);
     }
 
     /// <summary>Blocks whose scale is zero (all-zero weights), subnormal in f16 (tiny weights), or large, beside ordinary
@@ -287,5 +251,29 @@ public class MatMulTests(ITestOutputHelper output)
             }
         Assert.Equal(42f, actual[^1]);
         Assert.Equal(42f, actual[^3]);
+    }
+
+    // every shape compared against the reference with each path forced, then with each variant turned off
+    private static void OnEveryPathAndVariant(Random rng, (int M, int K, int N)[] shapes, DType dtype)
+    {
+        try
+        {
+            foreach (var path in Enum.GetValues<MatMul.Path>())
+            {
+                MatMul.Forced = path;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+            MatMul.Forced = MatMul.Path.Auto;
+            foreach (var v in Enum.GetValues<MatMul.Variants>())
+            {
+                MatMul.Off = v;
+                foreach (var (m, k, n) in shapes) Compare(rng, m, k, n, dtype);
+            }
+        }
+        finally
+        {
+            MatMul.Forced = MatMul.Path.Auto;
+            MatMul.Off = MatMul.Variants.None;
+        }
     }
 }
