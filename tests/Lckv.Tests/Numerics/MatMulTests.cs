@@ -73,28 +73,7 @@ public class MatMulTests(ITestOutputHelper output)
         var rng = new Random(4);
         foreach (var (m, k, ns) in new[] { (1, 67, new[] { 5, 33 }), (3, 130, new[] { 16, 9, 40 }), (10, 259, new[] { 64, 17, 17 }),
             (16, 100, new[] { 35, 48 }), (16, 1100, new[] { 35, 48, 20 }), (2, 701, new[] { 1601, 1599 }), (15, 1409, new[] { 64, 33 }), (20, 77, new[] { 7, 30, 3 }), (40, 300, new[] { 50, 19 }), (130, 40, new[] { 21, 16, 33 }) })
-        {
-            var x = TestData.Random(rng, m * k);
-            var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
-            try
-            {
-                var w = buffers.Select((b, i) => new WeightMatrix(b.Address, dtype, ns[i], k)).ToArray();
-                var y = ns.Select(n => new float[m * n]).ToArray();
-                if (ns.Length == 2) MatMul.Multiply(x, w[0], y[0], w[1], y[1], m);
-                else MatMul.Multiply(x, w[0], y[0], w[1], y[1], w[2], y[2], m);
-                for (int i = 0; i < ns.Length; i++)
-                {
-                    var expected = new float[m * ns[i]];
-                    MatMul.MultiplyReference(x, w[i], expected, m);
-                    for (int j = 0; j < expected.Length; j++)
-                        Assert.True(Math.Abs(expected[j] - y[i][j]) <= 1e-4 * (1 + Math.Abs(expected[j])), $"m={m} k={k} {dtype}: output {i} [{j}] = {y[i][j]}, reference {expected[j]}");
-                }
-            }
-            finally
-            {
-                foreach (var b in buffers) b.Dispose();
-            }
-        }
+            CompareSeveral(rng, m, k, ns, dtype);
     }
 
     [Fact]
@@ -195,28 +174,7 @@ public class MatMulTests(ITestOutputHelper output)
         var rng = new Random(16);
         foreach (var (m, k, ns) in new[] { (1, 64, new[] { 5, 33 }), (3, 160, new[] { 16, 9, 40 }), (10, 288, new[] { 64, 17, 17 }),
             (16, 1088, new[] { 35, 48, 20 }), (2, 704, new[] { 1601, 1599 }), (20, 96, new[] { 7, 30, 3 }), (130, 64, new[] { 21, 16, 33 }) })
-        {
-            var x = TestData.Random(rng, m * k);
-            var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
-            try
-            {
-                var w = buffers.Select((b, i) => new WeightMatrix(b.Address, dtype, ns[i], k)).ToArray();
-                var y = ns.Select(n => new float[m * n]).ToArray();
-                if (ns.Length == 2) MatMul.Multiply(x, w[0], y[0], w[1], y[1], m);
-                else MatMul.Multiply(x, w[0], y[0], w[1], y[1], w[2], y[2], m);
-                for (int i = 0; i < ns.Length; i++)
-                {
-                    var expected = new float[m * ns[i]];
-                    MatMul.MultiplyReference(x, w[i], expected, m);
-                    for (int j = 0; j < expected.Length; j++)
-                        Assert.True(Math.Abs(expected[j] - y[i][j]) <= 1e-4 * (1 + Math.Abs(expected[j])), $"m={m} k={k} {dtype}: output {i} [{j}] = {y[i][j]}, reference {expected[j]}");
-                }
-            }
-            finally
-            {
-                foreach (var b in buffers) b.Dispose();
-            }
-        }
+            CompareSeveral(rng, m, k, ns, dtype);
     }
 
     [Theory]
@@ -276,4 +234,29 @@ public class MatMulTests(ITestOutputHelper output)
             MatMul.Off = MatMul.Variants.None;
         }
     }
+
+    // two or three weights of one input in one call against separate reference products
+    private static void CompareSeveral(Random rng, int m, int k, int[] ns, DType dtype)
+    {
+        var x = TestData.Random(rng, m * k);
+        var buffers = ns.Select(n => NativeBuffer.From(TestData.Random(rng, n * k), dtype, out _)).ToArray();
+        try
+        {
+            var w = buffers.Select((b, i) => new WeightMatrix(b.Address, dtype, ns[i], k)).ToArray();
+            var y = ns.Select(n => new float[m * n]).ToArray();
+            if (ns.Length == 2) MatMul.Multiply(x, w[0], y[0], w[1], y[1], m);
+            else MatMul.Multiply(x, w[0], y[0], w[1], y[1], w[2], y[2], m);
+            for (int i = 0; i < ns.Length; i++)
+            {
+                var expected = new float[m * ns[i]];
+                MatMul.MultiplyReference(x, w[i], expected, m);
+                for (int j = 0; j < expected.Length; j++)
+                    Assert.True(Math.Abs(expected[j] - y[i][j]) <= 1e-4 * (1 + Math.Abs(expected[j])), $"m={m} k={k} {dtype}: output {i} [{j}] = {y[i][j]}, reference {expected[j]}");
+            }
+    }
+        finally
+        {
+            foreach (var b in buffers) b.Dispose();
+    }
+        }
 }
