@@ -106,9 +106,6 @@ public sealed class PerplexityTests
         var evicting = Decode(f.Model, ids, kv, eviction);
         for (int i = 0; i < full.Length; i++)
             Assert.True(Math.Abs(full[i] - evicting[i]) <= 1e-5, $"logit {i}: {evicting[i]} under {kind}, {full[i]} without eviction");
-        // and with perplexity's own decode
-        var ppl = Perplexity.Evaluate(f.Model, ids, t, t, kv, eviction: eviction);
-        Assert.True(double.IsFinite(ppl.MeanNll));
     }
 
     // every token its own step through the runner; the logits of every step
