@@ -17,7 +17,7 @@ public static class ConvertCommand
             Description = "llama | lckv-w2 | lckv-w10 | lckv-w<N> | cla2 | yoco | sandwich-middle | <layer_types> (required unless --to gguf)",
         };
         var to = new Option<string>("--to") { Description = "lckv (a checkpoint folder with the --layout) | gguf (a .gguf file llama.cpp runs)", DefaultValueFactory = _ => "lckv" };
-        var weights = new Option<string?>("--weights") { Description = "with --to gguf: the type of the weight matrices, f32 | f16 | bf16 (default f32); norms stay f32" };
+        var weights = new Option<string?>("--weights") { Description = "with --to gguf: the type of the weight matrices, f32 | f16 | bf16 | q8_0 | q4_0 (default f32; Q8_0 and Q4_0 quantized as llama.cpp does); norms stay f32" };
         var forward = new Option<int?>("--forward-passes") { Description = "forward_passes m of the iteration plan (default 7)" };
         var backward = new Option<int?>("--backward-passes") { Description = "backward_passes b of the iteration plan (default 2)" };
         var window = new Option<int?>("--sliding-window") { Description = "sliding_window of 's' layers (default 4096)" };
@@ -77,7 +77,9 @@ public static class ConvertCommand
             null or "f32" => Numerics.DType.F32,
             "f16" => Numerics.DType.F16,
             "bf16" => Numerics.DType.BF16,
-            _ => throw new LckvException($"--weights must be f32, f16 or bf16, got '{weights}'"),
+            "q8_0" => Numerics.DType.Q8_0,
+            "q4_0" => Numerics.DType.Q4_0,
+            _ => throw new LckvException($"--weights must be f32, f16, bf16, q8_0 or q4_0, got '{weights}'"),
         };
         var r = GgufExport.Write(input, output, new GgufExportOptions { Weights = dtype, Force = force });
         var types = string.Join(", ", r.TensorsByType.Select(kv => $"{kv.Value} {Numerics.DTypes.Name(kv.Key)}"));

@@ -12,9 +12,10 @@ public delegate void TensorEncoder(ReadOnlySpan<float> values, int rows, int col
 /// <summary>What <see cref="GgufExport.Write"/> writes.</summary>
 public sealed record GgufExportOptions
 {
-    /// <summary>The type of the 2-D weight matrices; norm weights stay F32, as llama.cpp's converter keeps them.</summary>
+    /// <summary>The type of the 2-D weight matrices (F32, F16, BF16, or Q8_0 / Q4_0 quantized as llama.cpp does); norm
+    /// weights stay F32, as llama.cpp's converter keeps them.</summary>
     public DType Weights { get; init; } = DType.F32;
-    /// <summary>Encoders for tensor types beyond F32, F16 and BF16 (the Q8_0 and Q4_0 quantizers), by type.</summary>
+    /// <summary>Encoders that replace the built-in ones, by type.</summary>
     public IReadOnlyDictionary<DType, TensorEncoder>? Encoders { get; init; }
     /// <summary>A tensor's type when it should differ from the rule above (null keeps the rule).</summary>
     public Func<WeightSpec, DType?>? TypeOf { get; init; }
@@ -47,8 +48,8 @@ public static class GgufExport
         if (outDir is null || !Directory.Exists(outDir)) throw new LckvException($"output '{output}': its folder does not exist");
         if (File.Exists(output) && !options.Force)
             throw new LckvException($"output '{output}' already exists, and it is replaced only when forced") { Settings = [nameof(GgufExportOptions.Force)] };
-        if (DTypes.IsBlockQuantized(options.Weights) ? options.Encoders?.ContainsKey(options.Weights) != true : !DTypes.IsFloat(options.Weights))
-            throw new LckvException($"no encoder for {DTypes.Name(options.Weights)} weights (F32, F16 and BF16 are built in)") { Settings = [nameof(GgufExportOptions.Weights)] };
+        if (!DTypes.IsWeight(options.Weights))
+            throw new LckvException($"GGUF weights are F32, F16, BF16, Q8_0 or Q4_0, not {DTypes.Name(options.Weights)}") { Settings = [nameof(GgufExportOptions.Weights)] };
 
         var config = ModelConfig.Load(configPath);
         var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
@@ -69,8 +70,9 @@ public static class GgufExport
         foreach (var spec in ModelWeights.Specs(config, LayerMap.Identity(config.NumHiddenLayers)))
         {
             var dtype = options.TypeOf?.Invoke(spec) ?? (spec.Shape.Length == 1 ? DType.F32 : options.Weights);
-            TensorEncoder encode = DTypes.IsFloat(dtype) ? (v, _, _, dst) => GgufWriter.EncodeFloat(v, dtype, dst)
-                : options.Encoders?.GetValueOrDefault(dtype) ?? throw new LckvException($"no encoder for {DTypes.Name(dtype)} (tensor '{spec.GgufName}')");
+            if (DTypes.IsBlockQuantized(dtype) && spec.Cols % DTypes.BlockElements(dtype) != 0)
+                throw new LckvException($"tensor '{spec.GgufName}' has rows of {spec.Cols} values; {DTypes.Name(dtype)} needs a multiple of {DTypes.BlockElements(dtype)}") { Settings = [nameof(GgufExportOptions.Weights)] };
+            TensorEncoder encode = options.Encoders?.GetValueOrDefault(dtype) ?? BuiltIn(dtype);
             var s = spec;
             list.Add(new GgufTensorData(spec.GgufName, dtype, spec.Shape, dst =>
             {
@@ -102,6 +104,16 @@ public static class GgufExport
             throw;
         }
     }
+
+    /// <summary>F32, F16 and BF16 rounded to nearest even; Q8_0 and Q4_0 row by row with llama.cpp's reference quantizers.</summary>
+    private static TensorEncoder BuiltIn(DType dtype) => DTypes.IsFloat(dtype)
+        ? (v, _, _, dst) => GgufWriter.EncodeFloat(v, dtype, dst)
+        : (v, rows, cols, dst) =>
+        {
+            long rowBytes = DTypes.RowBytes(dtype, cols);
+            for (int r = 0; r < rows; r++)
+                Quantize.Row(dtype, v.Slice(r * cols, cols), dst.Slice((int)(r * rowBytes), (int)rowBytes));
+        };
 
     /// <summary>An lckv-llama config that is a plain Llama after all: every layer its own KV, no sliding window, the
     /// diagonal not masked.</summary>

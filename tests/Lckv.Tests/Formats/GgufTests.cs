@@ -153,6 +153,69 @@ public sealed class GgufTests(ITestOutputHelper output)
         Assert.True(vsGolden <= tol, $"vs golden: {vsGolden} > {tol}");
     }
 
+    public static TheoryData<string, DType> QuantizedCases => new()
+    {
+        { "llama-standard", DType.Q8_0 }, { "llama-standard", DType.Q4_0 },
+        { "llama-bf16-tied", DType.Q8_0 }, { "llama-bf16-tied", DType.Q4_0 },
+    };
+
+    /// <summary>
+    /// Written to GGUF as Q8_0 or Q4_0, each golden model gives, to 1e-4, the logits of a forward over the dequantized
+    /// weights in Hugging Face layout: every matrix quantized row by row as llama.cpp does, widened back to f32 and
+    /// written as f32 safetensors (the Q/K reordering moves whole rows, so it commutes with the row-wise quantization).
+    /// The quantized model is also shown to differ from the f32 golden logits, so the comparison sees the quantization.
+    /// </summary>
+    [SharedTheory]
+    [MemberData(nameof(QuantizedCases))]
+    public void GoldenModelsWrittenAsQuantizedGgufEqualAForwardOverTheDequantizedWeights(string name, DType dtype)
+    {
+        using var dir = new TempDir();
+        string gguf = dir.File("model.gguf");
+        var r = GgufExport.Write(SharedData.Path("golden", name), gguf, new GgufExportOptions { Weights = dtype });
+        Assert.True(r.TensorsByType.ContainsKey(dtype));
+
+        using var f = GoldenTests.Open(name);
+        var ids = f.Rows("input_ids");
+        var golden = f.Read<float>("logits");
+        using var model = LlamaModel.Load(gguf);
+        var logits = GoldenTests.WholeSequenceLogits(model, ids, PrefillMode.Plan);
+        var sequential = GoldenTests.WholeSequenceLogits(model, ids, PrefillMode.Plan, tokenByToken: true);
+
+        string dequantized = dir.File("dequantized");
+        Directory.CreateDirectory(dequantized);
+        File.Copy(SharedData.Path("golden", name, "config.json"), Path.Combine(dequantized, "config.json"));
+        using (var src = TensorSet.Open(SharedData.Path("golden", name)))
+        {
+            var list = src.Names.Select(n =>
+            {
+                var info = src.Info(n);
+                var values = src.ReadSingles(n);
+                if (info.Shape.Length == 2)
+                {
+                    int cols = (int)info.Shape[1];
+                    var block = new byte[DTypes.RowBytes(dtype, cols)];
+                    for (int row = 0; row < values.Length / cols; row++)
+                    {
+                        Quantize.Row(dtype, values.AsSpan(row * cols, cols), block);
+                        Quantize.Dequantize(dtype, block, values.AsSpan(row * cols, cols));
+                    }
+                }
+                var bytes = new byte[values.Length * 4];
+                GgufWriter.EncodeFloat(values, DType.F32, bytes);
+                return new TensorData(n, DType.F32, info.Shape, bytes);
+            }).ToList();
+            SafeTensorsWriter.Write(Path.Combine(dequantized, "model.safetensors"), list);
+        }
+        using var reference = LlamaModel.Load(dequantized);
+        var expected = GoldenTests.WholeSequenceLogits(reference, ids, PrefillMode.Plan);
+
+        double vsReference = MaxAbsDiff(logits, expected), seq = MaxAbsDiff(sequential, logits), vsGolden = MaxAbsDiff(logits, golden);
+        output.WriteLine($"{name} {DTypes.Name(dtype)}: vs a forward over the dequantized weights {vsReference:E3}, token by token {seq:E3}, vs the f32 golden {vsGolden:E3}");
+        Assert.True(vsReference <= 1e-4, $"vs the dequantized weights: {vsReference}");
+        Assert.True(seq <= 1e-4, $"token by token: {seq}");
+        Assert.True(vsGolden > 1e-3, $"the quantized model should differ from the f32 golden logits, differs by {vsGolden}");
+    }
+
     private static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
         Assert.Equal(a.Length, b.Length);
@@ -231,6 +294,13 @@ public sealed class GgufTests(ITestOutputHelper output)
             Assert.Equal(38, doc.RootElement.GetProperty("tensors").GetInt32()); // tied: no output.weight
         CliTests.AssertOneLineError(CliTests.Run("convert", "-i", SharedData.Path("golden", "llama-bf16-tied"), "-o", path, "--to", "gguf"), "already exists");
         Assert.Equal(0, CliTests.Run("convert", "-i", SharedData.Path("golden", "llama-bf16-tied"), "-o", path, "--to", "gguf", "--force").Code);
+        var q = CliTests.Run("convert", "-i", SharedData.Path("golden", "llama-bf16-tied"), "-o", dir.File("q.gguf"), "--to", "gguf", "--weights", "q4_0", "--json");
+        Assert.Equal(0, q.Code);
+        using (var doc = JsonDocument.Parse(q.Out))
+        {
+            Assert.Equal("Q4_0", doc.RootElement.GetProperty("weights").GetString());
+            Assert.Equal(2 * 4 + 1, doc.RootElement.GetProperty("types").GetProperty("F32").GetInt32()); // the norms
+        }
 
         using var f = GoldenTests.Open("llama-bf16-tied");
         var prompts = f.Rows("generate.prompt_ids");
