@@ -43,6 +43,36 @@ public static class GgufExport
         if (!Directory.Exists(input)) throw new LckvException($"input folder '{input}' does not exist");
         string configPath = Path.Combine(input, "config.json");
         if (!File.Exists(configPath)) throw new LckvException($"input '{input}' has no config.json");
+        CheckOptions(output, options);
+        var config = ModelConfig.Load(configPath);
+        config = Standard(config, configPath);
+        using var tensors = TensorSet.Open(input);
+        _ = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors); // names, shapes, dtypes
+        string name = options.Name ?? Path.GetFileName(Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar));
+        return WriteTensors(config, name, Tokenizer(input, config), s => tensors.ReadSingles(s.Name), output, options);
+    }
+
+    /// <summary>
+    /// Writes a loaded standard Llama model (a preset's random weights, say) as a GGUF file without a tokenizer
+    /// ("no_vocab"): its weights as f32 values re-encoded as options.Weights.
+    /// </summary>
+    public static GgufExportResult Write(LlamaModel model, string output, GgufExportOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        CheckOptions(output, options);
+        var config = Standard(model.Config, "the model");
+        return WriteTensors(config, options.Name ?? "lckv", (null, NoVocab()), s =>
+        {
+            var m = model.Weights.Matrix(s);
+            var values = new float[(long)m.Rows * m.Cols];
+            for (int r = 0; r < m.Rows; r++) m.ReadRow(r, values.AsSpan(r * m.Cols, m.Cols));
+            return values;
+        }, output, options);
+    }
+
+    private static void CheckOptions(string output, GgufExportOptions options)
+    {
         if (Directory.Exists(output)) throw new LckvException($"output '{output}' is a folder; give the path of the .gguf file to write");
         string? outDir = Path.GetDirectoryName(Path.GetFullPath(output));
         if (outDir is null || !Directory.Exists(outDir)) throw new LckvException($"output '{output}': its folder does not exist");
@@ -50,20 +80,24 @@ public static class GgufExport
             throw new LckvException($"output '{output}' already exists, and it is replaced only when forced") { Settings = [nameof(GgufExportOptions.Force)] };
         if (!DTypes.IsWeight(options.Weights))
             throw new LckvException($"GGUF weights are F32, F16, BF16, Q8_0 or Q4_0, not {DTypes.Name(options.Weights)}") { Settings = [nameof(GgufExportOptions.Weights)] };
+    }
 
-        var config = ModelConfig.Load(configPath);
+    /// <summary>The config as a plain llama config; layouts that share KV across layers are refused.</summary>
+    private static ModelConfig Standard(ModelConfig config, string what)
+    {
         var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
         if (config.IsLckv && !IsStandard(config, map))
-            throw new LckvException($"{configPath}: layer_types {map} shares KV across layers or uses a sliding window; GGUF (llama.cpp) holds standard Llama models only");
-        config = config with { ModelType = ModelConfig.LlamaType, LayerTypes = null };
+            throw new LckvException($"{what}: layer_types {map} shares KV across layers or uses a sliding window; GGUF (llama.cpp) holds standard Llama models only");
+        return config with { ModelType = ModelConfig.LlamaType, LayerTypes = null };
+    }
 
-        using var tensors = TensorSet.Open(input);
-        _ = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors); // names, shapes, dtypes
-        string name = options.Name ?? Path.GetFileName(Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar));
-
+    private static GgufExportResult WriteTensors(ModelConfig config, string name, (string? Kind, List<KeyValuePair<string, GgufValue>> Keys) tokenizer,
+                                                 Func<WeightSpec, float[]> read, string output, GgufExportOptions options)
+    {
         var metadata = GgufLlama.Metadata(config, name);
-        var (tokenizerKind, tokenizerKeys) = Tokenizer(input, config);
-        metadata.AddRange(tokenizerKeys);
+        metadata.AddRange(tokenizer.Keys);
+        // checkpoints in Hugging Face layout rotate halves; GGUF's rows are in adjacent-pair order
+        bool permute = config.RopeStyle == RopeStyle.RotateHalf;
 
         var list = new List<GgufTensorData>();
         var byType = new Dictionary<DType, int>();
@@ -76,9 +110,9 @@ public static class GgufExport
             var s = spec;
             list.Add(new GgufTensorData(spec.GgufName, dtype, spec.Shape, dst =>
             {
-                var values = tensors.ReadSingles(s.Name);
-                if (s.Slot == WeightSlot.Q) values = PermuteForAdjacentPairs(values, config.NumAttentionHeads, config.HeadDim, s.Cols);
-                if (s.Slot == WeightSlot.K) values = PermuteForAdjacentPairs(values, config.NumKeyValueHeads, config.HeadDim, s.Cols);
+                var values = read(s);
+                if (permute && s.Slot == WeightSlot.Q) values = PermuteForAdjacentPairs(values, config.NumAttentionHeads, config.HeadDim, s.Cols);
+                if (permute && s.Slot == WeightSlot.K) values = PermuteForAdjacentPairs(values, config.NumKeyValueHeads, config.HeadDim, s.Cols);
                 encode(values, s.Rows, s.Cols, dst);
             }));
             byType[dtype] = byType.GetValueOrDefault(dtype) + 1;
@@ -96,7 +130,7 @@ public static class GgufExport
             using (LlamaModel.Load(temp)) { }
             long bytes = new FileInfo(temp).Length;
             File.Move(temp, full, overwrite: options.Force);
-            return new GgufExportResult(config, list.Count, bytes, tokenizerKind, byType);
+            return new GgufExportResult(config, list.Count, bytes, tokenizer.Kind, byType);
         }
         catch
         {
@@ -146,11 +180,13 @@ public static class GgufExport
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
+    private static List<KeyValuePair<string, GgufValue>> NoVocab() => [new(TokenizerKeys.Model, GgufValue.String("no_vocab"))];
+
     /// <summary>The tokenizer.ggml.* keys for the checkpoint's tokenizer.model, when it is a SentencePiece BPE model
     /// of the checkpoint's vocabulary size; none otherwise ("no_vocab").</summary>
     private static (string? Kind, List<KeyValuePair<string, GgufValue>> Keys) Tokenizer(string input, ModelConfig config)
     {
-        var none = new List<KeyValuePair<string, GgufValue>> { new(TokenizerKeys.Model, GgufValue.String("no_vocab")) };
+        var none = NoVocab();
         string path = Path.Combine(input, "tokenizer.model");
         if (!File.Exists(path)) return (null, none);
         var tokenizer = TextTokenizer.Load(path); // the same checks and special tokens a run of the folder gets

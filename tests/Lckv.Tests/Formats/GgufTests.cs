@@ -283,6 +283,31 @@ public sealed class GgufTests(ITestOutputHelper output)
         CliTests.AssertOneLineError(CliTests.Run("convert", "-i", SharedData.Path("golden", "llama-standard"), "-o", dir.File("z.gguf"), "--to", "gguf", "--layout", "cla2"), "--layout");
     }
 
+    /// <summary>
+    /// A preset's random weights written as a Q8_0 GGUF through the CLI (Q/K rows reordered, adjacent-pair RoPE) give
+    /// the logits of the same preset quantized to Q8_0 at load (rotate-half RoPE): the two routes quantize the same f32
+    /// rows with the same quantizer.
+    /// </summary>
+    [Fact]
+    public void PresetWrittenAsQuantizedGgufEqualsThePresetQuantizedAtLoad()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("small.gguf");
+        var r = CliTests.Run("convert", "--preset", "small", "--weight-seed", "7", "-o", path, "--to", "gguf", "--weights", "q8_0", "--json");
+        Assert.True(r.Code == 0, r.Err);
+        using var gguf = LlamaModel.Load(path);
+        using var preset = LlamaModel.FromPreset("small", seed: 7, weights: DType.Q8_0);
+        Assert.Equal(RopeStyle.AdjacentPairs, gguf.Config.RopeStyle);
+        Assert.Equal(DType.Q8_0, gguf.Weights.Layers[0].Q.DType);
+        int[][] ids = [[1, 17, 300, 4000, 25, 9, 31999 % gguf.Vocab, 2, 500]];
+        double d = MaxAbsDiff(GoldenTests.WholeSequenceLogits(gguf, ids, PrefillMode.Plan), GoldenTests.WholeSequenceLogits(preset, ids, PrefillMode.Plan));
+        output.WriteLine($"small Q8_0: GGUF vs quantized at load {d:E3}");
+        Assert.True(d <= 1e-4, $"{d}");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "--preset", "small", "-i", "x", "-o", dir.File("b.gguf"), "--to", "gguf"), "either");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "--preset", "huge", "-o", dir.File("b.gguf"), "--to", "gguf"), "preset");
+        CliTests.AssertOneLineError(CliTests.Run("convert", "--preset", "small", "-o", dir.File("c"), "--layout", "cla2"), "--preset");
+    }
+
     [SharedFact]
     public void ConvertToGgufThroughTheCli()
     {
