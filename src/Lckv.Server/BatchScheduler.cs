@@ -70,6 +70,7 @@ public sealed class Job
     internal GenerationRequest Request { get; }
     internal EngineSequence? Sequence { get; set; }
     internal bool Cancelled { get; set; }
+    internal CancellationTokenRegistration Registration { get; set; }
     /// <summary>True once the job ended (finished, failed or cancelled); its KV is free by then.</summary>
     public bool IsDone { get; private set; }
     public ChannelReader<JobEvent> Events => _events.Reader;
@@ -78,6 +79,7 @@ public sealed class Job
     {
         if (IsDone) return;
         IsDone = true;
+        Registration.Unregister();
         _events.Writer.TryWrite(last);
         _events.Writer.TryComplete();
     }
@@ -179,7 +181,7 @@ public sealed class BatchScheduler : IDisposable
                 throw new RejectedException(429, $"the server is busy: {_waiting.Count} request(s) already wait for admission", "queue_full", "rate_limit_error");
             _waiting.AddLast(job);
         }
-        if (cancel.CanBeCanceled) cancel.Register(() => Cancel(job));
+        if (cancel.CanBeCanceled) job.Registration = cancel.Register(() => Cancel(job));
         _wake.Release();
         return job;
     }

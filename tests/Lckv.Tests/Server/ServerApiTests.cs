@@ -137,26 +137,72 @@ public sealed class ServerApiTests
     }
 
     [SharedFact]
-    public async Task AFullQueueAnswers429()
+    public async Task AFullQueueAnswers429AndAWaitingClientThatLeavesIsDropped()
     {
-        // room for one sequence of the whole context, a queue of one
-        await using var s = await TestServer.StartAsync(sequences: 1, maxQueue: 1, eos: false);
+        // room for one sequence of the whole context, a queue of two
+        await using var s = await TestServer.StartAsync(sequences: 1, maxQueue: 2, eos: false);
         using var cancel = new CancellationTokenSource(TestServer.Timeout);
         const string holder = """{"prompt": [1, 10, 11], "max_tokens": 250, "temperature": 0, "stream": true}""";
         using var first = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(holder) };
-        using var running = await s.Http.SendAsync(first, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
+        var running = await s.Http.SendAsync(first, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
         using var reader = new StreamReader(await running.Content.ReadAsStreamAsync(cancel.Token));
         Assert.StartsWith("data: ", await reader.ReadLineAsync(cancel.Token)); // admitted and decoding
-        var waiting = s.PostAsync("/v1/completions", """{"prompt": [1, 10, 11], "max_tokens": 250}""", cancel.Token);
+        using var leaves = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token);
+        var leaving = s.PostAsync("/v1/completions", """{"prompt": [1, 10, 11], "max_tokens": 250}""", leaves.Token);
         await TestServer.Eventually(() => s.Scheduler.Waiting == 1, "the second request waits");
+        var waiting = s.PostAsync("/v1/completions", """{"prompt": [1, 10, 12], "max_tokens": 250}""", cancel.Token);
+        await TestServer.Eventually(() => s.Scheduler.Waiting == 2, "the third request waits");
         var (status, body) = await s.PostAsync("/v1/completions", """{"prompt": [1, 10, 11], "max_tokens": 4}""", cancel.Token);
         AssertError(status, body, 429, "queue_full");
         Assert.Equal("rate_limit_error", body.GetProperty("error").GetProperty("type").GetString());
+        // a waiting client that leaves is dropped from the queue
+        leaves.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => leaving);
+        await TestServer.Eventually(() => s.Scheduler.Waiting == 1, "the client that left is dropped");
         // the holder goes; the waiting request is admitted and completes
         running.Dispose();
-        var (waitedStatus, _) = await waiting;
+        var (waitedStatus, waited) = await waiting;
         Assert.Equal(200, waitedStatus);
+        Assert.Equal(250, waited.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
         await s.Drained();
+    }
+
+    [SharedFact]
+    public async Task ChatStreamsChunksWithDeltas()
+    {
+        await using var s = await TestServer.StartAsync(chat: m => string.Concat(m.Select(x => $"{x.Role}: {x.Content}\n")));
+        var events = await s.StreamAsync("/v1/chat/completions", """
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}], "max_completion_tokens": 5, "max_tokens": 99,
+             "temperature": 0, "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 1}
+            """);
+        Assert.Equal("[DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e).RootElement).ToList();
+        Assert.All(chunks, c => Assert.Equal("chat.completion.chunk", c.GetProperty("object").GetString()));
+        Assert.Equal("assistant", chunks[0].GetProperty("choices")[0].GetProperty("delta").GetProperty("role").GetString());
+        var last = chunks[^1];
+        Assert.Equal(0, last.GetProperty("choices").GetArrayLength());
+        Assert.Equal(5, last.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        var final = chunks[^2].GetProperty("choices")[0];
+        Assert.Equal("length", final.GetProperty("finish_reason").GetString());
+        int logprobs = chunks.Sum(c => c.GetProperty("choices").EnumerateArray()
+            .Sum(x => x.GetProperty("logprobs") is { ValueKind: JsonValueKind.Object } l ? l.GetProperty("content").GetArrayLength() : 0));
+        Assert.Equal(5, logprobs);
+        var (status, body) = await s.PostAsync("/v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2}""");
+        AssertError(status, body, 400, "invalid_request", "logprobs");
+        (status, body) = await s.PostAsync("/v1/chat/completions", """{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}""");
+        AssertError(status, body, 400, "unsupported_value", "text");
+    }
+
+    [Fact]
+    public void ServeRefusesBadSettingsBeforeLoadingAModel()
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        Assert.Equal(1, Lckv.Cli.Cli.Run(["serve", "--preset", "small", "--queue", "0"], stdout, stderr));
+        Assert.StartsWith("error: --queue", stderr.ToString());
+        stderr.GetStringBuilder().Clear();
+        Assert.Equal(1, Lckv.Cli.Cli.Run(["serve", "--preset", "small", "--port", "70000"], stdout, stderr));
+        Assert.StartsWith("error: --port", stderr.ToString());
     }
 
     [Fact]
