@@ -143,6 +143,18 @@ public sealed class BatchScheduler : IDisposable
     }
 
     public GenerationEngine Engine => _engine;
+
+    /// <summary>While true the loop takes no step, but still admits, cancels and retires (tests hold sequences
+    /// mid-generation with it).</summary>
+    internal bool Paused
+    {
+        get => _paused;
+        set { _paused = value; _wake.Release(); }
+    }
+    private volatile bool _paused;
+
+    /// <summary>Runs on the loop's thread after every step (tests).</summary>
+    internal Action? AfterStep { get; set; }
     /// <summary>Requests admitted to the engine and not yet retired.</summary>
     public int Running => _runningCount;
     /// <summary>Requests waiting for admission.</summary>
@@ -212,7 +224,7 @@ public sealed class BatchScheduler : IDisposable
             foreach (var job in cancelled) End(job, new FailEvent("cancelled"));
             cancelled.Clear();
             Admit();
-            if (!_engine.HasWork)
+            if (!_engine.HasWork || _paused)
             {
                 _wake.Wait(TimeSpan.FromSeconds(1));
                 continue;
@@ -232,6 +244,7 @@ public sealed class BatchScheduler : IDisposable
                 if (job is null) continue;
                 End(job, new FinishEvent(seq.Finish!.Value, seq.PromptLength, seq.Output.Count, seq.Text));
             }
+            AfterStep?.Invoke();
         }
         lock (_lock)
         {

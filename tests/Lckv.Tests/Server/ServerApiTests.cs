@@ -142,11 +142,10 @@ public sealed class ServerApiTests
         // room for one sequence of the whole context, a queue of two
         await using var s = await TestServer.StartAsync(sequences: 1, maxQueue: 2, eos: false);
         using var cancel = new CancellationTokenSource(TestServer.Timeout);
-        const string holder = """{"prompt": [1, 10, 11], "max_tokens": 250, "temperature": 0, "stream": true}""";
-        using var first = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(holder) };
-        var running = await s.Http.SendAsync(first, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
-        using var reader = new StreamReader(await running.Content.ReadAsStreamAsync(cancel.Token));
-        Assert.StartsWith("data: ", await reader.ReadLineAsync(cancel.Token)); // admitted and decoding
+        // the engine takes no step until the queue is checked: the holder stays admitted
+        s.Scheduler.Paused = true;
+        var holder = s.PostAsync("/v1/completions", """{"prompt": [1, 10, 11], "max_tokens": 250, "temperature": 0}""", cancel.Token);
+        await TestServer.Eventually(() => s.Scheduler.Running == 1, "the first request is admitted");
         using var leaves = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token);
         var leaving = s.PostAsync("/v1/completions", """{"prompt": [1, 10, 11], "max_tokens": 250}""", leaves.Token);
         await TestServer.Eventually(() => s.Scheduler.Waiting == 1, "the second request waits");
@@ -159,8 +158,9 @@ public sealed class ServerApiTests
         leaves.Cancel();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => leaving);
         await TestServer.Eventually(() => s.Scheduler.Waiting == 1, "the client that left is dropped");
-        // the holder goes; the waiting request is admitted and completes
-        running.Dispose();
+        // the holder runs to its end; the waiting request is admitted and completes
+        s.Scheduler.Paused = false;
+        Assert.Equal(200, (await holder).Status);
         var (waitedStatus, waited) = await waiting;
         Assert.Equal(200, waitedStatus);
         Assert.Equal(250, waited.GetProperty("usage").GetProperty("completion_tokens").GetInt32());

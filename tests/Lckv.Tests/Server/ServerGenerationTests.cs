@@ -148,28 +148,20 @@ public sealed class ServerGenerationTests
         // a budget of two sequences of 64 positions (the engine takes up to 8)
         await using var s = await TestServer.StartAsync(sequences: 2 * 64.0 / 256, maxBatch: 8, stepTokens: 16);
         Assert.Equal(2 * s.BlocksFor(64), s.Pool.TotalBlocks);
-        int mostRunning = 0, mostWaiting = 0;
-        using var watching = new CancellationTokenSource();
-        var watch = Task.Run(async () =>
-        {
-            while (!watching.IsCancellationRequested)
-            {
-                mostRunning = Math.Max(mostRunning, s.Scheduler.Running);
-                mostWaiting = Math.Max(mostWaiting, s.Scheduler.Waiting);
-                await Task.Delay(1);
-            }
-        });
+        int mostRunning = 0;
+        s.Scheduler.AfterStep = () => mostRunning = Math.Max(mostRunning, s.Scheduler.Running);
+        // all six arrive before the first step: two are admitted, four wait in the queue
+        s.Scheduler.Paused = true;
         using var timeout = new CancellationTokenSource(TestServer.Timeout);
         var streams = Enumerable.Range(0, clients).Select(i => s.StreamAsync("/v1/completions", JsonSerializer.Serialize(new
         {
             prompt = prompts[i], max_tokens = maxTokens, temperature = settings[i].Temperature, seed = settings[i].Seed, stream = true,
         }), timeout.Token)).ToArray();
+        await TestServer.Eventually(() => s.Scheduler.Running == 2 && s.Scheduler.Waiting == clients - 2, "two run and four wait");
+        s.Scheduler.Paused = false;
         var results = await Task.WhenAll(streams);
-        watching.Cancel();
-        await watch;
         for (int i = 0; i < clients; i++) Assert.Equal(alone[i], Streamed(results[i], out _, out _));
-        Assert.InRange(mostRunning, 1, 2);
-        Assert.True(mostWaiting > 0, "some requests waited for KV room");
+        Assert.Equal(2, mostRunning);
         await s.Drained();
         Assert.Equal(0, s.Engine.PromisedBlocks);
     }
@@ -178,6 +170,9 @@ public sealed class ServerGenerationTests
     public async Task ACancelledStreamFreesItsBlocks()
     {
         await using var s = await TestServer.StartAsync(eos: false);
+        // the engine stops stepping after its 10th step: the sequence is held mid-generation
+        int steps = 0;
+        s.Scheduler.AfterStep = () => { if (++steps == 10) s.Scheduler.Paused = true; };
         using var cancel = new CancellationTokenSource(TestServer.Timeout);
         var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
         {
@@ -186,14 +181,18 @@ public sealed class ServerGenerationTests
         var response = await s.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
         var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel.Token));
         for (int i = 0; i < 3; i++) await reader.ReadLineAsync(cancel.Token);
+        await TestServer.Eventually(() => s.Scheduler.Paused, "ten steps are taken");
         Assert.Equal(1, s.Scheduler.Running);
         Assert.True(s.Pool.UsedBlocks > 0);
+        // the loop retires the sequence without taking another step
         cancel.Cancel();
         response.Dispose();
         request.Dispose();
         await TestServer.Eventually(() => s.Pool.UsedBlocks == 0 && s.Scheduler.Running == 0, "the cancelled sequence is retired", TimeSpan.FromSeconds(10));
         Assert.Equal(0, s.Engine.PromisedBlocks);
+        Assert.Equal(10, steps);
         // the server goes on serving
+        s.Scheduler.Paused = false;
         var (status, _) = await s.PostAsync("/v1/completions", """{"prompt": "x", "max_tokens": 2}""");
         Assert.Equal(200, status);
     }
