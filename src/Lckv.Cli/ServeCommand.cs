@@ -53,6 +53,7 @@ public static class ServeCommand
                 ApiKey = p.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable("LCKV_API_KEY") is { Length: > 0 } k ? k : null),
                 ModelName = p.GetValue(name) ?? (folder is null ? p.GetValue(mo.Preset)! : Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(folder))),
                 AddBos = !p.GetValue(noBos),
+                // no ChatPromptRenderer: without a chat template /v1/chat/completions answers 400 "no chat template"
             };
             var server = LckvServer.StartAsync(scheduler, tokenizer, options).GetAwaiter().GetResult();
             try

@@ -167,6 +167,38 @@ public sealed class ServerGenerationTests
     }
 
     [SharedFact]
+    public async Task ALongPromptIsChunkedBesideADecodingStreamThatGetsATokenEveryStep()
+    {
+        await using var s = await TestServer.StartAsync(eos: false, stepTokens: 16);
+        // per step: how many sequences were prefilling, and the decoding sequence's output length
+        var steps = new List<(int Prefilling, int Decoded)>();
+        Lckv.Generation.EngineSequence? decoding = null;
+        s.Scheduler.AfterStep = () =>
+        {
+            decoding ??= s.Engine.Sequences.Count > 0 ? s.Engine.Sequences[0] : null;
+            lock (steps) steps.Add((s.Engine.Sequences.Count(q => q.Prefilling), decoding?.Output.Count ?? 0));
+            if (steps.Count == 5) s.Scheduler.Paused = true; // the long prompt arrives while the first decodes
+        };
+        using var timeout = new CancellationTokenSource(TestServer.Timeout);
+        var first = s.PostAsync("/v1/completions", """{"prompt": [1, 10, 11], "max_tokens": 120, "temperature": 0}""", timeout.Token);
+        await TestServer.Eventually(() => s.Scheduler.Paused, "the first sequence decodes");
+        var longPrompt = Enumerable.Range(0, 100).Select(i => 20 + i).ToArray();
+        var second = s.PostAsync("/v1/completions", JsonSerializer.Serialize(new { prompt = longPrompt, max_tokens = 4 }), timeout.Token);
+        await TestServer.Eventually(() => s.Scheduler.Running == 2, "the long prompt is admitted");
+        s.Scheduler.Paused = false;
+        Assert.Equal(200, (await second).Status);
+        Assert.Equal(200, (await first).Status);
+        s.Scheduler.AfterStep = null;
+        List<(int Prefilling, int Decoded)> seen;
+        lock (steps) seen = [.. steps]; // the loop may still be in its last hook
+        // 100 prompt tokens in chunks of the rows the decode leaves (15): seven steps, each with a token for the first
+        var prefill = Enumerable.Range(1, seen.Count - 1).Where(i => seen[i].Prefilling > 0).ToList();
+        Assert.Equal(6, prefill.Count); // the seventh chunk completes the prompt: no longer prefilling after it
+        foreach (int i in prefill.Append(prefill[^1] + 1)) Assert.Equal(seen[i - 1].Decoded + 1, seen[i].Decoded);
+        await s.Drained();
+    }
+
+    [SharedFact]
     public async Task ACancelledStreamFreesItsBlocks()
     {
         await using var s = await TestServer.StartAsync(eos: false);
