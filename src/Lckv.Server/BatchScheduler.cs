@@ -92,17 +92,21 @@ public sealed class Job
         double sum = 0;
         foreach (float x in row) sum += Math.Exp(x - max);
         float lse = max + (float)Math.Log(sum);
+        // the first output token's text drops the space the encoder puts in front, as the output text does
+        bool first = _reported++ == 0;
         var top = new List<(int, string, float)>();
         if (Spec.TopLogprobs > 0)
         {
             int n = Selection.TopK(row, _top!.Length, _top);
-            for (int i = 0; i < n; i++) top.Add((_top[i], TokenText(_top[i]), row[_top[i]] - lse));
+            for (int i = 0; i < n; i++) top.Add((_top[i], TokenText(_top[i], first), row[_top[i]] - lse));
         }
-        return new TokenLogprob(token, TokenText(token), row[token] - lse, top);
+        return new TokenLogprob(token, TokenText(token, first), row[token] - lse, top);
     }
 
+    private int _reported;
+
     /// <summary>A token's own text (its bytes as UTF-8; a lone byte of a longer character shows as U+FFFD).</summary>
-    internal string TokenText(int token) => _tokenizer is null ? "" : System.Text.Encoding.UTF8.GetString(_tokenizer.TokenBytes(token, first: false));
+    private string TokenText(int token, bool first) => _tokenizer is null ? "" : System.Text.Encoding.UTF8.GetString(_tokenizer.TokenBytes(token, first));
 }
 
 /// <summary>

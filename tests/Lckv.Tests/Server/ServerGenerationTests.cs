@@ -125,6 +125,8 @@ public sealed class ServerGenerationTests
         int count = body.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
         Assert.Equal(count, lp.GetProperty("tokens").GetArrayLength());
         Assert.Equal(count, lp.GetProperty("text_offset").GetArrayLength());
+        // the tokens spell the text, the first without the space the encoder put in front
+        Assert.Equal(Text(body), string.Concat(lp.GetProperty("tokens").EnumerateArray().Select(t => t.GetString())));
         for (int i = 0; i < count; i++)
         {
             float chosen = lp.GetProperty("token_logprobs")[i].GetSingle();
