@@ -134,7 +134,7 @@ public static class GenerateCommand
         _ => "length",
     };
 
-    private static IReadOnlyList<int> StopIds(Formats.TextTokenizer? tokenizer, Formats.GenerationConfig? gen, LlamaModel model)
+    internal static IReadOnlyList<int> StopIds(Formats.TextTokenizer? tokenizer, Formats.GenerationConfig? gen, LlamaModel model)
     {
         var ids = new List<int>();
         if (gen is not null) ids.AddRange(gen.EosTokenIds);

@@ -261,8 +261,8 @@ public sealed class GenerationEngine
     public static long LogitsBytes(int vocab, int maxSequences) => (long)maxSequences * vocab * sizeof(float);
 
     /// <summary>Bytes a sampled sequence's <see cref="Sampler"/> allocates for its scratch (three vocabulary-sized
-    /// arrays; a fourth with a repetition penalty).</summary>
-    public static long SamplerBytes(int vocab, bool repetitionPenalty) => (repetitionPenalty ? 4L : 3L) * vocab * sizeof(float);
+    /// arrays; a fourth with a penalty on previous tokens).</summary>
+    public static long SamplerBytes(int vocab, bool penalized) => (penalized ? 4L : 3L) * vocab * sizeof(float);
 
     /// <summary>Positions a request can occupy: prompt + MaxNewTokens, bounded by the context.</summary>
     public int MaxTokensOf(GenerationRequest request) => (int)Math.Min((long)request.Prompt.Length + request.MaxNewTokens, _context);

@@ -21,6 +21,15 @@ public sealed record SamplingParams
     /// <summary>Logits of tokens seen before: positive ones divided by it, negative ones multiplied; 1 = off.</summary>
     public float RepetitionPenalty { get; init; } = 1f;
 
+    /// <summary>OpenAI's presence penalty: subtracted once from the logit of every token seen before; 0 = off.</summary>
+    public float PresencePenalty { get; init; }
+
+    /// <summary>OpenAI's frequency penalty: subtracted from a token's logit once per time it was seen; 0 = off.</summary>
+    public float FrequencyPenalty { get; init; }
+
+    /// <summary>True when any penalty reads the previous tokens.</summary>
+    public bool Penalized => RepetitionPenalty != 1f || PresencePenalty != 0f || FrequencyPenalty != 0f;
+
     /// <summary>Seed of the sampler's generator; null = a random seed (the sampler reports the one it used).</summary>
     public ulong? Seed { get; init; }
 
@@ -39,6 +48,10 @@ public sealed record SamplingParams
             throw new LckvException($"min_p must be in [0, 1) (0 = off), got {Show(MinP)}");
         if (!(RepetitionPenalty > 0) || float.IsPositiveInfinity(RepetitionPenalty))
             throw new LckvException($"repetition_penalty must be a finite number > 0 (1 = off), got {Show(RepetitionPenalty)}");
+        if (!(PresencePenalty >= -2 && PresencePenalty <= 2))
+            throw new LckvException($"presence_penalty must be in [-2, 2] (0 = off), got {Show(PresencePenalty)}");
+        if (!(FrequencyPenalty >= -2 && FrequencyPenalty <= 2))
+            throw new LckvException($"frequency_penalty must be in [-2, 2] (0 = off), got {Show(FrequencyPenalty)}");
     }
 
     static string Show(float x) => x.ToString(CultureInfo.InvariantCulture);
@@ -54,7 +67,8 @@ public readonly ref struct SamplerCandidates(ReadOnlySpan<int> tokens, ReadOnlyS
 }
 
 /// <summary>
-/// The sampling pipeline, in the order of Hugging Face transformers: repetition penalty, then (temperature 0) argmax,
+/// The sampling pipeline, in the order of Hugging Face transformers: repetition penalty (then OpenAI's presence and
+/// frequency penalties, over the same previous tokens), then (temperature 0) argmax,
 /// else temperature, top-k, top-p, min-p, a stable softmax over what is left, and a draw from the sampler's own
 /// generator (xoshiro256**, seeded through SplitMix64: the same seed gives the same tokens on every run and
 /// platform). Scratch buffers are sized once for the vocabulary; sampling a token allocates nothing. One sampler per
@@ -67,8 +81,7 @@ public sealed class Sampler
     private readonly float[] _scores;   // processed logits
     private readonly int[] _candidates; // token ids in play, [0, count)
     private readonly float[] _keys;     // sort keys / probabilities of the candidates
-    private readonly int[] _seenMark;   // _seenMark[token] == _seenEpoch: already penalized in this call
-    private int _seenEpoch;
+    private readonly int[] _seenCount;  // occurrences of each token in the previous tokens; all zero between calls
     private ulong _s0, _s1, _s2, _s3;
 
     public Sampler(SamplingParams settings, int vocabSize)
@@ -81,7 +94,7 @@ public sealed class Sampler
         _scores = new float[vocabSize];
         _candidates = new int[vocabSize];
         _keys = new float[vocabSize];
-        _seenMark = settings.RepetitionPenalty != 1f ? new int[vocabSize] : [];
+        _seenCount = settings.Penalized ? new int[vocabSize] : [];
         Seed = settings.Seed ?? (ulong)Random.Shared.NextInt64() ^ ((ulong)Random.Shared.NextInt64() << 1);
         ulong sm = Seed;
         _s0 = SplitMix64(ref sm);
@@ -134,7 +147,7 @@ public sealed class Sampler
             float v = logits[i];
             x[i] = float.IsNaN(v) ? float.NegativeInfinity : v;
         }
-        if (_settings.RepetitionPenalty != 1f) Penalize(x, previousTokens, _settings.RepetitionPenalty);
+        if (_settings.Penalized) Penalize(x, previousTokens);
 
         int best = Selection.Argmax(x);
         if (_settings.Temperature == 0 || float.IsNegativeInfinity(x[best]))
@@ -213,21 +226,28 @@ public sealed class Sampler
         return new SamplerCandidates(_candidates.AsSpan(0, 1), _keys.AsSpan(0, 1));
     }
 
-    // Each distinct previous token once: positive logits divided by the penalty, negative ones multiplied.
-    private void Penalize(Span<float> x, ReadOnlySpan<int> previousTokens, float penalty)
+    // Counts the previous tokens, then visits each distinct one once: the repetition penalty divides a positive logit
+    // and multiplies a negative one, then presence and frequency subtract; the counts are zeroed on the way out.
+    private void Penalize(Span<float> x, ReadOnlySpan<int> previousTokens)
     {
-        if (++_seenEpoch == int.MaxValue)
-        {
-            Array.Clear(_seenMark);
-            _seenEpoch = 1;
-        }
         foreach (int t in previousTokens)
         {
             if ((uint)t >= (uint)_vocabSize)
+            {
+                foreach (int u in previousTokens) if ((uint)u < (uint)_vocabSize) _seenCount[u] = 0;
                 throw new ArgumentOutOfRangeException(nameof(previousTokens), t, $"token id outside the vocabulary of {_vocabSize}");
-            if (_seenMark[t] == _seenEpoch) continue;
-            _seenMark[t] = _seenEpoch;
-            x[t] = x[t] > 0 ? x[t] / penalty : x[t] * penalty;
+            }
+            _seenCount[t]++;
+        }
+        float repetition = _settings.RepetitionPenalty, presence = _settings.PresencePenalty, frequency = _settings.FrequencyPenalty;
+        foreach (int t in previousTokens)
+        {
+            int count = _seenCount[t];
+            if (count == 0) continue;
+            _seenCount[t] = 0;
+            float v = x[t];
+            if (repetition != 1f) v = v > 0 ? v / repetition : v * repetition;
+            x[t] = v - presence - frequency * count;
         }
     }
 

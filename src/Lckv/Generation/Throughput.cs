@@ -273,7 +273,7 @@ public sealed class ThroughputBench
         // the engine's logits buffer (the last row of each sequence) and each sequence's greedy sampler; the sequential
         // path (short prompts of upward layouts) adds a logits buffer for its steps
         long logits = GenerationEngine.LogitsBytes(config.VocabSize, batch) * (SequentialPrefill(config, map) ? 2 : 1)
-                      + batch * GenerationEngine.SamplerBytes(config.VocabSize, repetitionPenalty: false);
+                      + batch * GenerationEngine.SamplerBytes(config.VocabSize, penalized: false);
         long seqBlocks = KvCache.BlocksFor(s.SequenceLength, s.BlockSize);
         long perSequence = 0, tableEntries = 0, policyBytes = 0;
         if (v.Eviction.Policy(SequenceStepRows(map, batch, v), config.HeadDim, config.RopeTheta, config.RopeStyle) is { } policy)

@@ -208,6 +208,36 @@ public class SamplerTests
     }
 
     [Fact]
+    public void PresenceAndFrequencyPenaltyMath()
+    {
+        float[] logits = [2f, -2f, 1f, 0.5f, 0f];
+        // token 1 seen twice, token 3 once: presence subtracts 0.5 from each, frequency 0.25 per occurrence
+        var sampler = new Sampler(new SamplingParams { PresencePenalty = 0.5f, FrequencyPenalty = 0.25f, Seed = 3 }, 5);
+        var c = sampler.Distribution(logits, [1, 3, 1]);
+        float[] expected = [2f, -2f - 0.5f - 0.5f, 1f, 0.5f - 0.5f - 0.25f, 0f];
+        Softmax.Apply(expected);
+        for (int i = 0; i < 5; i++) Assert.Equal(expected[i], c.Probabilities[i], 1e-6f);
+        Assert.Equal([2f, -2f, 1f, 0.5f, 0f], logits);
+        // the counts do not leak into the next call
+        c = sampler.Distribution(logits, []);
+        var plain = (float[])logits.Clone();
+        Softmax.Apply(plain);
+        for (int i = 0; i < 5; i++) Assert.Equal(plain[i], c.Probabilities[i], 1e-6f);
+
+        // after the repetition penalty: token 0 (2 -> 1 with penalty 2, minus presence 0.5) loses to token 2 (1)
+        var greedy = new Sampler(new SamplingParams { Temperature = 0, RepetitionPenalty = 2f, PresencePenalty = 0.5f }, 5);
+        Assert.Equal(2, greedy.Sample(logits, [0]));
+        // a negative frequency penalty favours what was seen, more the more often
+        var boost = new Sampler(new SamplingParams { Temperature = 0, FrequencyPenalty = -0.6f }, 5);
+        Assert.Equal(0, boost.Sample(logits, [2]));    // 1 + 0.6 < 2
+        Assert.Equal(2, boost.Sample(logits, [2, 2])); // 1 + 1.2 > 2
+        Assert.Throws<ArgumentOutOfRangeException>(() => boost.Sample(logits, [2, 5]));
+        Assert.Equal(0, boost.Sample(logits, [])); // an id out of range left no counts behind
+        Assert.Throws<LckvException>(new SamplingParams { PresencePenalty = 2.5f }.Validate);
+        Assert.Throws<LckvException>(new SamplingParams { FrequencyPenalty = float.NaN }.Validate);
+    }
+
+    [Fact]
     public void PipelineOrderTemperatureBeforeTopP()
     {
         // at temperature 1 top-p 0.7 keeps 2 tokens of (0.5, 0.3, 0.2); a high temperature flattens them to about a

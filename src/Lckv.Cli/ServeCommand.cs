@@ -1,0 +1,72 @@
+using System.CommandLine;
+using Lckv.Cache;
+using Lckv.Generation;
+using Lckv.Server;
+
+namespace Lckv.Cli;
+
+/// <summary>lckv serve: an OpenAI-compatible HTTP server with continuous batching over the generation engine.</summary>
+public static class ServeCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr)
+    {
+        var mo = new ModelOptions();
+        var host = new Option<string>("--host") { Description = "address to bind (an IP address or localhost)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "port to bind (0 = a free one)", DefaultValueFactory = _ => 8080 };
+        var apiKey = new Option<string?>("--api-key") { Description = "key every /v1 route requires as 'Authorization: Bearer KEY' (default: env LCKV_API_KEY; none = open)" };
+        var maxBatch = new Option<int>("--max-batch") { Description = "most sequences decoding at once", DefaultValueFactory = _ => 16 };
+        var stepTokens = new Option<int>("--step-tokens") { Description = "most tokens one step evaluates (long prompts are chunked by it)", DefaultValueFactory = _ => 512 };
+        var queue = new Option<int>("--queue") { Description = "most requests waiting for KV room; more get 429", DefaultValueFactory = _ => 64 };
+        var name = new Option<string?>("--model-name") { Description = "model id in /v1/models and responses (default: the model folder's name)" };
+        var noBos = new Option<bool>("--no-bos") { Description = "do not prepend the BOS token to text prompts" };
+        var cmd = new Command("serve", "serve the model over an OpenAI-compatible HTTP API (continuous batching)");
+        mo.AddTo(cmd, longContext: true);
+        var eo = EvictionOptions.AddTo(cmd);
+        foreach (var o in new Option[] { host, port, apiKey, maxBatch, stepTokens, queue, name, noBos }) cmd.Options.Add(o);
+
+        cmd.SetAction(p =>
+        {
+            int batch = p.GetValue(maxBatch), step = p.GetValue(stepTokens), waiting = p.GetValue(queue), listen = p.GetValue(port);
+            if (batch < 1) throw new LckvException($"--max-batch must be at least 1, got {batch}");
+            if (step < 1) throw new LckvException($"--step-tokens must be at least 1, got {step}");
+            if (waiting < 1) throw new LckvException($"--queue must be at least 1, got {waiting}");
+            if (listen is < 0 or > 65535) throw new LckvException($"--port must be in [0, 65535], got {listen}");
+            var eviction = eo.Parse(p);
+            using var model = mo.LoadModel(p, stderr, eviction);
+            var tokenizer = mo.LoadTokenizer(p, required: false);
+            string? folder = p.GetValue(mo.Model);
+            var genConfig = folder is not null && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
+
+            // a layout or store that evaluates prompts whole gets room for a prompt of the whole context
+            var engineOptions = new EngineOptions { MaxStepTokens = step, MaxSequences = batch, MaxPromptTokens = model.ContextLength };
+            int block = mo.Block(p);
+            var layout = model.KvLayout(block, mo.KvStorage(p));
+            int stepRows = engineOptions.StepRows(model.Map);
+            long full = model.KvBlocksFor(model.ContextLength, block, stepRows, eviction);
+            long budget = p.GetValue(mo.KvBudget) is double mib ? (long)(mib * 1048576) : batch * full * layout.BlockBytes;
+            using var pool = new KvBlockPool(layout, budget);
+            var engine = new GenerationEngine(model, model.CreateCache(pool, stepRows, eviction), engineOptions);
+            var scheduler = new BatchScheduler(engine, tokenizer, GenerateCommand.StopIds(tokenizer, genConfig, model), waiting);
+            var options = new ServerOptions
+            {
+                Host = p.GetValue(host)!, Port = listen,
+                ApiKey = p.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable("LCKV_API_KEY") is { Length: > 0 } k ? k : null),
+                ModelName = p.GetValue(name) ?? (folder is null ? p.GetValue(mo.Preset)! : Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(folder))),
+                AddBos = !p.GetValue(noBos),
+                // no ChatPromptRenderer: without a chat template /v1/chat/completions answers 400 "no chat template"
+            };
+            var server = LckvServer.StartAsync(scheduler, tokenizer, options).GetAwaiter().GetResult();
+            try
+            {
+                stderr.WriteLine($"lckv serve: {options.ModelName} on {server.Address} (batch {batch}, KV budget {pool.TotalBlocks} blocks, {budget / 1048576.0:F1} MiB{(tokenizer is null ? ", no tokenizer: token-id prompts only" : "")}{(options.ApiKey is null ? "" : ", API key required")}); Ctrl-C stops");
+                server.WaitForShutdownAsync().GetAwaiter().GetResult();
+            }
+            finally
+            {
+                server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+            return 0;
+        });
+        return cmd;
+    }
+}
