@@ -15,7 +15,7 @@ SEED=${SEED:-1}
 WT_TOKENS=${WT_TOKENS:-all}    # score all of wikitext-2/test.txt, or only its first N tokens
 LAYOUTS=${LAYOUTS:-"llama lckv-w2 lckv-w4 cla2 yoco"}
 CONFIG=docs/experiments/config.json
-LCKV="dotnet src/Lckv.Cli/bin/Release/net10.0/Lckv.Cli.dll"
+LCKV=${LCKV:-"dotnet src/Lckv.Cli/bin/Release/net10.0/Lckv.Cli.dll"}
 
 [ -f Lckv.sln ] || { echo "run from the repository root" >&2; exit 2; }
 start=$(date +%s)
