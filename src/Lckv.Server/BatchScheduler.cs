@@ -48,7 +48,10 @@ public sealed class Job
     private int[]? _top;
     private readonly TextTokenizer? _tokenizer;
 
-    internal Job(JobSpec spec, TextTokenizer? tokenizer, IReadOnlyList<int> stopIds, int vocab)
+    private readonly long _submitted = System.Diagnostics.Stopwatch.GetTimestamp();
+    private long _lastToken; // when the last token arrived (0: none yet), for the latency histograms
+
+    internal Job(JobSpec spec, TextTokenizer? tokenizer, IReadOnlyList<int> stopIds, int vocab, SchedulerMetrics metrics)
     {
         Spec = spec;
         _tokenizer = tokenizer;
@@ -62,7 +65,11 @@ public sealed class Job
             Prompt = spec.Prompt, MaxNewTokens = spec.MaxNewTokens, Sampling = spec.Sampling, StopIds = stopIds,
             StopStrings = spec.StopStrings, Tokenizer = tokenizer,
             OnLogits = _row is null ? null : (_, _, row) => row.CopyTo(_row),
-            OnToken = (_, token, text) => _events.Writer.TryWrite(new TokenEvent(token, text, _row is null ? null : Logprob(token))),
+            OnToken = (_, token, text) =>
+            {
+                metrics.Token(ref _lastToken, _submitted);
+                _events.Writer.TryWrite(new TokenEvent(token, text, _row is null ? null : Logprob(token)));
+            },
         };
     }
 
@@ -142,11 +149,14 @@ public sealed class BatchScheduler : IDisposable
         _tokenizer = tokenizer;
         _stopIds = stopIds;
         _maxQueue = maxQueue;
+        Metrics = new SchedulerMetrics(this);
         _thread = new Thread(Loop) { IsBackground = true, Name = "lckv-engine" };
         _thread.Start();
     }
 
     public GenerationEngine Engine => _engine;
+    /// <summary>This scheduler's Prometheus metrics (their own registry).</summary>
+    public SchedulerMetrics Metrics { get; }
 
     /// <summary>While true the loop takes no step, but still admits, cancels and retires (tests hold sequences
     /// mid-generation with it).</summary>
@@ -170,7 +180,7 @@ public sealed class BatchScheduler : IDisposable
     /// </summary>
     public Job Submit(JobSpec spec, CancellationToken cancel = default)
     {
-        var job = new Job(spec, _tokenizer, _stopIds, _engine.Model.Vocab);
+        var job = new Job(spec, _tokenizer, _stopIds, _engine.Model.Vocab, Metrics);
         int context = _engine.Model.ContextLength;
         if (spec.Prompt.Length == 0) throw new RejectedException(400, "the prompt is empty", "invalid_prompt");
         if (spec.Prompt.Length > context)
@@ -233,9 +243,11 @@ public sealed class BatchScheduler : IDisposable
                 _wake.Wait(TimeSpan.FromSeconds(1));
                 continue;
             }
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
             try
             {
                 _engine.Step();
+                Metrics.Step(started);
             }
             catch (Exception e)
             {
@@ -252,7 +264,11 @@ public sealed class BatchScheduler : IDisposable
         }
         lock (_lock)
         {
-            foreach (var job in _waiting) job.Complete(new FailEvent("the server stopped"));
+            foreach (var job in _waiting)
+            {
+                Metrics.Ended(SchedulerMetrics.Reason.Error, null);
+                job.Complete(new FailEvent("the server stopped"));
+            }
             _waiting.Clear();
         }
         foreach (var job in _running.ToArray()) End(job, new FailEvent("the server stopped"));
@@ -276,6 +292,7 @@ public sealed class BatchScheduler : IDisposable
             catch (LckvException e)
             {
                 lock (_lock) _waiting.Remove(job);
+                Metrics.Ended(SchedulerMetrics.Reason.Error, null);
                 job.Complete(new FailEvent(e.Message));
                 continue;
             }
@@ -289,6 +306,16 @@ public sealed class BatchScheduler : IDisposable
 
     private void End(Job job, JobEvent last)
     {
+        if (!job.IsDone)
+        {
+            var reason = last switch
+            {
+                FinishEvent f => SchedulerMetrics.ReasonOf(f.Reason),
+                _ when job.Cancelled => SchedulerMetrics.Reason.Cancelled,
+                _ => SchedulerMetrics.Reason.Error,
+            };
+            Metrics.Ended(reason, job.Sequence);
+        }
         if (job.Sequence is { } seq) _engine.Retire(seq);
         if (_running.Remove(job)) _runningCount = _running.Count;
         job.Complete(last);

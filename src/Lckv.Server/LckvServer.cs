@@ -17,7 +17,7 @@ namespace Lckv.Server;
 /// <summary>
 /// The OpenAI-compatible HTTP server over a <see cref="BatchScheduler"/>: /health, /v1/models, /v1/completions,
 /// /v1/chat/completions (through <see cref="ServerOptions.ChatPromptRenderer"/>), /tokenize and /detokenize in
-/// llama.cpp's shapes. Errors are OpenAI-style JSON.
+/// llama.cpp's shapes, and /metrics (the scheduler's Prometheus metrics, in the text format). Errors are OpenAI-style JSON.
 /// </summary>
 public sealed class LckvServer : IAsyncDisposable
 {
@@ -79,7 +79,9 @@ public sealed class LckvServer : IAsyncDisposable
         {
             try
             {
-                if (_options.ApiKey is { } key && ctx.Request.Path.StartsWithSegments("/v1") && !Authorized(ctx, key))
+                // as llama.cpp does, /metrics needs the key too (a scraper sends it as a bearer token); /health stays open
+                if (_options.ApiKey is { } key && (ctx.Request.Path.StartsWithSegments("/v1") || ctx.Request.Path.StartsWithSegments("/metrics"))
+                    && !Authorized(ctx, key))
                 {
                     await Error(ctx, 401, "invalid or missing API key (send 'Authorization: Bearer <key>')", "invalid_api_key").ConfigureAwait(false);
                     return;
@@ -99,6 +101,11 @@ public sealed class LckvServer : IAsyncDisposable
         }));
         app.MapPost("/v1/completions", Completions);
         app.MapPost("/v1/chat/completions", ChatCompletions);
+        app.MapGet("/metrics", async ctx =>
+        {
+            ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await Scheduler.Metrics.Registry.CollectAndExportAsTextAsync(ctx.Response.Body, ctx.RequestAborted).ConfigureAwait(false);
+        });
         app.MapPost("/tokenize", Tokenize);
         app.MapPost("/detokenize", Detokenize);
         app.MapFallback(ctx => Error(ctx, 404, $"no route {ctx.Request.Method} {ctx.Request.Path}", "not_found"));

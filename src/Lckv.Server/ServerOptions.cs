@@ -10,7 +10,7 @@ public sealed record ServerOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>Port to bind; 0 picks a free one (see <see cref="LckvServer.Address"/>).</summary>
     public int Port { get; init; } = 8080;
-    /// <summary>When set, every /v1 route needs "Authorization: Bearer {ApiKey}".</summary>
+    /// <summary>When set, every /v1 route and /metrics need "Authorization: Bearer {ApiKey}".</summary>
     public string? ApiKey { get; init; }
     /// <summary>The model id /v1/models lists and responses name.</summary>
     public string ModelName { get; init; } = "lckv";

@@ -21,7 +21,7 @@ public sealed class ServerGenerationTests
     private const string Prompt = "Once upon a time";
 
     /// <summary>What the Generator gives alone for the prompt (the same model, EOS ids and seed rule).</summary>
-    private static string Alone(int[] prompt, int maxTokens, SamplingParams sampling, IReadOnlyList<string>? stop = null)
+    internal static string Alone(int[] prompt, int maxTokens, SamplingParams sampling, IReadOnlyList<string>? stop = null)
     {
         using var model = LlamaModel.Load(TestServer.ModelDir);
         var tokenizer = TestServer.LoadTokenizer();
@@ -35,7 +35,7 @@ public sealed class ServerGenerationTests
         return result.Sequences[0].Text!;
     }
 
-    private static int[] Encode(string text) => TestServer.LoadTokenizer().Encode(text, addBos: true);
+    internal static int[] Encode(string text) => TestServer.LoadTokenizer().Encode(text, addBos: true);
 
     private static string Text(JsonElement completion) => completion.GetProperty("choices")[0].GetProperty("text").GetString()!;
 
@@ -231,7 +231,7 @@ public sealed class ServerGenerationTests
         Assert.Equal(200, status);
     }
 
-    private static string Render(IReadOnlyList<Lckv.Server.ChatMessage> messages)
+    internal static string Render(IReadOnlyList<Lckv.Server.ChatMessage> messages)
         => string.Concat(messages.Select(m => $"{m.Role}: {m.Content}\n")) + "assistant:";
 
     private static ChatClient Client(TestServer s) => new("tiny", new ApiKeyCredential("sk-test"), new OpenAIClientOptions
