@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Lckv.Cache;
 using Lckv.Generation;
+using Lckv.Model;
 using Lckv.Server;
 
 namespace Lckv.Cli;
@@ -31,22 +32,11 @@ public static class ServeCommand
             if (step < 1) throw new LckvException($"--step-tokens must be at least 1, got {step}");
             if (waiting < 1) throw new LckvException($"--queue must be at least 1, got {waiting}");
             if (listen is < 0 or > 65535) throw new LckvException($"--port must be in [0, 65535], got {listen}");
-            var eviction = eo.Parse(p);
-            using var model = mo.LoadModel(p, stderr, eviction);
-            var tokenizer = mo.LoadTokenizer(p, required: false);
+            var parts = Build(p, mo, eo, batch, step, waiting, budgetFor: null, stderr);
+            using var model = parts.Model;
+            using var pool = parts.Pool;
+            var (tokenizer, scheduler, budget) = (parts.Tokenizer, parts.Scheduler, parts.Pool.CapacityBytes);
             string? folder = p.GetValue(mo.Model);
-            var genConfig = folder is not null && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
-
-            // a layout or store that evaluates prompts whole gets room for a prompt of the whole context
-            var engineOptions = new EngineOptions { MaxStepTokens = step, MaxSequences = batch, MaxPromptTokens = model.ContextLength };
-            int block = mo.Block(p);
-            var layout = model.KvLayout(block, mo.KvStorage(p));
-            int stepRows = engineOptions.StepRows(model.Map);
-            long full = model.KvBlocksFor(model.ContextLength, block, stepRows, eviction);
-            long budget = p.GetValue(mo.KvBudget) is double mib ? (long)(mib * 1048576) : batch * full * layout.BlockBytes;
-            using var pool = new KvBlockPool(layout, budget);
-            var engine = new GenerationEngine(model, model.CreateCache(pool, stepRows, eviction), engineOptions);
-            var scheduler = new BatchScheduler(engine, tokenizer, GenerateCommand.StopIds(tokenizer, genConfig, model), waiting);
             var options = new ServerOptions
             {
                 Host = p.GetValue(host)!, Port = listen,
@@ -68,5 +58,40 @@ public static class ServeCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The model, tokenizer, KV pool and scheduler a server runs on.</summary>
+    internal sealed record Parts(LlamaModel Model, Formats.TextTokenizer? Tokenizer, KvBlockPool Pool, BatchScheduler Scheduler);
+
+    /// <summary>
+    /// Loads the model the options name and builds the engine a server runs: batch sequences at most, steps of at most
+    /// step tokens (a layout or store that evaluates prompts whole gets room for a prompt of the whole context), a KV
+    /// pool of budgetFor's sequences of its tokens each, else --kv-budget, else batch whole-context sequences.
+    /// </summary>
+    internal static Parts Build(ParseResult p, ModelOptions mo, EvictionOptions eo, int batch, int step, int queue, (int Sequences, int Tokens)? budgetFor, TextWriter stderr)
+    {
+        var eviction = eo.Parse(p);
+        var model = mo.LoadModel(p, stderr, eviction);
+        try
+        {
+            var tokenizer = mo.LoadTokenizer(p, required: false);
+            string? folder = p.GetValue(mo.Model);
+            var genConfig = folder is not null && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
+            var engineOptions = new EngineOptions { MaxStepTokens = step, MaxSequences = batch, MaxPromptTokens = model.ContextLength };
+            int block = mo.Block(p);
+            var layout = model.KvLayout(block, mo.KvStorage(p));
+            int stepRows = engineOptions.StepRows(model.Map);
+            long full = model.KvBlocksFor(model.ContextLength, block, stepRows, eviction);
+            long budget = budgetFor is var (n, tokens) ? n * model.KvBlocksFor(tokens, block, stepRows, eviction) * layout.BlockBytes
+                : p.GetValue(mo.KvBudget) is double mib ? (long)(mib * 1048576) : batch * full * layout.BlockBytes;
+            var pool = new KvBlockPool(layout, budget);
+            var engine = new GenerationEngine(model, model.CreateCache(pool, stepRows, eviction), engineOptions);
+            return new Parts(model, tokenizer, pool, new BatchScheduler(engine, tokenizer, GenerateCommand.StopIds(tokenizer, genConfig, model), queue));
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 }

@@ -1,0 +1,39 @@
+using System.Text.Json;
+using Lckv.Tests.Cli;
+
+namespace Lckv.Tests.Server;
+
+/// <summary>
+/// The load test through the CLI: 64 concurrent streaming clients against a KV budget for a quarter of them all
+/// complete with the text each gets alone, none is dropped, and the pool (and /metrics) ends with no blocks in use.
+/// </summary>
+public sealed class ServeBenchTests
+{
+    [SharedFact]
+    public void SixtyFourClientsUnderABudgetForAQuarterGetWhatTheyGetAlone()
+    {
+        var r = CliTests.Run("bench", "serve", "--model", SharedData.Path("golden", "llama-standard"), "--tokenizer", SharedData.Path("tokenizers", "en4k.model"),
+            "--clients", "64", "--prompt", "12", "--gen", "20", "-o", "json");
+        Assert.True(r.Code == 0, r.Err + r.Out);
+        using var doc = JsonDocument.Parse(r.Out);
+        var j = doc.RootElement;
+        Assert.Equal(64, j.GetProperty("completed").GetInt32());
+        Assert.Equal(0, j.GetProperty("failed").GetInt32());
+        Assert.True(j.GetProperty("checked_alone").GetBoolean());
+        Assert.Equal(0, j.GetProperty("mismatched").GetInt32());
+        Assert.Equal(16, j.GetProperty("kv_budget_sequences").GetInt32());
+        Assert.Equal(0, j.GetProperty("kv_blocks_after").GetInt64());
+        Assert.Equal("0", j.GetProperty("metrics_kv_blocks_used_after").GetString());
+        Assert.True(j.GetProperty("completion_tokens").GetInt64() > 64);
+    }
+
+    [SharedFact]
+    public void BadSettingsAreOneLineErrors()
+    {
+        string model = SharedData.Path("golden", "llama-standard"), tok = SharedData.Path("tokenizers", "en4k.model");
+        CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--clients", "0"), "--clients");
+        CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--fit", "0"), "--fit");
+        CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--clients", "2"), "tokenizer");
+        CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--prompt", "200", "--gen", "100"), "context");
+    }
+}
