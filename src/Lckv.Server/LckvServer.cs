@@ -206,9 +206,9 @@ public sealed class LckvServer : IAsyncDisposable
         int[] prompt = body.Field("prompt") switch
         {
             null => throw new BadRequestException("'prompt' is required", "prompt"),
-            { ValueKind: JsonValueKind.String } s => TextPrompt(s.GetString()!),
+            { ValueKind: JsonValueKind.String } s => TextPrompt(RequestReader.Text(s, "prompt")),
             { ValueKind: JsonValueKind.Array } a when a.GetArrayLength() == 1 && a[0].ValueKind is JsonValueKind.String or JsonValueKind.Array
-                => a[0].ValueKind == JsonValueKind.String ? TextPrompt(a[0].GetString()!) : RequestReader.Ids(a[0], "prompt"),
+                => a[0].ValueKind == JsonValueKind.String ? TextPrompt(RequestReader.Text(a[0], "prompt")) : RequestReader.Ids(a[0], "prompt"),
             { ValueKind: JsonValueKind.Array } a when a.GetArrayLength() > 0 && a[0].ValueKind is JsonValueKind.String or JsonValueKind.Array
                 => throw new BadRequestException("one prompt per request is supported", "prompt", "unsupported_value"),
             { ValueKind: JsonValueKind.Array } a => RequestReader.Ids(a, "prompt"),
@@ -256,7 +256,7 @@ public sealed class LckvServer : IAsyncDisposable
             string content = r.Field("content") switch
             {
                 null => "",
-                { ValueKind: JsonValueKind.String } s => s.GetString()!,
+                { ValueKind: JsonValueKind.String } s => RequestReader.Text(s, "content"),
                 { ValueKind: JsonValueKind.Array } parts => string.Concat(parts.EnumerateArray().Select(TextPart)),
                 _ => throw RequestReader.Wrong("content", "a string or a list of text parts"),
             };

@@ -31,7 +31,14 @@ internal readonly struct RequestReader(JsonElement root)
     {
         if (Field(name) is not { } v) return null;
         if (v.ValueKind != JsonValueKind.String) throw Wrong(name, "a string");
-        return v.GetString();
+        return Text(v, name);
+    }
+
+    /// <summary>A JSON string's text; a string that is not valid Unicode (a lone surrogate escape) is a bad request.</summary>
+    public static string Text(JsonElement v, string name)
+    {
+        try { return v.GetString()!; }
+        catch (InvalidOperationException) { throw new BadRequestException($"'{name}' is not valid Unicode text", name, "invalid_value"); }
     }
 
     public bool? Bool(string name)
@@ -71,13 +78,13 @@ internal readonly struct RequestReader(JsonElement root)
     public IReadOnlyList<string> Strings(string name)
     {
         if (Field(name) is not { } v) return [];
-        if (v.ValueKind == JsonValueKind.String) return [v.GetString()!];
+        if (v.ValueKind == JsonValueKind.String) return [Text(v, name)];
         if (v.ValueKind != JsonValueKind.Array) throw Wrong(name, "a string or a list of strings");
         var list = new List<string>();
         foreach (var e in v.EnumerateArray())
         {
             if (e.ValueKind != JsonValueKind.String) throw Wrong(name, "a string or a list of strings");
-            list.Add(e.GetString()!);
+            list.Add(Text(e, name));
         }
         return list;
     }
