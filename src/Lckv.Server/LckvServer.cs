@@ -17,7 +17,8 @@ namespace Lckv.Server;
 /// <summary>
 /// The OpenAI-compatible HTTP server over a <see cref="BatchScheduler"/>: /health, /v1/models, /v1/completions,
 /// /v1/chat/completions (through <see cref="ServerOptions.ChatPromptRenderer"/>), /tokenize and /detokenize in
-/// llama.cpp's shapes, and /metrics (the scheduler's Prometheus metrics, in the text format). Errors are OpenAI-style JSON.
+/// llama.cpp's shapes, /metrics (the scheduler's Prometheus metrics, in the text format), /v1/lckv/status (the same
+/// live numbers as JSON, for the chat page) and the chat page itself at /. Errors are OpenAI-style JSON.
 /// </summary>
 public sealed class LckvServer : IAsyncDisposable
 {
@@ -93,6 +94,8 @@ public sealed class LckvServer : IAsyncDisposable
             catch (BodyTooLargeException e) { await Error(ctx, 413, e.Message, "request_too_large").ConfigureAwait(false); }
             catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested) { }
         });
+        app.MapGet("/", ChatPage.Serve);
+        app.MapGet("/index.html", ChatPage.Serve);
         app.MapGet("/health", () => Results.Json(new { status = "ok" }));
         app.MapGet("/v1/models", () => Results.Json(new
         {
@@ -106,9 +109,30 @@ public sealed class LckvServer : IAsyncDisposable
             ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
             await Scheduler.Metrics.Registry.CollectAndExportAsTextAsync(ctx.Response.Body, ctx.RequestAborted).ConfigureAwait(false);
         });
+        app.MapGet("/v1/lckv/status", Status);
         app.MapPost("/tokenize", Tokenize);
         app.MapPost("/detokenize", Detokenize);
         app.MapFallback(ctx => Error(ctx, 404, $"no route {ctx.Request.Method} {ctx.Request.Path}", "not_found"));
+    }
+
+    /// <summary>What the chat page polls: the model, whether chat works, queue and KV use read live.</summary>
+    private IResult Status()
+    {
+        var pool = Scheduler.Engine.Cache.Pool;
+        return Results.Json(new
+        {
+            model = _options.ModelName,
+            context_length = Scheduler.Engine.Model.ContextLength,
+            chat_template = _options.ChatPromptRenderer is not null,
+            tokenizer = _tokenizer is not null,
+            requests = new { running = Scheduler.Running, waiting = Scheduler.Waiting },
+            kv = new
+            {
+                block_tokens = pool.Layout.BlockSize,
+                blocks_used = pool.UsedBlocks, blocks_free = pool.FreeBlocks, blocks_total = pool.TotalBlocks,
+                bytes_used = pool.BytesInUse, bytes_total = pool.CapacityBytes,
+            },
+        }, _json);
     }
 
     private static bool Authorized(HttpContext ctx, string key)
