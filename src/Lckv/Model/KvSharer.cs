@@ -59,7 +59,7 @@ public static class KvSharer
         }
         if (result.Count < samples)
             throw new LckvException($"the calibration text has {result.Count} lines of at least {length - 1} tokens (of {seen}); {samples} are needed")
-            { Settings = ["Samples", "Length"] };
+            { Settings = ["CalibrationSamples", "CalibrationLength"] };
         return [.. result];
     }
 
@@ -70,14 +70,14 @@ public static class KvSharer
         var result = sequences.Where(s => s.Length >= length).Take(samples).Select(s => s[..length]).ToArray();
         if (result.Length < samples)
             throw new LckvException($"the calibration ids have {result.Length} sequences of at least {length} ids (of {sequences.Count}); {samples} are needed")
-            { Settings = ["Samples", "Length"] };
+            { Settings = ["CalibrationSamples", "CalibrationLength"] };
         return result;
     }
 
     private static void CheckShape(int samples, int length)
     {
-        if (samples < 1) throw new LckvException($"the number of calibration samples must be at least 1, got {samples}") { Settings = ["Samples"] };
-        if (length < 2) throw new LckvException($"calibration sequences need at least 2 tokens (BOS and one more), got {length}") { Settings = ["Length"] };
+        if (samples < 1) throw new LckvException($"the number of calibration samples must be at least 1, got {samples}") { Settings = ["CalibrationSamples"] };
+        if (length < 2) throw new LckvException($"calibration sequences need at least 2 tokens (BOS and one more), got {length}") { Settings = ["CalibrationLength"] };
     }
 
     /// <summary>Runs the search on the calibration ids (N sequences of T tokens, BOS first); onTried hears each candidate
@@ -93,12 +93,12 @@ public static class KvSharer
         int cap = options.Share ?? Math.Max(1, map.LayerCount / 4);
         if (cap < 1) throw new LckvException($"the number of layers to share must be at least 1, got {cap}") { Settings = ["Share"] };
         int n = calibration.Length;
-        if (n < 1) throw new LckvException("KVSharer needs at least one calibration sequence") { Settings = ["Samples"] };
+        if (n < 1) throw new LckvException("KVSharer needs at least one calibration sequence") { Settings = ["CalibrationSamples"] };
         int t = calibration[0].Length;
         if (t < 2 || calibration.Any(s => s.Length != t))
-            throw new LckvException("calibration sequences must all have the same length, at least 2") { Settings = ["Length"] };
+            throw new LckvException("calibration sequences must all have the same length, at least 2") { Settings = ["CalibrationLength"] };
         if (t > model.ContextLength)
-            throw new LckvException($"calibration sequences of {t} tokens exceed the context length {model.ContextLength}") { Settings = ["Length"] };
+            throw new LckvException($"calibration sequences of {t} tokens exceed the context length {model.ContextLength}") { Settings = ["CalibrationLength"] };
 
         // the model's own run: reference hidden states and each KV layer's K and V summed over the sequences
         int row = model.KvHeads * model.HeadDim;
