@@ -17,6 +17,7 @@ public static class Cli
         root.Subcommands.Add(BenchCommand.Create(output, error));
         root.Subcommands.Add(InfoCommand.Create(output, error));
         root.Subcommands.Add(ConvertCommand.Create(output, error));
+        root.Subcommands.Add(KvSharerCommand.Create(output, error));
         root.Subcommands.Add(DataCommand.Create(output, error));
         root.Subcommands.Add(TrainCommand.Create(output, error));
         root.Subcommands.Add(PlotCommand.Create(output, error));
@@ -71,6 +72,7 @@ public static class Cli
         ["Steps"] = "--steps", ["TotalSteps"] = "--steps", ["EvalEvery"] = "--eval-every", ["EvalBatches"] = "--eval-batches",
         ["SaveEvery"] = "--save-every", ["Resume"] = "--resume", ["Arch"] = "--arch", ["ValFraction"] = "--val-fraction",
         ["Force"] = "--force",
+        ["CalibrationSamples"] = "--samples", ["CalibrationLength"] = "--length", ["Threshold"] = "--threshold", ["Share"] = "--share",
     };
 
     /// <summary>" (--batch, --seq-len)" for the flags of the given settings; empty when none has one.</summary>

@@ -42,16 +42,7 @@ public static class Converter
     public static ConvertResult Convert(string input, string output, ConvertOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        if (!Directory.Exists(input)) throw new LckvException($"input folder '{input}' does not exist");
-        string configPath = Path.Combine(input, "config.json");
-        if (!File.Exists(configPath)) throw new LckvException($"input '{input}' has no config.json");
-        string inFull = Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar);
-        string outFull = Path.GetFullPath(output).TrimEnd(Path.DirectorySeparatorChar);
-        if (inFull == outFull || outFull.StartsWith(inFull + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-            throw new LckvException($"output '{output}' is the input folder or inside it; choose another folder");
-        if (Exists(outFull) && !options.Force)
-            throw new LckvException($"output '{output}' already exists, and it is replaced only when forced") { Settings = [nameof(ConvertOptions.Force)] };
-
+        var (configPath, outFull) = CheckPaths(input, output, options.Force);
         var source = ModelConfig.Load(configPath);
         if (source.ModelType != ModelConfig.LlamaType)
             throw new LckvException($"{configPath}: model_type is '{source.ModelType}'; convert needs a standard Llama checkpoint (model_type llama)");
@@ -64,7 +55,50 @@ public static class Converter
         };
         config.Validate();
         var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        return Write(input, output, outFull, configPath, source, config, map, options.Force, average: true);
+    }
 
+    /// <summary>
+    /// Writes the checkpoint folder at input (llama or lckv-llama) as an lckv-llama one with another layer_types map
+    /// whose KV-computing layers all compute KV in the input: every tensor is kept as it is (no averaging; each reader
+    /// reads its target's own K/V), except the k_proj/v_proj of layers that compute no KV in the new map, which are
+    /// dropped. Written atomically as <see cref="Convert"/> is.
+    /// </summary>
+    public static ConvertResult WithLayerTypes(string input, string output, string layerTypes, bool force)
+    {
+        var (configPath, outFull) = CheckPaths(input, output, force);
+        var source = ModelConfig.Load(configPath);
+        var sourceMap = LayerMap.Parse(source.LayerTypes, source.NumHiddenLayers);
+        var config = source with { ModelType = ModelConfig.LckvLlamaType, LayerTypes = LayerMap.Parse(layerTypes, source.NumHiddenLayers).ToString() };
+        config.Validate();
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        for (int layer = 0; layer < map.LayerCount; layer++)
+            if (map.ComputesKv(layer) && !sourceMap.ComputesKv(layer))
+                throw new LckvException($"layer_types '{config.LayerTypes}' has layer {layer} compute KV, but '{input}' has no k_proj/v_proj for it");
+        return Write(input, output, outFull, configPath, source, config, map, force, average: false);
+    }
+
+    // the input folder's config.json and the output's full path; the output must not be the input or inside it, and
+    // exists only when forced
+    private static (string ConfigPath, string OutFull) CheckPaths(string input, string output, bool force)
+    {
+        if (!Directory.Exists(input)) throw new LckvException($"input folder '{input}' does not exist");
+        string configPath = Path.Combine(input, "config.json");
+        if (!File.Exists(configPath)) throw new LckvException($"input '{input}' has no config.json");
+        string inFull = Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar);
+        string outFull = Path.GetFullPath(output).TrimEnd(Path.DirectorySeparatorChar);
+        if (inFull == outFull || outFull.StartsWith(inFull + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            throw new LckvException($"output '{output}' is the input folder or inside it; choose another folder");
+        if (Exists(outFull) && !force)
+            throw new LckvException($"output '{output}' already exists, and it is replaced only when forced") { Settings = [nameof(ConvertOptions.Force)] };
+        return (configPath, outFull);
+    }
+
+    // the tensors (K/V dropped or, with average, averaged over their readers), config and side files into a temporary
+    // folder beside the output, checked to load, then renamed into place
+    private static ConvertResult Write(string input, string output, string outFull, string configPath, ModelConfig source,
+        ModelConfig config, LayerMap map, bool force, bool average)
+    {
         string parent = Path.GetDirectoryName(outFull) ?? throw new LckvException($"output '{output}' has no parent folder");
         Directory.CreateDirectory(parent);
         string temp = Path.Combine(parent, $".{Path.GetFileName(outFull)}.tmp-{Hex()}");
@@ -75,8 +109,8 @@ public static class Converter
             using (var tensors = TensorSet.Open(input))
             {
                 // the input must be a complete, well-shaped Llama checkpoint; FromTensors checks names, shapes, dtypes
-                _ = ModelWeights.FromTensors(source, LayerMap.Identity(source.NumHiddenLayers), tensors);
-                var (list, dropped, averaged, managers) = BuildTensors(config, map, tensors);
+                _ = ModelWeights.FromTensors(source, LayerMap.Parse(source.LayerTypes, source.NumHiddenLayers), tensors);
+                var (list, dropped, averaged, managers) = BuildTensors(config, map, tensors, average);
                 try
                 {
                     SafeTensorsWriter.Write(Path.Combine(temp, TensorSet.SingleFileName), list,
@@ -99,7 +133,7 @@ public static class Converter
             }
             // what was written must load as the converted model
             using (LlamaModel.Load(temp)) { }
-            Replace(temp, outFull, options.Force, output);
+            Replace(temp, outFull, force, output);
             return result;
         }
         catch
@@ -111,7 +145,7 @@ public static class Converter
 
     /// <summary>The output tensors: copies of the input's (views of its mapped memory) and the averaged K/V.</summary>
     private static (List<TensorData> List, List<string> Dropped, List<string> Averaged, List<MemoryManager<byte>> Managers)
-        BuildTensors(ModelConfig config, LayerMap map, TensorSet tensors)
+        BuildTensors(ModelConfig config, LayerMap map, TensorSet tensors, bool average)
     {
         var list = new List<TensorData>();
         var dropped = new List<string>();
@@ -133,7 +167,7 @@ public static class Converter
                     continue;
                 }
                 var sameAsSelf = readers[layer].Count == 1 && readers[layer][0] == layer;
-                if (!sameAsSelf)
+                if (average && !sameAsSelf)
                 {
                     var names = readers[layer].Select(r => $"model.layers.{r}.self_attn.{proj}.weight").ToList();
                     list.Add(new TensorData(name, info.DType, info.Shape, Mean(tensors, names, info.DType)));

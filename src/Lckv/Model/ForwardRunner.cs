@@ -145,7 +145,9 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     /// </summary>
     public void Run(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, LogitsRows rows, Span<float> logits)
     {
-        int total = Validate(batch, tokens, rows, logits);
+        int total = Validate(batch, tokens);
+        int logitRows = rows == LogitsRows.All ? total : batch.Length;
+        if (logits.Length < (long)logitRows * _model.Vocab) throw new ArgumentException("logits buffer too small");
         bool multi = false, allPlan = true;
         foreach (var s in batch)
         {
@@ -158,6 +160,19 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
             return;
         }
         RunMixed(batch, tokens, rows, logits);
+    }
+
+    /// <summary>
+    /// Evaluates a step as <see cref="Run"/> does (KV written and committed), but writes the hidden state of every new
+    /// token after the final norm ([rows, hidden], the LM head's input) instead of logits. Only for layouts without
+    /// upward-reading layers, whose steps are always one evaluation of the layer stack.
+    /// </summary>
+    public void RunHidden(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, Span<float> hidden)
+    {
+        if (_model.Map.AnyAttendsTop) throw new InvalidOperationException("final hidden states are read only from layouts without upward-reading layers");
+        int total = Validate(batch, tokens);
+        if (hidden.Length < (long)total * _hidden) throw new ArgumentException("hidden buffer too small");
+        Evaluate(batch, tokens, total, LogitsRows.All, default, multi: total > batch.Length, hidden);
     }
 
     // whether the iteration plan evaluates this sequence's tokens (it must start at position 0)
@@ -239,7 +254,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         }
     }
 
-    private int Validate(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, LogitsRows rows, Span<float> logits)
+    private int Validate(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens)
     {
         if (batch.Length > MaxSequences) throw new ArgumentException($"{batch.Length} sequences exceed the runner's {MaxSequences}");
         int total = 0;
@@ -254,15 +269,15 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         if (total != tokens.Length) throw new ArgumentException($"batch has {total} tokens, tokens span {tokens.Length}");
         // (a step of an upward layout that goes token by token may exceed MaxRows: each of its steps has one row per sequence)
         if (total > MaxRows && !_model.Map.AnyAttendsTop) throw new ArgumentException($"{total} rows exceed the runner's {MaxRows}; split the step");
-        int logitRows = rows == LogitsRows.All ? total : batch.Length;
-        if (logits.Length < (long)logitRows * _model.Vocab) throw new ArgumentException("logits buffer too small");
         foreach (int id in tokens)
             if ((uint)id >= (uint)_model.Vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {_model.Vocab})");
         return total;
     }
 
-    // one evaluation of the layer stack: the plan for whole sequences (multi), one pass otherwise
-    private void Evaluate(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, int total, LogitsRows rows, Span<float> logits, bool multi)
+    // one evaluation of the layer stack: the plan for whole sequences (multi), one pass otherwise; then logits, or with
+    // a hidden buffer the final-normed hidden state of every row
+    private void Evaluate(ReadOnlySpan<StepSequence> batch, ReadOnlySpan<int> tokens, int total, LogitsRows rows, Span<float> logits, bool multi,
+        Span<float> hidden = default)
     {
         if (total > MaxRows) throw new ArgumentException($"{total} rows exceed the runner's {MaxRows}; split the step");
         Evaluations++;
@@ -282,7 +297,8 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         IterationPlan.Execute(whole ? _plan : _onePass, _model.Map, whole, this);
         for (int s = 0; s < batch.Length; s++)
             _cache.SetLength(batch[s].SequenceId, _starts[s] + batch[s].TokenCount);
-        Head(batch, total, rows, logits);
+        if (hidden.IsEmpty) Head(batch, total, rows, logits);
+        else RmsNorm.Apply(_x.AsSpan(0, total * _hidden), _model.Weights.FinalNorm, _model.Config.RmsNormEps, hidden[..(total * _hidden)], total);
     }
 
     void IPlanHost.BeginPass(PlanPass pass, bool firstOfGroup)

@@ -234,5 +234,25 @@ public sealed class LlamaModel : IDisposable
     /// <summary>2 * kv_layers * kv_heads * head_dim * bytes(dtype) (kv-sharing.md §6).</summary>
     public long KvBytesPerToken(DType dtype) => Cache.KvCache.BytesPerTokenFor(Map.KvLayerCount, KvHeads, HeadDim, dtype);
 
-    public void Dispose() => Weights.Dispose();
+    /// <summary>
+    /// This model's weights read under another layer_types map (model_type lckv-llama), without copying them: every
+    /// layer that computes KV in the new map must have K/V weights here. The view does not own the weights; disposing
+    /// it leaves them to this model, which must outlive it.
+    /// </summary>
+    public LlamaModel WithLayerTypes(string layerTypes)
+    {
+        var config = Config with { ModelType = ModelConfig.LckvLlamaType, LayerTypes = LayerMap.Parse(layerTypes, Config.NumHiddenLayers).ToString() };
+        var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
+        for (int layer = 0; layer < map.LayerCount; layer++)
+            if (map.ComputesKv(layer) && Weights.Layers[layer].K is null)
+                throw new LckvException($"layer_types '{config.LayerTypes}' has layer {layer} compute KV, but the model has no k_proj/v_proj for it");
+        return new LlamaModel(config, Weights, Source, ContextLength) { _ownsWeights = false };
+    }
+
+    private bool _ownsWeights = true;
+
+    public void Dispose()
+    {
+        if (_ownsWeights) Weights.Dispose();
+    }
 }

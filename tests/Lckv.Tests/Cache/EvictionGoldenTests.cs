@@ -22,7 +22,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag", "int8-llama", "q4-cla" };
 
     /// <summary>One case: its model, expected tensors, eviction settings and the CLI options that say the same.</summary>
-    private sealed class Fixture : IDisposable
+    internal sealed class Fixture : IDisposable
     {
         public required string Dir { get; init; }
         public required LlamaModel Model { get; init; }
@@ -63,7 +63,8 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         }
     }
 
-    private static Fixture Open(string name)
+    /// <summary>A case with its own model, or (modelDir) another checkpoint's, e.g. the model a KVSharer search wrote.</summary>
+    internal static Fixture Open(string name, string? modelDir = null)
     {
         var dir = SharedData.Path("golden-compress", name);
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
@@ -72,14 +73,14 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         var kind = r.GetProperty("evict").GetString() switch { "h2o" => EvictionKind.H2O, "streaming" => EvictionKind.Streaming, _ => EvictionKind.None };
         return new Fixture
         {
-            Dir = dir, Model = LlamaModel.Load(dir), Expected = TensorSet.Open(Path.Combine(dir, "expected.safetensors")),
+            Dir = dir, Model = LlamaModel.Load(modelDir ?? dir), Expected = TensorSet.Open(Path.Combine(dir, "expected.safetensors")),
             Eviction = new EvictionSettings(kind, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")), Int(r.GetProperty("recent"))),
             KvDType = KvRows.Parse(r.GetProperty("kv_dtype").GetString()!),
             MaxNewTokens = r.GetProperty("max_new_tokens").GetInt32(), Sequential = r.GetProperty("prefill").GetString() == "sequential",
         };
     }
 
-    private static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    internal static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
         Assert.Equal(a.Length, b.Length);
         double diff = 0;
@@ -111,7 +112,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
 
     // every token of input_ids its own step, KV stored as kvDType; checks the budget after every step and, with
     // checkKept, the positions kept after the last; the pool is empty afterwards
-    private static float[] TeacherForced(Fixture f, DType kvDType, bool checkKept)
+    internal static float[] TeacherForced(Fixture f, DType kvDType, bool checkKept)
     {
         var model = f.Model;
         var ids = f.Rows("input_ids");
@@ -165,6 +166,13 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     public void GreedyGenerationThroughTheEngine(string name)
     {
         using var f = Open(name);
+        Greedy(f, output);
+    }
+
+    /// <summary>The case's greedy generation through the engine: output ids, step logits within 1e-4, kept positions.</summary>
+    internal static void Greedy(Fixture f, ITestOutputHelper output)
+    {
+        string name = Path.GetFileName(f.Dir);
         var prompts = f.Rows("generate.prompt_ids");
         var outputs = f.Rows("generate.output_ids");
         int p = prompts[0].Length;
