@@ -211,10 +211,14 @@ public sealed partial class TextTokenizer
         if (piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
             && byte.TryParse(piece.AsSpan(3, 2), System.Globalization.NumberStyles.HexNumber, null, out byte b))
             return b;
-        throw new LckvException($"{path}: byte piece '{piece}' is not of the form <0xHH>");
+        throw new LckvException($"{path}: byte piece '{Printable.Escape(piece)}' is not of the form <0xHH>");
     }
 
     // ---------------- tokenizer.json ----------------
+
+    /// <summary>Token ids a tokenizer.json may use, [0, this): far above any real vocabulary, low enough that the
+    /// per-id tables of a corrupt file's ids stay small.</summary>
+    public const int MaxTokenIds = 1 << 24;
 
     private static TextTokenizer LoadTokenizerJson(string path)
     {
@@ -225,11 +229,11 @@ public sealed partial class TextTokenizer
             throw new LckvException($"{path}: no 'model' object");
         string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "(missing)";
         if (type != "BPE")
-            throw new LckvException($"{path}: tokenizer.json model type '{type}' is not supported (only byte-level BPE; for SentencePiece models use tokenizer.model)");
+            throw new LckvException($"{path}: tokenizer.json model type '{Printable.Escape(type)}' is not supported (only byte-level BPE; for SentencePiece models use tokenizer.model)");
         if (model.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True)
             throw new LckvException($"{path}: BPE with byte_fallback (SentencePiece-style tokenizer.json) is not supported by Microsoft.ML.Tokenizers 2.0.1; load tokenizer.model instead");
         if (root.TryGetProperty("normalizer", out var norm) && norm.ValueKind != JsonValueKind.Null)
-            throw new LckvException($"{path}: tokenizer.json normalizer '{TypeName(norm)}' is not supported (byte-level BPE without a normalizer only)");
+            throw new LckvException($"{path}: tokenizer.json normalizer '{Printable.Escape(TypeName(norm))}' is not supported (byte-level BPE without a normalizer only)");
 
         Regex split = ByteLevelSplit(path, root);
 
@@ -238,8 +242,8 @@ public sealed partial class TextTokenizer
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var p in vocabEl.EnumerateObject())
         {
-            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0)
-                throw new LckvException($"{path}: vocab entry '{p.Name}' must map to a non-negative integer id");
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0 || id >= MaxTokenIds)
+                throw new LckvException($"{path}: vocab entry '{Printable.Escape(p.Name)}' must map to an integer id in [0, {MaxTokenIds})");
             vocab[p.Name] = id;
         }
 
@@ -249,7 +253,8 @@ public sealed partial class TextTokenizer
             foreach (var m in mergesEl.EnumerateArray())
             {
                 if (m.ValueKind == JsonValueKind.String) merges.Add(m.GetString()!);
-                else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
+                else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2
+                    && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
                     merges.Add(m[0].GetString() + " " + m[1].GetString());
                 else throw new LckvException($"{path}: merges entry {JsonFields.Short(m.GetRawText())} is neither \"a b\" nor [\"a\", \"b\"]");
             }
@@ -262,7 +267,8 @@ public sealed partial class TextTokenizer
         {
             foreach (var a in addedEl.EnumerateArray())
             {
-                if (!a.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out int id) || id < 0
+                if (a.ValueKind != JsonValueKind.Object || !a.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number
+                    || !idEl.TryGetInt32(out int id) || id < 0 || id >= MaxTokenIds
                     || !a.TryGetProperty("content", out var cEl) || cEl.ValueKind != JsonValueKind.String)
                     throw new LckvException($"{path}: added_tokens entry {JsonFields.Short(a.GetRawText())} needs an id and a content");
                 added[cEl.GetString()!] = id;
@@ -362,11 +368,11 @@ public sealed partial class TextTokenizer
                         throw new LckvException($"{path}: Split pre-tokenizer without a Regex pattern is not supported");
                     string behavior = p.TryGetProperty("behavior", out var bh) && bh.ValueKind == JsonValueKind.String ? bh.GetString()! : "Isolated";
                     if (behavior != "Isolated" || (p.TryGetProperty("invert", out var inv) && inv.ValueKind == JsonValueKind.True))
-                        throw new LckvException($"{path}: Split pre-tokenizer behavior '{behavior}' is not supported (Isolated only)");
+                        throw new LckvException($"{path}: Split pre-tokenizer behavior '{Printable.Escape(behavior)}' is not supported (Isolated only)");
                     pattern = rx.GetString();
                     break;
                 default:
-                    throw new LckvException($"{path}: pre-tokenizer '{TypeName(p)}' is not supported (ByteLevel and Split only)");
+                    throw new LckvException($"{path}: pre-tokenizer '{Printable.Escape(TypeName(p))}' is not supported (ByteLevel and Split only)");
             }
         }
         if (!byteLevel) throw new LckvException($"{path}: BPE without a ByteLevel pre_tokenizer is not supported");
@@ -465,7 +471,7 @@ public sealed partial class TextTokenizer
     {
         int Lookup(string file, string field, string token)
             => ids.TryGetValue(token, out int id) ? id
-                : throw new LckvException($"{file}: {field} '{token}' is not a token of {Path.GetFileName(source)}");
+                : throw new LckvException($"{file}: {field} '{Printable.Escape(token)}' is not a token of {Path.GetFileName(source)}");
         int CheckRange(string file, string field, int id)
             => id >= 0 && id < vocab ? id : throw new LckvException($"{file}: {field} {id} is outside the vocabulary [0, {vocab})");
 
@@ -542,10 +548,10 @@ internal static class SentencePieceModelReader
             int field = (int)(key >> 3), wire = (int)(key & 7);
             if (field == 1 && wire == 2)
             {
-                int len = checked((int)ReadVarint(data, ref pos));
-                if (len < 0 || pos + len > data.Length) throw new FormatException("piece runs past the end");
-                result.Add(ReadPiece(data.Slice(pos, len)));
-                pos += len;
+                ulong len = ReadVarint(data, ref pos);
+                if (len > (ulong)(data.Length - pos)) throw new FormatException("piece runs past the end");
+                result.Add(ReadPiece(data.Slice(pos, (int)len)));
+                pos += (int)len;
             }
             else Skip(data, ref pos, wire);
         }
@@ -563,10 +569,10 @@ internal static class SentencePieceModelReader
             int field = (int)(key >> 3), wire = (int)(key & 7);
             if (field == 1 && wire == 2)
             {
-                int len = checked((int)ReadVarint(m, ref pos));
-                if (len < 0 || pos + len > m.Length) throw new FormatException("piece text runs past the end");
-                piece = Encoding.UTF8.GetString(m.Slice(pos, len));
-                pos += len;
+                ulong len = ReadVarint(m, ref pos);
+                if (len > (ulong)(m.Length - pos)) throw new FormatException("piece text runs past the end");
+                piece = Encoding.UTF8.GetString(m.Slice(pos, (int)len));
+                pos += (int)len;
             }
             else if (field == 3 && wire == 0) type = (int)ReadVarint(m, ref pos);
             else Skip(m, ref pos, wire);

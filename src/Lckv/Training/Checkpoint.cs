@@ -137,7 +137,7 @@ public static class Checkpoint
         try { state = JsonSerializer.Deserialize<TrainerState>(bytes); }
         catch (JsonException e)
         {
-            throw new LckvException($"{path}: malformed JSON: {SafeTensorsFile.FirstLine(e.Message)}", e);
+            throw new LckvException($"{path}: malformed JSON: {SafeTensorsFile.JsonMessage(e)}", e);
         }
         if (state is null || state.Format != TrainerState.CurrentFormat)
             throw new LckvException($"{path}: not a trainer state (format '{state?.Format}', expected {TrainerState.CurrentFormat})");

@@ -220,7 +220,7 @@ public sealed class TokenDataset : IDisposable
         }
         catch (JsonException e)
         {
-            throw new LckvException($"{metaPath}: malformed JSON: {SafeTensorsFile.FirstLine(e.Message)}", e);
+            throw new LckvException($"{metaPath}: malformed JSON: {SafeTensorsFile.JsonMessage(e)}", e);
         }
         if (meta.Format != DataMeta.CurrentFormat) throw new LckvException($"{metaPath}: unknown format '{meta.Format}' (expected {DataMeta.CurrentFormat})");
         if (meta.DType is not ("uint16" or "int32")) throw new LckvException($"{metaPath}: unknown dtype '{meta.DType}' (expected uint16 or int32)");
