@@ -62,11 +62,7 @@ public static class TrainCommand
 
         cmd.SetAction(p =>
         {
-            if (p.GetValue(threads) is int t)
-            {
-                if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
-                WorkerPool.Shared.ThreadCount = t;
-            }
+            if (p.GetValue(threads) is int t) ModelOptions.SetThreads(t);
             int print = p.GetValue(printEvery);
             if (print < 1) throw new LckvException($"--print-every must be at least 1, got {print}");
             string outDir = p.GetValue(output)!;
