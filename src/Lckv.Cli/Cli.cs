@@ -87,7 +87,7 @@ public static class Cli
         ["Lr"] = "--lr", ["MaxLr"] = "--lr", ["MinLr"] = "--min-lr", ["Warmup"] = "--warmup",
         ["Steps"] = "--steps", ["TotalSteps"] = "--steps", ["EvalEvery"] = "--eval-every", ["EvalBatches"] = "--eval-batches",
         ["SaveEvery"] = "--save-every", ["Resume"] = "--resume", ["Arch"] = "--arch", ["ValFraction"] = "--val-fraction",
-        ["Force"] = "--force", ["StopStrings"] = "--stop",
+        ["Force"] = "--force", ["StopStrings"] = "--stop", ["Depth"] = "--depth", ["ContextLength"] = "--context",
     };
 
     /// <summary>" (--batch, --seq-len)" for the flags of the given settings; empty when none has one.</summary>

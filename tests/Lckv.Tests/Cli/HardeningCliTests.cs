@@ -93,4 +93,32 @@ public sealed class HardeningCliTests
         AssertOneLineError(Run("perplexity", "--preset", "small", "--file", dir.Root), "is a folder, expected a text file");
         AssertOneLineError(Run("perplexity", "--preset", "small", "--ids-file", dir.Root), "is a folder, expected a file of token ids");
     }
+
+    [SharedFact]
+    public void BenchValidatesSizesBeforeAnyWork()
+    {
+        // these used to load the model and measure the roofline (seconds) before failing
+        var zero = Run("bench", "--preset", "small", "-p", "0", "-n", "0");
+        AssertOneLineError(zero, "nothing to run");
+        Assert.DoesNotContain("roofline", zero.Err);
+        var deep = Run("bench", "--model", Golden, "-p", "8", "-n", "8", "-d", "0,300", "-b", "1");
+        AssertOneLineError(deep, "depth 300 + 8 tokens exceed the context length 256");
+        Assert.DoesNotContain("roofline", deep.Err);
+    }
+
+    [SharedFact]
+    public void InfoOnAFolderWithOnlyAConfigReportsTheConfig()
+    {
+        using var dir = new TempDir();
+        File.Copy(Path.Combine(Golden, "config.json"), dir.File("config.json"));
+        var r = Run("info", "--model", dir.Root);
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains("no weights found", r.Err);
+        Assert.Contains("KV bytes/token", r.Out);
+        Assert.Contains("layer map", r.Out);
+        var json = Run("info", "--model", dir.Root, "--json");
+        Assert.True(json.Code == 0, json.Err);
+        using var doc = System.Text.Json.JsonDocument.Parse(json.Out);
+        Assert.Equal(2 * 4 * 2 * 16 * 4, doc.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
+    }
 }
