@@ -119,6 +119,16 @@ public sealed class ModelOptions
         WorkerPool.Shared.ThreadCount = t;
     }
 
+    /// <summary>The tokenizer <see cref="LoadTokenizer(ParseResult, bool)"/> finds, checked against the model: one that does
+    /// not fit its vocabulary is an error, special ids that disagree a warning on stderr.</summary>
+    public TextTokenizer? LoadTokenizer(ParseResult p, bool required, LlamaModel model, TextWriter stderr)
+    {
+        var tokenizer = LoadTokenizer(p, required);
+        if (tokenizer is not null)
+            foreach (var w in tokenizer.CheckFits(model.Config, model.Source)) stderr.WriteLine($"warning: {w}");
+        return tokenizer;
+    }
+
     /// <summary>--tokenizer, else the model folder's tokenizer file, else the tokenizer a GGUF model carries.</summary>
     public TextTokenizer? LoadTokenizer(ParseResult p, bool required)
     {

@@ -34,7 +34,7 @@ public static class PerplexityCommand
             {
                 if (Directory.Exists(textPath)) throw new LckvException($"--file '{textPath}' is a folder, expected a text file");
                 if (!File.Exists(textPath)) throw new LckvException($"text file '{textPath}' does not exist");
-                var tokenizer = mo.LoadTokenizer(p, required: true)!;
+                var tokenizer = mo.LoadTokenizer(p, required: true, model, stderr)!;
                 ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.AddBosByDefault && tokenizer.BosId is not null);
             }
             else ids = ReadIds(idsPath!);

@@ -80,6 +80,24 @@ public sealed partial class TextTokenizer
         return file.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? LoadTokenizerJson(file) : LoadSentencePiece(file);
     }
 
+    /// <summary>
+    /// Checks that this tokenizer can drive a model of the given config: more tokens than the model's vocabulary is an
+    /// LckvException (its ids would index past the embedding); special ids that disagree with the config's are
+    /// returned as warnings (a config may list more EOS ids than a tokenizer knows, so those only warn).
+    /// </summary>
+    public IReadOnlyList<string> CheckFits(ModelConfig config, string modelSource)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (VocabSize > config.VocabSize)
+            throw new LckvException($"{Source}: the tokenizer has {VocabSize} tokens, more than the {config.VocabSize} of the model's vocabulary ({modelSource}); it is not this model's tokenizer");
+        var warnings = new List<string>();
+        if (BosId is int bos && config.BosTokenId is int cb && bos != cb)
+            warnings.Add($"the tokenizer's BOS id {bos} differs from the model's bos_token_id {cb}; the tokenizer's is used");
+        if (config.EosTokenIds.Count > 0 && EosIds.Count > 0 && !EosIds.Any(config.EosTokenIds.Contains))
+            warnings.Add($"the tokenizer's EOS id(s) {string.Join(", ", EosIds)} are not among the model's eos_token_id(s) {string.Join(", ", config.EosTokenIds)}");
+        return warnings;
+    }
+
     /// <summary>The id of a token's text (a piece or an added token), or null.</summary>
     public int? TokenId(string token) => _tokenIds.TryGetValue(token, out int id) ? id : null;
 

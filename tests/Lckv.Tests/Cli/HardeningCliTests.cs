@@ -122,3 +122,47 @@ public sealed class HardeningCliTests
         Assert.Equal(2 * 4 * 2 * 16 * 4, doc.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
     }
 }
+
+public sealed class TokenizerFitCliTests
+{
+    /// <summary>A byte-level BPE tokenizer.json whose last added token has the given id.</summary>
+    private static string TokenizerJson(int lastId)
+    {
+        var vocab = new Dictionary<string, int>();
+        int next = 0;
+        for (int b = 0; b < 256; b++)
+        {
+            bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+            vocab[((char)(printable ? b : 256 + next++)).ToString()] = b;
+        }
+        return System.Text.Json.JsonSerializer.Serialize(new
+        {
+            added_tokens = new object[] { new { id = 256, content = "<|begin|>", special = true }, new { id = lastId, content = "<|end|>", special = true } },
+            normalizer = (object?)null,
+            pre_tokenizer = new { type = "ByteLevel", add_prefix_space = false, use_regex = true },
+            model = new { type = "BPE", vocab, merges = Array.Empty<string>() },
+        });
+    }
+
+    [Fact]
+    public void TokenizerLargerThanTheModelsVocabularyIsRefusedAtLoad()
+    {
+        using var dir = new TempDir();
+        string tok = dir.WriteText("tokenizer.json", TokenizerJson(4999)); // 5000 tokens; the small preset has 4096
+        var r = Run("generate", "--preset", "small", "--tokenizer", tok, "--prompt", "hi", "-n", "2");
+        AssertOneLineError(r, "the tokenizer has 5000 tokens, more than the 4096 of the model's vocabulary");
+        AssertOneLineError(Run("perplexity", "--preset", "small", "--tokenizer", tok, "--file", tok), "more than the 4096");
+    }
+
+    [SharedFact]
+    public void SpecialIdsThatDisagreeWithTheConfigWarn()
+    {
+        using var dir = new TempDir();
+        string tok = dir.WriteText("tokenizer.json", TokenizerJson(4095));
+        dir.WriteText("tokenizer_config.json", """{"bos_token": "<|begin|>", "eos_token": "<|end|>"}""");
+        var r = Run("generate", "--model", SharedData.Path("golden", "llama-standard"), "--tokenizer", tok, "--prompt", "hi", "-n", "2", "--temperature", "0");
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains("warning: the tokenizer's BOS id 256 differs from the model's bos_token_id 1", r.Err);
+        Assert.Contains("warning: the tokenizer's EOS id(s) 4095 are not among the model's eos_token_id(s) 2", r.Err);
+    }
+}
