@@ -312,7 +312,8 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
     {
         string m = e.Message;
         int tail = m.LastIndexOf(" LineNumber:", StringComparison.Ordinal);
-        if (tail > 0) m = m[..tail];
+        if (tail > 0) m = m[..tail].TrimEnd(' ', '|');
+        m = m.Replace("System.", "", StringComparison.Ordinal); // "could not be converted to String", not System.String
         if (m.StartsWith('\''))
         {
             int end = m.LastIndexOf("' is ", StringComparison.Ordinal);
