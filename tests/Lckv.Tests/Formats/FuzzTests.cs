@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lckv.Formats;
+using Lckv.Generation;
 using Lckv.Model;
 using Xunit.Abstractions;
 
@@ -23,8 +24,9 @@ public sealed class FuzzTests(ITestOutputHelper output)
     private static readonly int _randomSeed = Random.Shared.Next();
     private static int Cases => Environment.GetEnvironmentVariable("LCKV_FUZZ_CASES") is { } s && int.TryParse(s, out int v) ? v : DefaultCases;
 
-    /// <summary>A tiny standard Llama config (the golden llama-standard's keys, shrunk) whose vocabulary is en4k's.</summary>
-    private static string TinyConfig()
+    /// <summary>A tiny standard Llama config (the golden llama-standard's keys, shrunk) whose vocabulary is en4k's; with
+    /// lckv, an lckv-llama config with every field of its own (a sliding layer, iteration counts).</summary>
+    private static string TinyConfig(bool lckv = false)
     {
         var cfg = JsonNode.Parse(File.ReadAllText(SharedData.Path("golden", "llama-standard", "config.json")))!.AsObject();
         cfg["hidden_size"] = 8;
@@ -36,6 +38,16 @@ public sealed class FuzzTests(ITestOutputHelper output)
         cfg["vocab_size"] = 4096;
         cfg["max_position_embeddings"] = 32;
         cfg["tie_word_embeddings"] = true;
+        if (lckv)
+        {
+            cfg["model_type"] = "lckv-llama";
+            cfg["layer_types"] = "0s_1";
+            cfg["forward_passes"] = 3;
+            cfg["backward_passes"] = 1;
+            cfg["sliding_window"] = 3;
+            cfg["force_nodiag"] = false;
+            cfg["use_sequential"] = false;
+        }
         return cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 
@@ -45,9 +57,9 @@ public sealed class FuzzTests(ITestOutputHelper output)
         """;
 
     /// <summary>A checkpoint folder: the tiny config, random weights written by SafeTensorsWriter, a generation config.</summary>
-    private static void WriteCheckpoint(TempDir dir, bool withTokenizer)
+    private static void WriteCheckpoint(TempDir dir, bool withTokenizer, bool lckv = false)
     {
-        string config = TinyConfig();
+        string config = TinyConfig(lckv);
         dir.WriteText("config.json", config);
         dir.WriteText("generation_config.json", GenerationConfigJson);
         var c = ModelConfig.Parse(config, "config.json");
@@ -125,7 +137,7 @@ public sealed class FuzzTests(ITestOutputHelper output)
     public void ConfigMutationsFailCleanly()
     {
         using var seed = new TempDir();
-        WriteCheckpoint(seed, withTokenizer: false);
+        WriteCheckpoint(seed, withTokenizer: false, lckv: true);
         string text = File.ReadAllText(seed.File("config.json"));
         Fuzz("config.json", seed, "config.json", rng => MutateText(rng, text), dir =>
         {
@@ -180,12 +192,41 @@ public sealed class FuzzTests(ITestOutputHelper output)
         Assert.Equal("llama", result.Tokenizer);
         byte[] original = File.ReadAllBytes(seed.File("model.gguf"));
         var fields = GgufFields(original, out int headerEnd);
+        List<KeyValuePair<string, GgufValue>> metadata;
+        List<GgufTensorData> tensors;
+        using (var file = GgufFile.Open(seed.File("model.gguf")))
+        {
+            metadata = [.. file.Keys.Select(k => new KeyValuePair<string, GgufValue>(k, file.Metadata[k]))];
+            tensors = [.. file.TensorList.Select(t =>
+            {
+                byte[] b = file.Bytes(t.Name).ToArray();
+                return new GgufTensorData(t.Name, t.DType, [.. t.Ne.Reverse()], span => b.CopyTo(span));
+            })];
+        }
         Fuzz("gguf", seed, "model.gguf", rng =>
         {
-            switch (rng.Next(4))
+            switch (rng.Next(5))
             {
                 case 0: return Mutate(rng, original, 0, original.Length);
                 case 1: return Mutate(rng, original, 0, headerEnd);
+                case 2:
+                    {
+                        // one metadata value replaced by a well-formed but wrong one (the writer keeps the file valid)
+                        var list = new List<KeyValuePair<string, GgufValue>>(metadata);
+                        int i = rng.Next(list.Count);
+                        if (list[i].Key != "general.alignment")
+                        {
+                            if (rng.Next(8) == 0) list.RemoveAt(i);
+                            else list[i] = new(list[i].Key, MutateValue(rng, list[i].Value));
+                        }
+                        string tmp = Path.Combine(Path.GetTempPath(), $"lckv-fuzz-{Guid.NewGuid():N}.gguf");
+                        try
+                        {
+                            GgufWriter.Write(tmp, list, tensors);
+                            return File.ReadAllBytes(tmp);
+                        }
+                        finally { File.Delete(tmp); }
+                    }
                 default:
                     {
                         // an absurd count, length, dimension, offset or type where the file has one
@@ -200,18 +241,22 @@ public sealed class FuzzTests(ITestOutputHelper output)
         }, dir =>
         {
             string path = Path.Combine(dir, "model.gguf");
-            using (var model = LlamaModel.Load(path)) { }
+            using (var model = LlamaModel.Load(path)) Forward(model);
             var t = TextTokenizer.Load(path);
             _ = t.Decode(t.Encode("Hello world", addBos: true));
         });
     }
 
-    /// <summary>Loads the checkpoint folder as a run would: config, weights, generation config.</summary>
+    /// <summary>Loads the checkpoint folder as a run would (config, weights, generation config) and runs one tiny
+    /// forward, so that a config the loader accepts is also one the model can evaluate.</summary>
     private static void LoadCheckpoint(string dir)
     {
         using var model = LlamaModel.Load(dir);
         _ = GenerationConfig.LoadIfPresent(dir);
+        Forward(model);
     }
+
+    private static void Forward(LlamaModel model) => _ = Perplexity.Evaluate(model, [1, 2, 3, 4], window: 4, stride: 4);
 
     /// <summary>Runs the cases: each copies the seed folder's files, replaces one with its mutation and loads the folder
     /// under a timeout. Cases run on two threads; case i's mutation depends only on the seed and i.</summary>
@@ -309,6 +354,52 @@ public sealed class FuzzTests(ITestOutputHelper output)
         return [.. bytes];
     }
 
+    /// <summary>A GGUF value of the same type but an absurd or nearby content, or of another type.</summary>
+    private static GgufValue MutateValue(Random rng, GgufValue v)
+    {
+        if (rng.Next(4) == 0)
+        {
+            return rng.Next(5) switch
+            {
+                0 => GgufValue.String("\u001b[31mx"),
+                1 => GgufValue.Float32(float.NaN),
+                2 => GgufValue.Int32(-1),
+                3 => GgufValue.Array(new int[] { 1, 2 }),
+                _ => GgufValue.Bool(true),
+            };
+        }
+        switch (v.Value)
+        {
+            case uint u: return GgufValue.UInt32(rng.Next(3) switch { 0 => (uint)HugeNumber(rng), 1 => u + 1, _ => u == 0 ? 0 : u - 1 });
+            case int n: return GgufValue.Int32(rng.Next(2) == 0 ? (int)HugeNumber(rng) : n - 1);
+            case ulong l: return GgufValue.UInt64(rng.Next(2) == 0 ? HugeNumber(rng) : l + 1);
+            case float f: return GgufValue.Float32(rng.Next(4) switch { 0 => float.NaN, 1 => -f, 2 => 0, _ => float.PositiveInfinity });
+            case bool b: return GgufValue.Bool(!b);
+            case string s: return GgufValue.String(rng.Next(3) switch { 0 => "", 1 => s + "\u0007", _ => "gpt2" });
+            case string[] a: return GgufValue.Array(Resize(rng, a, () => rng.Next(2) == 0 ? "" : "<0xZZ>"));
+            case float[] a: return GgufValue.Array(Resize(rng, a, () => float.NaN));
+            case int[] a: return GgufValue.Array(Resize(rng, a, () => rng.Next(3) switch { 0 => -1, 1 => 99, _ => int.MaxValue }));
+            default: return v;
+        }
+    }
+
+    /// <summary>An array cut short, emptied, grown, or with one element replaced.</summary>
+    private static T[] Resize<T>(Random rng, T[] a, Func<T> odd)
+    {
+        switch (rng.Next(4))
+        {
+            case 0: return a[..(a.Length / 2)];
+            case 1: return [];
+            case 2: return [.. a, odd()];
+            default:
+                {
+                    var copy = (T[])a.Clone();
+                    if (copy.Length > 0) copy[rng.Next(copy.Length)] = odd();
+                    return copy;
+                }
+        }
+    }
+
     private static ulong HugeNumber(Random rng) => rng.Next(8) switch
     {
         0 => ulong.MaxValue,
@@ -348,7 +439,10 @@ public sealed class FuzzTests(ITestOutputHelper output)
         Walk(root);
         // big objects (vocabularies) have many leaves: prefer the containers' direct fields now and then
         var target = nodes[rng.Next(2) == 0 ? rng.Next(Math.Min(nodes.Count, 64)) : rng.Next(nodes.Count)];
-        JsonNode? replacement = OddValue(rng);
+        // a nearby number or a plausible layer map half the time: values of the right type reach the deeper checks
+        JsonNode? replacement = rng.Next(2) == 0 && target is JsonValue v && v.TryGetValue(out double d) ? JsonValue.Create(Nearby(rng, d))
+            : rng.Next(2) == 0 && target is JsonValue sv && sv.TryGetValue(out string? _) ? JsonValue.Create(_layerTypes[rng.Next(_layerTypes.Length)])
+            : OddValue(rng);
         if (target.Parent is JsonObject parent)
         {
             string name = target.GetPropertyName();
@@ -368,6 +462,19 @@ public sealed class FuzzTests(ITestOutputHelper output)
         }
         return root.ToJsonString();
     }
+
+    private static readonly string[] _layerTypes = ["1_1", "0_0", "1s_1", "0s_0s", "1_0", "0_1_1", "", "0s_1s", "2_1", "0__1"];
+
+    private static double Nearby(Random rng, double d) => rng.Next(7) switch
+    {
+        0 => d + 1,
+        1 => d - 1,
+        2 => d * 2,
+        3 => -d,
+        4 => 0,
+        5 => Math.Floor(d / 2),
+        _ => d + rng.Next(-3, 4) * 0.5,
+    };
 
     private static JsonNode? OddValue(Random rng) => rng.Next(16) switch
     {
