@@ -128,11 +128,12 @@ public sealed partial class TextTokenizer
         return Encoding.UTF8.GetString(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(buffer));
     }
 
-    /// <summary>True for tokens that print nothing (bos, eos, other control or special tokens).</summary>
+    /// <summary>True for tokens that print nothing (bos, eos, other control or special tokens, and ids past the
+    /// tokenizer's table: a model's vocabulary is often padded beyond its tokenizer's, and it may sample those ids).</summary>
     public bool IsControl(int id)
     {
         CheckId(id);
-        return _control[id];
+        return id >= _bytes.Length || _control[id];
     }
 
     /// <summary>The raw bytes one token stands for when printed after others (byte-fallback pieces give one byte).</summary>
@@ -141,6 +142,7 @@ public sealed partial class TextTokenizer
     public byte[] TokenBytes(int id, bool first)
     {
         CheckId(id);
+        if (id >= _bytes.Length) return [];
         byte[] b = _bytes[id];
         if (first && _stripFirstSpace && b.Length > 0 && b[0] == (byte)' ') return b[1..];
         return b;
@@ -150,8 +152,7 @@ public sealed partial class TextTokenizer
 
     private void CheckId(int id)
     {
-        if ((uint)id >= (uint)_bytes.Length)
-            throw new LckvException($"{Source}: token id {id} is outside the vocabulary [0, {_bytes.Length})");
+        if (id < 0) throw new LckvException($"{Source}: token id {id} is negative");
     }
 
     // ---------------- SentencePiece tokenizer.model ----------------

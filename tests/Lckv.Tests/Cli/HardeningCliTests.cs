@@ -155,6 +155,17 @@ public sealed class TokenizerFitCliTests
     }
 
     [SharedFact]
+    public void ATokenizerSmallerThanTheModelsVocabularyGenerates()
+    {
+        // 258 tokens for a model of 4096: the model samples ids the tokenizer lacks, which print nothing
+        using var dir = new TempDir();
+        string tok = dir.WriteText("tokenizer.json", TokenizerJson(257));
+        var r = Run("generate", "--model", SharedData.Path("golden", "llama-standard"), "--tokenizer", tok, "--prompt", "hi", "-n", "8",
+            "--temperature", "0", "--no-bos", "--ignore-eos");
+        Assert.True(r.Code == 0, r.Err);
+    }
+
+    [SharedFact]
     public void SpecialIdsThatDisagreeWithTheConfigWarn()
     {
         using var dir = new TempDir();
@@ -164,5 +175,21 @@ public sealed class TokenizerFitCliTests
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("warning: the tokenizer's BOS id 256 differs from the model's bos_token_id 1", r.Err);
         Assert.Contains("warning: the tokenizer's EOS id(s) 4095 are not among the model's eos_token_id(s) 2", r.Err);
+    }
+}
+
+public sealed class PaddedVocabularyTests
+{
+    [SharedFact]
+    public void IdsPastTheTokenizersTablePrintNothing()
+    {
+        // a model whose vocabulary is padded past its tokenizer's may sample those ids: used to fail mid-generation
+        var tok = Lckv.Formats.TextTokenizer.Load(SharedData.Path("tokenizers", "en4k.model"));
+        int hello = tok.Encode("hello", addBos: false)[0];
+        Assert.Equal(tok.Decode([hello]), tok.Decode([hello, tok.VocabSize, tok.VocabSize + 60]));
+        Assert.True(tok.IsControl(tok.VocabSize + 1));
+        var stream = tok.CreateStreamingDecoder();
+        Assert.Equal("", stream.Push(tok.VocabSize + 3));
+        Assert.Throws<LckvException>(() => tok.Decode([-1]));
     }
 }
