@@ -39,8 +39,18 @@ public static class BenchCommand
             if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
             if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder> or --preset small|tinyllama-1.1b");
 
+            var tests = new List<(BenchKind Kind, int Tokens, int Batch, int Depth)>();
+            foreach (int d in depths)
+                foreach (int b in batches)
+                {
+                    foreach (int n in pps.Where(x => x > 0)) tests.Add((BenchKind.PromptProcessing, n, b, d));
+                    foreach (int n in tgs.Where(x => x > 0)) tests.Add((BenchKind.TextGeneration, n, b, d));
+                }
+            if (tests.Count == 0) throw new LckvException("nothing to run: every --n-prompt and --n-gen is 0");
+
             var eviction = eo.Parse(p);
             using var model = Progress.Run("loading", _ => mo.LoadModel(p, stderr, eviction), stderr);
+            foreach (var t in tests) SpeedBench.CheckSizes(model, t.Tokens, t.Batch, t.Depth, r); // before the roofline probe
             long afterLoad = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64; // before the roofline probe's buffers
             int threads = WorkerPool.Shared.ThreadCount;
             stderr.WriteLine($"measuring the roofline on {threads} thread(s)...");
@@ -57,14 +67,6 @@ public static class BenchCommand
                 StealSeconds = StealTime.ReadSeconds() is null ? null : StealTime.ReadSeconds,
             };
 
-            var tests = new List<(BenchKind Kind, int Tokens, int Batch, int Depth)>();
-            foreach (int d in depths)
-                foreach (int b in batches)
-                {
-                    foreach (int n in pps.Where(x => x > 0)) tests.Add((BenchKind.PromptProcessing, n, b, d));
-                    foreach (int n in tgs.Where(x => x > 0)) tests.Add((BenchKind.TextGeneration, n, b, d));
-                }
-            if (tests.Count == 0) throw new LckvException("nothing to run: every --n-prompt and --n-gen is 0");
             var results = Progress.Run("bench", report =>
             {
                 var list = new List<BenchResult>();

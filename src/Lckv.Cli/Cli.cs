@@ -25,7 +25,7 @@ public static class Cli
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            error.WriteLine($"error: {parse.Errors[0].Message} (see 'lckv --help')");
+            error.WriteLine($"error: {Describe(parse.Errors[0])} (see 'lckv --help')");
             return 2;
         }
         try
@@ -64,6 +64,24 @@ public static class Cli
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
 
+    /// <summary>A parse error in the user's words: a value that does not parse as its option's type says what the option
+    /// takes ("--seed must be a non-negative integer, got '-1'"), never a .NET type name.</summary>
+    internal static string Describe(ParseError e)
+    {
+        if (e.SymbolResult is OptionResult { Option: var option } result && e.Message.StartsWith("Cannot parse argument", StringComparison.Ordinal))
+        {
+            var type = Nullable.GetUnderlyingType(option.ValueType) ?? option.ValueType;
+            string takes = type == typeof(ulong) || type == typeof(uint) ? "a non-negative integer"
+                : type == typeof(int) || type == typeof(long) ? "an integer"
+                : type == typeof(float) || type == typeof(double) ? "a number"
+                : type == typeof(bool) ? "true or false"
+                : $"a {type.Name.ToLowerInvariant()}";
+            string got = result.Tokens.Count > 0 ? $", got '{Printable.Escape(result.Tokens[^1].Value)}'" : "";
+            return $"{option.Name} must be {takes}{got}";
+        }
+        return e.Message;
+    }
+
     /// <summary>The flags that set the library's settings (LckvException.Settings), by the settings' library names.</summary>
     private static readonly Dictionary<string, string> _flags = new(StringComparer.OrdinalIgnoreCase)
     {
@@ -71,7 +89,7 @@ public static class Cli
         ["Lr"] = "--lr", ["MaxLr"] = "--lr", ["MinLr"] = "--min-lr", ["Warmup"] = "--warmup",
         ["Steps"] = "--steps", ["TotalSteps"] = "--steps", ["EvalEvery"] = "--eval-every", ["EvalBatches"] = "--eval-batches",
         ["SaveEvery"] = "--save-every", ["Resume"] = "--resume", ["Arch"] = "--arch", ["ValFraction"] = "--val-fraction",
-        ["Force"] = "--force",
+        ["Force"] = "--force", ["StopStrings"] = "--stop", ["Depth"] = "--depth", ["ContextLength"] = "--context",
         ["CalibrationSamples"] = "--samples", ["CalibrationLength"] = "--length", ["Threshold"] = "--threshold", ["Share"] = "--share",
     };
 

@@ -27,6 +27,9 @@ public static class DataCommand
             string outDir = p.GetValue(output)!;
             var meta = Progress.Run("tokenizing", report =>
                 TokenDataset.Prepare(p.GetValue(tokenizer)!, p.GetValue(files)!, outDir, p.GetValue(valFraction), p.GetValue(force), report), stderr);
+            if (meta.TrainTokens == 0) stderr.WriteLine("warning: the training split is empty: the input files hold too few tokens");
+            if (meta.ValTokens == 0 && p.GetValue(valFraction) > 0)
+                stderr.WriteLine($"warning: the validation split is empty (--val-fraction {p.GetValue(valFraction).ToString(System.Globalization.CultureInfo.InvariantCulture)} of {meta.TrainTokens} tokens); training cannot report validation loss");
             if (p.GetValue(json))
             {
                 stdout.WriteLine(JsonSerializer.Serialize(new

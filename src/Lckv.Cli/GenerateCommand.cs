@@ -42,9 +42,11 @@ public static class GenerateCommand
                 "sequential" => PrefillMode.Sequential,
                 var other => throw new LckvException($"--prefill must be plan or sequential, got '{other}'"),
             };
+            if (p.GetValue(stop) is { } stops && stops.Any(s => s.Length == 0))
+                throw new LckvException("--stop is empty; a stop string needs at least one character");
             var eviction = eo.Parse(p);
             using var model = mo.LoadModel(p, stderr, eviction);
-            var tokenizer = mo.LoadTokenizer(p, required: text is not null);
+            var tokenizer = mo.LoadTokenizer(p, required: text is not null, model, stderr);
             var genConfig = p.GetValue(mo.Model) is { } folder && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
 
             List<int[]> prompts;

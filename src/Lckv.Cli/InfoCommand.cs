@@ -56,8 +56,18 @@ public static class InfoCommand
                 if (!File.Exists(cpath)) throw new LckvException($"'{folder}' has no config.json");
                 cfg = ModelConfig.Load(cpath);
                 source = folder;
-                using var tensors = TensorSet.Open(folder);
-                dtype = string.Join(", ", tensors.Names.Select(n => DTypes.Name(tensors.Info(n).DType)).Distinct());
+                if (Directory.Exists(folder) && !Directory.EnumerateFiles(folder, "*.safetensors").Any()
+                    && !File.Exists(Path.Combine(folder, "model.safetensors.index.json")))
+                {
+                    // the report needs only the config: say so, rather than fail on the missing weights
+                    stderr.WriteLine($"note: no weights found in '{folder}' (no *.safetensors); this is the report of its config.json");
+                    dtype = cfg.TorchDtype ?? "unknown";
+                }
+                else
+                {
+                    using var tensors = TensorSet.Open(folder);
+                    dtype = string.Join(", ", tensors.Names.Select(n => DTypes.Name(tensors.Info(n).DType)).Distinct());
+                }
             }
             else
             {

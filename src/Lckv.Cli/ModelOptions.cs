@@ -108,11 +108,25 @@ public sealed class ModelOptions
 
     public void ApplyThreads(ParseResult p)
     {
-        if (p.GetValue(Threads) is int t)
-        {
-            if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
-            WorkerPool.Shared.ThreadCount = t;
-        }
+        if (p.GetValue(Threads) is int t) SetThreads(t);
+    }
+
+    /// <summary>--threads t for the shared worker pool: from 1 to a few threads per core.</summary>
+    public static void SetThreads(int t)
+    {
+        if (t < 1 || t > WorkerPool.MaxThreadCount)
+            throw new LckvException($"--threads must be from 1 to {WorkerPool.MaxThreadCount} (4 per core, {Environment.ProcessorCount} cores), got {t}");
+        WorkerPool.Shared.ThreadCount = t;
+    }
+
+    /// <summary>The tokenizer <see cref="LoadTokenizer(ParseResult, bool)"/> finds, checked against the model: one that does
+    /// not fit its vocabulary is an error, special ids that disagree a warning on stderr.</summary>
+    public TextTokenizer? LoadTokenizer(ParseResult p, bool required, LlamaModel model, TextWriter stderr)
+    {
+        var tokenizer = LoadTokenizer(p, required);
+        if (tokenizer is not null)
+            foreach (var w in tokenizer.CheckFits(model.Config, model.Source)) stderr.WriteLine($"warning: {w}");
+        return tokenizer;
     }
 
     /// <summary>--tokenizer, else the model folder's tokenizer file, else the tokenizer a GGUF model carries.</summary>

@@ -32,8 +32,9 @@ public static class PerplexityCommand
             int[] ids;
             if (textPath is not null)
             {
+                if (Directory.Exists(textPath)) throw new LckvException($"--file '{textPath}' is a folder, expected a text file");
                 if (!File.Exists(textPath)) throw new LckvException($"text file '{textPath}' does not exist");
-                var tokenizer = mo.LoadTokenizer(p, required: true)!;
+                var tokenizer = mo.LoadTokenizer(p, required: true, model, stderr)!;
                 ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.AddBosByDefault && tokenizer.BosId is not null);
             }
             else ids = ReadIds(idsPath!);
@@ -69,6 +70,7 @@ public static class PerplexityCommand
 
     internal static int[] ReadIds(string path)
     {
+        if (Directory.Exists(path)) throw new LckvException($"--ids-file '{path}' is a folder, expected a file of token ids");
         if (!File.Exists(path)) throw new LckvException($"ids file '{path}' does not exist");
         var tokens = File.ReadAllText(path).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
         var ids = new int[tokens.Length];

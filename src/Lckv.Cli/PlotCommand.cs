@@ -154,7 +154,7 @@ public static class PlotCommand
             }
             catch (JsonException e)
             {
-                throw new LckvException($"{path}:{lineNo}: not JSON ({e.Message})", e);
+                throw new LckvException($"{path}:{lineNo}: not JSON ({Lckv.Formats.Printable.Escape(e.Message, 120)})", e);
             }
             catch (Exception e) when (e is FormatException or InvalidOperationException)
             {

@@ -43,11 +43,7 @@ public static class ThroughputCommand
         {
             string fmt = p.GetValue(format)!;
             if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
-            if (p.GetValue(threads) is int t)
-            {
-                if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
-                WorkerPool.Shared.ThreadCount = t;
-            }
+            if (p.GetValue(threads) is int t) ModelOptions.SetThreads(t);
             string shapeName = p.GetValue(preset)!;
             var shape = Presets.Config(shapeName);
             var weightDType = p.GetValue(dtype) is { } d ? ParseDType(d, "--dtype") : Presets.DefaultDType(shapeName);

@@ -53,8 +53,6 @@ public static class TrainCommand
             Hidden = true,
         };
 
-        Option[] hyper = [batch, seqLen, accum, lr, minLr, warmup, weightDecay, beta1, beta2, clip, seed];
-        Option[] model = [preset, layout, config, from, arch];
         var cmd = new Command("train", "train a model on a prepared dataset (AdamW, cosine schedule, checkpoints, bit-exact --resume)");
         foreach (var o in new Option[] { preset, layout, config, from, arch, data, output, resume, batch, seqLen, accum, steps, lr, minLr,
                      warmup, weightDecay, beta1, beta2, clip, seed, evalEvery, evalBatches, saveEvery, printEvery, log, threads, debugHang })
@@ -62,11 +60,7 @@ public static class TrainCommand
 
         cmd.SetAction(p =>
         {
-            if (p.GetValue(threads) is int t)
-            {
-                if (t < 1) throw new LckvException($"--threads must be at least 1, got {t}");
-                WorkerPool.Shared.ThreadCount = t;
-            }
+            if (p.GetValue(threads) is int t) ModelOptions.SetThreads(t);
             int print = p.GetValue(printEvery);
             if (print < 1) throw new LckvException($"--print-every must be at least 1, got {print}");
             string outDir = p.GetValue(output)!;
@@ -77,16 +71,37 @@ public static class TrainCommand
             Trainer trainer;
             if (p.GetValue(resume))
             {
-                foreach (var o in model.Concat(hyper))
+                // the options a run started with may be repeated as they were; a different value is an error
+                string change = $"start a new run (--from {Path.Combine(outDir, Trainer.CheckpointName)}) to change it";
+                foreach (var o in new Option[] { preset, layout, config, from })
                     if (p.GetResult(o) is not null)
-                        throw new LckvException($"{o.Name} is fixed by the checkpoint being resumed; start a new run (--from {Path.Combine(outDir, Trainer.CheckpointName)}) to change it");
-                trainer = Trainer.Resume(TrainerModels.Create, dataset, outDir, o => o with
+                        throw new LckvException($"{o.Name} is fixed by the checkpoint being resumed; {change}");
+                trainer = Trainer.Resume(TrainerModels.Create, dataset, outDir, o =>
                 {
-                    Steps = p.GetValue(steps) ?? o.Steps,
-                    EvalEvery = p.GetValue(evalEvery) ?? o.EvalEvery,
-                    EvalBatches = p.GetValue(evalBatches) ?? o.EvalBatches,
-                    SaveEvery = p.GetValue(saveEvery) ?? o.SaveEvery,
+                    SameAs(p, batch, o.Batch, change);
+                    SameAs(p, seqLen, o.SeqLen, change);
+                    SameAs(p, accum, o.Accum, change);
+                    SameAs(p, lr, o.Lr, change);
+                    SameAs(p, minLr, o.MinLr, change);
+                    SameAs(p, warmup, o.Warmup, change);
+                    SameAs(p, weightDecay, o.WeightDecay, change);
+                    SameAs(p, beta1, o.Beta1, change);
+                    SameAs(p, beta2, o.Beta2, change);
+                    SameAs(p, clip, o.Clip, change);
+                    SameAs(p, seed, o.Seed, change);
+                    return o with
+                    {
+                        Steps = p.GetValue(steps) ?? o.Steps,
+                        EvalEvery = p.GetValue(evalEvery) ?? o.EvalEvery,
+                        EvalBatches = p.GetValue(evalBatches) ?? o.EvalBatches,
+                        SaveEvery = p.GetValue(saveEvery) ?? o.SaveEvery,
+                    };
                 }, logPath);
+                if (p.GetValue(arch) is { } a && a != trainer.Arch)
+                {
+                    trainer.Dispose();
+                    throw new LckvException($"--arch {a} differs from the checkpoint's {trainer.Arch}; {change}");
+                }
                 stdout.WriteLine($"resuming {trainer.CheckpointPath} at step {trainer.Step} of {trainer.Options.Steps}");
             }
             else
@@ -115,6 +130,8 @@ public static class TrainCommand
                 string a = p.GetValue(arch) ?? TrainerModels.Decoder;
                 if (!TrainerModels.Archs.Contains(a)) throw new LckvException($"unknown --arch '{a}' (expected {string.Join(" or ", TrainerModels.Archs)})");
                 trainer = Trainer.Start(TrainerModels.Create, cfg, a, dataset, options, outDir, logPath, initFrom);
+                if (options.Warmup >= options.Steps)
+                    stderr.WriteLine($"warning: --warmup {options.Warmup} is not below --steps {options.Steps}: the learning rate never reaches --lr {options.Lr.ToString(CultureInfo.InvariantCulture)} (give a shorter --warmup)");
                 long count = trainer.Model.Parameters.Sum(x => (long)x.Value.Length);
                 stdout.WriteLine($"training {a} ({cfg.ModelType}{(cfg.LayerTypes is null ? "" : ", layer_types " + cfg.LayerTypes)}, {count:N0} parameters) " +
                                  $"on {dataset.Meta.TrainTokens:N0} tokens; {options.Steps} steps of {options.Batch}x{options.SeqLen}x{options.Accum} tokens");
@@ -148,6 +165,14 @@ public static class TrainCommand
             }
         });
         return cmd;
+    }
+
+    /// <summary>LckvException naming both values when option o was given with a value other than the checkpoint's.</summary>
+    private static void SameAs<T>(ParseResult p, Option<T?> o, T stored, string change) where T : struct, IEquatable<T>
+    {
+        if (p.GetValue(o) is not T given || given.Equals(stored)) return;
+        throw new LckvException(string.Create(CultureInfo.InvariantCulture,
+            $"{o.Name} {given} differs from the checkpoint's {stored}; a resumed run keeps the options it started with ({change})"));
     }
 
     private static (int N, string Stage)? ParseHang(string? value)

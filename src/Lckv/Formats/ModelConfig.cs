@@ -60,11 +60,11 @@ public sealed record ModelConfig
         if (modelType is null)
             throw new LckvException($"{source}: missing required field 'model_type' (expected llama or lckv-llama)");
         if (modelType is not (LlamaType or LckvLlamaType))
-            throw new LckvException($"{source}: unsupported model_type '{modelType}' (expected llama or lckv-llama)");
+            throw new LckvException($"{source}: unsupported model_type '{Printable.Escape(modelType)}' (expected llama or lckv-llama)");
 
         string? act = f.String("hidden_act");
         if (act is not null && act != "silu")
-            throw new LckvException($"{source}: unsupported hidden_act '{act}' (expected silu)");
+            throw new LckvException($"{source}: unsupported hidden_act '{Printable.Escape(act)}' (expected silu)");
         if (f.Root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind != JsonValueKind.Null)
             throw new LckvException($"{source}: unsupported rope_scaling {JsonFields.Short(rs.GetRawText())} (only null is supported)");
         if (f.Bool("attention_bias") == true)
@@ -162,6 +162,10 @@ public sealed record ModelConfig
         return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan) + "\n";
     }
 
+    /// <summary>Most decoder layers a config may have: far above any real model; a corrupt count fails here, before
+    /// per-layer tables are allocated.</summary>
+    public const int MaxLayers = 1 << 16;
+
     /// <summary>Throws LckvException if the record is inconsistent (used by Parse and by presets).</summary>
     public void Validate() => Validate("model config");
 
@@ -169,10 +173,12 @@ public sealed record ModelConfig
     internal void Validate(string source)
     {
         if (ModelType is not (LlamaType or LckvLlamaType))
-            throw new LckvException($"{source}: unsupported model_type '{ModelType}' (expected llama or lckv-llama)");
+            throw new LckvException($"{source}: unsupported model_type '{Printable.Escape(ModelType)}' (expected llama or lckv-llama)");
         Positive(source, "hidden_size", HiddenSize);
         Positive(source, "intermediate_size", IntermediateSize);
         Positive(source, "num_hidden_layers", NumHiddenLayers);
+        if (NumHiddenLayers > MaxLayers)
+            throw new LckvException($"{source}: num_hidden_layers {NumHiddenLayers} is more than the {MaxLayers} Lckv supports");
         Positive(source, "num_attention_heads", NumAttentionHeads);
         Positive(source, "num_key_value_heads", NumKeyValueHeads);
         Positive(source, "head_dim", HeadDim);
@@ -194,7 +200,7 @@ public sealed record ModelConfig
                 throw new LckvException($"{source}: eos_token_id {e} is outside the vocabulary [0, {VocabSize})");
         }
         if (TorchDtype is not (null or "float32" or "bfloat16" or "float16"))
-            throw new LckvException($"{source}: unsupported torch_dtype '{TorchDtype}' (expected float32, bfloat16 or float16)");
+            throw new LckvException($"{source}: unsupported torch_dtype '{Printable.Escape(TorchDtype)}' (expected float32, bfloat16 or float16)");
         if (ForwardPasses < 0)
             throw new LckvException($"{source}: forward_passes must be 0 or more, not {ForwardPasses}");
         Positive(source, "backward_passes", BackwardPasses);
@@ -283,7 +289,7 @@ internal readonly struct JsonFields(JsonElement root, string source)
         }
         catch (JsonException e)
         {
-            throw new LckvException($"{source}: malformed JSON at line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}: {SafeTensorsFile.FirstLine(e.Message)}", e);
+            throw new LckvException($"{source}: malformed JSON at line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}: {SafeTensorsFile.JsonMessage(e)}", e);
         }
         if (doc.RootElement.ValueKind != JsonValueKind.Object)
         {
@@ -294,7 +300,7 @@ internal readonly struct JsonFields(JsonElement root, string source)
         return doc;
     }
 
-    public static string Short(string s) => s.Length <= 80 ? s : s[..77] + "...";
+    public static string Short(string s) => Printable.Escape(s);
 
     private bool TryGet(string name, out JsonElement value)
         => root.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null;

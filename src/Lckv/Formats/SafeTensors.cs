@@ -127,6 +127,9 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         long dataStart = 8 + (long)headerLen;
         long dataLength = fileLength - dataStart;
 
+        // the JSON reader leaves strings undecoded until they are read, so invalid UTF-8 is caught here, once
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new LckvException($"{path}: header is not valid UTF-8 text (a safetensors header is JSON); not a safetensors file or corrupt");
         JsonDocument doc;
         try
         {
@@ -134,7 +137,7 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         }
         catch (JsonException e)
         {
-            throw new LckvException($"{path}: malformed header JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}): {FirstLine(e.Message)}", e);
+            throw new LckvException($"{path}: malformed header JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}): {JsonMessage(e)}", e);
         }
 
         var tensors = new Dictionary<string, TensorInfo>(StringComparer.Ordinal);
@@ -156,7 +159,7 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
                     continue;
                 }
                 if (tensors.ContainsKey(prop.Name))
-                    throw new LckvException($"{path}: tensor '{prop.Name}' appears twice in the header");
+                    throw new LckvException($"{path}: tensor '{Printable.Escape(prop.Name)}' appears twice in the header");
                 tensors.Add(prop.Name, ReadEntry(path, prop.Name, prop.Value, dataStart));
             }
         }
@@ -173,14 +176,14 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         foreach (var m in value.EnumerateObject())
         {
             if (m.Value.ValueKind != JsonValueKind.String)
-                throw new LckvException($"{path}: '__metadata__' entry '{m.Name}' is a JSON {Kind(m.Value.ValueKind)}, expected a string");
+                throw new LckvException($"{path}: '__metadata__' entry '{Printable.Escape(m.Name)}' is a JSON {Kind(m.Value.ValueKind)}, expected a string");
             metadata[m.Name] = m.Value.GetString()!;
         }
     }
 
     private static TensorInfo ReadEntry(string path, string name, JsonElement e, long dataStart)
     {
-        string where = $"{path}: tensor '{name}'";
+        string where = $"{path}: tensor '{Printable.Escape(name)}'";
         if (e.ValueKind != JsonValueKind.Object)
             throw new LckvException($"{where} is a JSON {Kind(e.ValueKind)}, expected an object with dtype, shape and data_offsets");
 
@@ -188,7 +191,7 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         if (dt.ValueKind != JsonValueKind.String) throw new LckvException($"{where}: 'dtype' is a JSON {Kind(dt.ValueKind)}, expected a string");
         string dtName = dt.GetString()!;
         if (!DTypes.TryParse(dtName, out var dtype))
-            throw new LckvException($"{where} has unsupported dtype '{dtName}' (expected F32, F16, BF16, F64, I64, I32, I16, I8, U8 or BOOL)");
+            throw new LckvException($"{where} has unsupported dtype '{Printable.Escape(dtName)}' (expected F32, F16, BF16, F64, I64, I32, I16, I8, U8 or BOOL)");
 
         if (!e.TryGetProperty("shape", out var sh)) throw new LckvException($"{where} has no 'shape'");
         if (sh.ValueKind != JsonValueKind.Array) throw new LckvException($"{where}: 'shape' is a JSON {Kind(sh.ValueKind)}, expected an array of integers");
@@ -197,7 +200,7 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         foreach (var d in sh.EnumerateArray())
         {
             if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long v) || v < 0)
-                throw new LckvException($"{where}: shape {sh.GetRawText()} must hold non-negative integers");
+                throw new LckvException($"{where}: shape {Truncate(sh.GetRawText())} must hold non-negative integers");
             shape[k++] = v;
         }
 
@@ -238,13 +241,13 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         {
             long begin = t.Offset - dataStart, end = begin + t.Length;
             if (end > dataLength)
-                throw new LckvException($"{path}: tensor '{t.Name}' byte range [{begin}, {end}) exceeds the data section ({dataLength} bytes; file {fileLength} bytes): truncated or corrupt file");
+                throw new LckvException($"{path}: tensor '{Printable.Escape(t.Name)}' byte range [{begin}, {end}) exceeds the data section ({dataLength} bytes; file {fileLength} bytes): truncated or corrupt file");
             // zero-length tensors occupy nothing and cannot overlap
             if (t.Length == 0) continue;
             if (prev is not null && prev.Offset + prev.Length > t.Offset)
             {
                 long pb = prev.Offset - dataStart;
-                throw new LckvException($"{path}: tensors '{prev.Name}' [{pb}, {pb + prev.Length}) and '{t.Name}' [{begin}, {end}) overlap");
+                throw new LckvException($"{path}: tensors '{Printable.Escape(prev.Name)}' [{pb}, {pb + prev.Length}) and '{Printable.Escape(t.Name)}' [{begin}, {end}) overlap");
             }
             prev = t;
         }
@@ -252,7 +255,7 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
 
     /// <summary>The tensor's entry; LckvException naming the file if absent.</summary>
     public TensorInfo Info(string name)
-        => Tensors.TryGetValue(name, out var info) ? info : throw new LckvException($"{Path}: no tensor '{name}'");
+        => Tensors.TryGetValue(name, out var info) ? info : throw new LckvException($"{Path}: no tensor '{Printable.Escape(name)}'");
 
     /// <summary>Address of the first byte of the tensor's data in the mapping (valid until Dispose).</summary>
     public nint Pointer(string name)
@@ -265,7 +268,7 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
     public ReadOnlySpan<byte> Bytes(string name)
     {
         var info = Info(name);
-        if (info.Length > int.MaxValue) throw new LckvException($"{Path}: tensor '{name}' is larger than 2 GiB; use Pointer");
+        if (info.Length > int.MaxValue) throw new LckvException($"{Path}: tensor '{Printable.Escape(name)}' is larger than 2 GiB; use Pointer");
         return new ReadOnlySpan<byte>(Base + info.Offset, (int)info.Length);
     }
 
@@ -303,13 +306,29 @@ public sealed unsafe class SafeTensorsFile : ITensorFile
         _ => "value",
     };
 
+    /// <summary>A JSON reader's error made safe to print: the file text it quotes escaped and cut to 80 characters, the
+    /// "LineNumber | BytePositionInLine" tail (the callers give the position in their own words) dropped.</summary>
+    internal static string JsonMessage(JsonException e)
+    {
+        string m = e.Message;
+        int tail = m.LastIndexOf(" LineNumber:", StringComparison.Ordinal);
+        if (tail > 0) m = m[..tail].TrimEnd(' ', '|');
+        m = m.Replace("System.", "", StringComparison.Ordinal); // "could not be converted to String", not System.String
+        if (m.StartsWith('\''))
+        {
+            int end = m.LastIndexOf("' is ", StringComparison.Ordinal);
+            if (end > 0) m = "'" + Printable.Escape(m[1..end]) + m[end..];
+        }
+        return Printable.Escape(m, 240);
+    }
+
     internal static string FirstLine(string s)
     {
         int i = s.IndexOfAny(['\r', '\n']);
         return i < 0 ? s : s[..i];
     }
 
-    private static string Truncate(string s) => s.Length <= 60 ? s : s[..57] + "...";
+    private static string Truncate(string s) => Printable.Escape(s, 60);
 }
 
 /// <summary>
@@ -379,7 +398,7 @@ public sealed class TensorSet : IDisposable
                 if (byShard.ContainsKey(shard)) continue;
                 string shardPath = System.IO.Path.Combine(dir, shard);
                 if (!File.Exists(shardPath))
-                    throw new LckvException($"{indexPath}: shard '{shard}' (holding tensor '{tensor}') not found");
+                    throw new LckvException($"{indexPath}: shard '{Printable.Escape(shard)}' (holding tensor '{Printable.Escape(tensor)}') not found");
                 var f = SafeTensorsFile.Open(shardPath);
                 files.Add(f);
                 byShard.Add(shard, f);
@@ -391,7 +410,7 @@ public sealed class TensorSet : IDisposable
                 foreach (var name in f.Tensors.Keys)
                 {
                     if (owner.TryGetValue(name, out var other))
-                        throw new LckvException($"{indexPath}: tensor '{name}' is in two shards, '{System.IO.Path.GetFileName(other.Path)}' and '{System.IO.Path.GetFileName(f.Path)}'");
+                        throw new LckvException($"{indexPath}: tensor '{Printable.Escape(name)}' is in two shards, '{System.IO.Path.GetFileName(other.Path)}' and '{System.IO.Path.GetFileName(f.Path)}'");
                     owner.Add(name, f);
                 }
             }
@@ -401,7 +420,7 @@ public sealed class TensorSet : IDisposable
                 if (!f.Tensors.ContainsKey(tensor))
                 {
                     string actual = owner.TryGetValue(tensor, out var o) ? $" (it is in '{System.IO.Path.GetFileName(o.Path)}')" : "";
-                    throw new LckvException($"{indexPath}: weight_map puts tensor '{tensor}' in shard '{shard}', which does not contain it{actual}");
+                    throw new LckvException($"{indexPath}: weight_map puts tensor '{Printable.Escape(tensor)}' in shard '{Printable.Escape(shard)}', which does not contain it{actual}");
                 }
             }
             return new TensorSet(indexPath, files, owner);
@@ -425,7 +444,7 @@ public sealed class TensorSet : IDisposable
         try { doc = JsonDocument.Parse(bytes); }
         catch (JsonException e)
         {
-            throw new LckvException($"{indexPath}: malformed JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}): {SafeTensorsFile.FirstLine(e.Message)}", e);
+            throw new LckvException($"{indexPath}: malformed JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}): {SafeTensorsFile.JsonMessage(e)}", e);
         }
         using (doc)
         {
@@ -441,12 +460,12 @@ public sealed class TensorSet : IDisposable
             foreach (var p in map.EnumerateObject())
             {
                 if (p.Value.ValueKind != JsonValueKind.String)
-                    throw new LckvException($"{indexPath}: weight_map entry '{p.Name}' is a JSON {SafeTensorsFile.Kind(p.Value.ValueKind)}, expected a shard file name");
+                    throw new LckvException($"{indexPath}: weight_map entry '{Printable.Escape(p.Name)}' is a JSON {SafeTensorsFile.Kind(p.Value.ValueKind)}, expected a shard file name");
                 if (!seen.Add(p.Name))
-                    throw new LckvException($"{indexPath}: weight_map lists tensor '{p.Name}' twice");
+                    throw new LckvException($"{indexPath}: weight_map lists tensor '{Printable.Escape(p.Name)}' twice");
                 string shard = p.Value.GetString()!;
                 if (shard.Length == 0 || System.IO.Path.IsPathRooted(shard) || shard.Split('/', '\\').Contains(".."))
-                    throw new LckvException($"{indexPath}: weight_map entry '{p.Name}' names shard '{shard}', which is not a file in this folder");
+                    throw new LckvException($"{indexPath}: weight_map entry '{Printable.Escape(p.Name)}' names shard '{Printable.Escape(shard)}', which is not a file in this folder");
                 result.Add(new(p.Name, shard));
             }
             if (result.Count == 0) throw new LckvException($"{indexPath}: 'weight_map' is empty");
@@ -461,7 +480,7 @@ public sealed class TensorSet : IDisposable
 
     /// <summary>The file holding the tensor; LckvException if there is none.</summary>
     public ITensorFile FileOf(string name)
-        => _owner.TryGetValue(name, out var f) ? f : throw new LckvException($"{Source}: no tensor '{name}'");
+        => _owner.TryGetValue(name, out var f) ? f : throw new LckvException($"{Source}: no tensor '{Printable.Escape(name)}'");
 
     /// <summary>The tensor's raw bytes (valid until Dispose; at most 2 GiB).</summary>
     public ReadOnlySpan<byte> Bytes(string name) => FileOf(name).Bytes(name);
@@ -472,17 +491,17 @@ public sealed class TensorSet : IDisposable
         var file = FileOf(name);
         var info = file.Tensors[name];
         if (!DTypes.IsFloat(info.DType))
-            throw new LckvException($"{file.Path}: tensor '{name}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
+            throw new LckvException($"{file.Path}: tensor '{Printable.Escape(name)}' has dtype {DTypes.Name(info.DType)}; weights must be F32, F16 or BF16");
         long rows, cols;
         switch (info.Shape.Length)
         {
             case 1: rows = 1; cols = info.Shape[0]; break;
             case 2: rows = info.Shape[0]; cols = info.Shape[1]; break;
             default:
-                throw new LckvException($"{file.Path}: tensor '{name}' has shape {info.ShapeText}; a weight must be 1-D or 2-D");
+                throw new LckvException($"{file.Path}: tensor '{Printable.Escape(name)}' has shape {info.ShapeText}; a weight must be 1-D or 2-D");
         }
         if (rows > int.MaxValue || cols > int.MaxValue)
-            throw new LckvException($"{file.Path}: tensor '{name}' shape {info.ShapeText} is too large for a matrix");
+            throw new LckvException($"{file.Path}: tensor '{Printable.Escape(name)}' shape {info.ShapeText} is too large for a matrix");
         return new WeightMatrix(file.Pointer(name), info.DType, (int)rows, (int)cols);
     }
 
@@ -505,7 +524,7 @@ public sealed class TensorSet : IDisposable
                 { var s = MemoryMarshal.Cast<byte, double>(bytes); for (int i = 0; i < result.Length; i++) result[i] = (float)s[i]; }
                 break;
             case DType.Q8_0 or DType.Q4_0:
-                throw new LckvException($"{FileOf(name).Path}: tensor '{name}' is {DTypes.Name(info.DType)}-quantized; it cannot be read as f32 values here");
+                throw new LckvException($"{FileOf(name).Path}: tensor '{Printable.Escape(name)}' is {DTypes.Name(info.DType)}-quantized; it cannot be read as f32 values here");
             default:
                 { var l = ReadInt64s(name); for (int i = 0; i < result.Length; i++) result[i] = l[i]; }
                 break;
@@ -527,7 +546,7 @@ public sealed class TensorSet : IDisposable
             case DType.I8: { var s = MemoryMarshal.Cast<byte, sbyte>(bytes); for (int i = 0; i < result.Length; i++) result[i] = s[i]; } break;
             case DType.U8 or DType.Bool: for (int i = 0; i < result.Length; i++) result[i] = bytes[i]; break;
             default:
-                throw new LckvException($"{FileOf(name).Path}: tensor '{name}' has dtype {DTypes.Name(info.DType)}, expected an integer dtype");
+                throw new LckvException($"{FileOf(name).Path}: tensor '{Printable.Escape(name)}' has dtype {DTypes.Name(info.DType)}, expected an integer dtype");
         }
         return result;
     }

@@ -21,7 +21,7 @@ public sealed partial class TextTokenizer
         string model = keys.OptionalString(TokenizerKeys.Model)
             ?? throw new LckvException($"{file.Path}: the GGUF file carries no tokenizer ({TokenizerKeys.Model} is absent)");
         if (model is "no_vocab" or "none")
-            throw new LckvException($"{file.Path}: the GGUF file carries no tokenizer ({TokenizerKeys.Model} is '{model}')");
+            throw new LckvException($"{file.Path}: the GGUF file carries no tokenizer ({TokenizerKeys.Model} is '{Printable.Escape(model)}')");
         if (model is not ("llama" or "gpt2"))
             throw new LckvException($"{file.Path}: {TokenizerKeys.Model} '{Printable.Escape(model)}' is not supported (llama or gpt2)");
 

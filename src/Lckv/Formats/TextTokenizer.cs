@@ -80,6 +80,24 @@ public sealed partial class TextTokenizer
         return file.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? LoadTokenizerJson(file) : LoadSentencePiece(file);
     }
 
+    /// <summary>
+    /// Checks that this tokenizer can drive a model of the given config: more tokens than the model's vocabulary is an
+    /// LckvException (its ids would index past the embedding); special ids that disagree with the config's are
+    /// returned as warnings (a config may list more EOS ids than a tokenizer knows, so those only warn).
+    /// </summary>
+    public IReadOnlyList<string> CheckFits(ModelConfig config, string modelSource)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (VocabSize > config.VocabSize)
+            throw new LckvException($"{Source}: the tokenizer has {VocabSize} tokens, more than the {config.VocabSize} of the model's vocabulary ({modelSource}); it is not this model's tokenizer");
+        var warnings = new List<string>();
+        if (BosId is int bos && config.BosTokenId is int cb && bos != cb)
+            warnings.Add($"the tokenizer's BOS id {bos} differs from the model's bos_token_id {cb}; the tokenizer's is used");
+        if (config.EosTokenIds.Count > 0 && EosIds.Count > 0 && !EosIds.Any(config.EosTokenIds.Contains))
+            warnings.Add($"the tokenizer's EOS id(s) {string.Join(", ", EosIds)} are not among the model's eos_token_id(s) {string.Join(", ", config.EosTokenIds)}");
+        return warnings;
+    }
+
     /// <summary>The id of a token's text (a piece or an added token), or null.</summary>
     public int? TokenId(string token) => _tokenIds.TryGetValue(token, out int id) ? id : null;
 
@@ -110,11 +128,12 @@ public sealed partial class TextTokenizer
         return Encoding.UTF8.GetString(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(buffer));
     }
 
-    /// <summary>True for tokens that print nothing (bos, eos, other control or special tokens).</summary>
+    /// <summary>True for tokens that print nothing (bos, eos, other control or special tokens, and ids past the
+    /// tokenizer's table: a model's vocabulary is often padded beyond its tokenizer's, and it may sample those ids).</summary>
     public bool IsControl(int id)
     {
         CheckId(id);
-        return _control[id];
+        return id >= _bytes.Length || _control[id];
     }
 
     /// <summary>The raw bytes one token stands for when printed after others (byte-fallback pieces give one byte).</summary>
@@ -123,6 +142,7 @@ public sealed partial class TextTokenizer
     public byte[] TokenBytes(int id, bool first)
     {
         CheckId(id);
+        if (id >= _bytes.Length) return [];
         byte[] b = _bytes[id];
         if (first && _stripFirstSpace && b.Length > 0 && b[0] == (byte)' ') return b[1..];
         return b;
@@ -132,8 +152,7 @@ public sealed partial class TextTokenizer
 
     private void CheckId(int id)
     {
-        if ((uint)id >= (uint)_bytes.Length)
-            throw new LckvException($"{Source}: token id {id} is outside the vocabulary [0, {_bytes.Length})");
+        if (id < 0) throw new LckvException($"{Source}: token id {id} is negative");
     }
 
     // ---------------- SentencePiece tokenizer.model ----------------
@@ -211,10 +230,14 @@ public sealed partial class TextTokenizer
         if (piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
             && byte.TryParse(piece.AsSpan(3, 2), System.Globalization.NumberStyles.HexNumber, null, out byte b))
             return b;
-        throw new LckvException($"{path}: byte piece '{piece}' is not of the form <0xHH>");
+        throw new LckvException($"{path}: byte piece '{Printable.Escape(piece)}' is not of the form <0xHH>");
     }
 
     // ---------------- tokenizer.json ----------------
+
+    /// <summary>Token ids a tokenizer.json may use, [0, this): far above any real vocabulary, low enough that the
+    /// per-id tables of a corrupt file's ids stay small.</summary>
+    public const int MaxTokenIds = 1 << 24;
 
     private static TextTokenizer LoadTokenizerJson(string path)
     {
@@ -225,11 +248,11 @@ public sealed partial class TextTokenizer
             throw new LckvException($"{path}: no 'model' object");
         string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "(missing)";
         if (type != "BPE")
-            throw new LckvException($"{path}: tokenizer.json model type '{type}' is not supported (only byte-level BPE; for SentencePiece models use tokenizer.model)");
+            throw new LckvException($"{path}: tokenizer.json model type '{Printable.Escape(type)}' is not supported (only byte-level BPE; for SentencePiece models use tokenizer.model)");
         if (model.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True)
             throw new LckvException($"{path}: BPE with byte_fallback (SentencePiece-style tokenizer.json) is not supported by Microsoft.ML.Tokenizers 2.0.1; load tokenizer.model instead");
         if (root.TryGetProperty("normalizer", out var norm) && norm.ValueKind != JsonValueKind.Null)
-            throw new LckvException($"{path}: tokenizer.json normalizer '{TypeName(norm)}' is not supported (byte-level BPE without a normalizer only)");
+            throw new LckvException($"{path}: tokenizer.json normalizer '{Printable.Escape(TypeName(norm))}' is not supported (byte-level BPE without a normalizer only)");
 
         Regex split = ByteLevelSplit(path, root);
 
@@ -238,8 +261,8 @@ public sealed partial class TextTokenizer
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var p in vocabEl.EnumerateObject())
         {
-            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0)
-                throw new LckvException($"{path}: vocab entry '{p.Name}' must map to a non-negative integer id");
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0 || id >= MaxTokenIds)
+                throw new LckvException($"{path}: vocab entry '{Printable.Escape(p.Name)}' must map to an integer id in [0, {MaxTokenIds})");
             vocab[p.Name] = id;
         }
 
@@ -249,7 +272,8 @@ public sealed partial class TextTokenizer
             foreach (var m in mergesEl.EnumerateArray())
             {
                 if (m.ValueKind == JsonValueKind.String) merges.Add(m.GetString()!);
-                else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
+                else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2
+                    && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
                     merges.Add(m[0].GetString() + " " + m[1].GetString());
                 else throw new LckvException($"{path}: merges entry {JsonFields.Short(m.GetRawText())} is neither \"a b\" nor [\"a\", \"b\"]");
             }
@@ -262,7 +286,8 @@ public sealed partial class TextTokenizer
         {
             foreach (var a in addedEl.EnumerateArray())
             {
-                if (!a.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out int id) || id < 0
+                if (a.ValueKind != JsonValueKind.Object || !a.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number
+                    || !idEl.TryGetInt32(out int id) || id < 0 || id >= MaxTokenIds
                     || !a.TryGetProperty("content", out var cEl) || cEl.ValueKind != JsonValueKind.String)
                     throw new LckvException($"{path}: added_tokens entry {JsonFields.Short(a.GetRawText())} needs an id and a content");
                 added[cEl.GetString()!] = id;
@@ -362,11 +387,11 @@ public sealed partial class TextTokenizer
                         throw new LckvException($"{path}: Split pre-tokenizer without a Regex pattern is not supported");
                     string behavior = p.TryGetProperty("behavior", out var bh) && bh.ValueKind == JsonValueKind.String ? bh.GetString()! : "Isolated";
                     if (behavior != "Isolated" || (p.TryGetProperty("invert", out var inv) && inv.ValueKind == JsonValueKind.True))
-                        throw new LckvException($"{path}: Split pre-tokenizer behavior '{behavior}' is not supported (Isolated only)");
+                        throw new LckvException($"{path}: Split pre-tokenizer behavior '{Printable.Escape(behavior)}' is not supported (Isolated only)");
                     pattern = rx.GetString();
                     break;
                 default:
-                    throw new LckvException($"{path}: pre-tokenizer '{TypeName(p)}' is not supported (ByteLevel and Split only)");
+                    throw new LckvException($"{path}: pre-tokenizer '{Printable.Escape(TypeName(p))}' is not supported (ByteLevel and Split only)");
             }
         }
         if (!byteLevel) throw new LckvException($"{path}: BPE without a ByteLevel pre_tokenizer is not supported");
@@ -465,7 +490,7 @@ public sealed partial class TextTokenizer
     {
         int Lookup(string file, string field, string token)
             => ids.TryGetValue(token, out int id) ? id
-                : throw new LckvException($"{file}: {field} '{token}' is not a token of {Path.GetFileName(source)}");
+                : throw new LckvException($"{file}: {field} '{Printable.Escape(token)}' is not a token of {Path.GetFileName(source)}");
         int CheckRange(string file, string field, int id)
             => id >= 0 && id < vocab ? id : throw new LckvException($"{file}: {field} {id} is outside the vocabulary [0, {vocab})");
 
@@ -542,10 +567,10 @@ internal static class SentencePieceModelReader
             int field = (int)(key >> 3), wire = (int)(key & 7);
             if (field == 1 && wire == 2)
             {
-                int len = checked((int)ReadVarint(data, ref pos));
-                if (len < 0 || pos + len > data.Length) throw new FormatException("piece runs past the end");
-                result.Add(ReadPiece(data.Slice(pos, len)));
-                pos += len;
+                ulong len = ReadVarint(data, ref pos);
+                if (len > (ulong)(data.Length - pos)) throw new FormatException("piece runs past the end");
+                result.Add(ReadPiece(data.Slice(pos, (int)len)));
+                pos += (int)len;
             }
             else Skip(data, ref pos, wire);
         }
@@ -563,10 +588,10 @@ internal static class SentencePieceModelReader
             int field = (int)(key >> 3), wire = (int)(key & 7);
             if (field == 1 && wire == 2)
             {
-                int len = checked((int)ReadVarint(m, ref pos));
-                if (len < 0 || pos + len > m.Length) throw new FormatException("piece text runs past the end");
-                piece = Encoding.UTF8.GetString(m.Slice(pos, len));
-                pos += len;
+                ulong len = ReadVarint(m, ref pos);
+                if (len > (ulong)(m.Length - pos)) throw new FormatException("piece text runs past the end");
+                piece = Encoding.UTF8.GetString(m.Slice(pos, (int)len));
+                pos += (int)len;
             }
             else if (field == 3 && wire == 0) type = (int)ReadVarint(m, ref pos);
             else Skip(m, ref pos, wire);

@@ -314,6 +314,8 @@ public sealed class GenerationEngine
             sp.Validate();
             if (r.Prompt.Length == 0) throw new LckvException("the prompt is empty");
             if (r.StopStrings.Count > 0 && r.Tokenizer is null) throw new LckvException("stop strings need a tokenizer");
+            if (r.StopStrings.Any(string.IsNullOrEmpty))
+                throw new LckvException("a stop string is empty; it would match before the first token") { Settings = [nameof(r.StopStrings)] };
         }
         if (r.Prompt.Length > _context)
             throw new LckvException($"the prompt has {r.Prompt.Length} tokens, longer than the context length {_context}");

@@ -68,6 +68,8 @@ public sealed class Generator
         options.Sampling.Validate();
         if (options.MaxTokens < 0) throw new LckvException($"max_tokens must be >= 0, got {options.MaxTokens}");
         if (options.StopStrings.Count > 0 && tokenizer is null) throw new LckvException("stop strings need a tokenizer");
+        if (options.StopStrings.Any(string.IsNullOrEmpty))
+            throw new LckvException("a stop string is empty; it would match before the first token") { Settings = [nameof(GenerateOptions.StopStrings)] };
         if (prompts.Count == 0) return new GenerationOutput([], new GenerationTiming(0, 0, 0, 0, 0));
         int ctx = _model.ContextLength;
         for (int i = 0; i < prompts.Count; i++)

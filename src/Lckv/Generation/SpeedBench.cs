@@ -175,11 +175,20 @@ public sealed class SpeedBench
     /// <summary>The largest KV pool any test has allocated (for the memory report).</summary>
     public long LargestPoolBytes { get; private set; }
 
+    /// <summary>LckvException unless a test of these sizes fits the model's context: callers check every test of a run
+    /// before any of them (or a roofline probe) runs.</summary>
+    public static void CheckSizes(LlamaModel model, int tokens, int batch, int depth, int repetitions)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (tokens < 1 || batch < 1 || depth < 0 || repetitions < 1) throw new LckvException("bench sizes must be positive");
+        if ((long)depth + tokens > model.ContextLength)
+            throw new LckvException($"depth {depth} + {tokens} tokens exceed the context length {model.ContextLength}") { Settings = ["Depth", "ContextLength"] };
+    }
+
     public BenchResult Run(BenchKind kind, int tokens, int batch, int depth, int repetitions)
     {
-        if (tokens < 1 || batch < 1 || depth < 0 || repetitions < 1) throw new LckvException("bench sizes must be positive");
+        CheckSizes(_model, tokens, batch, depth, repetitions);
         int total = depth + tokens;
-        if (total > _model.ContextLength) throw new LckvException($"depth {depth} + {tokens} tokens exceed the context length {_model.ContextLength}");
         var layout = _model.KvLayout(_blockSize, _kvDType);
         bool upward = _model.Map.AnyAttendsTop;
         int maxRows = kind == BenchKind.PromptProcessing ? batch * tokens : batch;

@@ -52,16 +52,16 @@ public sealed partial class LayerMap
         if (layerTypes is null) return Identity(layers);
         var tokens = layerTypes.Split('_');
         if (tokens.Length != layers)
-            throw new LckvException($"layer_types '{layerTypes}' has {tokens.Length} entries, expected one per layer ({layers})");
+            throw new LckvException($"layer_types '{Lckv.Formats.Printable.Escape(layerTypes)}' has {tokens.Length} entries, expected one per layer ({layers})");
         var targets = new int[layers];
         var sliding = new bool[layers];
         for (int i = 0; i < layers; i++)
         {
             var m = TokenPattern().Match(tokens[i]);
             if (!m.Success)
-                throw new LckvException($"layer_types entry {i} '{tokens[i]}' is not a layer index with an optional 's' (pattern ^(\\d+)(s)?$)");
+                throw new LckvException($"layer_types entry {i} '{Lckv.Formats.Printable.Escape(tokens[i])}' is not a layer index with an optional 's' (pattern ^(\\d+)(s)?$)");
             if (!int.TryParse(m.Groups[1].Value, out int t) || t >= layers)
-                throw new LckvException($"layer_types entry {i} '{tokens[i]}' refers to layer {m.Groups[1].Value}, outside [0, {layers})");
+                throw new LckvException($"layer_types entry {i} '{Lckv.Formats.Printable.Escape(tokens[i])}' refers to layer {Lckv.Formats.Printable.Escape(m.Groups[1].Value)}, outside [0, {layers})");
             targets[i] = t;
             sliding[i] = m.Groups[2].Success;
         }

@@ -18,6 +18,9 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Where the weights came from (a folder, or "preset:name").</summary>
     public string Source { get; }
 
+    /// <summary>Longest context a model is built for: the RoPE table alone holds head_dim floats per position.</summary>
+    public const int MaxContextLength = 1 << 24;
+
     public LlamaModel(ModelConfig config, ModelWeights weights, string source, int? contextLength = null)
     {
         config.Validate();
@@ -27,6 +30,10 @@ public sealed class LlamaModel : IDisposable
         Source = source;
         ContextLength = contextLength ?? config.MaxPositionEmbeddings;
         if (ContextLength <= 0) throw new LckvException($"context length must be positive, got {ContextLength}");
+        if (ContextLength > MaxContextLength)
+            throw new LckvException($"context length {ContextLength}{(contextLength is null ? " (the model's max_position_embeddings)" : "")} is more than the {MaxContextLength} positions Lckv supports; give a shorter context");
+        if ((long)ContextLength * config.HeadDim > Array.MaxLength)
+            throw new LckvException($"context length {ContextLength} x head_dim {config.HeadDim} is too large for a RoPE table; give a shorter context");
         Rope = new RopeTable(config.HeadDim, config.RopeTheta, ContextLength, config.RopeStyle);
     }
 

@@ -61,8 +61,12 @@ public sealed unsafe class WorkerPool
     public static int DefaultThreadCount()
     {
         var s = Environment.GetEnvironmentVariable("LCKV_THREADS");
-        return int.TryParse(s, out int n) && n > 0 ? n : Environment.ProcessorCount;
+        return int.TryParse(s, out int n) && n > 0 ? Math.Min(n, MaxThreadCount) : Environment.ProcessorCount;
     }
+
+    /// <summary>Most threads a pool takes: four per core. More only oversubscribe the cores, and each thread holds a
+    /// stack, so a count in the thousands would exhaust the process before doing any work.</summary>
+    public static int MaxThreadCount => 4 * Environment.ProcessorCount;
 
     /// <summary>Where a call learns how many cores other processes leave it; null to always use <see cref="ThreadCount"/>. Settable at any time between calls.</summary>
     public ICoreAvailability? Cores
@@ -77,7 +81,7 @@ public sealed unsafe class WorkerPool
         get => Volatile.Read(ref _threads);
         set
         {
-            if (value < 1) throw new ArgumentOutOfRangeException(nameof(value), "at least one thread");
+            if (value < 1 || value > MaxThreadCount) throw new ArgumentOutOfRangeException(nameof(value), $"from 1 to {MaxThreadCount} threads");
             lock (_resize)
             {
                 var spin = new SpinWait();

@@ -108,6 +108,22 @@ public static class Checkpoint
     /// <summary>The folder to load: folder itself, or folder.old when folder is missing or incomplete; null if neither.</summary>
     public static string? Find(string folder) => CheckpointFolder.Resolve(folder, IsComplete);
 
+    /// <summary>Why folder (and folder.old) hold no loadable checkpoint: the first missing file or trainer_state.json's
+    /// error, for the folder that exists; null when neither exists.</summary>
+    public static string? Problem(string folder)
+    {
+        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder));
+        foreach (var f in new[] { full, full + CheckpointFolder.OldSuffix })
+        {
+            if (!Directory.Exists(f)) continue;
+            foreach (var file in new[] { ConfigFile, ModelFile, OptimizerFile, StateFile })
+                if (!File.Exists(Path.Combine(f, file))) return $"{f} has no {file}";
+            try { ReadState(f); }
+            catch (LckvException e) { return e.Message; }
+        }
+        return null;
+    }
+
     /// <summary>True when the four checkpoint files exist and trainer_state.json parses.</summary>
     public static bool IsComplete(string folder)
     {
@@ -137,7 +153,7 @@ public static class Checkpoint
         try { state = JsonSerializer.Deserialize<TrainerState>(bytes); }
         catch (JsonException e)
         {
-            throw new LckvException($"{path}: malformed JSON: {SafeTensorsFile.FirstLine(e.Message)}", e);
+            throw new LckvException($"{path}: malformed JSON: {SafeTensorsFile.JsonMessage(e)}", e);
         }
         if (state is null || state.Format != TrainerState.CurrentFormat)
             throw new LckvException($"{path}: not a trainer state (format '{state?.Format}', expected {TrainerState.CurrentFormat})");

@@ -113,12 +113,35 @@ public sealed class TokenDataset : IDisposable
         for (int i = 0; i < files.Count; i++)
         {
             progress?.Invoke(i, files.Count);
-            string text = JsonFields.ReadText(files[i]);
+            string text = ReadUtf8Text(files[i]);
             docs.Add((Path.GetFullPath(files[i]), tokenizer.Encode(text, addBos: bos)));
         }
         progress?.Invoke(files.Count, files.Count);
         var hash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(tokenizerFile)));
         return Write(outDir, docs, tokenizer.VocabSize, valFraction, tokenizerFile, hash, bos, force);
+    }
+
+    /// <summary>A text file's contents; LckvException for a binary file (a NUL byte) or bytes that are not UTF-8, which
+    /// would otherwise be tokenized as replacement characters.</summary>
+    private static string ReadUtf8Text(string path)
+    {
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new LckvException($"{path}: cannot read: {e.Message}", e);
+        }
+        int nul = Array.IndexOf(bytes, (byte)0);
+        if (nul >= 0) throw new LckvException($"{path}: a NUL byte at offset {nul}; this is a binary file, not text");
+        var span = bytes.AsSpan();
+        for (int at = 0; at < span.Length;)
+        {
+            if (System.Text.Rune.DecodeFromUtf8(span[at..], out _, out int used) != System.Buffers.OperationStatus.Done)
+                throw new LckvException($"{path}: not UTF-8 text (an invalid byte sequence at offset {at})");
+            at += used;
+        }
+        int bom = span.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]) ? 3 : 0;
+        return System.Text.Encoding.UTF8.GetString(span[bom..]);
     }
 
     /// <summary>Writes a dataset folder from token sequences (one per source), splitting each one's tail off.</summary>
@@ -220,7 +243,7 @@ public sealed class TokenDataset : IDisposable
         }
         catch (JsonException e)
         {
-            throw new LckvException($"{metaPath}: malformed JSON: {SafeTensorsFile.FirstLine(e.Message)}", e);
+            throw new LckvException($"{metaPath}: malformed JSON: {SafeTensorsFile.JsonMessage(e)}", e);
         }
         if (meta.Format != DataMeta.CurrentFormat) throw new LckvException($"{metaPath}: unknown format '{meta.Format}' (expected {DataMeta.CurrentFormat})");
         if (meta.DType is not ("uint16" or "int32")) throw new LckvException($"{metaPath}: unknown dtype '{meta.DType}' (expected uint16 or int32)");

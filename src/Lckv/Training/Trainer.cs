@@ -139,6 +139,9 @@ public sealed class Trainer : IDisposable
         options.Validate();
         if (Checkpoint.Find(Path.Combine(outDir, CheckpointName)) is { } existing)
             throw new LckvException($"{outDir} already holds a checkpoint ({existing}); resume that run, or start this one in another folder") { Settings = [nameof(Resume)] };
+        // a damaged checkpoint is still the user's: a fresh run does not write over it
+        if (Checkpoint.Problem(Path.Combine(outDir, CheckpointName)) is { } damaged)
+            throw new LckvException($"{outDir} already holds a checkpoint that cannot be resumed ({damaged}); move it away, or start this run in another folder");
         var model = factory(config, arch, options.Seed);
         if (initFrom is not null) Checkpoint.LoadParameters(model.Parameters, initFrom);
         var t = new Trainer(model, config, arch, data, options, outDir, logPath, initFrom);
@@ -163,7 +166,9 @@ public sealed class Trainer : IDisposable
         ArgumentNullException.ThrowIfNull(factory);
         string target = Path.Combine(outDir, CheckpointName);
         string folder = Checkpoint.Find(target)
-            ?? throw new LckvException($"{outDir}: no checkpoint to resume (expected {target} or {target}{CheckpointFolder.OldSuffix})");
+            ?? throw new LckvException(Checkpoint.Problem(target) is { } problem
+                ? $"{outDir}: the checkpoint cannot be resumed: {problem}"
+                : $"{outDir}: no checkpoint to resume (expected {target} or {target}{CheckpointFolder.OldSuffix})");
         var state = Checkpoint.ReadState(folder);
         var config = ModelConfig.Load(folder);
         var options = adjust is null ? state.Options : adjust(state.Options);
