@@ -20,6 +20,7 @@ public static class Cli
         root.Subcommands.Add(DataCommand.Create(output, error));
         root.Subcommands.Add(TrainCommand.Create(output, error));
         root.Subcommands.Add(PlotCommand.Create(output, error));
+        root.Subcommands.Add(TemplateCommand.Create(output, error));
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
