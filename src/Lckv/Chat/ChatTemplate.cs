@@ -193,12 +193,21 @@ public sealed class ChatTemplate
             return d;
         }),
         JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
-        JsonValueKind.String => e.GetString(),
+        JsonValueKind.String => JsonString(e),
         JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l : e.GetDouble(),
         JsonValueKind.True => true,
         JsonValueKind.False => false,
         _ => null,
     };
+
+    private static string JsonString(JsonElement e)
+    {
+        try { return e.GetString()!; }
+        catch (InvalidOperationException)
+        {
+            throw new LckvException($"chat template input: a JSON string holds an unpaired surrogate escape, which is not text ({e.GetRawText()})");
+        }
+    }
 
     internal static object? FromDotNet(object? v) => v switch
     {

@@ -347,6 +347,8 @@ public sealed class ChatTemplateTests
         CliTests.AssertOneLineError(CliTests.Run("template", "render", "--template", template, "--messages", messages, "--date", "15/01/2026"), "--date");
         CliTests.AssertOneLineError(CliTests.Run("template", "render", "--messages", messages), "--template");
         CliTests.AssertOneLineError(CliTests.Run("template", "render", "--template", template, "--messages", dir.WriteText("bad.json", "{\"x\": 1}")), "messages");
+        string lone = dir.WriteText("lone.json", """[{"role": "user", "content": "a\ud800b"}]""");
+        CliTests.AssertOneLineError(CliTests.Run("template", "render", "--template", template, "--messages", lone), "unpaired surrogate");
         string broken = dir.WriteText("b.jinja", "line one\n{% if x %}");
         CliTests.AssertOneLineError(CliTests.Run("template", "render", "--template", broken, "--messages", messages), "line 2");
         CliTests.AssertOneLineError(CliTests.Run("template", "render", "--model", dir.Root, "--messages", messages), "no chat template");
