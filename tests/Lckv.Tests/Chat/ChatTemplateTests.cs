@@ -275,6 +275,24 @@ public sealed class ChatTemplateTests
         Assert.Equal("1", template.Render(new ChatTemplateInput { Messages = [new("user", "a")] }));
     }
 
+    /// <summary>One parsed template serves many requests at once (the server shares it).</summary>
+    [Fact]
+    public void RendersConcurrently()
+    {
+        var template = ChatTemplate.Parse("{% set ns = namespace(s='') %}{% for m in messages %}{% set ns.s = ns.s + m.content %}"
+            + "{{ loop.index }}{% endfor %}={{ ns.s }}");
+        var results = new string[64];
+        Parallel.For(0, results.Length, i => results[i] = template.Render(new ChatTemplateInput
+        {
+            Messages = Enumerable.Range(0, i % 7 + 1).Select(k => new ChatMessage("user", $"{i}.{k};")).ToList(),
+        }));
+        for (int i = 0; i < results.Length; i++)
+        {
+            int n = i % 7 + 1;
+            Assert.Equal(string.Concat(Enumerable.Range(1, n)) + "=" + string.Concat(Enumerable.Range(0, n).Select(k => $"{i}.{k};")), results[i]);
+        }
+    }
+
     [Fact]
     public void LoadsTheTemplateOfACheckpointFolder()
     {
