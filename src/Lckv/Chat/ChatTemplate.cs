@@ -1,4 +1,6 @@
 using System.Collections;
+using System.Globalization;
+using System.Numerics;
 using System.Text;
 using System.Text.Json;
 using Lckv.Formats;
@@ -184,7 +186,8 @@ public sealed class ChatTemplate
         : v.ValueKind == JsonValueKind.Object && v.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString()
         : null;
 
-    /// <summary>A JSON value as a template value: objects are dicts (key order kept), integers are ints.</summary>
+    /// <summary>A JSON value as a template value: objects are dicts (key order kept), integers are ints (past 64 bits
+    /// too, as Python's json keeps them), other numbers floats.</summary>
     internal static object? FromJson(JsonElement e) => e.ValueKind switch
     {
         JsonValueKind.Object => e.EnumerateObject().Aggregate(new Dictionary<string, object?>(), (d, p) =>
@@ -194,7 +197,9 @@ public sealed class ChatTemplate
         }),
         JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
         JsonValueKind.String => JsonString(e),
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l : e.GetDouble(),
+        JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l
+            : e.GetRawText() is var raw && raw.AsSpan().IndexOfAny(".eE") < 0 ? BigInteger.Parse(raw, CultureInfo.InvariantCulture)
+            : e.GetDouble(),
         JsonValueKind.True => true,
         JsonValueKind.False => false,
         _ => null,

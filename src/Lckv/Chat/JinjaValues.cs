@@ -1,10 +1,12 @@
 using System.Globalization;
+using System.Numerics;
 using System.Text;
 
 namespace Lckv.Chat;
 
 /// <summary>
 /// Template values are plain objects with Python's meaning: null (None), bool, long (int), double (float), string,
+/// BigInteger (an int past 64 bits, from JSON input: printed and compared, no arithmetic),
 /// List&lt;object?&gt; (list and tuple), Dictionary&lt;string, object?&gt; (dict, insertion-ordered), and the types below.
 /// </summary>
 internal sealed class Undefined(string hint)
@@ -80,7 +82,7 @@ internal static class Py
     {
         null => "NoneType",
         bool => "bool",
-        long => "int",
+        long or BigInteger => "int",
         double => "float",
         string => "str",
         PyTuple => "tuple",
@@ -100,6 +102,7 @@ internal static class Py
         PyIterator => true,
         bool b => b,
         long l => l != 0,
+        BigInteger big => !big.IsZero,
         double d => d != 0,
         string s => s.Length > 0,
         List<object?> l => l.Count > 0,
@@ -122,6 +125,7 @@ internal static class Py
             case null: return "None";
             case bool b: return b ? "True" : "False";
             case long l: return l.ToString(CultureInfo.InvariantCulture);
+            case BigInteger big: return big.ToString(CultureInfo.InvariantCulture);
             case double d: return FloatRepr(d);
             case string s: return StringRepr(s);
             case Undefined: return "";
@@ -221,12 +225,15 @@ internal static class Py
 
     private static long ToLong(object? v) => v is bool b ? (b ? 1 : 0) : (long)v!;
 
-    private static bool IsInt(object? v) => v is bool or long;
+    private static bool IsInt(object? v) => v is bool or long or BigInteger;
+
+    private static BigInteger ToBig(object? v) => v is BigInteger b ? b : ToLong(v);
 
     public static bool Equal(object? a, object? b)
     {
         if (a is Undefined || b is Undefined) return a is Undefined && b is Undefined;
         if (a is null || b is null) return a is null && b is null;
+        if (a is BigInteger || b is BigInteger) return IsInt(a) && IsInt(b) && ToBig(a) == ToBig(b);
         if (IsNumber(a) && IsNumber(b))
             return IsInt(a) && IsInt(b) ? ToLong(a) == ToLong(b) : ToDouble(a) == ToDouble(b);
         switch (a)
@@ -245,6 +252,7 @@ internal static class Py
     /// <summary>Python's ordering (&lt; and friends): numbers, strings by code point, lists element-wise.</summary>
     public static int Compare(object? a, object? b, string op)
     {
+        if ((a is BigInteger || b is BigInteger) && IsInt(a) && IsInt(b)) return ToBig(a).CompareTo(ToBig(b));
         if (IsNumber(a) && IsNumber(b))
             return IsInt(a) && IsInt(b) ? ToLong(a).CompareTo(ToLong(b)) : ToDouble(a).CompareTo(ToDouble(b));
         if (a is string s && b is string t) return CompareCodePoints(s, t);
@@ -280,14 +288,15 @@ internal static class Py
         if (a is Undefined u) return new PyError(u.Hint);
         if (b is Undefined v) return new PyError(v.Hint);
         if (op == "+" && a is string) return new PyError($"can only concatenate str (not \"{TypeName(b)}\") to str");
-        if (op == "+" && a is List<object?> and not PyTuple and not PyIterator)
-            return new PyError($"can only concatenate list (not \"{TypeName(b)}\") to list");
+        if (op == "+" && a is PyTuple or List<object?> and not PyIterator)
+            return new PyError($"can only concatenate {TypeName(a)} (not \"{TypeName(b)}\") to {TypeName(a)}");
         return new PyError($"unsupported operand type(s) for {op}: '{TypeName(a)}' and '{TypeName(b)}'");
     }
 
     public static object? Binary(string op, object? a, object? b)
     {
         if (op == "~") return Str(a) + Str(b);
+        if (a is BigInteger || b is BigInteger) throw new PyError("arithmetic on integers past 64 bits is not supported");
         if (IsNumber(a) && IsNumber(b))
         {
             bool ints = IsInt(a) && IsInt(b);
@@ -329,7 +338,9 @@ internal static class Py
         switch (op, a, b)
         {
             case ("+", string s, string t): return s + t;
-            case ("+", List<object?> x and not PyIterator, List<object?> y and not PyIterator): return new List<object?>([.. x, .. y]);
+            case ("+", PyTuple x, PyTuple y): return new PyTuple([.. x, .. y]);
+            case ("+", List<object?> x and not PyIterator and not PyTuple, List<object?> y and not PyIterator and not PyTuple):
+                return new List<object?>([.. x, .. y]);
             case ("*", string s, long n): return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
             case ("*", long n, string s): return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
             case ("*", List<object?> x and not PyIterator, long n): return Enumerable.Repeat(x, (int)Math.Max(0, n)).SelectMany(l => l).ToList();
@@ -490,6 +501,7 @@ internal static class Py
             case null: sb.Append("null"); return;
             case bool b: sb.Append(b ? "true" : "false"); return;
             case long l: sb.Append(l.ToString(CultureInfo.InvariantCulture)); return;
+            case BigInteger big: sb.Append(big.ToString(CultureInfo.InvariantCulture)); return;
             case double d:
                 sb.Append(double.IsNaN(d) ? "NaN" : double.IsPositiveInfinity(d) ? "Infinity" : double.IsNegativeInfinity(d) ? "-Infinity" : FloatRepr(d));
                 return;

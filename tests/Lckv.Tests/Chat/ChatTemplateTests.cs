@@ -138,6 +138,9 @@ public sealed class ChatTemplateTests
     [InlineData("{{ '{} and {}'.format('a', 1) }}|{{ '{1}{0}{{x}}'.format('a', 'b') }}|{{ 0 is sameas false }}{{ false is sameas false }}",
         "{}",
         "a and 1|ba{x}|FalseTrue")]
+    [InlineData("{{ x | tojson }}|{{ x[4] }}|{{ x[4] > 1 }}{{ x[4] is integer }}|{{ (1, 2) + (3,) }}",
+        "{\"x\": [1.0, 0.5, 1e100, -0.0, 12345678901234567890]}",
+        "[1.0, 0.5, 1e+100, -0.0, 12345678901234567890]|12345678901234567890|TrueTrue|(1, 2, 3)")]
     public void ExpressionsAndStatementsMatchJinja(string source, string variables, string expected)
     {
         var vars = Vars(variables);
