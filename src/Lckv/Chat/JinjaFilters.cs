@@ -302,8 +302,8 @@ internal static class JinjaFilters
             "odd" => Py.Equal(Py.Binary("%", value, 2L), 1L),
             "even" => Py.Equal(Py.Binary("%", value, 2L), 0L),
             "divisibleby" => Py.Equal(Py.Binary("%", value, A(0)), 0L),
-            "lower" => value is string s && s == s.ToLowerInvariant(),
-            "upper" => value is string u && u == u.ToUpperInvariant(),
+            "lower" => JinjaMethods.IsLower(Py.Str(value)),
+            "upper" => JinjaMethods.IsUpper(Py.Str(value)),
             _ => throw new PyError($"no test named '{name}'"),
         };
     }
@@ -346,8 +346,8 @@ internal static class JinjaMethods
             "isalpha" => (_, _) => s.Length > 0 && s.All(char.IsLetter),
             "isalnum" => (_, _) => s.Length > 0 && s.All(char.IsLetterOrDigit),
             "isspace" => (_, _) => s.Length > 0 && s.All(Py.IsSpace),
-            "islower" => (_, _) => s.Any(char.IsLetter) && s == s.ToLowerInvariant(),
-            "isupper" => (_, _) => s.Any(char.IsLetter) && s == s.ToUpperInvariant(),
+            "islower" => (_, _) => IsLower(s),
+            "isupper" => (_, _) => IsUpper(s),
             _ => null,
         };
         return f is null ? null : new Callable("str." + name, f);
@@ -365,6 +365,11 @@ internal static class JinjaMethods
         };
         return f is null ? null : new Callable("dict." + name, f);
     }
+
+    /// <summary>Python's str.islower / isupper: some cased character, and none of the other case.</summary>
+    internal static bool IsLower(string s) => s.Any(char.IsLower) && !s.Any(char.IsUpper);
+
+    internal static bool IsUpper(string s) => s.Any(char.IsUpper) && !s.Any(char.IsLower);
 
     /// <summary>Python's str.format with `{}`, `{0}` and `{name}` fields (no conversions or format specs) and `{{ }}`.</summary>
     private static string Format(string format, List<object?> args, Dictionary<string, object?> kwargs)

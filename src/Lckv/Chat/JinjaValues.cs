@@ -343,6 +343,7 @@ internal static class Py
                 return new List<object?>([.. x, .. y]);
             case ("*", string s, long n): return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
             case ("*", long n, string s): return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
+            case ("*", PyTuple x, long n): return new PyTuple(Enumerable.Repeat(x, (int)Math.Max(0, n)).SelectMany(l => l));
             case ("*", List<object?> x and not PyIterator, long n): return Enumerable.Repeat(x, (int)Math.Max(0, n)).SelectMany(l => l).ToList();
             case ("%", string s, _): return Format(s, b);
         }
@@ -353,6 +354,8 @@ internal static class Py
     private static string Format(string format, object? args)
     {
         List<object?> values = args is PyTuple t ? t : [args];
+        // Python skips the unused-arguments check when the right side is a mapping or a non-tuple sequence
+        bool lenient = args is Dictionary<string, object?> || (args is List<object?> && args is not PyTuple);
         var sb = new StringBuilder();
         int next = 0;
         object? Take() => next < values.Count ? values[next++] : throw new PyError("not enough arguments for format string");
@@ -389,7 +392,7 @@ internal static class Py
                 default: throw new PyError($"unsupported format character '{format[i]}'");
             }
         }
-        if (next < values.Count) throw new PyError("not all arguments converted during string formatting");
+        if (next < values.Count && !lenient) throw new PyError("not all arguments converted during string formatting");
         return sb.ToString();
     }
 
@@ -414,7 +417,8 @@ internal static class Py
         string s => item is string t ? s.Contains(t, StringComparison.Ordinal)
             : throw new PyError($"'in <string>' requires string as left operand, not {TypeName(item)}"),
         List<object?> l => l.Any(x => Equal(x, item)),
-        Dictionary<string, object?> d => item is string k && d.ContainsKey(k),
+        Dictionary<string, object?> d => item is List<object?> or Dictionary<string, object?> or Namespace
+            ? throw new PyError($"unhashable type: '{TypeName(item)}'") : item is string k && d.ContainsKey(k),
         Namespace ns => item is string k && ns.Attrs.ContainsKey(k),
         Undefined => false,
         _ => throw new PyError($"argument of type '{TypeName(container)}' is not iterable"),
@@ -462,13 +466,12 @@ internal static class Py
         if (st == 0) throw new PyError("slice step cannot be zero");
         List<object?> items = target switch
         {
-            PyIterator => null!,
-            List<object?> l => l,
+            List<object?> l and not PyIterator => l,
             string s => CodePoints(s).Cast<object?>().ToList(),
             Undefined u => throw new PyError(u.Hint),
-            _ => null!,
+            Dictionary<string, object?> => throw new PyError("unhashable type: 'slice'"),
+            _ => throw new PyError($"'{TypeName(target)}' object is not subscriptable"),
         };
-        if (items is null) return new Undefined($"'{TypeName(target)}' object is not subscriptable");
         long n = items.Count;
         long Bound(object? v, long dflt, bool isStart)
         {
@@ -483,7 +486,7 @@ internal static class Py
         var result = new List<object?>();
         if (st > 0) for (long i = a; i < b; i += st) result.Add(items[(int)i]);
         else for (long i = a; i > b; i += st) result.Add(items[(int)i]);
-        return target is string ? string.Concat(result.Cast<string>()) : result;
+        return target is string ? string.Concat(result.Cast<string>()) : target is PyTuple ? new PyTuple(result) : result;
     }
 
     /// <summary>Python's json.dumps with Hugging Face's tojson defaults (ensure_ascii=False, no sorting).</summary>
