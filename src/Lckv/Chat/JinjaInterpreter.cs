@@ -364,8 +364,9 @@ internal sealed class JinjaInterpreter(DateOnly today)
         var list = new List<object?>();
         for (long i = start; step > 0 ? i < stop : i > stop; i += step)
         {
+            // the sandbox's MAX_RANGE
+            if (list.Count == 100_000) throw new PyError("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
             list.Add(i);
-            if (list.Count > 1_000_000) throw new PyError("range() too large");
         }
         return list;
     }

@@ -341,10 +341,10 @@ internal static class Py
             case ("+", PyTuple x, PyTuple y): return new PyTuple([.. x, .. y]);
             case ("+", List<object?> x and not PyIterator and not PyTuple, List<object?> y and not PyIterator and not PyTuple):
                 return new List<object?>([.. x, .. y]);
-            case ("*", string s, long n): return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
-            case ("*", long n, string s): return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
-            case ("*", PyTuple x, long n): return new PyTuple(Enumerable.Repeat(x, (int)Math.Max(0, n)).SelectMany(l => l));
-            case ("*", List<object?> x and not PyIterator, long n): return Enumerable.Repeat(x, (int)Math.Max(0, n)).SelectMany(l => l).ToList();
+            case ("*", string s, long or bool): return Repeat(s, ToLong(b));
+            case ("*", long or bool, string s): return Repeat(s, ToLong(a));
+            case ("*", PyTuple x, long or bool): return new PyTuple(Enumerable.Repeat(x, Count(ToLong(b))).SelectMany(l => l));
+            case ("*", List<object?> x and not PyIterator, long or bool): return Enumerable.Repeat(x, Count(ToLong(b))).SelectMany(l => l).ToList();
             case ("%", string s, _): return Format(s, b);
         }
         throw Unsupported(op, a, b);
@@ -355,7 +355,7 @@ internal static class Py
     {
         List<object?> values = args is PyTuple t ? t : [args];
         // Python skips the unused-arguments check when the right side is a mapping or a non-tuple sequence
-        bool lenient = args is Dictionary<string, object?> || (args is List<object?> && args is not PyTuple);
+        bool lenient = args is Dictionary<string, object?> or Undefined || (args is List<object?> && args is not PyTuple);
         var sb = new StringBuilder();
         int next = 0;
         object? Take() => next < values.Count ? values[next++] : throw new PyError("not enough arguments for format string");
@@ -395,6 +395,11 @@ internal static class Py
         if (next < values.Count && !lenient) throw new PyError("not all arguments converted during string formatting");
         return sb.ToString();
     }
+
+    private static int Count(long n) => n <= 0 ? 0 : n > 1_000_000 ? throw new PyError("repetition too large") : (int)n;
+
+    private static string Repeat(string s, long n) =>
+        (long)s.Length * Math.Max(0, n) > 100_000_000 ? throw new PyError("repetition too large") : string.Concat(Enumerable.Repeat(s, Count(n)));
 
     private static long Checked(Func<long> f)
     {
