@@ -76,9 +76,14 @@ internal static class JinjaLexer
             {
                 var tokens = new List<Token>();
                 pos = Tokenize(source, inner, kind == '{' ? "}}" : "%}", ref line, tokens, out char mark);
-                if (kind == '{') segments.Add(new OutputSegment(tokens, tagLine));
-                else segments.Add(new TagSegment(tokens, tagLine));
-                after = mark == '-' ? After.StripAll : kind == '%' && mark != '+' ? After.TrimNewline : After.None;
+                if (kind == '%' && mark != '+' && tokens is [{ Kind: TokKind.Name, Text: "raw" }])
+                    pos = Raw(source, pos, mark, ref line, tagLine, segments, out after);
+                else
+                {
+                    if (kind == '{') segments.Add(new OutputSegment(tokens, tagLine));
+                    else segments.Add(new TagSegment(tokens, tagLine));
+                    after = mark == '-' ? After.StripAll : kind == '%' && mark != '+' ? After.TrimNewline : After.None;
+                }
             }
             // the end of the match Jinja just made: a trimmed newline or stripped whitespace may end it with \n
             int consumed = pos;
@@ -90,6 +95,37 @@ internal static class JinjaLexer
     }
 
     private enum After { None, StripAll, TrimNewline }
+
+    private static readonly System.Text.RegularExpressions.Regex _endRaw = new(@"\{%([-+]?)\s*endraw\s*([-+]?)%\}");
+
+    /// <summary>`{% raw %}...{% endraw %}`: the text between, as is (the tags' own whitespace marks and lstrip_blocks
+    /// apply to its ends, and trim_blocks after endraw, as in Jinja2); returns the position after endraw.</summary>
+    private static int Raw(string source, int pos, char beginMark, ref int line, int tagLine, List<Segment> segments, out After after)
+    {
+        var m = _endRaw.Match(source, pos);
+        if (!m.Success) throw JinjaError.At(tagLine, "missing '{% endraw %}' after '{% raw %}'");
+        string raw = source[pos..m.Index];
+        int rawLine = line;
+        line += Count(raw, '\n') + Count(m.Value, '\n');
+        bool lineStarting = false;  // whether the raw-begin match ended with a newline ('-%}' takes the whitespace after it)
+        if (beginMark == '-')
+        {
+            string rest = Py.Strip(raw, right: false);
+            lineStarting = rest.Length < raw.Length && raw[raw.Length - rest.Length - 1] == '\n';
+            raw = rest;
+        }
+        char endSign = m.Groups[1].Value is [var c] ? c : '\0';
+        if (endSign == '-') raw = Py.Strip(raw, left: false);
+        else if (endSign != '+')
+        {
+            int lpos = raw.LastIndexOf('\n') + 1;
+            if ((lpos > 0 || lineStarting) && raw.AsSpan(lpos).IndexOfAnyExcept(' ', '\t') < 0) raw = raw[..lpos];
+        }
+        if (raw.Length > 0) segments.Add(new TextSegment(raw, rawLine));
+        char endMark = m.Groups[2].Value is [var d] ? d : '\0';
+        after = endMark == '-' ? After.StripAll : endMark == '+' ? After.None : After.TrimNewline;
+        return m.Index + m.Length;
+    }
 
     private static bool IsSpace(char c) => Py.IsSpace(c);
 

@@ -45,6 +45,8 @@ public sealed class ChatTemplateTests
     [InlineData("{%- for m in [1] -%}\n  {{ m }}\n{%- endfor -%}\n", "1")]
     [InlineData("{% if true %}\n    indented {{ 1 }}\n{% endif %}\n", "    indented 1\n")]
     [InlineData("{{ '{{ x }}' }}{# {{ not output }} #}", "{{ x }}")]
+    [InlineData("a\n  {% raw %}{{ x }} {% if %}\n  {% endraw %}\nb", "a\n{{ x }} {% if %}\nb")]       // raw text, tags' rules at its ends
+    [InlineData("{% raw -%}\n  {#- kept -#}  {%- endraw %}|", "{#- kept -#}|")]
     public void WhitespaceControlMatchesJinja(string source, string expected) => Assert.Equal(expected, Render(source));
 
     /// <summary>Loops (variables, else, filters, break/continue, nesting), scoping, operators, filters, tests, methods,
@@ -203,6 +205,7 @@ public sealed class ChatTemplateTests
     [InlineData("{{ 'abc' | nosuchfilter }}", 1, "no filter named 'nosuchfilter'")]
     [InlineData("{{ 1 is nosuchtest }}", 1, "no test named 'nosuchtest'")]
     [InlineData("{% include 'x' %}", 1, "unsupported tag 'include'")]
+    [InlineData("\n{% raw %}{{ x }}", 2, "missing '{% endraw %}'")]
     [InlineData("{{ 'unterminated }}", 1, "unterminated string")]
     [InlineData("x {{ y", 1, "unclosed tag")]
     [InlineData("{% for x in y %}{% endfor %}{% break %}", 1, "'break' outside a for loop")]
