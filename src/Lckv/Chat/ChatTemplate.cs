@@ -83,6 +83,8 @@ public sealed class ChatTemplate
     /// <summary>Parses a template; a syntax error is a <see cref="ChatTemplateException"/> naming the line.</summary>
     public static ChatTemplate Parse(string source) => new(source, JinjaParser.Parse(source));
 
+    /// <summary>The prompt text for one conversation. The template's failures (raise_exception included) are a
+    /// <see cref="ChatTemplateException"/>; input it cannot take (a variable of an unknown type) an <see cref="LckvException"/>.</summary>
     public string Render(ChatTemplateInput input)
     {
         var root = new Scope(null);
