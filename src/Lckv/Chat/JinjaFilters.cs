@@ -28,7 +28,17 @@ internal static class JinjaFilters
 
     private static List<object?> Seq(object? v) => Py.Iterate(v);
 
+    /// <summary>The filters that are generators in Jinja2: their failures surface only when the result is walked.</summary>
+    private static bool IsLazy(string name) => name is "items" or "selectattr" or "rejectattr" or "select" or "reject" or "map" or "unique";
+
     public static object? Apply(string name, object? value, List<object?> args, Dictionary<string, object?> kwargs, JinjaInterpreter interp)
+    {
+        if (!IsLazy(name)) return ApplyCore(name, value, args, kwargs, interp);
+        try { return ApplyCore(name, value, args, kwargs, interp); }
+        catch (PyError e) { return new PyIterator([]) { Failure = e.Message }; }
+    }
+
+    private static object? ApplyCore(string name, object? value, List<object?> args, Dictionary<string, object?> kwargs, JinjaInterpreter interp)
     {
         switch (name)
         {
@@ -154,7 +164,9 @@ internal static class JinjaFilters
                 };
             }
             case "reverse":
-                return value is string rs ? string.Concat(Enumerable.Reverse(Py.CodePoints(rs))) : new PyIterator(Enumerable.Reverse(Seq(value)));
+                if (value is string rs) return string.Concat(Enumerable.Reverse(Py.CodePoints(rs)));
+                try { return new PyIterator(Enumerable.Reverse(Seq(value))); }
+                catch (PyError) { throw new PyError("argument must be iterable"); }
             case "sort":
             {
                 bool reverse = Py.Truthy(Arg(args, kwargs, 0, "reverse", false));

@@ -21,7 +21,11 @@ internal sealed class PyTuple(IEnumerable<object?> items) : List<object?>(items)
 /// <summary>What Jinja2's lazy filters (select, selectattr, map, unique, items, reverse, ...) return: a generator, which
 /// is always true, has no len() and no items by index, and prints as an object; `| list` makes a list of it. (Unlike a
 /// Python generator it can be walked more than once.)</summary>
-internal sealed class PyIterator(IEnumerable<object?> items) : List<object?>(items);
+internal sealed class PyIterator(IEnumerable<object?> items) : List<object?>(items)
+{
+    /// <summary>The error the generator raises when walked (its input could not be walked or filtered), or null.</summary>
+    public string? Failure { get; init; }
+}
 
 /// <summary>namespace(...): the one object a template may assign attributes on, so state survives a loop body.</summary>
 internal sealed class Namespace
@@ -355,7 +359,7 @@ internal static class Py
     {
         List<object?> values = args is PyTuple t ? t : [args];
         // Python skips the unused-arguments check when the right side is a mapping or a non-tuple sequence
-        bool lenient = args is Dictionary<string, object?> or Undefined || (args is List<object?> && args is not PyTuple);
+        bool lenient = args is Dictionary<string, object?> or Undefined || (args is List<object?> and not PyTuple and not PyIterator);
         var sb = new StringBuilder();
         int next = 0;
         object? Take() => next < values.Count ? values[next++] : throw new PyError("not enough arguments for format string");
@@ -419,6 +423,7 @@ internal static class Py
     /// <summary>`item in container`.</summary>
     public static bool Contains(object? container, object? item) => container switch
     {
+        PyIterator { Failure: { } failure } => throw new PyError(failure),
         string s => item is string t ? s.Contains(t, StringComparison.Ordinal)
             : throw new PyError($"'in <string>' requires string as left operand, not {TypeName(item)}"),
         List<object?> l => l.Any(x => Equal(x, item)),
@@ -432,6 +437,7 @@ internal static class Py
     /// <summary>What `for` walks: list items, dict keys, string code points; nothing for Undefined.</summary>
     public static List<object?> Iterate(object? v) => v switch
     {
+        PyIterator { Failure: { } failure } => throw new PyError(failure),
         List<object?> l => l,
         Dictionary<string, object?> d => d.Keys.Cast<object?>().ToList(),
         string s => CodePoints(s).Cast<object?>().ToList(),

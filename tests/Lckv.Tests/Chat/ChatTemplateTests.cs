@@ -163,6 +163,8 @@ public sealed class ChatTemplateTests
             + "|{{ \"bB\" | list | sort | join }}|{{ [\"b\", \"A\", \"a\", \"B\"] | sort | join }}|{{ [\"b\", \"A\", \"a\", \"B\"] | unique | join }}"
             + "|{{ [\"b\", \"A\"] | max }}|{{ [3, 1] | sort(reverse=true) | join }}"));
         Assert.Contains("object of type 'generator' has no len()", Fails("{{ [1] | select | length }}").Message);
+        Assert.Equal("generators fail when walked", Render("{% if 5 | select %}generators fail when walked{% endif %}"));
+        Assert.Contains("'int' object is not iterable", Fails("{{ 5 | select | list }}").Message);
         Assert.Contains("unsupported operand type(s) for %: 'list' and 'int'", Fails("{{ [] is odd }}").Message);
         Assert.Contains("'missing' is undefined", Fails("{{ missing | int }}").Message);
     }
