@@ -22,6 +22,7 @@ public static class Cli
         root.Subcommands.Add(TrainCommand.Create(output, error));
         root.Subcommands.Add(PlotCommand.Create(output, error));
         root.Subcommands.Add(ServeCommand.Create(output, error));
+        root.Subcommands.Add(TemplateCommand.Create(output, error));
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
