@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Lckv.Cache;
+using Lckv.Chat;
 using Lckv.Generation;
 using Lckv.Model;
 using Lckv.Server;
@@ -20,10 +21,11 @@ public static class ServeCommand
         var queue = new Option<int>("--queue") { Description = "most requests waiting for KV room; more get 429", DefaultValueFactory = _ => 64 };
         var name = new Option<string?>("--model-name") { Description = "model id in /v1/models and responses (default: the model folder's name)" };
         var noBos = new Option<bool>("--no-bos") { Description = "do not prepend the BOS token to text prompts" };
+        var template = new Option<string?>("--chat-template") { Description = "Jinja chat template file for /v1/chat/completions (default: the model's own, from tokenizer_config.json or GGUF metadata)" };
         var cmd = new Command("serve", "serve the model over an OpenAI-compatible HTTP API (continuous batching)");
         mo.AddTo(cmd, longContext: true);
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { host, port, apiKey, maxBatch, stepTokens, queue, name, noBos }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { host, port, apiKey, maxBatch, stepTokens, queue, name, noBos, template }) cmd.Options.Add(o);
 
         cmd.SetAction(p =>
         {
@@ -32,23 +34,25 @@ public static class ServeCommand
             if (step < 1) throw new LckvException($"--step-tokens must be at least 1, got {step}");
             if (waiting < 1) throw new LckvException($"--queue must be at least 1, got {waiting}");
             if (listen is < 0 or > 65535) throw new LckvException($"--port must be in [0, 65535], got {listen}");
+            string? folder = p.GetValue(mo.Model);
+            var chat = ChatRenderer(p.GetValue(template), folder);
             var parts = Build(p, mo, eo, batch, step, waiting, budgetFor: null, stderr);
             using var model = parts.Model;
             using var pool = parts.Pool;
             var (tokenizer, scheduler, budget) = (parts.Tokenizer, parts.Scheduler, parts.Pool.CapacityBytes);
-            string? folder = p.GetValue(mo.Model);
             var options = new ServerOptions
             {
                 Host = p.GetValue(host)!, Port = listen,
                 ApiKey = p.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable("LCKV_API_KEY") is { Length: > 0 } k ? k : null),
                 ModelName = p.GetValue(name) ?? (folder is null ? p.GetValue(mo.Preset)! : Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(folder))),
                 AddBos = !p.GetValue(noBos),
-                // no ChatPromptRenderer: without a chat template /v1/chat/completions answers 400 "no chat template"
+                // without a chat template /v1/chat/completions answers 400 "no chat template"
+                ChatPromptRenderer = chat,
             };
             var server = LckvServer.StartAsync(scheduler, tokenizer, options).GetAwaiter().GetResult();
             try
             {
-                stderr.WriteLine($"lckv serve: {options.ModelName} on {server.Address} (batch {batch}, KV budget {pool.TotalBlocks} blocks, {budget / 1048576.0:F1} MiB{(tokenizer is null ? ", no tokenizer: token-id prompts only" : "")}{(options.ApiKey is null ? "" : ", API key required")}); Ctrl-C stops");
+                stderr.WriteLine($"lckv serve: {options.ModelName} on {server.Address} (batch {batch}, KV budget {pool.TotalBlocks} blocks, {budget / 1048576.0:F1} MiB{(tokenizer is null ? ", no tokenizer: token-id prompts only" : "")}{(options.ApiKey is null ? "" : ", API key required")}{(chat is null ? ", no chat template: completions only" : "")}); Ctrl-C stops");
                 server.WaitForShutdownAsync().GetAwaiter().GetResult();
             }
             finally
@@ -58,6 +62,29 @@ public static class ServeCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// The chat seam over a Jinja chat template: the file given, else the model's own (a folder's tokenizer_config.json
+    /// or chat_template.jinja, a GGUF file's tokenizer.chat_template); null when there is none. The template sees the
+    /// model's bos/eos token strings and add_generation_prompt.
+    /// </summary>
+    internal static Func<IReadOnlyList<ChatMessage>, string>? ChatRenderer(string? file, string? model)
+    {
+        ChatTemplate? template;
+        if (file is not null)
+        {
+            if (!File.Exists(file)) throw new LckvException(Directory.Exists(file) ? $"--chat-template '{file}' is a folder, expected a template file" : $"--chat-template '{file}' does not exist");
+            template = ChatTemplate.Parse(File.ReadAllText(file));
+        }
+        else template = model is null ? null : ChatTemplate.FromCheckpoint(model);
+        if (template is null) return null;
+        var (bos, eos) = model is null ? (null, null) : ChatTemplate.ReadSpecialTokens(model);
+        return messages => template.Render(new ChatTemplateInput
+        {
+            Messages = messages,
+            AddGenerationPrompt = true, BosToken = bos ?? "", EosToken = eos ?? "",
+        });
     }
 
     /// <summary>The model, tokenizer, KV pool and scheduler a server runs on.</summary>

@@ -16,7 +16,7 @@ public sealed class LckvChatClient : IChatClient
 {
     private readonly BatchScheduler _scheduler;
     private readonly TextTokenizer _tokenizer;
-    private readonly Func<IReadOnlyList<ChatMessage>, string> _render;
+    private readonly Func<IReadOnlyList<Lckv.Chat.ChatMessage>, string> _render;
     private readonly bool _addBos;
     private readonly string _modelId;
 
@@ -25,7 +25,7 @@ public sealed class LckvChatClient : IChatClient
     /// <param name="render">the chat template: a conversation to prompt text</param>
     /// <param name="modelId">the model id responses name</param>
     /// <param name="addBos">whether the prompt gets the tokenizer's BOS token in front (when the tokenizer adds one by default)</param>
-    public LckvChatClient(BatchScheduler scheduler, TextTokenizer tokenizer, Func<IReadOnlyList<ChatMessage>, string> render, string modelId = "lckv", bool addBos = true)
+    public LckvChatClient(BatchScheduler scheduler, TextTokenizer tokenizer, Func<IReadOnlyList<Lckv.Chat.ChatMessage>, string> render, string modelId = "lckv", bool addBos = true)
     {
         _scheduler = scheduler;
         _tokenizer = tokenizer;
@@ -118,8 +118,8 @@ public sealed class LckvChatClient : IChatClient
     private JobSpec Spec(IEnumerable<AI.ChatMessage> messages, ChatOptions? options)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        var conversation = messages.Select(m => new ChatMessage(m.Role.Value, m.Text)).ToList();
-        int[] prompt = _tokenizer.Encode(_render(conversation), _addBos);
+        var conversation = messages.Select(m => new Lckv.Chat.ChatMessage(m.Role.Value, m.Text)).ToList();
+        int[] prompt = LckvServer.EncodeChat(_tokenizer, _render(conversation), _addBos);
         var sampling = new SamplingParams
         {
             Temperature = options?.Temperature ?? 1f,

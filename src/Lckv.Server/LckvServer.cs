@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using Lckv.Chat;
 using Lckv.Formats;
 using Lckv.Generation;
 using Microsoft.AspNetCore.Builder;
@@ -111,6 +112,7 @@ public sealed class LckvServer : IAsyncDisposable
         });
         app.MapGet("/v1/lckv/status", Status);
         app.MapPost("/tokenize", Tokenize);
+        app.MapPost("/apply-template", ApplyTemplate);
         app.MapPost("/detokenize", Detokenize);
         app.MapFallback(ctx => Error(ctx, 404, $"no route {ctx.Request.Method} {ctx.Request.Path}", "not_found"));
     }
@@ -222,6 +224,34 @@ public sealed class LckvServer : IAsyncDisposable
         return (sampling, stop, stream, usage);
     }
 
+    /// <summary>A conversation rendered by the chat template; a template that refuses it (raise_exception, a role it
+    /// does not know) is a bad request.</summary>
+    private string Render(IReadOnlyList<ChatMessage> messages)
+    {
+        var render = _options.ChatPromptRenderer
+            ?? throw new BadRequestException("this model has no chat template; use /v1/completions with a prompt", "messages", "no_chat_template");
+        try { return render(messages); }
+        catch (LckvException e) { throw new BadRequestException($"the chat template refused the conversation: {e.Message}", "messages", "invalid_value"); }
+    }
+
+    private int[] ChatPrompt(string text) => EncodeChat(RequireTokenizer("a chat prompt"), text, _options.AddBos);
+
+    /// <summary>A rendered conversation's ids: templates usually write the BOS token themselves, so BOS (when the
+    /// tokenizer adds one by default and addBos) is put in front only when the text does not already begin with it.</summary>
+    public static int[] EncodeChat(TextTokenizer tokenizer, string text, bool addBos)
+    {
+        var ids = tokenizer.Encode(text, addBos: false);
+        if (!addBos || !tokenizer.AddBosByDefault || tokenizer.BosId is not int bos || (ids.Length > 0 && ids[0] == bos)) return ids;
+        return [bos, .. ids];
+    }
+
+    /// <summary>POST /apply-template (llama.cpp's): the prompt text a chat request's messages render to.</summary>
+    private async Task ApplyTemplate(HttpContext ctx)
+    {
+        var body = await ReadBody(ctx).ConfigureAwait(false);
+        await ctx.Response.WriteAsJsonAsync(new { prompt = Render(ChatMessages(body)) }).ConfigureAwait(false);
+    }
+
     private int[] TextPrompt(string text) => RequireTokenizer("a text prompt").Encode(text, _options.AddBos && _tokenizer!.AddBosByDefault && _tokenizer.BosId is not null);
 
     private async Task Completions(HttpContext ctx)
@@ -254,9 +284,7 @@ public sealed class LckvServer : IAsyncDisposable
         bool logprobs = body.Bool("logprobs") ?? false;
         int? top = body.Int("top_logprobs", 0, 20);
         if (top is not null && !logprobs) throw new BadRequestException("'top_logprobs' needs 'logprobs': true", "top_logprobs");
-        var render = _options.ChatPromptRenderer
-            ?? throw new BadRequestException("this model has no chat template; use /v1/completions with a prompt", "messages", "no_chat_template");
-        int[] prompt = TextPrompt(render(messages));
+        int[] prompt = ChatPrompt(Render(messages));
         // without max_completion_tokens a chat reply runs until a stop rule or the end of the context
         var spec = new JobSpec
         {

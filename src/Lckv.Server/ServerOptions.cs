@@ -1,7 +1,6 @@
-namespace Lckv.Server;
+using Lckv.Chat;
 
-/// <summary>One message of a chat request: its role and its text.</summary>
-public sealed record ChatMessage(string Role, string Content);
+namespace Lckv.Server;
 
 /// <summary>How the HTTP server listens and what it accepts.</summary>
 public sealed record ServerOptions

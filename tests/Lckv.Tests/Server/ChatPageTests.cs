@@ -115,7 +115,7 @@ public sealed class ChatPageTests(ITestOutputHelper output)
     public async Task AMessageSentGetsAStreamedReplyEqualToTheGreedyAnswerWhileTheKvDisplayFollowsThePool()
     {
         await using var s = await TestServer.StartAsync(chat: ServerGenerationTests.Render);
-        var first = new List<Lckv.Server.ChatMessage> { new("system", "Be brief."), new("user", "Tell a story.") };
+        var first = new List<Lckv.Chat.ChatMessage> { new("system", "Be brief."), new("user", "Tell a story.") };
         string expected = ServerGenerationTests.Alone(ServerGenerationTests.Encode(ServerGenerationTests.Render(first)), 16, SamplingParams.Greedy);
         var (playwright, browser, page) = await OpenAsync(s.Server.Address);
         using var _ = playwright;
@@ -161,7 +161,7 @@ public sealed class ChatPageTests(ITestOutputHelper output)
         Assert.True(int.Parse((await page.GetAttributeAsync("#kv", "data-peak"))!) > 0);
 
         // a second turn carries the conversation: the reply equals the greedy answer for all of it
-        List<Lckv.Server.ChatMessage> second = [.. first, new("assistant", expected), new("user", "And then?")];
+        List<Lckv.Chat.ChatMessage> second = [.. first, new("assistant", expected), new("user", "And then?")];
         string expected2 = ServerGenerationTests.Alone(ServerGenerationTests.Encode(ServerGenerationTests.Render(second)), 16, SamplingParams.Greedy);
         // held mid-stream again for the screenshot (docs/serving.md): a reply arriving, the KV blocks it holds
         steps = 0;

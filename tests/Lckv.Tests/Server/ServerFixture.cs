@@ -33,7 +33,7 @@ internal sealed class TestServer : IAsyncDisposable
     /// <param name="sequences">KV budget: this many full-context sequences</param>
     /// <param name="eos">false: sequences run to max_tokens (no stop ids)</param>
     public static async Task<TestServer> StartAsync(double sequences = 8, int maxBatch = 8, int maxQueue = 64, string? apiKey = null,
-        Func<IReadOnlyList<ChatMessage>, string>? chat = null, long maxBody = 1 << 20, int stepTokens = 64, bool eos = true)
+        Func<IReadOnlyList<Lckv.Chat.ChatMessage>, string>? chat = null, long maxBody = 1 << 20, int stepTokens = 64, bool eos = true)
     {
         var model = LlamaModel.Load(ModelDir);
         var tokenizer = LoadTokenizer();

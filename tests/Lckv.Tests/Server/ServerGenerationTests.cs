@@ -231,7 +231,7 @@ public sealed class ServerGenerationTests
         Assert.Equal(200, status);
     }
 
-    internal static string Render(IReadOnlyList<Lckv.Server.ChatMessage> messages)
+    internal static string Render(IReadOnlyList<Lckv.Chat.ChatMessage> messages)
         => string.Concat(messages.Select(m => $"{m.Role}: {m.Content}\n")) + "assistant:";
 
     private static ChatClient Client(TestServer s) => new("tiny", new ApiKeyCredential("sk-test"), new OpenAIClientOptions
