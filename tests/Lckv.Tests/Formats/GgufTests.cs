@@ -123,21 +123,13 @@ public sealed class GgufTests(ITestOutputHelper output)
         var sequential = GoldenTests.WholeSequenceLogits(model, ids, PrefillMode.Plan, tokenByToken: true);
 
         // the same weights in Hugging Face layout, rotate-half RoPE
-        string rounded = dir.File("rounded");
-        Directory.CreateDirectory(rounded);
-        File.Copy(SharedData.Path("golden", name, "config.json"), Path.Combine(rounded, "config.json"));
-        using (var src = TensorSet.Open(SharedData.Path("golden", name)))
+        string rounded = RewrittenGolden(dir, name, "rounded", (n, info, values) =>
         {
-            var list = src.Names.Select(n =>
-            {
-                var info = src.Info(n);
-                var t = info.Shape.Length == 1 ? DType.F32 : dtype;
-                var bytes = new byte[info.ElementCount * DTypes.SizeOf(t)];
-                GgufWriter.EncodeFloat(src.ReadSingles(n), t, bytes);
-                return new TensorData(n, t, info.Shape, bytes);
-            }).ToList();
-            SafeTensorsWriter.Write(Path.Combine(rounded, "model.safetensors"), list);
-        }
+            var t = info.Shape.Length == 1 ? DType.F32 : dtype;
+            var bytes = new byte[info.ElementCount * DTypes.SizeOf(t)];
+            GgufWriter.EncodeFloat(values, t, bytes);
+            return new TensorData(n, t, info.Shape, bytes);
+        });
         using var reference = LlamaModel.Load(rounded);
         var expected = GoldenTests.WholeSequenceLogits(reference, ids, PrefillMode.Plan);
 
@@ -181,31 +173,22 @@ public sealed class GgufTests(ITestOutputHelper output)
         var logits = GoldenTests.WholeSequenceLogits(model, ids, PrefillMode.Plan);
         var sequential = GoldenTests.WholeSequenceLogits(model, ids, PrefillMode.Plan, tokenByToken: true);
 
-        string dequantized = dir.File("dequantized");
-        Directory.CreateDirectory(dequantized);
-        File.Copy(SharedData.Path("golden", name, "config.json"), Path.Combine(dequantized, "config.json"));
-        using (var src = TensorSet.Open(SharedData.Path("golden", name)))
+        string dequantized = RewrittenGolden(dir, name, "dequantized", (n, info, values) =>
         {
-            var list = src.Names.Select(n =>
+            if (info.Shape.Length == 2)
             {
-                var info = src.Info(n);
-                var values = src.ReadSingles(n);
-                if (info.Shape.Length == 2)
+                int cols = (int)info.Shape[1];
+                var block = new byte[DTypes.RowBytes(dtype, cols)];
+                for (int row = 0; row < values.Length / cols; row++)
                 {
-                    int cols = (int)info.Shape[1];
-                    var block = new byte[DTypes.RowBytes(dtype, cols)];
-                    for (int row = 0; row < values.Length / cols; row++)
-                    {
-                        Quantize.Row(dtype, values.AsSpan(row * cols, cols), block);
-                        Quantize.Dequantize(dtype, block, values.AsSpan(row * cols, cols));
-                    }
+                    Quantize.Row(dtype, values.AsSpan(row * cols, cols), block);
+                    Quantize.Dequantize(dtype, block, values.AsSpan(row * cols, cols));
                 }
-                var bytes = new byte[values.Length * 4];
-                GgufWriter.EncodeFloat(values, DType.F32, bytes);
-                return new TensorData(n, DType.F32, info.Shape, bytes);
-            }).ToList();
-            SafeTensorsWriter.Write(Path.Combine(dequantized, "model.safetensors"), list);
-        }
+            }
+            var bytes = new byte[values.Length * 4];
+            GgufWriter.EncodeFloat(values, DType.F32, bytes);
+            return new TensorData(n, DType.F32, info.Shape, bytes);
+        });
         using var reference = LlamaModel.Load(dequantized);
         var expected = GoldenTests.WholeSequenceLogits(reference, ids, PrefillMode.Plan);
 
@@ -214,6 +197,18 @@ public sealed class GgufTests(ITestOutputHelper output)
         Assert.True(vsReference <= 1e-4, $"vs the dequantized weights: {vsReference}");
         Assert.True(seq <= 1e-4, $"token by token: {seq}");
         Assert.True(vsGolden > 1e-3, $"the quantized model should differ from the f32 golden logits, differs by {vsGolden}");
+    }
+
+    /// <summary>A golden model's config and its tensors, each passed through convert, as a safetensors checkpoint in
+    /// a new folder of dir.</summary>
+    private static string RewrittenGolden(TempDir dir, string name, string folder, Func<string, TensorInfo, float[], TensorData> convert)
+    {
+        string path = dir.File(folder);
+        Directory.CreateDirectory(path);
+        File.Copy(SharedData.Path("golden", name, "config.json"), Path.Combine(path, "config.json"));
+        using var src = TensorSet.Open(SharedData.Path("golden", name));
+        SafeTensorsWriter.Write(Path.Combine(path, "model.safetensors"), src.Names.Select(n => convert(n, src.Info(n), src.ReadSingles(n))).ToList());
+        return path;
     }
 
     private static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)

@@ -80,6 +80,25 @@ internal sealed class TestServer : IAsyncDisposable
         return events;
     }
 
+    /// <summary>
+    /// A streaming completion held mid-generation: the engine pauses after its 10th step with the one sequence running.
+    /// Disposing the result is the client going away. Returns the steps counter.
+    /// </summary>
+    public async Task<(HttpRequestMessage Request, HttpResponseMessage Response, Func<int> Steps)> HoldAStreamAsync(CancellationToken token)
+    {
+        int steps = 0;
+        Scheduler.AfterStep = () => { if (++steps == 10) Scheduler.Paused = true; };
+        var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+        {
+            Content = new StringContent("""{"prompt": "Once upon a time", "max_tokens": 240, "temperature": 0, "stream": true}"""),
+        };
+        var response = await Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, token);
+        var reader = new StreamReader(await response.Content.ReadAsStreamAsync(token));
+        for (int i = 0; i < 3; i++) await reader.ReadLineAsync(token);
+        await Eventually(() => Scheduler.Paused, "ten steps are taken");
+        return (request, response, () => steps);
+    }
+
     /// <summary>Polls until the condition holds; fails after the timeout.</summary>
     public static async Task Eventually(Func<bool> condition, string what, TimeSpan? timeout = null)
     {

@@ -204,18 +204,8 @@ public sealed class ServerGenerationTests
     public async Task ACancelledStreamFreesItsBlocks()
     {
         await using var s = await TestServer.StartAsync(eos: false);
-        // the engine stops stepping after its 10th step: the sequence is held mid-generation
-        int steps = 0;
-        s.Scheduler.AfterStep = () => { if (++steps == 10) s.Scheduler.Paused = true; };
         using var cancel = new CancellationTokenSource(TestServer.Timeout);
-        var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
-        {
-            Content = new StringContent("""{"prompt": "Once upon a time", "max_tokens": 240, "temperature": 0, "stream": true}"""),
-        };
-        var response = await s.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
-        var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel.Token));
-        for (int i = 0; i < 3; i++) await reader.ReadLineAsync(cancel.Token);
-        await TestServer.Eventually(() => s.Scheduler.Paused, "ten steps are taken");
+        var (request, response, steps) = await s.HoldAStreamAsync(cancel.Token);
         Assert.Equal(1, s.Scheduler.Running);
         Assert.True(s.Pool.UsedBlocks > 0);
         // the loop retires the sequence without taking another step
@@ -224,7 +214,7 @@ public sealed class ServerGenerationTests
         request.Dispose();
         await TestServer.Eventually(() => s.Pool.UsedBlocks == 0 && s.Scheduler.Running == 0, "the cancelled sequence is retired", TimeSpan.FromSeconds(10));
         Assert.Equal(0, s.Engine.PromisedBlocks);
-        Assert.Equal(10, steps);
+        Assert.Equal(10, steps());
         // the server goes on serving
         s.Scheduler.Paused = false;
         var (status, _) = await s.PostAsync("/v1/completions", """{"prompt": "x", "max_tokens": 2}""");

@@ -96,18 +96,8 @@ public sealed class ServerMetricsTests
     public async Task AClientThatDisconnectsMidStreamHasItsBlocksFreedWithoutAnotherStep()
     {
         await using var s = await TestServer.StartAsync(eos: false);
-        // the engine stops stepping after its 10th step: the sequence is held mid-generation
-        int steps = 0;
-        s.Scheduler.AfterStep = () => { if (++steps == 10) s.Scheduler.Paused = true; };
         using var cancel = new CancellationTokenSource(TestServer.Timeout);
-        var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
-        {
-            Content = new StringContent("""{"prompt": "Once upon a time", "max_tokens": 240, "temperature": 0, "stream": true}"""),
-        };
-        var response = await s.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
-        var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel.Token));
-        for (int i = 0; i < 3; i++) await reader.ReadLineAsync(cancel.Token);
-        await TestServer.Eventually(() => s.Scheduler.Paused, "ten steps are taken");
+        var (request, response, steps) = await s.HoldAStreamAsync(cancel.Token);
         var held = await Scrape(s);
         Assert.Equal(1, held["lckv_requests_running"]);
         Assert.True(held["lckv_kv_blocks_used"] > 0);
@@ -124,7 +114,7 @@ public sealed class ServerMetricsTests
             if (DateTime.UtcNow > until) Assert.Fail("the disconnected client's blocks were not freed");
             await Task.Delay(10);
         }
-        Assert.Equal(10, steps);
+        Assert.Equal(10, steps());
         Assert.Equal(s.Pool.TotalBlocks, freed["lckv_kv_blocks_free"]);
         Assert.Equal(1, freed["lckv_requests_finished_total{reason=\"cancelled\"}"]);
         // one step evaluated the prompt and sampled the first token, each of the other nine sampled one more
