@@ -7,7 +7,7 @@ namespace Lckv.Model;
 /// Encodes a row-major matrix of f32 values (rows x cols; a 1-D tensor is one row) into a tensor type's bytes;
 /// destination has exactly the tensor's byte length.
 /// </summary>
-public delegate void TensorEncoder(ReadOnlySpan<float> values, int rows, int cols, Span<byte> destination);
+internal delegate void TensorEncoder(ReadOnlySpan<float> values, int rows, int cols, Span<byte> destination);
 
 /// <summary>What <see cref="GgufExport.Write"/> writes.</summary>
 public sealed record GgufExportOptions
@@ -15,8 +15,6 @@ public sealed record GgufExportOptions
     /// <summary>The type of the 2-D weight matrices (F32, F16, BF16, or Q8_0 / Q4_0 quantized as llama.cpp does); norm
     /// weights stay F32, as llama.cpp's converter keeps them.</summary>
     public DType Weights { get; init; } = DType.F32;
-    /// <summary>Encoders that replace the built-in ones, by type.</summary>
-    public IReadOnlyDictionary<DType, TensorEncoder>? Encoders { get; init; }
     /// <summary>A tensor's type when it should differ from the rule above (null keeps the rule).</summary>
     public Func<WeightSpec, DType?>? TypeOf { get; init; }
     /// <summary>general.name (default: the input folder's name).</summary>
@@ -106,7 +104,7 @@ public static class GgufExport
             var dtype = options.TypeOf?.Invoke(spec) ?? (spec.Shape.Length == 1 ? DType.F32 : options.Weights);
             if (DTypes.IsBlockQuantized(dtype) && spec.Cols % DTypes.BlockElements(dtype) != 0)
                 throw new LckvException($"tensor '{spec.GgufName}' has rows of {spec.Cols} values; {DTypes.Name(dtype)} needs a multiple of {DTypes.BlockElements(dtype)}") { Settings = [nameof(GgufExportOptions.Weights)] };
-            TensorEncoder encode = options.Encoders?.GetValueOrDefault(dtype) ?? BuiltIn(dtype);
+            TensorEncoder encode = BuiltIn(dtype);
             var s = spec;
             list.Add(new GgufTensorData(spec.GgufName, dtype, spec.Shape, dst =>
             {

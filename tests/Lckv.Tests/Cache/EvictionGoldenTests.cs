@@ -6,6 +6,7 @@ using Lckv.Model;
 using Lckv.Numerics;
 using Lckv.Tests.Cli;
 using Lckv.Tests.Formats;
+using Lckv.Tests.Model;
 using Xunit.Abstractions;
 
 namespace Lckv.Tests.Cache;
@@ -80,14 +81,6 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         };
     }
 
-    internal static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-    {
-        Assert.Equal(a.Length, b.Length);
-        double diff = 0;
-        for (int i = 0; i < a.Length; i++) diff = Math.Max(diff, Math.Abs(a[i] - b[i]));
-        return diff;
-    }
-
     // kept.<layer> [B, KV, budget]: each store's positions per sequence and KV head, ascending, -1 padded
     private static void CheckKept(Fixture f, KvCache cache, string prefix, int[] seqs)
     {
@@ -143,7 +136,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     public void TeacherForcedLogitsAndKeptPositions(string name)
     {
         using var f = Open(name);
-        double diff = MaxAbsDiff(f.Read<float>("logits_tf"), TeacherForced(f, f.KvDType, checkKept: true));
+        double diff = GoldenTests.MaxAbsDiff(f.Read<float>("logits_tf"), TeacherForced(f, f.KvDType, checkKept: true));
         output.WriteLine($"{name}: logits_tf max abs diff {diff:E2}");
         Assert.True(diff <= 1e-4, $"logits_tf differ by {diff}");
     }
@@ -156,7 +149,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
     public void FullPrecisionKvMissesTheQuantizedLogits(string name)
     {
         using var f = Open(name);
-        double diff = MaxAbsDiff(f.Read<float>("logits_tf"), TeacherForced(f, DType.F32, checkKept: false));
+        double diff = GoldenTests.MaxAbsDiff(f.Read<float>("logits_tf"), TeacherForced(f, DType.F32, checkKept: false));
         output.WriteLine($"{name} with f32 KV: logits_tf max abs diff {diff:E2}");
         Assert.True(diff > 1e-3, $"f32 KV is within {diff} of the {KvRows.Name(f.KvDType)} logits");
     }
@@ -192,7 +185,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         })).ToArray();
         while (engine.HasWork) engine.Step();
         for (int i = 0; i < seqs.Length; i++) Assert.Equal(outputs[i], seqs[i].Output);
-        double diff = MaxAbsDiff(f.Read<float>("generate.step_logits"), [.. stepLogits.SelectMany(x => x)]);
+        double diff = GoldenTests.MaxAbsDiff(f.Read<float>("generate.step_logits"), [.. stepLogits.SelectMany(x => x)]);
         output.WriteLine($"{name}: generate.step_logits max abs diff {diff:E2}");
         Assert.True(diff <= 1e-4, $"step logits differ by {diff}");
         CheckKept(f, cache, "kept", [.. seqs.Select(s => s.Id)]);

@@ -44,13 +44,13 @@ public sealed class KvSharerCliTests(ITestOutputHelper output)
                 Assert.True(Math.Abs(tried[k].GetProperty("score").GetDouble() - want[3 * k + 2]) <= 1e-5);
             }
             var distances = root.GetProperty("distances").EnumerateArray().SelectMany(r => r.EnumerateArray().Select(x => x.GetDouble())).ToArray();
-            double dDiff = EvictionGoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.distances"), [.. distances.Select(x => (float)x)]);
+            double dDiff = GoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.distances"), [.. distances.Select(x => (float)x)]);
             Assert.True(dDiff <= 1e-5, $"distances differ by {dDiff}");
         }
         using (var written = LlamaModel.Load(outPath))
         {
             Assert.Equal("0_1_2_3_4_3_6_4", written.Map.ToString());
-            double diff = EvictionGoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.logits"), KvSharerTests.Prefill(written, f.Rows("kvsharer.calib_ids")));
+            double diff = GoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.logits"), KvSharerTests.Prefill(written, f.Rows("kvsharer.calib_ids")));
             output.WriteLine($"lckv kvsharer checkpoint: kvsharer.logits max abs diff {diff:E2}");
             Assert.True(diff <= 1e-4, $"kvsharer.logits differ by {diff}");
         }

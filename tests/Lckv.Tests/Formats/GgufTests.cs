@@ -137,7 +137,7 @@ public sealed class GgufTests(ITestOutputHelper output)
         double maxLogit = golden.Max(x => Math.Abs(x));
         // bf16 weights are exact in BF16, and in F16 within its normal range: that fixture keeps the f32 tolerance
         double tol = name == "llama-bf16-tied" ? 1e-4 : 1e-4 + 4 * u * maxLogit;
-        double vsRounded = MaxAbsDiff(logits, expected), vsGolden = MaxAbsDiff(logits, golden), seq = MaxAbsDiff(sequential, logits);
+        double vsRounded = GoldenTests.MaxAbsDiff(logits, expected), vsGolden = GoldenTests.MaxAbsDiff(logits, golden), seq = GoldenTests.MaxAbsDiff(sequential, logits);
         output.WriteLine($"{name} {DTypes.Name(dtype)}: vs the same weights in HF layout {vsRounded:E3}, token by token {seq:E3}, " +
                          $"vs golden {vsGolden:E3} (tolerance {tol:E3}: u {u:E3}, max |logit| {maxLogit:F3})");
         Assert.True(vsRounded <= 1e-4, $"vs the same weights: {vsRounded}");
@@ -192,7 +192,7 @@ public sealed class GgufTests(ITestOutputHelper output)
         using var reference = LlamaModel.Load(dequantized);
         var expected = GoldenTests.WholeSequenceLogits(reference, ids, PrefillMode.Plan);
 
-        double vsReference = MaxAbsDiff(logits, expected), seq = MaxAbsDiff(sequential, logits), vsGolden = MaxAbsDiff(logits, golden);
+        double vsReference = GoldenTests.MaxAbsDiff(logits, expected), seq = GoldenTests.MaxAbsDiff(sequential, logits), vsGolden = GoldenTests.MaxAbsDiff(logits, golden);
         output.WriteLine($"{name} {DTypes.Name(dtype)}: vs a forward over the dequantized weights {vsReference:E3}, token by token {seq:E3}, vs the f32 golden {vsGolden:E3}");
         Assert.True(vsReference <= 1e-4, $"vs the dequantized weights: {vsReference}");
         Assert.True(seq <= 1e-4, $"token by token: {seq}");
@@ -209,14 +209,6 @@ public sealed class GgufTests(ITestOutputHelper output)
         using var src = TensorSet.Open(SharedData.Path("golden", name));
         SafeTensorsWriter.Write(Path.Combine(path, "model.safetensors"), src.Names.Select(n => convert(n, src.Info(n), src.ReadSingles(n))).ToList());
         return path;
-    }
-
-    private static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-    {
-        Assert.Equal(a.Length, b.Length);
-        double m = 0;
-        for (int i = 0; i < a.Length; i++) m = Math.Max(m, Math.Abs(a[i] - b[i]));
-        return m;
     }
 
     [SharedFact]
@@ -295,7 +287,7 @@ public sealed class GgufTests(ITestOutputHelper output)
         Assert.Equal(RopeStyle.AdjacentPairs, gguf.Config.RopeStyle);
         Assert.Equal(DType.Q8_0, gguf.Weights.Layers[0].Q.DType);
         int[][] ids = [[1, 17, 300, 4000, 25, 9, 31999 % gguf.Vocab, 2, 500]];
-        double d = MaxAbsDiff(GoldenTests.WholeSequenceLogits(gguf, ids, PrefillMode.Plan), GoldenTests.WholeSequenceLogits(preset, ids, PrefillMode.Plan));
+        double d = GoldenTests.MaxAbsDiff(GoldenTests.WholeSequenceLogits(gguf, ids, PrefillMode.Plan), GoldenTests.WholeSequenceLogits(preset, ids, PrefillMode.Plan));
         output.WriteLine($"small Q8_0: GGUF vs quantized at load {d:E3}");
         Assert.True(d <= 1e-4, $"{d}");
         CliTests.AssertOneLineError(CliTests.Run("convert", "--preset", "small", "-i", "x", "-o", dir.File("b.gguf"), "--to", "gguf"), "either");

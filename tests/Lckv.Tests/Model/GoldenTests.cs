@@ -70,7 +70,8 @@ public sealed class GoldenTests(ITestOutputHelper output)
         return logits;
     }
 
-    private static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    /// <summary>The largest |a[i] - b[i]| of two equally long arrays.</summary>
+    internal static double MaxAbsDiff(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
         Assert.Equal(a.Length, b.Length);
         double m = 0;

@@ -72,7 +72,7 @@ public sealed class KvSharerTests(ITestOutputHelper output)
         Assert.Equal(g.Cap, r.Accepted);
 
         using var shared = f.Model.WithLayerTypes(r.Map.ToString());
-        double lDiff = EvictionGoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.logits"), Prefill(shared, f.Rows("kvsharer.calib_ids")));
+        double lDiff = GoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.logits"), Prefill(shared, f.Rows("kvsharer.calib_ids")));
         output.WriteLine($"distances max abs diff {dDiff:E2}, scores {sDiff:E2}, kvsharer.logits {lDiff:E2}; tried " +
                          string.Join(", ", r.Tried.Select(t => $"({t.Layer},{t.Target}) {t.Score:F6}{(t.Accepted ? " accepted" : "")}")) + $"; layer_types {r.Map}");
         Assert.True(dDiff <= 1e-5, $"distances differ by {dDiff}");
@@ -116,8 +116,8 @@ public sealed class KvSharerTests(ITestOutputHelper output)
         Assert.Throws<LckvException>(() => KvSharer.Write(input.Root, written, r, force: false));
 
         using var w = EvictionGoldenTests.Open(Case, written);
-        double lDiff = EvictionGoldenTests.MaxAbsDiff(w.Read<float>("kvsharer.logits"), Prefill(w.Model, w.Rows("kvsharer.calib_ids")));
-        double tfDiff = EvictionGoldenTests.MaxAbsDiff(w.Read<float>("logits_tf"), EvictionGoldenTests.TeacherForced(w, w.KvDType, checkKept: true));
+        double lDiff = GoldenTests.MaxAbsDiff(w.Read<float>("kvsharer.logits"), Prefill(w.Model, w.Rows("kvsharer.calib_ids")));
+        double tfDiff = GoldenTests.MaxAbsDiff(w.Read<float>("logits_tf"), EvictionGoldenTests.TeacherForced(w, w.KvDType, checkKept: true));
         output.WriteLine($"written checkpoint: kvsharer.logits max abs diff {lDiff:E2}, logits_tf {tfDiff:E2}");
         Assert.True(lDiff <= 1e-4, $"kvsharer.logits differ by {lDiff}");
         Assert.True(tfDiff <= 1e-4, $"logits_tf differ by {tfDiff}");
