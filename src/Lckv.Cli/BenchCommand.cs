@@ -50,6 +50,7 @@ public static class BenchCommand
 
             var eviction = eo.Parse(p);
             using var model = Progress.Run("loading", _ => mo.LoadModel(p, stderr, eviction), stderr);
+            eviction = eo.WithLess(p, eviction, model.Config, model.Map, stderr);
             foreach (var t in tests) SpeedBench.CheckSizes(model, t.Tokens, t.Batch, t.Depth, r); // before the roofline probe
             long afterLoad = System.Diagnostics.Process.GetCurrentProcess().WorkingSet64; // before the roofline probe's buffers
             int threads = WorkerPool.Shared.ThreadCount;

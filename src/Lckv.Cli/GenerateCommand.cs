@@ -46,6 +46,7 @@ public static class GenerateCommand
                 throw new LckvException("--stop is empty; a stop string needs at least one character");
             var eviction = eo.Parse(p);
             using var model = mo.LoadModel(p, stderr, eviction);
+            eviction = eo.WithLess(p, eviction, model.Config, model.Map, stderr);
             var tokenizer = mo.LoadTokenizer(p, required: text is not null, model, stderr);
             var genConfig = p.GetValue(mo.Model) is { } folder && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
 

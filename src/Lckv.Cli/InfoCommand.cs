@@ -84,7 +84,7 @@ public static class InfoCommand
             var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
             var kvDType = mo.KvStorage(p);
             KvRows.Check(kvDType, cfg.HeadDim);
-            var eviction = evict.Parse(p);
+            var eviction = evict.WithLess(p, evict.Parse(p), cfg, map, stderr);
             int block = mo.Block(p), context = p.GetValue(mo.Context) ?? cfg.MaxPositionEmbeddings;
             if (context < 1) throw new LckvException($"--context must be at least 1, got {context}");
             long kvPerToken = Cache.KvCache.BytesPerTokenFor(map.KvLayerCount, cfg.NumKeyValueHeads, cfg.HeadDim, kvDType);
@@ -98,6 +98,9 @@ public static class InfoCommand
                 Cache.EvictionKind.H2O => $"h2o, heavy {eviction.Heavy} + recent {eviction.Recent}",
                 _ => "none",
             };
+            // LESS: per store and sequence, Hs [KV, R, D] and z [KV, R] in f32
+            if (eviction.Less is LessMaps less)
+                policy += $", LESS rank {less.Rank} (+{(long)map.KvLayerCount * less.StateFloats * sizeof(float):N0} bytes of state per sequence)";
             long parameters = ModelWeights.Specs(cfg, map).Sum(s => s.Elements);
             if (p.GetValue(json))
             {

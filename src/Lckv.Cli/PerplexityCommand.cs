@@ -29,6 +29,7 @@ public static class PerplexityCommand
             int? segmentLength = p.GetValue(segment);
             if (segmentLength is < 1) throw new LckvException($"--segment must be at least 1, got {segmentLength}");
             using var model = mo.LoadModel(p, stderr, eviction);
+            eviction = eo.WithLess(p, eviction, model.Config, model.Map, stderr);
             int[] ids;
             if (textPath is not null)
             {

@@ -99,6 +99,7 @@ public static class ServeCommand
     {
         var eviction = eo.Parse(p);
         var model = mo.LoadModel(p, stderr, eviction);
+        eviction = eo.WithLess(p, eviction, model.Config, model.Map, stderr);
         try
         {
             var tokenizer = mo.LoadTokenizer(p, required: false);

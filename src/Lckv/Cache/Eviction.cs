@@ -10,6 +10,10 @@ public sealed record EvictionSettings(EvictionKind Kind, int Sinks = 0, int Heav
 {
     public static EvictionSettings None { get; } = new(EvictionKind.None);
 
+    /// <summary>LESS maps (kv-compression.md §3) on top of the eviction: each store keeps a low-rank state of what it
+    /// evicted. Null: none.</summary>
+    public ILessMaps? Less { get; init; }
+
     /// <summary>Positions a store keeps between steps.</summary>
     public int Budget => Kind switch { EvictionKind.Streaming => Sinks + Recent, EvictionKind.H2O => Heavy + Recent, _ => int.MaxValue };
 
@@ -18,6 +22,7 @@ public sealed record EvictionSettings(EvictionKind Kind, int Sinks = 0, int Heav
         if (Kind == EvictionKind.None)
         {
             if (Heavy != 0 || Recent != 0 || Sinks != 0) throw new LckvException("sinks, heavy and recent budgets need an eviction policy");
+            if (Less is not null) throw new LckvException("LESS needs an eviction policy (h2o or streaming): it summarises what the policy evicts");
             return;
         }
         if (Recent < 1) throw new LckvException($"the recent window must be at least 1, got {Recent}") { Settings = [nameof(Recent)] };
@@ -27,14 +32,16 @@ public sealed record EvictionSettings(EvictionKind Kind, int Sinks = 0, int Heav
     }
 
     /// <summary>The policy of a store, for steps of at most maxStepTokens tokens; null without eviction. The RoPE
-    /// settings are the model's (StreamingLLM rotates keys by their rank with them).</summary>
-    public KvPolicy? Policy(int maxStepTokens, int headDim, double ropeTheta, RopeStyle ropeStyle = RopeStyle.RotateHalf)
+    /// settings are the model's (StreamingLLM rotates keys by their rank with them). With LESS, lessOwner is the layer
+    /// that computes the store's KV (its key map folds what the store evicts).</summary>
+    public KvPolicy? Policy(int maxStepTokens, int headDim, double ropeTheta, RopeStyle ropeStyle = RopeStyle.RotateHalf, int lessOwner = -1)
     {
         Validate();
+        var less = lessOwner >= 0 ? Less : null;
         return Kind switch
         {
-            EvictionKind.Streaming => new StreamingPolicy(Sinks, Recent, maxStepTokens, headDim, ropeTheta, ropeStyle),
-            EvictionKind.H2O => new H2OPolicy(Heavy, Recent, maxStepTokens),
+            EvictionKind.Streaming => new StreamingPolicy(Sinks, Recent, maxStepTokens, headDim, ropeTheta, ropeStyle) { Less = less, LessOwner = lessOwner },
+            EvictionKind.H2O => new H2OPolicy(Heavy, Recent, maxStepTokens) { Less = less, LessOwner = lessOwner },
             _ => null,
         };
     }

@@ -528,7 +528,7 @@ public sealed class KvCache
                     byte* row = view.KeyRow(storage, e, g);
                     KvRows.Load((nint)row, Layout.DType, d, k);
                     KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
-                    policy.OnEvicted(state, g, positions[o + e], k, v);
+                    policy.OnEvicted(state, g, e, positions[o + e], k, v);
                 }
                 if (slots[o + e] < keep) holes[nHoles++] = slots[o + e];
             }
@@ -573,7 +573,7 @@ public sealed class KvCache
                 byte* row = view.KeyRow(storage, e, g);
                 KvRows.Load((nint)row, Layout.DType, d, k);
                 KvRows.Load((nint)(row + storage.ValueOffset), Layout.DType, d, v);
-                policy.OnEvicted(state, g, positions[o + e], k, v);
+                policy.OnEvicted(state, g, e, positions[o + e], k, v);
             }
             int hole = slots[o + e], tail = count - 1 - e;
             Array.Copy(positions, o + e + 1, positions, o + e, tail);

@@ -58,9 +58,10 @@ public abstract class KvPolicy
     /// <summary>True when the policy wants <see cref="OnEvicted"/> (reading the evicted K/V costs a pass over them).</summary>
     public virtual bool ReceivesEvicted => false;
 
-    /// <summary>Receives each evicted entry (K and V as stored, widened to f32) before it is dropped; for a low-rank
-    /// state of what was evicted. Called when <see cref="ReceivesEvicted"/> is true.</summary>
-    public virtual void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) { }
+    /// <summary>Receives each evicted entry (K and V as stored, widened to f32; entry: its index among the head's
+    /// entries before the eviction, its rank) before it is dropped; for a low-rank state of what was evicted. Called
+    /// when <see cref="ReceivesEvicted"/> is true.</summary>
+    public virtual void OnEvicted(KvStoreState state, int kvHead, int entry, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) { }
 
     /// <summary>The state of this store for a new sequence.</summary>
     protected internal virtual KvStoreState CreateState(int kvHeads) => new();
@@ -119,11 +120,52 @@ public abstract class EvictingPolicy : KvPolicy
     public override int TableLength(int maxSequenceLength, int blockSize) => (int)KvCache.BlocksFor(Math.Min(Capacity, maxSequenceLength), blockSize);
     public override long BlocksFor(long tokens, int blockSize) => KvCache.BlocksFor(Math.Min(tokens, Capacity), blockSize);
 
-    protected internal override KvStoreState CreateState(int kvHeads) => new()
+    /// <summary>LESS (kv-compression.md §3): the maps, with the store's owner layer <see cref="LessOwner"/>; each
+    /// sequence's state then keeps Hs += psi(k)^T v and z += psi(k) of every evicted entry, per KV head, and the
+    /// layers that read the store add phi(q) Hs and phi(q).z to their attention. Null: evicted entries are forgotten.</summary>
+    public ILessMaps? Less { get; init; }
+
+    /// <summary>The layer whose key map computes psi for this store.</summary>
+    public int LessOwner { get; init; }
+
+    public override bool ReceivesEvicted => Less is not null;
+
+    private float[] _psi = [], _psiScratch = [], _rotated = [];
+
+    public override void OnEvicted(KvStoreState state, int kvHead, int entry, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
-        Capacity = Capacity, Positions = new int[kvHeads * Capacity], Scores = TracksScores ? new float[kvHeads * Capacity] : null,
-        Slots = new int[kvHeads * Capacity],
-    };
+        var map = Less!;
+        var less = (LessState)state;
+        int r = map.Rank, d = map.HeadDim;
+        if (_psi.Length < r) { _psi = new float[r]; _psiScratch = new float[map.ScratchFloats]; _rotated = new float[d]; }
+        // psi takes the key as the step's attention saw it: a store that rotates by rank rotates it by its rank now
+        if (RankRope is { } rope)
+        {
+            k.CopyTo(_rotated);
+            unsafe { fixed (float* pk = _rotated) Rope.ApplyHead(pk, entry, rope); }
+            k = _rotated;
+        }
+        var psi = _psi.AsSpan(0, r);
+        map.Psi(LessOwner, kvHead, k, psi, _psiScratch);
+        var z = less.Z.AsSpan(kvHead * r, r);
+        System.Numerics.Tensors.TensorPrimitives.Add(z, psi, z);
+        for (int i = 0; i < r; i++)
+        {
+            var row = less.Hs.AsSpan((kvHead * r + i) * d, d);
+            System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v, psi[i], row, row);
+        }
+        less.Evicted[kvHead] = true;
+    }
+
+    protected internal override KvStoreState CreateState(int kvHeads)
+    {
+        var state = Less is { } map ? new LessState(kvHeads, map.Rank, map.HeadDim) : new KvStoreState();
+        state.Capacity = Capacity;
+        state.Positions = new int[kvHeads * Capacity];
+        state.Scores = TracksScores ? new float[kvHeads * Capacity] : null;
+        state.Slots = new int[kvHeads * Capacity];
+        return state;
+    }
 }
 
 /// <summary>

@@ -43,6 +43,15 @@ public interface IKvStores
     /// <summary>The rotary positions of this step's rows for queries that read a store: their text positions, or their
     /// ranks in a store that rotates by rank.</summary>
     ReadOnlySpan<int> QueryPositions(int kvIndex);
+
+    /// <summary>LESS (kv-compression.md §3): for layer's rotated queries q reading store kvIndex, num = phi(q) Hs
+    /// ([rows, heads * head_dim]) and den = max(phi(q).z, 1e-6) ([rows, heads]; 0 where the state of the row's
+    /// sequence and KV head is empty). False when the store keeps no LESS state.</summary>
+    bool LessTerms(int layer, int kvIndex, ReadOnlySpan<float> q, out ReadOnlySpan<float> num, out ReadOnlySpan<float> den)
+    {
+        num = den = default;
+        return false;
+    }
 }
 
 /// <summary>What every layer of one step shares: the model's constants and the step's rows and their positions.</summary>
@@ -97,8 +106,11 @@ public static class DecoderLayer
         if (zeroAttention || !stores.Read(map.ReadsKvIndex(layer), out var storage, out var sequences))
             att.Clear(); // softmax of equal scores times zero values is exactly zero
         else
+        {
+            stores.LessTerms(layer, map.ReadsKvIndex(layer), q, out var lessNum, out var lessDen);
             Attention.Compute(q, cfg.NumAttentionHeads, storage, sequences, ctx.Masks[layer], ctx.Scale, att,
-                b.Lse.Length > 0 ? b.Lse.AsSpan(0, n * cfg.NumAttentionHeads) : default);
+                b.Lse.Length > 0 ? b.Lse.AsSpan(0, n * cfg.NumAttentionHeads) : default, lessNum, lessDen);
+        }
         var tmp = b.Tmp.AsSpan(0, n * h);
         var h1 = b.H1.AsSpan(0, n * h);
         MatMul.Multiply(att, w.O, tmp, n);

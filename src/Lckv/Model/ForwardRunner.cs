@@ -362,6 +362,48 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         return _ranks.AsSpan(0, _ctx.Rows);
     }
 
+    private float[] _lessNum = [], _lessDen = [], _phi = [], _lessScratch = [];
+
+    bool IKvStores.LessTerms(int layer, int kvIndex, ReadOnlySpan<float> q, out ReadOnlySpan<float> num, out ReadOnlySpan<float> den)
+    {
+        num = den = default;
+        if (_cache.Policy(kvIndex) is not EvictingPolicy { Less: { } maps }) return false;
+        var c = _model.Config;
+        int heads = c.NumAttentionHeads, d = c.HeadDim, group = heads / c.NumKeyValueHeads, r = maps.Rank, rows = _ctx.Rows;
+        if (_lessDen.Length < MaxRows * heads)
+        {
+            _lessNum = new float[MaxRows * heads * d];
+            _lessDen = new float[MaxRows * heads];
+            _phi = new float[r];
+            _lessScratch = new float[maps.ScratchFloats];
+        }
+        bool any = false;
+        for (int s = 0; s < _batchCount; s++)
+        {
+            var state = (LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex);
+            for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int g = h / group, at = row * heads + h;
+                    if (!state.Evicted[g])
+                    {
+                        _lessDen[at] = 0;
+                        continue;
+                    }
+                    maps.Phi(layer, h, q.Slice(at * d, d), _phi, _lessScratch);
+                    var n = _lessNum.AsSpan(at * d, d);
+                    n.Clear();
+                    for (int i = 0; i < r; i++) TensorPrimitives.MultiplyAdd(state.Hs.AsSpan((g * r + i) * d, d), _phi[i], n, n);
+                    _lessDen[at] = MathF.Max(TensorPrimitives.Dot(_phi.AsSpan(0, r), state.Z.AsSpan(g * r, r)), 1e-6f);
+                    any = true;
+                }
+        }
+        if (!any) return false;
+        num = _lessNum.AsSpan(0, rows * heads * d);
+        den = _lessDen.AsSpan(0, rows * heads);
+        return true;
+    }
+
     private void Head(ReadOnlySpan<StepSequence> batch, int total, LogitsRows rows, Span<float> logits)
     {
         int h = _hidden;

@@ -224,7 +224,13 @@ public sealed class LlamaModel : IDisposable
     {
         var policy = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta, Config.RopeStyle);
         if (policy is null) return CreateCache(pool, maxStepRows);
-        return new Cache.KvCache(pool, Enumerable.Repeat(policy, Map.KvLayerCount).ToArray(), ContextLength);
+        if (eviction.Less is null) return new Cache.KvCache(pool, Enumerable.Repeat(policy, Map.KvLayerCount).ToArray(), ContextLength);
+        // LESS: each store's policy folds its evictions with its owner layer's key map
+        var policies = new Cache.KvPolicy[Map.KvLayerCount];
+        for (int layer = 0; layer < Map.LayerCount; layer++)
+            if (Map.ComputesKv(layer))
+                policies[Map.KvIndex(layer)] = eviction.Policy(maxStepRows, HeadDim, Config.RopeTheta, Config.RopeStyle, lessOwner: layer)!;
+        return new Cache.KvCache(pool, policies, ContextLength);
     }
 
     /// <summary>Pool blocks one sequence of `tokens` positions takes over every KV layer under the eviction settings.</summary>

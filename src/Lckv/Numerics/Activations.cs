@@ -53,6 +53,33 @@ public static unsafe class Activations
     }
 }
 
+/// <summary>
+/// GELU in its exact erf form, gelu(x) = x * Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, and its derivative
+/// Phi(x) + x * phi(x). erfc is Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), evaluated in double and
+/// for |x| so that the negative tail keeps its relative precision.
+/// </summary>
+public static class Gelu
+{
+    public static float Apply(float x) => (float)(x * Cdf(x));
+
+    public static float Derivative(float x) => (float)(Cdf(x) + x * Math.Exp(-0.5 * (double)x * x) * 0.3989422804014327);
+
+    /// <summary>dst = gelu(src); dst may alias src.</summary>
+    public static void Apply(ReadOnlySpan<float> src, Span<float> dst)
+    {
+        for (int i = 0; i < dst.Length; i++) dst[i] = Apply(src[i]);
+    }
+
+    // Phi(x) = erfc(-x / sqrt 2) / 2
+    private static double Cdf(double x)
+    {
+        double y = Math.Abs(x) * 0.7071067811865476;
+        double t = 1 / (1 + 0.3275911 * y);
+        double erfc = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))) * Math.Exp(-y * y);
+        return x >= 0 ? 1 - 0.5 * erfc : 0.5 * erfc;
+    }
+}
+
 /// <summary>Numerically stable softmax (the maximum is subtracted first).</summary>
 public static unsafe class Softmax
 {

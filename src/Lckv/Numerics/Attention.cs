@@ -40,28 +40,34 @@ public static unsafe class Attention
 
     /// <summary>Attention over the blocks of one pool (q and output are [rows, heads * D]).</summary>
     public static void Compute(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
-        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
-        => Compute(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse);
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default,
+        ReadOnlySpan<float> lessNum = default, ReadOnlySpan<float> lessDen = default)
+        => Compute(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse, lessNum, lessDen);
 
     /// <summary>
     /// output[row] = softmax(scale * q[row]·kᵀ under the rule) · v for each sequence's rows against its view. lse, when
     /// not empty ([rows, heads]), receives each row and head's log-sum-exp; views with a score accumulator receive
-    /// the probabilities.
+    /// the probabilities (of this softmax alone).
+    /// LESS (kv-compression.md §3): where lessDen ([rows, heads]) is positive, the row and head's output is instead
+    /// (sum_s exp(a_s) v_s + num) / (sum_s exp(a_s) + den), with num = lessNum[row, head] ([rows, heads * D], phi(q) Hs)
+    /// and den = max(phi(q).z, 1e-6), computed with both terms scaled by exp(-M), M = max(max_s a_s, ln den), so that
+    /// nothing overflows: num / den is a convex combination of values.
     /// </summary>
     public static void Compute(ReadOnlySpan<float> q, int heads, in KvStorage storage,
-        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default,
+        ReadOnlySpan<float> lessNum = default, ReadOnlySpan<float> lessDen = default)
     {
-        int group = Check(q, heads, storage.Layout, sequences, rule, output, lse), d = storage.Layout.HeadDim, kvHeads = storage.Layout.KvHeads;
+        int group = Check(q, heads, storage.Layout, sequences, rule, output, lse, lessNum, lessDen), d = storage.Layout.HeadDim, kvHeads = storage.Layout.KvHeads;
         if ((long)group * d > 16384 || d > 1024)
         {
-            ComputeReference(q, heads, storage, sequences, rule, scale, output, lse);
+            ComputeReference(q, heads, storage, sequences, rule, scale, output, lse, lessNum, lessDen);
             return;
         }
         int items = 0;
         foreach (var s in sequences)
             if (s.QueryCount > 0) items += kvHeads * Chunks(s);
         if (items == 0) return;
-        fixed (float* pq = q, po = output, pl = lse)
+        fixed (float* pq = q, po = output, pl = lse, pn = lessNum, pd = lessDen)
 #pragma warning disable CS8500 // the sequences are pinned for the call; the tables are read through them
         fixed (AttentionSequence* ps = sequences)
         {
@@ -69,6 +75,7 @@ public static unsafe class Attention
             {
                 Q = pq, O = po, Lse = lse.IsEmpty ? null : pl, Sequences = ps, SequenceCount = sequences.Length, Heads = heads,
                 Group = group, Storage = storage, Rule = rule, ScoreScale = scale,
+                LessNum = lessDen.IsEmpty ? null : pn, LessDen = lessDen.IsEmpty ? null : pd,
             };
             // one item is a (sequence, KV head, chunk of query rows); small calls run on the caller
             long work = 0;
@@ -84,7 +91,7 @@ public static unsafe class Attention
 
     // the query heads per KV head, after checking that every sequence's rows, lse rows and entries are in range
     private static int Check(ReadOnlySpan<float> q, int heads, KvLayout layout, ReadOnlySpan<AttentionSequence> sequences,
-        MaskRule rule, ReadOnlySpan<float> output, ReadOnlySpan<float> lse)
+        MaskRule rule, ReadOnlySpan<float> output, ReadOnlySpan<float> lse, ReadOnlySpan<float> lessNum, ReadOnlySpan<float> lessDen)
     {
         if (layout.KvHeads <= 0 || heads % layout.KvHeads != 0) throw new ArgumentException($"{heads} query heads do not divide into {layout.KvHeads} KV heads");
         foreach (var s in sequences)
@@ -94,6 +101,8 @@ public static unsafe class Attention
             if (rows * heads * layout.HeadDim > q.Length || rows * heads * layout.HeadDim > output.Length)
                 throw new ArgumentException("a sequence's rows lie outside q or output");
             if (lse.Length > 0 && rows * heads > lse.Length) throw new ArgumentException("a sequence's rows lie outside lse");
+            if (lessDen.Length > 0 && (rows * heads > lessDen.Length || rows * heads * layout.HeadDim > lessNum.Length))
+                throw new ArgumentException("a sequence's rows lie outside the LESS terms");
             s.View.Check(layout, rule, s.FirstPosition, s.QueryCount);
         }
         return heads / layout.KvHeads;
@@ -101,14 +110,16 @@ public static unsafe class Attention
 
     /// <summary>The scalar definition: one (row, head, entry) at a time, each row read value by value.</summary>
     public static void ComputeReference(ReadOnlySpan<float> q, int heads, nint poolBase, KvLayout layout,
-        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
-        => ComputeReference(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse);
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default,
+        ReadOnlySpan<float> lessNum = default, ReadOnlySpan<float> lessDen = default)
+        => ComputeReference(q, heads, KvStorage.Paged(poolBase, layout), sequences, rule, scale, output, lse, lessNum, lessDen);
 
     public static void ComputeReference(ReadOnlySpan<float> q, int heads, in KvStorage storage,
-        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default)
+        ReadOnlySpan<AttentionSequence> sequences, MaskRule rule, float scale, Span<float> output, Span<float> lse = default,
+        ReadOnlySpan<float> lessNum = default, ReadOnlySpan<float> lessDen = default)
     {
         var layout = storage.Layout;
-        int group = Check(q, heads, layout, sequences, rule, output, lse), d = layout.HeadDim;
+        int group = Check(q, heads, layout, sequences, rule, output, lse, lessNum, lessDen), d = layout.HeadDim;
         Span<float> k = stackalloc float[d];
         Span<float> v = stackalloc float[d];
         var acc = new float[d];
@@ -146,8 +157,20 @@ public static unsafe class Attention
                         sum += p;
                         for (int i = 0; i < d; i++) acc[i] += p * v[i];
                     }
-                    float inv = end > start ? 1f / sum : 0f;
-                    for (int i = 0; i < d; i++) oh[i] = acc[i] * inv;
+                    float den = lessDen.IsEmpty ? 0 : lessDen[row * heads + h];
+                    if (den > 0)
+                    {
+                        // (sum_s e^{a_s} v_s + num) / (sum_s e^{a_s} + den), both scaled by e^{-M}
+                        var num = lessNum.Slice((row * heads + h) * d, d);
+                        float big = MathF.Max(max, MathF.Log(den)), a = end > start ? MathF.Exp(max - big) : 0, b = MathF.Exp(-big);
+                        float norm = 1f / (sum * a + den * b);
+                        for (int i = 0; i < d; i++) oh[i] = (acc[i] * a + num[i] * b) * norm;
+                    }
+                    else
+                    {
+                        float inv = end > start ? 1f / sum : 0f;
+                        for (int i = 0; i < d; i++) oh[i] = acc[i] * inv;
+                    }
                     float l = end > start ? max + MathF.Log(sum) : float.NegativeInfinity;
                     if (!lse.IsEmpty) lse[row * heads + h] = l;
                     if (view.Scores is null) continue;
@@ -166,7 +189,7 @@ public static unsafe class Attention
 
     private struct Job : IRangeBody
     {
-        public float* Q, O, Lse;
+        public float* Q, O, Lse, LessNum, LessDen;
 #pragma warning disable CS8500
         public AttentionSequence* Sequences;
 #pragma warning restore CS8500
@@ -267,6 +290,32 @@ public static unsafe class Attention
             }
         }
 
+        // the outputs of the group's heads of one row from their accumulators: acc / sum, or with a LESS term
+        // (den > 0) (acc e^{m-M} + num e^{-M}) / (sum e^{m-M} + den e^{-M}) with M = max(m, ln den)
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private readonly void Normalize(int row, int g, float* acc, float* max, float* sum, float* oRow)
+        {
+            int d = Storage.Layout.HeadDim;
+            for (int h = 0; h < Group; h++)
+            {
+                long at = (long)row * Heads + g * Group + h;
+                float den = LessDen != null ? LessDen[at] : 0;
+                if (den > 0) Combine(acc + h * d, max[h], sum[h], LessNum + at * d, den, oRow + h * d, d);
+                else Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+            }
+        }
+
+        // the same for a row that sees no entry: zero, or num / den where a LESS term exists
+        private readonly void Normalize(int row, int g, float* zero, float max, float sum, float* oRow)
+        {
+            int d = Storage.Layout.HeadDim;
+            for (int h = 0; h < Group; h++)
+            {
+                long at = (long)row * Heads + g * Group + h;
+                if (LessDen[at] > 0) Combine(zero + h * d, max, sum, LessNum + at * d, LessDen[at], oRow + h * d, d);
+            }
+        }
+
         // a query row that sees no entry outputs zero (and its lse, -inf, when asked: scratch not null) and returns false;
         // otherwise its accumulators start empty
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -277,6 +326,8 @@ public static unsafe class Attention
             if (end <= start)
             {
                 new Span<float>(oRow, n).Clear();
+                // a LESS state alone: num / den
+                if (LessDen != null) Normalize(row, g, oRow, float.NegativeInfinity, 0, oRow);
                 if (scratch != null) Finish<TR>(in s, g, row, qRow, start, end, max, sum, scratch);
                 return false;
             }
@@ -324,7 +375,7 @@ public static unsafe class Attention
                         Fold(sh, nk, ref max[h], ref sum[h], acc + h * d, vt, d);
                     }
                 }
-                for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+                Normalize(row, g, acc, max, sum, oRow);
                 if (finish) Finish<TR>(in s, g, row, qRow, start, end, max, sum, kt);
             }
         }
@@ -468,7 +519,7 @@ public static unsafe class Attention
                         }
                     }
                 }
-                for (int h = 0; h < group; h++) Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
+                Normalize(row, g, acc, max, sum, oRow);
                 if (collect) AddScores(in s, g, group, start, end, seg, saved!, entries, segMax, segments, max, sum);
                 if (finish) Finish<TR>(in s, g, row, qRow, start, end, max, sum, keysInPlace ? kf : kt, scoresAdded: collect);
             }
@@ -660,6 +711,21 @@ public static unsafe class Attention
         }
         for (; i < d; i++) s += a[i] * b[i];
         return s;
+    }
+
+    // o = (acc e^{m-M} + num e^{-M}) / (sum e^{m-M} + den e^{-M}), M = max(m, ln den); o may alias acc
+    private static void Combine(float* acc, float max, float sum, float* num, float den, float* o, int d)
+    {
+        float big = MathF.Max(max, MathF.Log(den));
+        float a = sum > 0 ? MathF.Exp(max - big) : 0, b = MathF.Exp(-big), norm = 1f / (sum * a + den * b);
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (var va = Vector512.Create(a * norm); i <= d - 16; i += 16)
+                Vector512.FusedMultiplyAdd(Vector512.Load(acc + i), va, Vector512.Load(num + i) * (b * norm)).Store(o + i);
+        if (Vector256.IsHardwareAccelerated)
+            for (var va = Vector256.Create(a * norm); i <= d - 8; i += 8)
+                Vector256.FusedMultiplyAdd(Vector256.Load(acc + i), va, Vector256.Load(num + i) * (b * norm)).Store(o + i);
+        for (; i < d; i++) o[i] = acc[i] * (a * norm) + num[i] * (b * norm);
     }
 
     // y += a * x

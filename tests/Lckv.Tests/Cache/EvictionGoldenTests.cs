@@ -20,7 +20,7 @@ namespace Lckv.Tests.Cache;
 /// </summary>
 public sealed class EvictionGoldenTests(ITestOutputHelper output)
 {
-    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag", "int8-llama", "q4-cla" };
+    public static TheoryData<string> Cases => new() { "h2o-llama", "h2o-lckv-sandwich", "streaming-llama", "streaming-lckv-nodiag", "int8-llama", "q4-cla", "less-h2o-llama" };
 
     /// <summary>One case: its model, expected tensors, eviction settings and the CLI options that say the same.</summary>
     internal sealed class Fixture : IDisposable
@@ -32,6 +32,8 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         public required DType KvDType { get; init; }
         public required int MaxNewTokens { get; init; }
         public required bool Sequential { get; init; }
+        /// <summary>The LESS maps file of the case, or null.</summary>
+        public string? LessPath { get; init; }
 
         public string[] CliOptions =>
         [
@@ -42,6 +44,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
                 EvictionKind.Streaming => ["--evict", "streaming", "--recent", Eviction.Recent.ToString(), "--sinks", Eviction.Sinks.ToString()],
                 _ => Array.Empty<string>(),
             },
+            .. LessPath is null ? Array.Empty<string>() : ["--less", LessPath],
         ];
 
         public unsafe T[] Read<T>(string name) where T : unmanaged
@@ -72,10 +75,15 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         var r = doc.RootElement;
         static int Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : 0;
         var kind = r.GetProperty("evict").GetString() switch { "h2o" => EvictionKind.H2O, "streaming" => EvictionKind.Streaming, _ => EvictionKind.None };
+        var model = LlamaModel.Load(modelDir ?? dir);
+        string? less = r.TryGetProperty("less", out var l) && l.ValueKind == JsonValueKind.String ? Path.Combine(dir, l.GetString()!) : null;
         return new Fixture
         {
-            Dir = dir, Model = LlamaModel.Load(modelDir ?? dir), Expected = TensorSet.Open(Path.Combine(dir, "expected.safetensors")),
-            Eviction = new EvictionSettings(kind, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")), Int(r.GetProperty("recent"))),
+            Dir = dir, Model = model, Expected = TensorSet.Open(Path.Combine(dir, "expected.safetensors")), LessPath = less,
+            Eviction = new EvictionSettings(kind, Int(r.GetProperty("sinks")), Int(r.GetProperty("heavy")), Int(r.GetProperty("recent")))
+            {
+                Less = less is null ? null : LessMaps.Load(less, model.Config, model.Map),
+            },
             KvDType = KvRows.Parse(r.GetProperty("kv_dtype").GetString()!),
             MaxNewTokens = r.GetProperty("max_new_tokens").GetInt32(), Sequential = r.GetProperty("prefill").GetString() == "sequential",
         };

@@ -36,7 +36,7 @@ public sealed class PolicyTests
 
         public override bool ReceivesEvicted => true;
 
-        public override void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+        public override void OnEvicted(KvStoreState state, int kvHead, int entry, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
             => Evicted.Add((kvHead, position, k.ToArray(), v.ToArray()));
     }
 
@@ -253,7 +253,7 @@ public sealed class PolicyTests
             store.EvictOne(entries);
         }
 
-        public override void OnEvicted(KvStoreState state, int kvHead, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+        public override void OnEvicted(KvStoreState state, int kvHead, int entry, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
             => Evicted.Add((kvHead, position, k.ToArray()));
     }
 

@@ -151,6 +151,24 @@ public class AttentionTests(ITestOutputHelper output)
         output.WriteLine($"{dtype}: {cases} cases (512-bit: {System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated}, 256-bit: {System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated})");
     }
 
+    // LESS's joint normalisation: rows with and without a state (den 0), tiny and large denominators, rows that see no
+    // entry; the scores and log-sum-exp stay those of the plain softmax
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void LessTermsMatchTheReferenceAndTheFormula(DType dtype)
+    {
+        var rng = new Random(23);
+        int cases = 0;
+        foreach (int d in new[] { 8, 16, 64, 66 })
+            foreach (int group in new[] { 1, 2, 5 })
+                foreach (var rule in new[] { MaskRule.Causal, new MaskRule(true, 0) })
+                {
+                    CompareExtras(rng, dtype, d, group, rule, compacted: cases % 2 == 1, less: true);
+                    cases++;
+                }
+        output.WriteLine($"{dtype}: {cases} LESS cases");
+    }
+
     [Fact]
     public void ProbabilitiesOfARowSumToTheHeadsOfItsGroup()
     {
@@ -167,7 +185,7 @@ public class AttentionTests(ITestOutputHelper output)
         for (int g = 0; g < 2; g++) Assert.Equal(3.0, scores.AsSpan(g * 13, 13).ToArray().Sum(), 4);
     }
 
-    private static void CompareExtras(Random rng, DType dtype, int d, int group, MaskRule rule, bool compacted)
+    private static void CompareExtras(Random rng, DType dtype, int d, int group, MaskRule rule, bool compacted, bool less = false)
     {
         const int kvHeads = 2, bs = 4;
         if (!Fits(dtype, d)) return;
@@ -219,9 +237,34 @@ public class AttentionTests(ITestOutputHelper output)
         var lseExpected = new float[row * heads];
         var lseActual = new float[row * heads];
         float scale = 1f / MathF.Sqrt(d);
-        Attention.ComputeReference(q, heads, pool.Address, layout, refSeqs, rule, scale, expected, lseExpected);
-        Attention.Compute(q, heads, pool.Address, layout, seqs, rule, scale, actual, lseActual);
-        string what = $"d={d} g={group} {rule} {dtype} compacted={compacted}";
+        float[] num = [], den = [];
+        string what = $"d={d} g={group} {rule} {dtype} compacted={compacted} less={less}";
+        if (less)
+        {
+            // num = den * (a point inside the values' range), as phi(q) Hs is; a quarter of the rows have no state
+            den = new float[row * heads];
+            num = new float[row * heads * d];
+            for (int i = 0; i < den.Length; i++)
+            {
+                den[i] = (i % 4) switch { 0 => 0, 1 => 1e-6f, 2 => (float)(rng.NextDouble() * 3), _ => 1e4f };
+                for (int j = 0; j < d; j++) num[i * d + j] = den[i] * (float)(rng.NextDouble() * 2 - 1);
+            }
+            // the reference against the formula, from its own plain output and log-sum-exp (in double)
+            var plain = new float[q.Length];
+            var plainLse = new float[row * heads];
+            var scratch = shapes.Select((sh, i) => refSeqs[i] with { View = refSeqs[i].View with { Scores = null } }).ToArray();
+            Attention.ComputeReference(q, heads, pool.Address, layout, scratch, rule, scale, plain, plainLse);
+            Attention.ComputeReference(q, heads, pool.Address, layout, scratch, rule, scale, expected, default, num, den);
+            for (int i = 0; i < den.Length; i++)
+                for (int j = 0; j < d; j++)
+                {
+                    double e = double.IsNegativeInfinity(plainLse[i]) ? 0 : Math.Exp(plainLse[i]);
+                    double want = den[i] > 0 ? (plain[i * d + j] * e + num[i * d + j]) / (e + den[i]) : plain[i * d + j];
+                    Assert.True(Math.Abs(expected[i * d + j] - want) <= 1e-5 + 1e-5 * Math.Abs(want), $"{what}: reference out[{i * d + j}] = {expected[i * d + j]}, formula {want}");
+                }
+        }
+        Attention.ComputeReference(q, heads, pool.Address, layout, refSeqs, rule, scale, expected, lseExpected, num, den);
+        Attention.Compute(q, heads, pool.Address, layout, seqs, rule, scale, actual, lseActual, num, den);
         for (int i = 0; i < q.Length; i++)
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 2e-5 + 1e-5 * Math.Abs(expected[i]), $"{what}: out[{i}] = {actual[i]}, reference {expected[i]}");
         for (int i = 0; i < lseExpected.Length; i++)

@@ -1,0 +1,39 @@
+namespace Lckv.Cache;
+
+/// <summary>The feature maps of LESS (kv-compression.md §3) of a model's layers: phi of a query head's rotated vector
+/// [D] under a reading layer's query map, psi of a KV head's rotated key under a store owner's key map, both [R].</summary>
+public interface ILessMaps
+{
+    int Rank { get; }
+    int HeadDim { get; }
+    /// <summary>Scratch floats Phi and Psi need.</summary>
+    int ScratchFloats { get; }
+    void Phi(int layer, int head, ReadOnlySpan<float> q, Span<float> phi, Span<float> scratch);
+    void Psi(int layer, int kvHead, ReadOnlySpan<float> k, Span<float> psi, Span<float> scratch);
+}
+
+/// <summary>
+/// A store's state for one sequence under LESS: besides the kept entries, per KV head g the sums over everything evicted
+/// so far, Hs[g] = sum psi(k)^T v ([R, D]) and z[g] = sum psi(k) ([R]), and whether anything was evicted yet.
+/// </summary>
+public sealed class LessState : KvStoreState
+{
+    public LessState(int kvHeads, int rank, int headDim)
+    {
+        Hs = new float[kvHeads * rank * headDim];
+        Z = new float[kvHeads * rank];
+        Evicted = new bool[kvHeads];
+    }
+
+    public float[] Hs { get; }
+    public float[] Z { get; }
+    public bool[] Evicted { get; }
+
+    public override void Reset()
+    {
+        base.Reset();
+        Array.Clear(Hs);
+        Array.Clear(Z);
+        Array.Clear(Evicted);
+    }
+}

@@ -1,0 +1,105 @@
+using Lckv.Cache;
+using Lckv.Formats;
+using Lckv.Model;
+using Lckv.Tests.Cache;
+using Lckv.Tests.Cli;
+using Lckv.Tests.Formats;
+using Xunit.Abstractions;
+
+namespace Lckv.Tests.Model;
+
+/// <summary>LESS maps (kv-compression.md §3): what the golden case pins beyond its logits, and the maps file's checks.</summary>
+public sealed class LessTests(ITestOutputHelper output)
+{
+    private const string Case = "less-h2o-llama";
+
+    [SharedFact]
+    public void WithoutTheMapsH2OMissesTheLessLogits()
+    {
+        using var f = EvictionGoldenTests.Open(Case);
+        var plain = new EvictionGoldenTests.Fixture
+        {
+            Dir = f.Dir, Model = f.Model, Expected = f.Expected, Eviction = f.Eviction with { Less = null },
+            KvDType = f.KvDType, MaxNewTokens = f.MaxNewTokens, Sequential = f.Sequential,
+        };
+        double diff = GoldenTests.MaxAbsDiff(f.Read<float>("logits_tf"), EvictionGoldenTests.TeacherForced(plain, f.KvDType, checkKept: true));
+        output.WriteLine($"H2O alone against the LESS logits: max abs diff {diff:E2}");
+        Assert.True(diff > 1e-3, $"H2O without LESS is within {diff} of the LESS logits");
+    }
+
+    [SharedFact]
+    public void SavedMapsLoadBackBitForBit()
+    {
+        using var f = EvictionGoldenTests.Open(Case);
+        var maps = (LessMaps)f.Eviction.Less!;
+        using var dir = new TempDir();
+        string path = dir.File(LessMaps.FileName);
+        maps.Save(path);
+        var back = LessMaps.Load(dir.Root, f.Model.Config, f.Model.Map);
+        Assert.Equal(maps.TrainedFor, back.TrainedFor);
+        Assert.Equal((maps.Rank, maps.Hidden), (back.Rank, back.Hidden));
+        for (int i = 0; i < maps.Layers.Count; i++)
+        {
+            Assert.Equal(maps.Layers[i].Q1, back.Layers[i].Q1);
+            Assert.Equal(maps.Layers[i].W3, back.Layers[i].W3);
+            Assert.Equal(maps.Layers[i].S2, back.Layers[i].S2);
+        }
+        Assert.Null(back.Mismatch(new EvictionSettings(EvictionKind.H2O, Heavy: 4, Recent: 4)));
+        Assert.Contains("trained for h2o heavy 4 recent 4", back.Mismatch(new EvictionSettings(EvictionKind.H2O, Heavy: 8, Recent: 4)));
+        Assert.Throws<LckvException>(() => back.Mismatch(EvictionSettings.None));
+    }
+
+    // a maps file rewritten with one change, loaded against the golden model: each a one-line error naming the cause
+    [SharedTheory]
+    [InlineData("drop", "no tensor 'model.layers.2.self_attn.less.kernel_k_mat1'")]
+    [InlineData("shape", "has shape [2, 16, 8], the model needs [2, 16, 16]")]
+    [InlineData("extra", "does not belong to this model's LESS maps")]
+    [InlineData("policy", "metadata policy 'lru'")]
+    [InlineData("rank", "metadata 'rank' is 'four'")]
+    [InlineData("nan", "holds a non-finite value")]
+    public void BrokenMapsFilesAreOneLineErrors(string change, string message)
+    {
+        using var f = EvictionGoldenTests.Open(Case);
+        using var source = SafeTensorsFile.Open(f.LessPath!);
+        var tensors = new List<TensorData>();
+        foreach (var (name, info) in source.Tensors)
+        {
+            var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(source.Bytes(name)).ToArray();
+            var shape = info.Shape;
+            if (name == "model.layers.2.self_attn.less.kernel_k_mat1")
+            {
+                if (change == "drop") continue;
+                if (change == "shape") { shape = [2, 16, 8]; values = values[..(2 * 16 * 8)]; }
+                if (change == "nan") values[3] = float.NaN;
+            }
+            tensors.Add(TensorData.FromSingles(name, shape, values));
+        }
+        if (change == "extra") tensors.Add(TensorData.FromSingles("model.layers.9.self_attn.less.scalingD", [2, 4], new float[8]));
+        var meta = new Dictionary<string, string>(source.Metadata);
+        if (change == "policy") meta["policy"] = "lru";
+        if (change == "rank") meta["rank"] = "four";
+        using var dir = new TempDir();
+        string path = dir.File("less.safetensors");
+        SafeTensorsWriter.Write(path, tensors, meta);
+        var e = Assert.Throws<LckvException>(() => LessMaps.Load(path, f.Model.Config, f.Model.Map));
+        Assert.Contains(message, e.Message);
+        var r = CliTests.Run("perplexity", "--model", f.Dir, "--ids-file", dir.WriteText("ids.txt", "1 5 9 13"), "--evict", "h2o", "--heavy", "4", "--recent", "4", "--less", path);
+        CliTests.AssertOneLineError(r, message);
+    }
+
+    [SharedFact]
+    public void TheCliWarnsForAnotherBudgetAndRefusesLessWithoutEviction()
+    {
+        using var f = EvictionGoldenTests.Open(Case);
+        using var dir = new TempDir();
+        string ids = dir.WriteText("ids.txt", "1 5 9 13 17 21 25 29 33 37 41 45");
+        var r = CliTests.Run("perplexity", "--model", f.Dir, "--ids-file", ids, "--evict", "h2o", "--heavy", "2", "--recent", "4", "--less", f.LessPath!);
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains("warning: the LESS maps were trained for h2o heavy 4 recent 4, running under h2o heavy 2 recent 4", r.Err);
+        CliTests.AssertOneLineError(CliTests.Run("perplexity", "--model", f.Dir, "--ids-file", ids, "--less", f.LessPath!), "--less needs --evict h2o or streaming");
+        r = CliTests.Run("info", "--model", f.Dir, "--evict", "h2o", "--heavy", "4", "--recent", "4", "--less", f.LessPath!);
+        Assert.True(r.Code == 0, r.Err);
+        // 4 stores x 2 KV heads x (4 x 16 + 4) floats
+        Assert.Contains("LESS rank 4 (+2,176 bytes of state per sequence)", r.Out);
+    }
+}
