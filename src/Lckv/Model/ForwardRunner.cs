@@ -364,9 +364,17 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
 
     private float[] _lessNum = [], _lessDen = [], _phi = [], _lessScratch = [];
 
+    /// <summary>Receives a layer's rotated queries of a step ([rows, heads * head_dim]).</summary>
+    public delegate void QueryObserver(int layer, ReadOnlySpan<float> q);
+
+    /// <summary>Called with every layer's rotated queries just before its attention reads a store (recording the
+    /// frozen model for LESS training).</summary>
+    public QueryObserver? ObserveQueries { get; set; }
+
     bool IKvStores.LessTerms(int layer, int kvIndex, ReadOnlySpan<float> q, out ReadOnlySpan<float> num, out ReadOnlySpan<float> den)
     {
         num = den = default;
+        ObserveQueries?.Invoke(layer, q);
         if (_cache.Policy(kvIndex) is not EvictingPolicy { Less: { } maps }) return false;
         var c = _model.Config;
         int heads = c.NumAttentionHeads, d = c.HeadDim, group = heads / c.NumKeyValueHeads, r = maps.Rank, rows = _ctx.Rows;

@@ -4,6 +4,7 @@ using Lckv.Model;
 using Lckv.Tests.Cache;
 using Lckv.Tests.Cli;
 using Lckv.Tests.Formats;
+using Lckv.Training;
 using Xunit.Abstractions;
 
 namespace Lckv.Tests.Model;
@@ -101,5 +102,59 @@ public sealed class LessTests(ITestOutputHelper output)
         Assert.True(r.Code == 0, r.Err);
         // 4 stores x 2 KV heads x (4 x 16 + 4) floats
         Assert.Contains("LESS rank 4 (+2,176 bytes of state per sequence)", r.Out);
+    }
+}
+
+/// <summary>LESS training's loss and gradients (kv-compression.md §3) against the golden case's less_train, and
+/// against finite differences of the loss.</summary>
+public sealed class LessTrainingTests(ITestOutputHelper output)
+{
+    // the store of `layer`, its readers and one simulated window per input row
+    private static (LessLoss Loss, LessStoreWindow[] Windows, int Owner, int[] Readers) Setup(EvictionGoldenTests.Fixture f, LessMaps maps, int layer, int[][] ids)
+    {
+        var model = f.Model;
+        var map = model.Map;
+        int kv = map.ReadsKvIndex(layer);
+        int owner = Enumerable.Range(0, map.LayerCount).First(l => map.ComputesKv(l) && map.KvIndex(l) == kv);
+        int[] readers = [.. Enumerable.Range(0, map.LayerCount).Where(l => map.ReadsKvIndex(l) == kv)];
+        using var recorder = new LessRecorder(model, ids.Max(x => x.Length));
+        var windows = ids.Select(row => LessStoreWindow.Simulate(recorder.Record(row), kv, readers, f.Eviction, model.Config.NumAttentionHeads,
+            model.KvHeads, model.HeadDim, model.Rope)).ToArray();
+        return (new LessLoss(maps, model, owner, readers), windows, owner, readers);
+    }
+
+    private static IEnumerable<(string Name, float[] Grad)> Named(LessLoss.Gradients g, int owner, int[] readers)
+    {
+        string P(int layer, string name) => $"model.layers.{layer}.self_attn.less.{name}";
+        yield return (P(owner, "kernel_k_mat1"), g.Owner.K1!);
+        yield return (P(owner, "kernel_k_mat2"), g.Owner.K2!);
+        yield return (P(owner, "interaction_k"), g.Owner.W3!);
+        yield return (P(owner, "scalingD"), g.Owner.S1!);
+        yield return (P(owner, "scalingD2"), g.Owner.S2!);
+        for (int i = 0; i < readers.Length; i++)
+        {
+            yield return (P(readers[i], "kernel_q_mat1"), g.Readers[i].Q1);
+            yield return (P(readers[i], "kernel_q_mat2"), g.Readers[i].Q2);
+        }
+    }
+
+    [SharedFact]
+    public void LossAndGradientsMatchTheGoldenCase()
+    {
+        using var f = EvictionGoldenTests.Open("less-h2o-llama");
+        var maps = (LessMaps)f.Eviction.Less!;
+        int layer = (int)f.Read<long>("less_train.layer")[0];
+        var (loss, windows, owner, readers) = Setup(f, maps, layer, f.Rows("less_train.input_ids"));
+        var grads = LessLoss.Gradients.ZerosLike(maps, owner, readers);
+        double got = loss.Evaluate(windows, grads), want = f.Read<float>("less_train.loss")[0];
+        output.WriteLine($"layer {layer}: loss {got:R}, reference {want:R} (relative {Math.Abs(got - want) / want:E2})");
+        Assert.True(Math.Abs(got - want) <= 1e-5 * want, $"loss {got} vs {want}");
+        foreach (var (name, grad) in Named(grads, owner, readers))
+        {
+            var expected = f.Read<float>("less_train.grad." + name);
+            double scale = expected.Max(x => Math.Abs(x)), diff = GoldenTests.MaxAbsDiff(expected, grad);
+            output.WriteLine($"{name}: max |grad| {scale:E2}, max abs diff {diff:E2} ({diff / scale:E2} relative)");
+            Assert.True(diff <= 1e-4 * scale, $"{name}: gradient differs by {diff} (largest {scale})");
+        }
     }
 }
