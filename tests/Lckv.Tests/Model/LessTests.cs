@@ -158,3 +158,74 @@ public sealed class LessTrainingTests(ITestOutputHelper output)
         }
     }
 }
+
+/// <summary>Finite-difference checks of LESS training's gradients: a CLA store read by two layers (the key map gets
+/// the sum of their losses), under H2O and under StreamingLLM (keys rotated by rank), fresh maps with scalings large
+/// enough that every tensor matters.</summary>
+public sealed class LessGradientCheckTests(ITestOutputHelper output)
+{
+    [SharedTheory]
+    [InlineData("h2o")]
+    [InlineData("streaming")]
+    public void GradientsMatchFiniteDifferences(string policy)
+    {
+        using var f = EvictionGoldenTests.Open("q4-cla");
+        var model = f.Model;
+        var eviction = policy == "h2o" ? new EvictionSettings(EvictionKind.H2O, Heavy: 2, Recent: 2) : new EvictionSettings(EvictionKind.Streaming, Sinks: 1, Recent: 3);
+        var maps = LessMaps.Initial(model.Config, model.Map, rank: 3, hidden: 5, eviction, seed: 7);
+        foreach (var m in maps.Layers.Where(m => m.HasKeyMap))
+        {
+            for (int i = 0; i < m.S1!.Length; i++) { m.S1[i] = 0.5f + 0.1f * i; m.S2![i] = -0.3f + 0.2f * i; }
+        }
+        var rng = new Random(3);
+        int[][] ids = [[.. Enumerable.Range(0, 11).Select(_ => rng.Next(3, 500))], [.. Enumerable.Range(0, 9).Select(_ => rng.Next(3, 500))]];
+        var fixture = new EvictionGoldenTests.Fixture
+        {
+            Dir = f.Dir, Model = model, Expected = f.Expected, Eviction = eviction, KvDType = Lckv.Numerics.DType.F32, MaxNewTokens = 1, Sequential = false,
+        };
+        // store 0 of 0_0_2_2: owner 0, readers 0 and 1
+        int kv = model.Map.ReadsKvIndex(1);
+        int[] readers = [0, 1];
+        using var recorder = new LessRecorder(model, 11);
+        var windows = ids.Select(row => LessStoreWindow.Simulate(recorder.Record(row), kv, readers, eviction, model.Config.NumAttentionHeads,
+            model.KvHeads, model.HeadDim, model.Rope)).ToArray();
+        Assert.All(windows, w => Assert.NotEmpty(w.LossRows));
+        var loss = new LessLoss(maps, model, 0, readers);
+        var grads = LessLoss.Gradients.ZerosLike(maps, 0, readers);
+        loss.Evaluate(windows, grads);
+        var tensors = new (string Name, float[] Value, float[] Grad)[]
+        {
+            ("k1", maps.Layers[0].K1!, grads.Owner.K1!), ("k2", maps.Layers[0].K2!, grads.Owner.K2!), ("w3", maps.Layers[0].W3!, grads.Owner.W3!),
+            ("s1", maps.Layers[0].S1!, grads.Owner.S1!), ("s2", maps.Layers[0].S2!, grads.Owner.S2!),
+            ("q1 of layer 0", maps.Layers[0].Q1, grads.Readers[0].Q1), ("q2 of layer 0", maps.Layers[0].Q2, grads.Readers[0].Q2),
+            ("q1 of layer 1", maps.Layers[1].Q1, grads.Readers[1].Q1), ("q2 of layer 1", maps.Layers[1].Q2, grads.Readers[1].Q2),
+        };
+        foreach (var (name, value, grad) in tensors)
+        {
+            double largest = grad.Max(x => Math.Abs(x));
+            Assert.True(largest > 0, $"{name}: every gradient is zero");
+            // the elements with the largest gradients, and a few others
+            var picks = Enumerable.Range(0, grad.Length).OrderByDescending(i => Math.Abs(grad[i])).Take(3).Concat([0, grad.Length / 2, grad.Length - 1]).Distinct();
+            double worst = 0;
+            foreach (int i in picks)
+            {
+                // central differences at three steps: f32 rounding spoils the smallest, curvature and the kinks of |x|
+                // the largest; the best of them is the check
+                double best = double.MaxValue;
+                foreach (float step in new[] { 3e-4f, 1e-3f, 3e-3f, 1e-2f })
+                {
+                    float keep = value[i], h = step * Math.Max(1, Math.Abs(keep));
+                    value[i] = keep + h;
+                    double up = loss.Evaluate(windows, null);
+                    value[i] = keep - h;
+                    double down = loss.Evaluate(windows, null);
+                    value[i] = keep;
+                    best = Math.Min(best, Math.Abs((up - down) / (2 * h) - grad[i]) / largest);
+                }
+                worst = Math.Max(worst, best);
+            }
+            output.WriteLine($"{policy} {name}: max |grad| {largest:E2}, worst finite-difference error {worst:E2} of it");
+            Assert.True(worst < 5e-3, $"{policy} {name}: finite differences differ from the gradient by {worst} of its largest element");
+        }
+    }
+}
