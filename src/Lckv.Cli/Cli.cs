@@ -18,6 +18,7 @@ public static class Cli
         root.Subcommands.Add(InfoCommand.Create(output, error));
         root.Subcommands.Add(ConvertCommand.Create(output, error));
         root.Subcommands.Add(KvSharerCommand.Create(output, error));
+        root.Subcommands.Add(LessCommand.Create(output, error));
         root.Subcommands.Add(DataCommand.Create(output, error));
         root.Subcommands.Add(TrainCommand.Create(output, error));
         root.Subcommands.Add(PlotCommand.Create(output, error));

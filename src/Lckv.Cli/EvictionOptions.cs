@@ -14,10 +14,11 @@ public sealed class EvictionOptions
     public readonly Option<string?> Less = new("--less") { Description = "LESS maps (less.safetensors, or a folder holding it) trained for this model and eviction" };
 
     /// <summary>The options, added to a command.</summary>
-    public static EvictionOptions AddTo(Command c)
+    public static EvictionOptions AddTo(Command c, bool less = true)
     {
         var e = new EvictionOptions();
-        foreach (var o in new Option[] { e.Evict, e.Sinks, e.Heavy, e.Recent, e.Less }) c.Options.Add(o);
+        foreach (var o in new Option[] { e.Evict, e.Sinks, e.Heavy, e.Recent }) c.Options.Add(o);
+        if (less) c.Options.Add(e.Less);
         return e;
     }
 

@@ -183,8 +183,8 @@ public sealed class LessMaps : ILessMaps
         return new LessMaps(h, kv, d, rank, hidden, trained, layers);
     }
 
-    /// <summary>Writes the maps as less.safetensors, atomically.</summary>
-    public void Save(string path)
+    /// <summary>Writes the maps as less.safetensors, atomically (extra: more metadata, e.g. a trainer's progress).</summary>
+    public void Save(string path, IReadOnlyDictionary<string, string>? extra = null)
     {
         var tensors = new List<TensorData>();
         int h = Heads, kv = KvHeads, d = HeadDim, rh = Hidden, r = Rank;
@@ -210,6 +210,7 @@ public sealed class LessMaps : ILessMaps
         };
         if (TrainedFor.Kind == EvictionKind.H2O) meta["heavy"] = TrainedFor.Heavy.ToString(CultureInfo.InvariantCulture);
         else meta["sinks"] = TrainedFor.Sinks.ToString(CultureInfo.InvariantCulture);
+        if (extra is not null) foreach (var (k, v) in extra) meta[k] = v;
         SafeTensorsWriter.Write(path, tensors, meta);
     }
 

@@ -599,3 +599,166 @@ public sealed class FeatureMapPass
         MatMulBackward.WeightGradient(_x, dH1, dW1, n, _d, rh);
     }
 }
+
+/// <summary>What <see cref="LessTrainer"/> trains: the policy and budget, the maps' shape and the schedule.</summary>
+public sealed record LessTrainOptions
+{
+    public required EvictionSettings Policy { get; init; }
+    public int Rank { get; init; } = 8;
+    public int Hidden { get; init; } = 512;
+    /// <summary>Tokens per training window.</summary>
+    public int SeqLen { get; init; } = 512;
+    public int Epochs { get; init; } = 10;
+    public double LearningRate { get; init; } = 1e-3;
+    /// <summary>The learning rate halves every this many epochs (the paper's schedule).</summary>
+    public int HalveEvery { get; init; } = 10;
+    /// <summary>Windows per Adam update.</summary>
+    public int Batch { get; init; } = 4;
+    /// <summary>The last windows, this fraction of them, are held out for the validation loss (none with one window).</summary>
+    public double ValFraction { get; init; } = 0.1;
+    public int Seed { get; init; } = 1;
+
+    public void Validate(LlamaModel model)
+    {
+        Policy.Validate();
+        if (Policy.Kind == EvictionKind.None) throw new LckvException("LESS trains for an eviction policy: h2o or streaming");
+        if (Rank < 1 || Hidden < 1) throw new LckvException($"--rank and --hidden must be at least 1, got {Rank} and {Hidden}");
+        if (SeqLen <= Policy.Budget + 1) throw new LckvException($"--seq-len {SeqLen} must exceed the budget plus one ({Policy.Budget + 1}): shorter windows never evict");
+        if (SeqLen > model.ContextLength) throw new LckvException($"--seq-len {SeqLen} exceeds the model's context length {model.ContextLength}");
+        if (Epochs < 1 || Batch < 1 || HalveEvery < 1) throw new LckvException("--epochs, --batch and the halving period must be at least 1");
+        if (!(LearningRate > 0) || !double.IsFinite(LearningRate)) throw new LckvException($"--lr must be a positive number, got {LearningRate}");
+        if (!(ValFraction >= 0 && ValFraction < 1)) throw new LckvException($"the validation fraction must be in [0, 1), got {ValFraction}");
+    }
+}
+
+/// <summary>One epoch of one store, as the trainer reports it.</summary>
+public readonly record struct LessEpoch(int Store, int Stores, int Owner, int Epoch, int Epochs, double TrainLoss, double? ValLoss, double LearningRate, double Seconds);
+
+/// <summary>A finished store: the validation loss (or the training loss without validation windows) before training,
+/// which is that of plain eviction up to the scalings' 1e-4, and after.</summary>
+public readonly record struct LessStoreResult(int Owner, int[] Readers, double LossBefore, double LossAfter, bool OnValidation, double Seconds);
+
+/// <summary>
+/// Trains LESS maps (kv-compression.md §3): the frozen model's full-cache activations recorded over the training
+/// windows, then each store on its own (its owner's key map and its readers' query maps) with Adam on the loss of
+/// <see cref="LessLoss"/>, the learning rate halved every HalveEvery epochs. After each store the maps are written
+/// atomically with the stores done so far in the metadata, so that a stopped run resumes at the next store.
+/// </summary>
+public static class LessTrainer
+{
+    /// <summary>Metadata key of the stores (owner layers) trained so far.</summary>
+    public const string DoneKey = "trained_layers";
+
+    public static IReadOnlyList<LessStoreResult> Train(LlamaModel model, ReadOnlySpan<int> tokens, LessTrainOptions o, string outPath, bool resume,
+        Action<LessEpoch>? onEpoch = null, Action<string>? log = null, CancellationToken cancel = default)
+    {
+        o.Validate(model);
+        LessRecorder.CheckLayout(model);
+        var map = model.Map;
+        int windowsCount = tokens.Length / o.SeqLen;
+        if (windowsCount < 1) throw new LckvException($"the data holds {tokens.Length} tokens, fewer than one window of {o.SeqLen}");
+        int val = windowsCount >= 2 ? Math.Max(1, (int)Math.Round(windowsCount * o.ValFraction)) : 0;
+        if (o.ValFraction == 0) val = 0;
+        LessMaps maps;
+        var done = new SortedSet<int>();
+        if (resume && File.Exists(outPath))
+        {
+            maps = LessMaps.Load(outPath, model.Config, map);
+            if (maps.Rank != o.Rank || maps.Hidden != o.Hidden || maps.TrainedFor != o.Policy with { Less = null })
+                throw new LckvException($"{outPath} holds maps of rank {maps.Rank}, hidden {maps.Hidden} for {maps.TrainedFor.Kind} budget {maps.TrainedFor.Budget}; the options ask for rank {o.Rank}, hidden {o.Hidden}, {o.Policy.Kind} budget {o.Policy.Budget}");
+            using var file = Formats.SafeTensorsFile.Open(outPath);
+            if (file.Metadata.TryGetValue(DoneKey, out var list))
+                foreach (var s in list.Split(',', StringSplitOptions.RemoveEmptyEntries)) done.Add(int.Parse(s, System.Globalization.CultureInfo.InvariantCulture));
+            log?.Invoke($"resuming: stores of layers {string.Join(", ", done)} are trained");
+        }
+        else maps = LessMaps.Initial(model.Config, map, o.Rank, o.Hidden, o.Policy with { Less = null }, o.Seed);
+
+        var owners = Enumerable.Range(0, map.LayerCount).Where(map.ComputesKv).ToArray();
+        var results = new List<LessStoreResult>();
+        if (owners.All(done.Contains)) return results;
+        // the frozen model over every window, once
+        var recordings = new LessRecording[windowsCount];
+        using (var recorder = new LessRecorder(model, o.SeqLen))
+            for (int w = 0; w < windowsCount; w++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                recordings[w] = recorder.Record(tokens.Slice(w * o.SeqLen, o.SeqLen));
+            }
+        log?.Invoke($"recorded {windowsCount} windows of {o.SeqLen} tokens ({windowsCount - val} for training, {val} for validation)");
+        var rng = new Random(o.Seed);
+        for (int si = 0; si < owners.Length; si++)
+        {
+            int owner = owners[si];
+            if (done.Contains(owner)) continue;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            int kv = map.KvIndex(owner);
+            int[] readers = [.. Enumerable.Range(0, map.LayerCount).Where(l => map.ReadsKvIndex(l) == kv)];
+            var windows = recordings.Select(r => LessStoreWindow.Simulate(r, kv, readers, o.Policy, model.Config.NumAttentionHeads,
+                model.KvHeads, model.HeadDim, model.Rope)).ToArray();
+            var train = windows[..(windowsCount - val)];
+            var valid = windows[(windowsCount - val)..];
+            var (parameters, grads) = Bind(maps, owner, readers);
+            var loss = new LessLoss(maps, model, owner, readers);
+            var adam = new AdamW(parameters, new AdamWOptions { Beta1 = 0.9f, Beta2 = 0.999f, WeightDecay = 0 });
+            var evalSet = val > 0 ? valid : train;
+            double before = loss.Evaluate(evalSet, null);
+            var order = Enumerable.Range(0, train.Length).ToArray();
+            double after = before;
+            for (int epoch = 0; epoch < o.Epochs; epoch++)
+            {
+                double lr = o.LearningRate * Math.Pow(0.5, epoch / o.HalveEvery);
+                rng.Shuffle(order);
+                double sum = 0;
+                long rows = 0;
+                for (int b = 0; b < order.Length; b += o.Batch)
+                {
+                    cancel.ThrowIfCancellationRequested();
+                    var batch = order[b..Math.Min(order.Length, b + o.Batch)].Select(i => train[i]).ToArray();
+                    adam.ZeroGrad();
+                    double l = loss.Evaluate(batch, grads);
+                    long n = batch.Sum(w => (long)w.LossRows.Length);
+                    if (!double.IsFinite(l)) throw new LckvException($"the LESS loss of layer {owner}'s store became {l} at epoch {epoch + 1}; try a smaller --lr");
+                    sum += l * n;
+                    rows += n;
+                    if (n > 0) adam.Step(lr);
+                }
+                double? v = val > 0 ? loss.Evaluate(valid, null) : null;
+                after = v ?? sum / Math.Max(1, rows);
+                onEpoch?.Invoke(new LessEpoch(si, owners.Length, owner, epoch + 1, o.Epochs, sum / Math.Max(1, rows), v, lr, clock.Elapsed.TotalSeconds));
+            }
+            if (val == 0) after = loss.Evaluate(train, null);
+            done.Add(owner);
+            maps.Save(outPath, new Dictionary<string, string> { [DoneKey] = string.Join(",", done) });
+            results.Add(new LessStoreResult(owner, readers, before, after, val > 0, clock.Elapsed.TotalSeconds));
+        }
+        return results;
+    }
+
+    // the store's tensors as Parameters whose values are the maps' arrays from now on, and their gradients
+    private static (List<Parameter> Parameters, LessLoss.Gradients Grads) Bind(LessMaps maps, int owner, int[] readers)
+    {
+        var list = new List<Parameter>();
+        float[] Param(string name, float[] values)
+        {
+            var p = new Parameter(name, [values.Length], decay: false);
+            values.CopyTo(p.Value, 0);
+            list.Add(p);
+            return p.Value;
+        }
+        var o = maps.Layers[owner];
+        o.K1 = Param($"{owner}.k1", o.K1!);
+        o.K2 = Param($"{owner}.k2", o.K2!);
+        o.W3 = Param($"{owner}.w3", o.W3!);
+        o.S1 = Param($"{owner}.s1", o.S1!);
+        o.S2 = Param($"{owner}.s2", o.S2!);
+        foreach (int r in readers)
+        {
+            maps.Layers[r].Q1 = Param($"{r}.q1", maps.Layers[r].Q1);
+            maps.Layers[r].Q2 = Param($"{r}.q2", maps.Layers[r].Q2);
+        }
+        LessLayerMaps Grad(int start, bool key) => key
+            ? new LessLayerMaps { Q1 = [], Q2 = [], K1 = list[start].Grad, K2 = list[start + 1].Grad, W3 = list[start + 2].Grad, S1 = list[start + 3].Grad, S2 = list[start + 4].Grad }
+            : new LessLayerMaps { Q1 = list[start].Grad, Q2 = list[start + 1].Grad };
+        return (list, new LessLoss.Gradients { Owner = Grad(0, true), Readers = [.. readers.Select((_, i) => Grad(5 + 2 * i, false))] });
+    }
+}
