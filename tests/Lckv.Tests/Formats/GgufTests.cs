@@ -310,8 +310,8 @@ public sealed class GgufTests(ITestOutputHelper output)
         Assert.Equal(0, q.Code);
         using (var doc = JsonDocument.Parse(q.Out))
         {
-            Assert.Equal("Q4_0", doc.RootElement.GetProperty("weights").GetString());
-            Assert.Equal(2 * 4 + 1, doc.RootElement.GetProperty("types").GetProperty("F32").GetInt32()); // the norms
+            Assert.Equal("q4_0", doc.RootElement.GetProperty("weights").GetString());
+            Assert.Equal(2 * 4 + 1, doc.RootElement.GetProperty("types").GetProperty("f32").GetInt32()); // the norms
         }
 
         using var f = GoldenTests.Open("llama-bf16-tied");
