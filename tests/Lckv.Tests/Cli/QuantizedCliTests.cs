@@ -19,7 +19,7 @@ public sealed class QuantizedCliTests(ITestOutputHelper output)
     {
         var dir = SharedData.Path("golden", "llama-standard");
         int[][] prompts = [[1, 5, 9, 200], [7, 3]];
-        var (code, stdout, stderr) = CliTests.Run("generate", "--model", dir, "--weights", flag, "--prompt-ids", "1,5,9,200;7,3",
+        var (code, stdout, stderr) = CliTests.Run("generate", "--model", dir, "--weights", flag, "--prompt-ids", "1,5,9,200;7,3", "--kv-dtype", "f32",
             "--temperature", "0", "--max-tokens", "12", "--ignore-eos", "--json");
         output.WriteLine(stdout + stderr);
         Assert.Equal(0, code);

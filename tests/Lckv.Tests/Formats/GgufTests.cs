@@ -318,7 +318,7 @@ public sealed class GgufTests(ITestOutputHelper output)
         var prompts = f.Rows("generate.prompt_ids");
         var expected = f.Rows("generate.output_ids");
         var (code, stdout, _) = CliTests.Run("generate", "--model", path, "--prompt-ids", string.Join(';', prompts.Select(p => string.Join(',', p))),
-            "--temperature", "0", "--max-tokens", expected[0].Length.ToString(), "--ignore-eos", "--json");
+            "--kv-dtype", "f32", "--temperature", "0", "--max-tokens", expected[0].Length.ToString(), "--ignore-eos", "--json");
         Assert.Equal(0, code);
         using var gen = JsonDocument.Parse(stdout);
         var got = gen.RootElement.GetProperty("output_ids").EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
