@@ -24,7 +24,7 @@ public static class ThroughputCommand
         var budget = new Option<double?>("--budget") { Description = "total memory budget in MiB: weights + KV + working buffers (default: exactly what the first layout needs for batch 1)" };
         var prompt = new Option<int>("--prompt") { Description = "prompt tokens per sequence", DefaultValueFactory = _ => 16 };
         var gen = new Option<int>("--gen") { Description = "generated tokens per sequence", DefaultValueFactory = _ => 240 };
-        var kvDType = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4", DefaultValueFactory = _ => "f32" };
+        var kvDType = new Option<string?>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (default: bf16 beside f16/bf16 weights, f32 beside f32)" };
         var blockSize = new Option<int>("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
         var maxBatch = new Option<int>("--max-batch") { Description = "upper end of the batch search", DefaultValueFactory = _ => 512 };
         var batch = new Option<int?>("--batch") { Description = "run every layout at this batch instead of searching (equal-batch comparison)" };
@@ -69,7 +69,7 @@ public static class ThroughputCommand
             var settings = new ThroughputSettings
             {
                 Shape = shape, ShapeName = shapeName, WeightDType = weightDType, PromptLength = promptLength, GenLength = genLength,
-                KvDType = KvRows.Parse(p.GetValue(kvDType)!), Eviction = evict.Parse(p), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
+                KvDType = p.GetValue(kvDType) is { } kv ? KvRows.Parse(kv) : ModelOptions.DefaultKvDType(weightDType), Eviction = evict.Parse(p), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
             };
             var check = new ThroughputBench(settings);
             foreach (var n in names) ThroughputLayouts.LayerTypes(check.Variant(n).Layout, shape.NumHiddenLayers); // fail early on a bad row

@@ -158,6 +158,17 @@ public sealed class CliNamesAndOutputTests
         Assert.Equal("f32", Kv("--preset", "tinyllama-1.1b", "--kv-dtype", "f32")); // an explicit dtype wins
         Assert.Equal("f32", Kv("--preset", "tinyllama-1.1b", "--weights", "f32"));
         Assert.Contains("(bf16; ", Run("info", "--preset", "tinyllama-1.1b").Out);
+        // bench throughput likewise
+        string Throughput(params string[] extra)
+        {
+            var r = Run(["bench", "throughput", "--preset", "small", "--layouts", "llama", "--prompt", "4", "--gen", "3", "--account-only", "-o", "json", .. extra]);
+            Assert.True(r.Code == 0, r.Err);
+            using var doc = JsonDocument.Parse(r.Out);
+            return doc.RootElement.GetProperty("kv_dtype").GetString()!;
+        }
+        Assert.Equal("f32", Throughput());
+        Assert.Equal("bf16", Throughput("--dtype", "bf16"));
+        Assert.Equal("f32", Throughput("--dtype", "bf16", "--kv-dtype", "f32"));
     }
 
     [SharedFact]
