@@ -12,8 +12,8 @@ LCKV="dotnet src/Lckv.Cli/bin/Release/net10.0/Lckv.Cli.dll"
 [ -f Lckv.sln ] || { echo "run from the repository root" >&2; exit 2; }
 if [ -z "${SKIP_BUILD:-}" ]; then dotnet build -c Release Lckv.sln -v q -nologo >/dev/null; fi
 mkdir -p "$OUT"
-ppl() { $LCKV perplexity --model "$1" "${@:2}" --ctx 128 --json 2>/dev/null | python3 -c "import json,sys; print('%.2f' % json.load(sys.stdin)['perplexity'])"; }
-row() { echo "| $(ppl "$1" --file "$SHARED/data/wikitext-2/test.txt" --max-tokens 65536) | $(ppl "$1" --ids-file "$TAIL") |"; }
+ppl() { $LCKV perplexity --model "$1" "${@:2}" --context 128 --json 2>/dev/null | python3 -c "import json,sys; print('%.2f' % json.load(sys.stdin)['perplexity'])"; }
+row() { echo "| $(ppl "$1" --file "$SHARED/data/wikitext-2/test.txt" --limit-tokens 65536) | $(ppl "$1" --ids-file "$TAIL") |"; }
 {
 echo "| order | share | layer_types | KV layers | tried (i,j):score, x = rejected | ppl wikitext-2 test | ppl tinyshakespeare tail |"
 echo "|---|---:|---|---:|---|---:|---:|"

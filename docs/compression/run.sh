@@ -17,18 +17,18 @@ LONG="--allow-long-context"
 [ -f Lckv.sln ] || { echo "run from the repository root" >&2; exit 2; }
 if [ -z "${SKIP_BUILD:-}" ]; then dotnet build -c Release Lckv.sln -v q -nologo >/dev/null; fi
 mkdir -p "$OUT"
-limit=(); [ "$WINDOW_TOKENS" != all ] && limit=(--max-tokens "$WINDOW_TOKENS")
+limit=(); [ "$WINDOW_TOKENS" != all ] && limit=(--limit-tokens "$WINDOW_TOKENS")
 
 # 1. one stream of $STREAM tokens, teacher-forced, perplexity per 1000 positions
-s=(--model "$M" --file "$TEXT" --max-tokens "$STREAM" --ctx "$STREAM" --context "$STREAM" $LONG --segment 1000 --json)
+s=(--model "$M" --file "$TEXT" --limit-tokens "$STREAM" --context "$STREAM" $LONG --segment 1000 --json)
 $LCKV perplexity "${s[@]}" --evict streaming --sinks 4 --recent 252 > "$OUT/stream-sinks4-recent252.json"
 $LCKV perplexity "${s[@]}" --evict streaming --sinks 0 --recent 256 > "$OUT/stream-recent256.json"
 $LCKV perplexity "${s[@]}" > "$OUT/stream-full.json"
-$LCKV perplexity --model "$M" --file "$TEXT" --max-tokens "$STREAM" --ctx 512 --context 512 $LONG --segment 1000 --json > "$OUT/stream-windows512.json"
-$LCKV perplexity --model "$M" --file "$TEXT" --max-tokens 512 --ctx 512 --context 512 $LONG --json > "$OUT/stream-first512.json"
+$LCKV perplexity --model "$M" --file "$TEXT" --limit-tokens "$STREAM" --context 512 $LONG --segment 1000 --json > "$OUT/stream-windows512.json"
+$LCKV perplexity --model "$M" --file "$TEXT" --limit-tokens 512 --context 512 $LONG --json > "$OUT/stream-first512.json"
 
 # 2. grimm in 512-token windows: the full cache, then StreamingLLM (4 sinks) and H2O (half heavy, half recent) at each budget
-w=(--model "$M" --file "$TEXT" --ctx 512 --context 512 $LONG --json "${limit[@]}")
+w=(--model "$M" --file "$TEXT" --context 512 $LONG --json "${limit[@]}")
 $LCKV perplexity "${w[@]}" > "$OUT/budget-full.json"
 for b in 32 64 128 256; do
   $LCKV perplexity "${w[@]}" --evict streaming --sinks 4 --recent $((b - 4)) > "$OUT/budget-streaming-$b.json"

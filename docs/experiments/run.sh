@@ -48,10 +48,10 @@ done
 # 3. evaluation: perplexity with 128-token windows (the training length), stride 128
 for l in $LAYOUTS; do
   run="$OUT/runs/$l"
-  limit=(); [ "$WT_TOKENS" = all ] || limit=(--max-tokens "$WT_TOKENS")
-  $LCKV perplexity --model "$run/checkpoint" --file "$SHARED/data/wikitext-2/test.txt" --ctx "$SEQ" --stride "$SEQ" \
+  limit=(); [ "$WT_TOKENS" = all ] || limit=(--limit-tokens "$WT_TOKENS")
+  $LCKV perplexity --model "$run/checkpoint" --file "$SHARED/data/wikitext-2/test.txt" --context "$SEQ" --stride "$SEQ" \
     "${limit[@]}" --json 2>/dev/null > "$run/ppl-wikitext2-test.json"
-  $LCKV perplexity --model "$run/checkpoint" --ids-file "$OUT/tinyshakespeare-tail.ids" --ctx "$SEQ" --stride "$SEQ" \
+  $LCKV perplexity --model "$run/checkpoint" --ids-file "$OUT/tinyshakespeare-tail.ids" --context "$SEQ" --stride "$SEQ" \
     --json 2>/dev/null > "$run/ppl-tinyshakespeare-tail.json"
   echo "$l: wikitext-2 $(cat "$run/ppl-wikitext2-test.json")"
 done

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Text.Json;
 using Lckv.Diagnostics;
 using Lckv.Generation;
@@ -22,7 +23,7 @@ public static class BenchCommand
         var reps = new Option<int>("--repetitions", "-r") { Description = "repetitions per test", DefaultValueFactory = _ => 5 };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("bench", "benchmark prompt processing and generation against the machine's roofline");
-        mo.AddTo(cmd, longContext: true);
+        mo.AddTo(cmd, ModelUses.WeightSeed | ModelUses.KvDType | ModelUses.BlockSize | ModelUses.Threads | ModelUses.LongContext);
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
         cmd.Subcommands.Add(ThroughputCommand.Create(stdout, stderr));
@@ -58,7 +59,7 @@ public static class BenchCommand
             using var probe = new Roofline.BandwidthProbe(threads); // one 256 MiB array for every bandwidth probe of the run
             var roof = new RooflineResult(threads, Roofline.MeasureFmaPeak(threads), probe.Measure());
             var machine = new MachineRoofline(threads, roof.FmaGflops, roof.ReadGBps);
-            var kvDType = mo.KvStorage(p);
+            var kvDType = mo.KvStorage(p, model);
             // each repetition is judged against bandwidth probes taken around it, since a shared host's bandwidth moves;
             // a repetition that lost CPU time to the host (steal) runs again
             var bench = new SpeedBench(model, kvDType, mo.Block(p), machine)
@@ -89,7 +90,7 @@ public static class BenchCommand
             long peak = System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64;
             long kvPeak = results.Count == 0 ? 0 : bench.LargestPoolBytes;
             string name = model.Source.StartsWith("preset:", StringComparison.Ordinal) ? model.Source[7..] : Path.GetFileName(Path.TrimEndingDirectorySeparator(model.Source));
-            string dtype = DTypes.Name(model.Weights.Embed.DType);
+            string dtype = Names.DType(model.Weights.Embed.DType);
             if (fmt == "json")
             {
                 stdout.WriteLine(JsonSerializer.Serialize(new
@@ -103,6 +104,7 @@ public static class BenchCommand
                         test = x.Name, batch = x.Batch, depth = x.Depth, tokens_per_second = x.TokensPerSecond.Mean,
                         stddev = x.TokensPerSecond.StdDev, samples = x.TokensPerSecond.Samples,
                         roofline_tokens_per_second = x.RooflineTokensPerSecond, bound = x.Bound, fraction_of_roofline = x.FractionOfRoofline,
+                        cache_resident = Share(x, bench.StepBytes(x.Kind, x.Tokens, x.Batch, x.Depth), CpuCache.LastLevelBytes()) == "cache-resident",
                         repetition_read_bandwidth_gbs = x.RepetitionBandwidths, probe_read_bandwidth_gbs = x.Probes,
                         repetition_fractions = x.RepetitionFractions, steady = x.Steady, fraction_spread = x.FractionSpread, probe_swing = x.ProbeSwing,
                         reruns = x.Reruns, rerun_steal_seconds = x.RerunSteal, repetition_steal_seconds = x.Steal, runs_per_repetition = x.RunsPerRepetition,
@@ -110,7 +112,7 @@ public static class BenchCommand
                 }));
                 return 0;
             }
-            stdout.WriteLine($"model {name}: {model.ParameterCount / 1e6:F1}M parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {KvRows.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
+            stdout.WriteLine($"model {name}: {Names.Count(model.ParameterCount)} parameters, weights {dtype} ({model.Weights.Bytes / 1048576.0:F0} MiB), KV {KvRows.Name(kvDType)} {model.KvBytesPerToken(kvDType)} bytes/token, layer_types {model.Map}");
             var repBw = results.SelectMany(x => x.RepetitionBandwidths ?? []).ToArray();
             string beside = repBw.Length == 0 ? "" : $"; each repetition is judged against the read bandwidth probed just before and after it, {repBw.Min():F1}-{repBw.Max():F1} GB/s in this run";
             stdout.WriteLine($"machine: {threads} thread(s), FMA peak {machine.PeakGflops:F1} GFLOP/s, read bandwidth {machine.BandwidthGBs:F1} GB/s (measured in this run, the better of before the tests {roof.FmaGflops:F1} GFLOP/s, {roof.ReadGBps:F1} GB/s and after them {after.FmaGflops:F1} GFLOP/s, {after.ReadGBps:F1} GB/s{beside})");
@@ -123,8 +125,10 @@ public static class BenchCommand
             stdout.WriteLine();
             stdout.WriteLine("| test | batch | depth | t/s | roofline t/s | bound | % of roofline |");
             stdout.WriteLine("|---|---:|---:|---:|---:|---|---:|");
+            long? cache = CpuCache.LastLevelBytes();
             foreach (var x in results)
-                stdout.WriteLine($"| {x.Name} | {x.Batch} | {x.Depth} | {x.TokensPerSecond.Mean:F1} ± {x.TokensPerSecond.StdDev:F1} | {x.RooflineTokensPerSecond:F1} | {x.Bound} | {100 * x.FractionOfRoofline:F0}%{(x.Steady ? "" : " (unsteady)")} |");
+                stdout.WriteLine($"| {x.Name} | {x.Batch} | {x.Depth} | {Rate(x.TokensPerSecond)} | {x.RooflineTokensPerSecond:F1} | {x.Bound} | " +
+                    $"{Share(x, bench.StepBytes(x.Kind, x.Tokens, x.Batch, x.Depth), cache)}{(x.Steady ? "" : " (unsteady)")} |");
             var unsteady = results.Where(x => !x.Steady).ToList();
             if (unsteady.Count > 0) stdout.WriteLine();
             foreach (var x in unsteady) stdout.WriteLine(Unsteady(x));
@@ -132,6 +136,17 @@ public static class BenchCommand
         });
         return cmd;
     }
+
+    /// <summary>"12.3 ± 0.4", or "12.3" for one repetition (no spread to show).</summary>
+    internal static string Rate(Stats s)
+        => s.Samples.Count > 1 ? string.Create(CultureInfo.InvariantCulture, $"{s.Mean:F1} ± {s.StdDev:F1}") : s.Mean.ToString("F1", CultureInfo.InvariantCulture);
+
+    /// <summary>A test's share of its roofline; "cache-resident" for a memory-bound test whose step reads fit in the
+    /// last-level cache (or beat the bandwidth measured from memory), which the memory roofline does not describe.</summary>
+    internal static string Share(BenchResult x, double stepBytes, long? cacheBytes)
+        => x.Bound == "memory" && (stepBytes <= cacheBytes || x.FractionOfRoofline > 1)
+            ? "cache-resident"
+            : string.Create(CultureInfo.InvariantCulture, $"{100 * x.FractionOfRoofline:F0}%");
 
     // why a test's figure is marked unsteady, in one line
     internal static string Unsteady(BenchResult x)

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using System.CommandLine.Parsing;
 using Lckv.Formats;
 
@@ -11,7 +12,11 @@ public static class Cli
     {
         var output = stdout ?? Console.Out;
         var error = stderr ?? Console.Error;
-        var root = new RootCommand("Lckv: run, benchmark and evaluate Llama models with a small KV cache, in pure .NET");
+        // named lckv, not after the executable (Lckv.Cli, testhost), so help and usage say what the user types
+        var root = new Command("lckv", "Lckv: run, benchmark and evaluate Llama models with a small KV cache, in pure .NET")
+        {
+            Options = { new HelpOption(), new VersionOption() },
+        };
         root.Subcommands.Add(GenerateCommand.Create(output, error));
         root.Subcommands.Add(PerplexityCommand.Create(output, error));
         root.Subcommands.Add(BenchCommand.Create(output, error));
@@ -27,7 +32,10 @@ public static class Cli
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            error.WriteLine($"error: {Describe(parse.Errors[0])} (see 'lckv --help')");
+            // an unknown word says more than the missing command it stands in for
+            var first = parse.Errors.FirstOrDefault(e => e.SymbolResult is not CommandResult { Command: var c } || c != root || e.Message.StartsWith("Unrecognized", StringComparison.Ordinal))
+                ?? parse.Errors[0];
+            error.WriteLine($"error: {Describe(first)} (see 'lckv --help')");
             return 2;
         }
         try

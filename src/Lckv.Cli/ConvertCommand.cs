@@ -94,13 +94,13 @@ public static class ConvertCommand
             using var model = LlamaModel.FromPreset(preset!, seed: seed);
             r = GgufExport.Write(model, output, options);
         }
-        var types = string.Join(", ", r.TensorsByType.Select(kv => $"{kv.Value} {Numerics.DTypes.Name(kv.Key)}"));
+        var types = string.Join(", ", r.TensorsByType.Select(kv => $"{kv.Value} {Names.DType(kv.Key)}"));
         if (json)
         {
             stdout.WriteLine(JsonSerializer.Serialize(new
             {
-                output, format = "gguf", weights = Numerics.DTypes.Name(dtype), tensors = r.TensorCount, bytes = r.Bytes,
-                tokenizer = r.Tokenizer, types = r.TensorsByType.ToDictionary(kv => Numerics.DTypes.Name(kv.Key), kv => kv.Value),
+                output, format = "gguf", weights = Names.DType(dtype), tensors = r.TensorCount, bytes = r.Bytes,
+                tokenizer = r.Tokenizer, types = r.TensorsByType.ToDictionary(kv => Names.DType(kv.Key), kv => kv.Value),
             }));
             return 0;
         }

@@ -12,7 +12,8 @@ public static class GenerateCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
-        var prompt = new Option<string?>("--prompt", "-p") { Description = "prompt text" };
+        var prompt = new Option<string?>("--prompt") { Description = "prompt text" };
+        var promptOld = Deprecated.Alias<string?>("-p", "--prompt"); // -p is a length in bench (llama-bench's)
         var promptIds = new Option<string?>("--prompt-ids") { Description = "prompt token ids, comma-separated; several prompts separated by ';' form a batch" };
         var maxTokens = new Option<int?>("--max-tokens", "-n") { Description = "most new tokens per sequence (default: generation_config max_new_tokens, else 128)" };
         var temperature = new Option<float?>("--temperature") { Description = "0 = greedy (default: generation_config, else 0.8)" };
@@ -27,14 +28,14 @@ public static class GenerateCommand
         var prefill = new Option<string>("--prefill") { Description = "plan | sequential (how upward-reading layouts evaluate the prompt)", DefaultValueFactory = _ => "plan" };
         var json = new Option<bool>("--json") { Description = "print the generated ids, text and timing as JSON" };
         var cmd = new Command("generate", "generate text from a prompt");
-        mo.AddTo(cmd, longContext: true);
+        mo.AddTo(cmd, ModelUses.All);
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { prompt, promptIds, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, noBos, ignoreEos, prefill, json })
+        foreach (var o in new Option[] { prompt, promptOld, promptIds, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, noBos, ignoreEos, prefill, json })
             cmd.Options.Add(o);
 
         cmd.SetAction(p =>
         {
-            string? text = p.GetValue(prompt), ids = p.GetValue(promptIds);
+            string? text = Deprecated.Value(p, prompt, promptOld, "generate", stderr), ids = p.GetValue(promptIds);
             if ((text is null) == (ids is null)) throw new LckvException("give exactly one of --prompt or --prompt-ids");
             var prefillMode = p.GetValue(prefill) switch
             {
@@ -76,7 +77,7 @@ public static class GenerateCommand
                 StopStrings = p.GetValue(stop) ?? [],
             };
 
-            var kvDType = mo.KvStorage(p);
+            var kvDType = mo.KvStorage(p, model);
             int block = mo.Block(p);
             var layout = model.KvLayout(block, kvDType);
             int stepRows = Generator.StepRows(model, prompts);
@@ -118,8 +119,13 @@ public static class GenerateCommand
             }
             else
             {
-                foreach (var s in result.Sequences)
-                    stdout.WriteLine(tokenizer is null ? string.Join(',', s.OutputIds) : s.Text);
+                // a batch's sequences labelled by their index, in the order of the prompts
+                for (int i = 0; i < result.Sequences.Count; i++)
+                {
+                    var s = result.Sequences[i];
+                    string? line = tokenizer is null ? string.Join(',', s.OutputIds) : s.Text;
+                    stdout.WriteLine(result.Sequences.Count > 1 ? $"[{i}] {line}" : line);
+                }
             }
             if (!asJson)
                 stderr.WriteLine($"prefill {result.Timing.PrefillTokens} tokens at {result.Timing.PrefillTokensPerSecond:F1} tok/s, " +

@@ -15,7 +15,7 @@ public static class InfoCommand
         var config = new Option<string?>("--config") { Description = "a config.json alone (no weights needed)" };
         var json = new Option<bool>("--json") { Description = "print as JSON" };
         var cmd = new Command("info", "describe a model: parameters, dtype, KV bytes per token, layer map");
-        mo.AddTo(cmd);
+        mo.AddTo(cmd, ModelUses.KvDType | ModelUses.BlockSize);
         var evict = EvictionOptions.AddTo(cmd);
         cmd.Options.Add(config);
         cmd.Options.Add(json);
@@ -24,6 +24,7 @@ public static class InfoCommand
             ModelConfig cfg;
             string source;
             string dtype;
+            DType? stored = null; // the matrices' dtype, for the default KV dtype
             GgufFile? gguf = null;
             if (p.GetValue(config) is { } path)
             {
@@ -31,7 +32,7 @@ public static class InfoCommand
                 cfg = ModelConfig.Load(path);
                 if (p.GetValue(mo.Layout) is { } layout) cfg = Layouts.ApplyLayout(cfg, layout);
                 source = path;
-                dtype = cfg.TorchDtype ?? "unknown";
+                (dtype, stored) = TorchDType(cfg);
             }
             else if (p.GetValue(mo.Model) is { } file && File.Exists(file) && p.GetValue(mo.Preset) is null)
             {
@@ -46,7 +47,8 @@ public static class InfoCommand
                     throw;
                 }
                 source = file;
-                dtype = string.Join(", ", gguf.TensorList.Select(t => DTypes.Name(t.DType)).Distinct());
+                dtype = string.Join(", ", gguf.TensorList.Select(t => Names.DType(t.DType)).Distinct());
+                stored = gguf.TensorList.FirstOrDefault(t => t.Name == "token_embd.weight")?.DType;
             }
             else if (p.GetValue(mo.Model) is { } folder && p.GetValue(mo.Preset) is null)
             {
@@ -61,12 +63,13 @@ public static class InfoCommand
                 {
                     // the report needs only the config: say so, rather than fail on the missing weights
                     stderr.WriteLine($"note: no weights found in '{folder}' (no *.safetensors); this is the report of its config.json");
-                    dtype = cfg.TorchDtype ?? "unknown";
+                    (dtype, stored) = TorchDType(cfg);
                 }
                 else
                 {
                     using var tensors = TensorSet.Open(folder);
-                    dtype = string.Join(", ", tensors.Names.Select(n => DTypes.Name(tensors.Info(n).DType)).Distinct());
+                    dtype = string.Join(", ", tensors.Names.Select(n => Names.DType(tensors.Info(n).DType)).Distinct());
+                    stored = tensors.Names.Contains("model.embed_tokens.weight") ? tensors.Info("model.embed_tokens.weight").DType : null;
                 }
             }
             else
@@ -76,13 +79,18 @@ public static class InfoCommand
                 if (p.GetValue(mo.Layout) is { } layout) cfg = Layouts.ApplyLayout(cfg, layout);
                 var dt = p.GetValue(mo.DType) is { } d ? DTypes.ParseFloat(d) : Presets.DefaultDType(preset);
                 source = $"preset:{preset}";
-                dtype = DTypes.Name(dt);
+                dtype = Names.DType(dt);
+                stored = dt;
             }
             using var ggufOwner = gguf;
-            if (mo.WeightsDType(p) is { } weights) dtype = $"{DTypes.Name(weights)} matrices (--weights), norms {dtype}";
+            if (mo.WeightsDType(p) is { } weights)
+            {
+                dtype = $"{Names.DType(weights)} matrices (--weights), norms {dtype}";
+                stored = weights;
+            }
             cfg.Validate();
             var map = LayerMap.Parse(cfg.LayerTypes, cfg.NumHiddenLayers);
-            var kvDType = mo.KvStorage(p);
+            var kvDType = mo.KvStorage(p, stored ?? DType.F32);
             KvRows.Check(kvDType, cfg.HeadDim);
             var eviction = evict.WithLess(p, evict.Parse(p), cfg, map, stderr);
             int block = mo.Block(p), context = p.GetValue(mo.Context) ?? cfg.MaxPositionEmbeddings;
@@ -121,13 +129,13 @@ public static class InfoCommand
             }
             stdout.WriteLine($"source          {source}");
             stdout.WriteLine($"model_type      {cfg.ModelType}");
-            stdout.WriteLine($"parameters      {parameters:N0} ({parameters / 1e6:F1}M)");
+            stdout.WriteLine($"parameters      {parameters:N0} ({Names.Count(parameters)})");
             stdout.WriteLine($"dtype           {dtype}");
             stdout.WriteLine($"shape           {cfg.NumHiddenLayers} layers, hidden {cfg.HiddenSize}, {cfg.NumAttentionHeads} heads / {cfg.NumKeyValueHeads} KV heads x {cfg.HeadDim}, intermediate {cfg.IntermediateSize}, vocab {cfg.VocabSize}");
             stdout.WriteLine($"context         {cfg.MaxPositionEmbeddings}");
             stdout.WriteLine($"layer_types     {map}");
             stdout.WriteLine($"KV layers       {map.KvLayerCount} of {map.LayerCount}");
-            stdout.WriteLine($"KV bytes/token  {kvPerToken:N0} ({KvRows.Name(kvDType)}; {fullPerToken / (double)kvPerToken:F2}x less than a standard layout)");
+            stdout.WriteLine($"KV bytes/token  {kvPerToken:N0} ({KvRows.Name(kvDType)}; {Reduction(fullPerToken, kvPerToken)})");
             stdout.WriteLine($"KV/sequence     {kvPerSequence:N0} bytes ({kvPerSequence / 1048576.0:F2} MiB) at {context} tokens in blocks of {block}, eviction {policy}");
             if (map.AnyAttendsTop)
                 stdout.WriteLine($"plan            m={cfg.ForwardPasses} b={cfg.BackwardPasses}, force_nodiag={cfg.ForceNoDiag.ToString().ToLowerInvariant()}");
@@ -148,4 +156,17 @@ public static class InfoCommand
         });
         return cmd;
     }
+
+    /// <summary>KV bytes against a standard layout's: "same as", or "2.00x smaller than".</summary>
+    internal static string Reduction(long standard, long kv)
+        => standard == kv ? "same as a standard layout" : $"{standard / (double)kv:F2}x smaller than a standard layout";
+
+    /// <summary>config.json's torch_dtype in the CLI's names, and as a dtype when it names one.</summary>
+    private static (string Name, DType? DType) TorchDType(ModelConfig cfg) => cfg.TorchDtype switch
+    {
+        "float32" => ("f32", DType.F32),
+        "bfloat16" => ("bf16", DType.BF16),
+        "float16" => ("f16", DType.F16),
+        _ => ("unknown", null),
+    };
 }

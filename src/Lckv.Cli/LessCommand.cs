@@ -34,7 +34,7 @@ public static class LessCommand
         var force = new Option<bool>("--force") { Description = "replace an existing --out" };
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var cmd = new Command("train", "train LESS maps for a model and an eviction budget, each store on its own");
-        mo.AddTo(cmd);
+        mo.AddTo(cmd, ModelUses.WeightSeed | ModelUses.Tokenizer | ModelUses.Threads);
         var eo = EvictionOptions.AddTo(cmd, less: false);
         foreach (var o in new Option[] { data, ids, rank, hidden, seqLen, epochs, lr, batch, valFraction, seed, output, resume, force, json }) cmd.Options.Add(o);
         cmd.SetAction(p =>

@@ -5,6 +5,23 @@ using Lckv.Numerics;
 
 namespace Lckv.Cli;
 
+/// <summary>The options beyond the model's source (--model, --preset, --dtype, --layout, --weights, --context) that a
+/// command takes: each command takes only those it uses, so any other is a parse error rather than silently ignored.</summary>
+[Flags]
+public enum ModelUses
+{
+    None = 0,
+    WeightSeed = 1,
+    KvDType = 2,
+    BlockSize = 4,
+    KvBudget = 8,
+    Tokenizer = 16,
+    Threads = 32,
+    /// <summary>the command evaluates the model, so it takes --allow-long-context</summary>
+    LongContext = 64,
+    All = WeightSeed | KvDType | BlockSize | KvBudget | Tokenizer | Threads | LongContext,
+}
+
 /// <summary>Options every command that needs a model shares: where it comes from and how its cache is stored.</summary>
 public sealed class ModelOptions
 {
@@ -23,7 +40,7 @@ public sealed class ModelOptions
     };
     public readonly Option<ulong> WeightSeed = new("--weight-seed") { Description = "seed of a preset's random weights", DefaultValueFactory = _ => 0 };
     public readonly Option<int?> Context = new("--context", "-c") { Description = "context length (default: max_position_embeddings)" };
-    public readonly Option<string> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (int8 and q4 with per-row scales)", DefaultValueFactory = _ => "f32" };
+    public readonly Option<string?> KvDType = new("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (int8 and q4 with per-row scales; default: bf16 for f16/bf16/quantized weights, f32 for f32)" };
     public readonly Option<int> BlockSize = new("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
     public readonly Option<double?> KvBudget = new("--kv-budget") { Description = "KV cache budget in MiB (default: what the job needs)" };
     public readonly Option<string?> Tokenizer = new("--tokenizer") { Description = "tokenizer.model / tokenizer.json / a .gguf file's tokenizer (default: the one in --model)" };
@@ -33,28 +50,40 @@ public sealed class ModelOptions
         Description = "allow --context above the model's trained length (max_position_embeddings; llama.context_length in GGUF); quality past it is undefined",
     };
     private bool _longContext;
+    private ModelUses _uses;
+    private bool _context;
 
     /// <param name="c">the command</param>
-    /// <param name="longContext">the command evaluates the model, so it takes --allow-long-context</param>
-    public void AddTo(Command c, bool longContext = false)
+    /// <param name="uses">the options beyond the model's source that the command uses</param>
+    /// <param name="context">the command takes --context (perplexity has its own: the window)</param>
+    public void AddTo(Command c, ModelUses uses, bool context = true)
     {
-        foreach (var o in new Option[] { Model, Preset, DType, Layout, Weights, WeightSeed, Context, KvDType, BlockSize, KvBudget, Tokenizer, Threads })
-            c.Options.Add(o);
-        if (longContext) c.Options.Add(AllowLongContext);
-        _longContext |= longContext;
+        foreach (var o in new Option[] { Model, Preset, DType, Layout, Weights }) c.Options.Add(o);
+        if (context) c.Options.Add(Context);
+        _context |= context;
+        if (uses.HasFlag(ModelUses.WeightSeed)) c.Options.Add(WeightSeed);
+        if (uses.HasFlag(ModelUses.KvDType)) c.Options.Add(KvDType);
+        if (uses.HasFlag(ModelUses.BlockSize)) c.Options.Add(BlockSize);
+        if (uses.HasFlag(ModelUses.KvBudget)) c.Options.Add(KvBudget);
+        if (uses.HasFlag(ModelUses.Tokenizer)) c.Options.Add(Tokenizer);
+        if (uses.HasFlag(ModelUses.Threads)) c.Options.Add(Threads);
+        if (uses.HasFlag(ModelUses.LongContext)) c.Options.Add(AllowLongContext);
+        _longContext |= uses.HasFlag(ModelUses.LongContext);
+        _uses |= uses;
     }
 
     /// <summary>The model --model or --preset names, its context --context when given. A context past the model's
     /// trained length is an error unless --allow-long-context, which writes a one-line warning to stderr. Under
     /// StreamingLLM keys and queries are rotated by their rank in a bounded store, so it is the budget that must stay
     /// within the trained length, not the context.</summary>
-    public LlamaModel LoadModel(ParseResult p, TextWriter stderr, Cache.EvictionSettings? eviction = null)
+    /// <param name="context">the context when the command reads it from its own option, else --context</param>
+    public LlamaModel LoadModel(ParseResult p, TextWriter stderr, Cache.EvictionSettings? eviction = null, int? context = null)
     {
         _streamingBudget = eviction is { Kind: Cache.EvictionKind.Streaming } e ? e.Budget + 1 : null;
         ApplyThreads(p);
         string? model = p.GetValue(Model), preset = p.GetValue(Preset);
         if (model is not null && preset is not null) throw new LckvException("give either --model or --preset, not both");
-        int? context = p.GetValue(Context);
+        if (_context) context ??= p.GetValue(Context);
         var weights = WeightsDType(p);
         if (model is not null)
         {
@@ -70,7 +99,8 @@ public sealed class ModelOptions
         if (preset is null) throw new LckvException("no model: give --model <folder or .gguf> or --preset small|tinyllama-1.1b");
         if (context is not null || _streamingBudget is not null) CheckContext(p, context ?? Presets.Config(preset).MaxPositionEmbeddings, Presets.Config(preset), stderr);
         var dtype = p.GetValue(DType) is { } d ? ParseWeightDType(d) : (Numerics.DType?)null;
-        return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers), p.GetValue(WeightSeed), context, weights);
+        return LlamaModel.FromPreset(preset, dtype, PresetLayerTypes(p, Presets.Config(preset).NumHiddenLayers),
+            _uses.HasFlag(ModelUses.WeightSeed) ? p.GetValue(WeightSeed) : 0, context, weights);
     }
 
     private int? _streamingBudget;
@@ -108,7 +138,7 @@ public sealed class ModelOptions
 
     public void ApplyThreads(ParseResult p)
     {
-        if (p.GetValue(Threads) is int t) SetThreads(t);
+        if (_uses.HasFlag(ModelUses.Threads) && p.GetValue(Threads) is int t) SetThreads(t);
     }
 
     /// <summary>--threads t for the shared worker pool: from 1 to a few threads per core.</summary>
@@ -132,7 +162,7 @@ public sealed class ModelOptions
     /// <summary>--tokenizer, else the model folder's tokenizer file, else the tokenizer a GGUF model carries.</summary>
     public TextTokenizer? LoadTokenizer(ParseResult p, bool required)
     {
-        string? path = p.GetValue(Tokenizer);
+        string? path = _uses.HasFlag(ModelUses.Tokenizer) ? p.GetValue(Tokenizer) : null;
         string? model = p.GetValue(Model);
         if (path is null && model is not null && File.Exists(model) && GgufFile.IsGguf(model))
         {
@@ -153,7 +183,15 @@ public sealed class ModelOptions
         return TextTokenizer.Load(path);
     }
 
-    public DType KvStorage(ParseResult p) => KvRows.Parse(p.GetValue(KvDType)!);
+    /// <summary>--kv-dtype, else the default for weights stored as <paramref name="weights"/>.</summary>
+    public DType KvStorage(ParseResult p, DType weights) => p.GetValue(KvDType) is { } kv ? KvRows.Parse(kv) : DefaultKvDType(weights);
+
+    /// <summary>--kv-dtype, else the default for the model's weights.</summary>
+    public DType KvStorage(ParseResult p, LlamaModel model) => KvStorage(p, model.Weights.Embed.DType);
+
+    /// <summary>The KV storage when none is asked for: f32 beside f32 weights, bf16 beside any narrower weights (a cache
+    /// kept wider than the weights costs memory for no accuracy the weights carry).</summary>
+    public static DType DefaultKvDType(DType weights) => weights == Numerics.DType.F32 ? Numerics.DType.F32 : Numerics.DType.BF16;
 
     public int Block(ParseResult p)
     {

@@ -12,23 +12,32 @@ public static class PerplexityCommand
         var mo = new ModelOptions();
         var file = new Option<string?>("--file", "-f") { Description = "text file (tokenized with the model's tokenizer)" };
         var idsFile = new Option<string?>("--ids-file") { Description = "file of whitespace-separated token ids" };
-        var window = new Option<int?>("--ctx") { Description = "tokens per window (default: 512, capped at the context length)" };
+        // --context is the window here (llama.cpp's perplexity -c); the model is loaded with that context
+        var window = new Option<int?>("--context", "-c") { Description = "tokens per window, the model's context (default: 512, capped at max_position_embeddings)" };
+        var windowOld = Deprecated.Alias<int?>("--ctx", "--context");
         var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: the window)" };
-        var limit = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens" };
+        var limit = new Option<int?>("--limit-tokens") { Description = "score only the first N tokens of the file" };
+        var limitOld = Deprecated.Alias<int?>("--max-tokens", "--limit-tokens");
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var segment = new Option<int?>("--segment") { Description = "also report the perplexity of every N positions of the stream (e.g. 1000)" };
         var cmd = new Command("perplexity", "perplexity of a text or token file");
-        mo.AddTo(cmd, longContext: true);
+        mo.AddTo(cmd, ModelUses.WeightSeed | ModelUses.KvDType | ModelUses.Tokenizer | ModelUses.Threads | ModelUses.LongContext, context: false);
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { file, idsFile, window, stride, limit, json, segment }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { file, idsFile, window, windowOld, stride, limit, limitOld, json, segment }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             string? textPath = p.GetValue(file), idsPath = p.GetValue(idsFile);
             if ((textPath is null) == (idsPath is null)) throw new LckvException("give exactly one of --file or --ids-file");
+            if (idsPath is not null && p.GetResult(mo.Tokenizer) is not null)
+                throw new LckvException("--tokenizer applies to --file; an --ids-file holds token ids already");
             var eviction = eo.Parse(p);
             int? segmentLength = p.GetValue(segment);
             if (segmentLength is < 1) throw new LckvException($"--segment must be at least 1, got {segmentLength}");
-            using var model = mo.LoadModel(p, stderr, eviction);
+            int? context = Deprecated.Value(p, window, windowOld, "perplexity", stderr);
+            int? maxTokens = Deprecated.Value(p, limit, limitOld, "perplexity", stderr);
+            if (context is < 2) throw new LckvException($"--context must be at least 2 tokens, got {context}");
+            if (maxTokens is < 0) throw new LckvException($"--limit-tokens must not be negative, got {maxTokens}");
+            using var model = mo.LoadModel(p, stderr, eviction, context);
             eviction = eo.WithLess(p, eviction, model.Config, model.Map, stderr);
             int[] ids;
             if (textPath is not null)
@@ -39,11 +48,11 @@ public static class PerplexityCommand
                 ids = tokenizer.Encode(File.ReadAllText(textPath), tokenizer.AddBosByDefault && tokenizer.BosId is not null);
             }
             else ids = ReadIds(idsPath!);
-            if (p.GetValue(limit) is int n) ids = ids[..Math.Min(n, ids.Length)];
-            int win = p.GetValue(window) ?? Math.Min(512, model.ContextLength);
+            if (maxTokens is int n) ids = ids[..Math.Min(n, ids.Length)];
+            int win = context ?? Math.Min(512, model.ContextLength);
             int str = p.GetValue(stride) ?? win;
             var result = Progress.Run("perplexity", report =>
-                Perplexity.Evaluate(model, ids, win, str, mo.KvStorage(p), (done, total) => report(done, total), eviction), stderr);
+                Perplexity.Evaluate(model, ids, win, str, mo.KvStorage(p, model), (done, total) => report(done, total), eviction), stderr);
             if (p.GetValue(json))
                 stdout.WriteLine(JsonSerializer.Serialize(new
                 {

@@ -29,7 +29,7 @@ public static class ServeBenchCommand
         var seed = new Option<ulong>("--seed") { Description = "seed of the random prompts", DefaultValueFactory = _ => 1 };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget");
-        mo.AddTo(cmd, longContext: true);
+        mo.AddTo(cmd, ModelUses.All & ~ModelUses.KvBudget); // --fit sizes the pool
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, format }) cmd.Options.Add(o);
         cmd.SetAction(p =>

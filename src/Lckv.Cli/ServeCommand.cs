@@ -23,7 +23,7 @@ public static class ServeCommand
         var noBos = new Option<bool>("--no-bos") { Description = "do not prepend the BOS token to text prompts" };
         var template = new Option<string?>("--chat-template") { Description = "Jinja chat template file for /v1/chat/completions (default: the model's own, from tokenizer_config.json or GGUF metadata)" };
         var cmd = new Command("serve", "serve the model over an OpenAI-compatible HTTP API (continuous batching)");
-        mo.AddTo(cmd, longContext: true);
+        mo.AddTo(cmd, ModelUses.All);
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { host, port, apiKey, maxBatch, stepTokens, queue, name, noBos, template }) cmd.Options.Add(o);
 
@@ -107,7 +107,7 @@ public static class ServeCommand
             var genConfig = folder is not null && Directory.Exists(folder) ? Formats.GenerationConfig.LoadIfPresent(Path.Combine(folder, "generation_config.json")) : null;
             var engineOptions = new EngineOptions { MaxStepTokens = step, MaxSequences = batch, MaxPromptTokens = model.ContextLength };
             int block = mo.Block(p);
-            var layout = model.KvLayout(block, mo.KvStorage(p));
+            var layout = model.KvLayout(block, mo.KvStorage(p, model));
             int stepRows = engineOptions.StepRows(model.Map);
             long full = model.KvBlocksFor(model.ContextLength, block, stepRows, eviction);
             long budget = budgetFor is var (n, tokens) ? n * model.KvBlocksFor(tokens, block, stepRows, eviction) * layout.BlockBytes

@@ -24,7 +24,7 @@ public static class ThroughputCommand
         var budget = new Option<double?>("--budget") { Description = "total memory budget in MiB: weights + KV + working buffers (default: exactly what the first layout needs for batch 1)" };
         var prompt = new Option<int>("--prompt") { Description = "prompt tokens per sequence", DefaultValueFactory = _ => 16 };
         var gen = new Option<int>("--gen") { Description = "generated tokens per sequence", DefaultValueFactory = _ => 240 };
-        var kvDType = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4", DefaultValueFactory = _ => "f32" };
+        var kvDType = new Option<string?>("--kv-dtype") { Description = "KV cache storage: f32 | f16 | bf16 | int8 | q4 (default: bf16 beside f16/bf16 weights, f32 beside f32)" };
         var blockSize = new Option<int>("--block-size") { Description = "tokens per KV block", DefaultValueFactory = _ => 16 };
         var maxBatch = new Option<int>("--max-batch") { Description = "upper end of the batch search", DefaultValueFactory = _ => 512 };
         var batch = new Option<int?>("--batch") { Description = "run every layout at this batch instead of searching (equal-batch comparison)" };
@@ -69,7 +69,7 @@ public static class ThroughputCommand
             var settings = new ThroughputSettings
             {
                 Shape = shape, ShapeName = shapeName, WeightDType = weightDType, PromptLength = promptLength, GenLength = genLength,
-                KvDType = KvRows.Parse(p.GetValue(kvDType)!), Eviction = evict.Parse(p), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
+                KvDType = p.GetValue(kvDType) is { } kv ? KvRows.Parse(kv) : ModelOptions.DefaultKvDType(weightDType), Eviction = evict.Parse(p), BlockSize = bs, MaxBatch = maxB, Seed = p.GetValue(seed), BudgetKind = kind,
             };
             var check = new ThroughputBench(settings);
             foreach (var n in names) ThroughputLayouts.LayerTypes(check.Variant(n).Layout, shape.NumHiddenLayers); // fail early on a bad row
@@ -92,6 +92,16 @@ public static class ThroughputCommand
                 throw new LckvException($"--plot must name a .png file, got '{plotPath}'");
 
             var bench = new ThroughputBench(settings);
+            // a budget no layout can run one sequence in is an error, before the roofline probe
+            if (fixedBatch is null && names.Select(n => (Name: n, Bytes: bench.BudgetFor(n, 1))).MinBy(x => x.Bytes) is var least
+                && least.Bytes > settings.BudgetBytes)
+            {
+                var one = bench.Run(least.Name, 1, accountOnly: true).Fit;
+                string what = kind == BudgetKind.Total && one.WeightBytes > settings.BudgetBytes
+                    ? $"the weights alone of every layout are more (the least, {least.Name}: {one.WeightBytes / 1048576.0:F2} MiB)"
+                    : $"no layout fits one sequence (the least, {least.Name}, needs {least.Bytes / 1048576.0:F2} MiB)";
+                throw new LckvException($"--budget {settings.BudgetBytes / 1048576.0:F2} MiB is too small: {what}");
+            }
             bool noRun = p.GetValue(accountOnly);
             // the machine's limits, measured in the same run, for each row's share of the FMA peak
             RooflineResult? roof = noRun ? null : Roofline.Measure(WorkerPool.Shared.ThreadCount);
@@ -133,7 +143,7 @@ public static class ThroughputCommand
     private static string Ratio(double x, double reference) => reference > 0 ? (x / reference).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
 
     private static string Header(ThroughputSettings s)
-        => $"{s.ShapeName} ({DTypes.Name(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes ({(s.BudgetKind == BudgetKind.KvOnly ? "KV only" : "weights + KV + buffers")}), " +
+        => $"{s.ShapeName} ({Names.DType(s.WeightDType)} weights), budget {s.BudgetBytes / 1048576.0:F2} MiB = {s.BudgetBytes} bytes ({(s.BudgetKind == BudgetKind.KvOnly ? "KV only" : "weights + KV + buffers")}), " +
            $"prompt {s.PromptLength} + gen {s.GenLength}, KV {KvRows.Name(s.KvDType)} in blocks of {s.BlockSize}, greedy, no stop tokens, " +
            $"{WorkerPool.Shared.ThreadCount} thread(s)";
 
@@ -187,7 +197,7 @@ public static class ThroughputCommand
         var reference = Reference(rows);
         o.WriteLine(JsonSerializer.Serialize(new
         {
-            preset = s.ShapeName, dtype = DTypes.Name(s.WeightDType), budget_bytes = s.BudgetBytes, budget_kind = s.BudgetKind == BudgetKind.KvOnly ? "kv" : "total", prompt = s.PromptLength, gen = s.GenLength,
+            preset = s.ShapeName, dtype = Names.DType(s.WeightDType), budget_bytes = s.BudgetBytes, budget_kind = s.BudgetKind == BudgetKind.KvOnly ? "kv" : "total", prompt = s.PromptLength, gen = s.GenLength,
             kv_dtype = KvRows.Name(s.KvDType), block_size = s.BlockSize, threads = WorkerPool.Shared.ThreadCount, reference = reference?.Layout,
             fma_peak_gflops = roof?.FmaGflops, read_bandwidth_gbs = roof?.ReadGBps,
             rows = rows.Select(r => new
@@ -217,7 +227,7 @@ public static class ThroughputCommand
         var names = rows.Select(r => r.Layout).ToList();
         var chart = BarChart.Render(
             $"{s.ShapeName} throughput under {s.BudgetBytes / 1048576.0:F1} MiB{(s.BudgetKind == BudgetKind.KvOnly ? " of KV" : "")}",
-            $"prompt {s.PromptLength} + gen {s.GenLength}, {DTypes.Name(s.WeightDType)} weights, {KvRows.Name(s.KvDType)} KV, greedy",
+            $"prompt {s.PromptLength} + gen {s.GenLength}, {Names.DType(s.WeightDType)} weights, {KvRows.Name(s.KvDType)} KV, greedy",
             names,
             [
                 new BarPanel("total tok/s (incl. prefill)", rows.Select(r => r.TotalTokensPerSecond).ToList(), "0.0"),

@@ -286,11 +286,20 @@ public sealed class SpeedBench
     public (double TokensPerSecond, string Bound) Roofline(BenchKind kind, int tokens, int batch, int depth)
         => Roofline(kind, tokens, batch, depth, Machine.PeakGflops, Machine.BandwidthGBs);
 
+    /// <summary>Bytes one step of a test reads: the weights, and in decoding each sequence's KV in every layer.</summary>
+    public double StepBytes(BenchKind kind, int tokens, int batch, int depth)
+    {
+        var c = _model.Config;
+        double kvRowBytes = 2.0 * c.NumKeyValueHeads * KvRows.RowBytes(_kvDType, c.HeadDim); // one position of one layer
+        double avgContext = depth + (tokens + 1) / 2.0;
+        if (Eviction.Kind != EvictionKind.None) avgContext = Math.Min(avgContext, Eviction.Budget + 1);
+        return _model.DecodeWeightBytes + (kind == BenchKind.TextGeneration ? batch * c.NumHiddenLayers * avgContext * kvRowBytes : 0);
+    }
+
     /// <summary>The roofline of a test against the given FMA peak (GFLOP/s) and read bandwidth (GB/s).</summary>
     public (double TokensPerSecond, string Bound) Roofline(BenchKind kind, int tokens, int batch, int depth, double peakGflops, double bandwidthGBs)
     {
         var c = _model.Config;
-        double kvRowBytes = 2.0 * c.NumKeyValueHeads * KvRows.RowBytes(_kvDType, c.HeadDim); // one position of one layer
         double avgContext = depth + (tokens + 1) / 2.0;
         // a store that evicts holds at most its budget and the step's token
         if (Eviction.Kind != EvictionKind.None) avgContext = Math.Min(avgContext, Eviction.Budget + 1);
@@ -303,8 +312,7 @@ public sealed class SpeedBench
         if (kind == BenchKind.TextGeneration)
         {
             // per step: all weights once, and each sequence's KV once per layer that reads it
-            double kvPerStep = batch * c.NumHiddenLayers * avgContext * kvRowBytes;
-            memory = batch * bandwidthGBs * 1e9 / (weights + kvPerStep);
+            memory = batch * bandwidthGBs * 1e9 / StepBytes(kind, tokens, batch, depth);
         }
         else
         {

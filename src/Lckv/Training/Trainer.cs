@@ -176,6 +176,8 @@ public sealed class Trainer : IDisposable
             throw new LckvException($"{data.Folder}: not the data the checkpoint was trained on ({state.Data}); a resume must read the same data");
         var model = factory(config, state.Arch, options.Seed);
         Checkpoint.LoadParameters(model.Parameters, folder);
+        // a run killed after its last checkpoint logged steps the resume runs again: drop them, so each step is logged once
+        int dropped = logPath is null ? 0 : TrainingLog.DropAfter(logPath, state.Step);
         var t = new Trainer(model, config, state.Arch, data, options, outDir, logPath, state.InitFrom);
         Checkpoint.LoadOptimizer(t.Optimizer, folder);
         if (t.Optimizer.StepCount != state.Step)
@@ -190,6 +192,7 @@ public sealed class Trainer : IDisposable
         {
             w.WriteString("checkpoint", folder);
             w.WriteNumber("from_step", state.Step);
+            w.WriteNumber("dropped_entries", dropped);
             WriteOptions(w, options);
         });
         return t;
@@ -376,4 +379,62 @@ public sealed class TrainingLog : IDisposable
     }
 
     public void Dispose() => _stream.Dispose();
+
+    /// <summary>
+    /// Rewrites the log without the entries past a checkpoint's step (those a resume from it logs again) and without a
+    /// last line torn by a kill; atomically (a new file moved over the old). Returns how many lines it dropped.
+    /// </summary>
+    public static int DropAfter(string path, long step)
+    {
+        if (!File.Exists(path)) return 0;
+        try
+        {
+            var bytes = File.ReadAllBytes(path);
+            var kept = new MemoryStream(bytes.Length);
+            int dropped = 0, start = 0;
+            while (start < bytes.Length)
+            {
+                int end = Array.IndexOf(bytes, (byte)'\n', start);
+                bool torn = end < 0;
+                var line = bytes.AsSpan(start, (torn ? bytes.Length : end) - start);
+                start = torn ? bytes.Length : end + 1;
+                if (line.IsEmpty) continue;
+                if (After(line, step)) dropped++;
+                else
+                {
+                    kept.Write(line);
+                    kept.WriteByte((byte)'\n');
+                }
+            }
+            if (dropped == 0 && (bytes.Length == 0 || bytes[^1] == (byte)'\n')) return 0;
+            string temp = path + ".tmp";
+            using (var f = new FileStream(temp, FileMode.Create, FileAccess.Write))
+            {
+                kept.WriteTo(f);
+                f.Flush(flushToDisk: true);
+            }
+            File.Move(temp, path, overwrite: true);
+            return dropped;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new LckvException($"{path}: cannot rewrite the log for the resume: {e.Message}", e);
+        }
+    }
+
+    // a line with a "step" past the given one, or one that is not a JSON object (torn by a kill mid-line)
+    private static bool After(ReadOnlySpan<byte> line, long step)
+    {
+        try
+        {
+            var reader = new System.Text.Json.Utf8JsonReader(line);
+            using var doc = System.Text.Json.JsonDocument.ParseValue(ref reader);
+            return doc.RootElement.ValueKind != System.Text.Json.JsonValueKind.Object
+                || (doc.RootElement.TryGetProperty("step", out var s) && s.TryGetInt64(out long n) && n > step);
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return true;
+        }
+    }
 }

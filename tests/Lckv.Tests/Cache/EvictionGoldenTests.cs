@@ -250,7 +250,7 @@ public sealed class EvictionGoldenTests(ITestOutputHelper output)
         var row = f.Rows("input_ids")[0];
         using var dir = new TempDir();
         string ids = dir.WriteText("ids.txt", string.Join(' ', row));
-        (code, stdout, stderr) = CliTests.Run(["perplexity", "--model", f.Dir, "--ids-file", ids, "--ctx", row.Length.ToString(), "--json", .. f.CliOptions]);
+        (code, stdout, stderr) = CliTests.Run(["perplexity", "--model", f.Dir, "--ids-file", ids, "--context", row.Length.ToString(), "--json", .. f.CliOptions]);
         Assert.True(code == 0, stderr);
         using (var doc = JsonDocument.Parse(stdout))
         {

@@ -19,7 +19,7 @@ public sealed class QuantizedCliTests(ITestOutputHelper output)
     {
         var dir = SharedData.Path("golden", "llama-standard");
         int[][] prompts = [[1, 5, 9, 200], [7, 3]];
-        var (code, stdout, stderr) = CliTests.Run("generate", "--model", dir, "--weights", flag, "--prompt-ids", "1,5,9,200;7,3",
+        var (code, stdout, stderr) = CliTests.Run("generate", "--model", dir, "--weights", flag, "--prompt-ids", "1,5,9,200;7,3", "--kv-dtype", "f32",
             "--temperature", "0", "--max-tokens", "12", "--ignore-eos", "--json");
         output.WriteLine(stdout + stderr);
         Assert.Equal(0, code);
@@ -41,7 +41,7 @@ public sealed class QuantizedCliTests(ITestOutputHelper output)
         output.WriteLine(stdout + stderr);
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(stdout);
-        Assert.Equal("Q4_0", doc.RootElement.GetProperty("dtype").GetString());
+        Assert.Equal("q4_0", doc.RootElement.GetProperty("dtype").GetString());
         using var model = LlamaModel.FromPreset("small", weights: DType.Q4_0);
         Assert.Equal(model.Weights.Bytes, doc.RootElement.GetProperty("weight_bytes").GetInt64());
         Assert.All(doc.RootElement.GetProperty("results").EnumerateArray(), r => Assert.True(r.GetProperty("tokens_per_second").GetDouble() > 0));
@@ -53,7 +53,7 @@ public sealed class QuantizedCliTests(ITestOutputHelper output)
         var (code, stdout, _) = CliTests.Run("info", "--preset", "small", "--weights", "q8_0", "--json");
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(stdout);
-        Assert.StartsWith("Q8_0 matrices", doc.RootElement.GetProperty("dtype").GetString());
+        Assert.StartsWith("q8_0 matrices", doc.RootElement.GetProperty("dtype").GetString());
     }
 
     [Fact]

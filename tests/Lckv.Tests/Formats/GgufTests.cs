@@ -310,15 +310,15 @@ public sealed class GgufTests(ITestOutputHelper output)
         Assert.Equal(0, q.Code);
         using (var doc = JsonDocument.Parse(q.Out))
         {
-            Assert.Equal("Q4_0", doc.RootElement.GetProperty("weights").GetString());
-            Assert.Equal(2 * 4 + 1, doc.RootElement.GetProperty("types").GetProperty("F32").GetInt32()); // the norms
+            Assert.Equal("q4_0", doc.RootElement.GetProperty("weights").GetString());
+            Assert.Equal(2 * 4 + 1, doc.RootElement.GetProperty("types").GetProperty("f32").GetInt32()); // the norms
         }
 
         using var f = GoldenTests.Open("llama-bf16-tied");
         var prompts = f.Rows("generate.prompt_ids");
         var expected = f.Rows("generate.output_ids");
         var (code, stdout, _) = CliTests.Run("generate", "--model", path, "--prompt-ids", string.Join(';', prompts.Select(p => string.Join(',', p))),
-            "--temperature", "0", "--max-tokens", expected[0].Length.ToString(), "--ignore-eos", "--json");
+            "--kv-dtype", "f32", "--temperature", "0", "--max-tokens", expected[0].Length.ToString(), "--ignore-eos", "--json");
         Assert.Equal(0, code);
         using var gen = JsonDocument.Parse(stdout);
         var got = gen.RootElement.GetProperty("output_ids").EnumerateArray().Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();

@@ -77,16 +77,16 @@ public sealed class PublishedConfigTests(ITestOutputHelper output)
         Assert.Equal(22, root.GetProperty("layers").GetInt32());
         Assert.Equal(11, root.GetProperty("kv_layers").GetInt32());
         Assert.Equal(PublishedLayerTypes, root.GetProperty("layer_types").GetString());
-        Assert.Equal("f32", root.GetProperty("kv_dtype").GetString()); // info's default KV storage
-        Assert.Equal(2L * 11 * 4 * 64 * 4, root.GetProperty("kv_bytes_per_token").GetInt64());
-        Assert.Equal(22528, root.GetProperty("kv_bytes_per_token").GetInt64());
+        Assert.Equal("bf16", root.GetProperty("kv_dtype").GetString()); // the default beside bf16 weights
+        Assert.Equal(2L * 11 * 4 * 64 * 2, root.GetProperty("kv_bytes_per_token").GetInt64());
         Assert.Equal(2.0, root.GetProperty("kv_reduction").GetDouble());
         // TinyLlama's 1,100,048,384 parameters less k_proj and v_proj ([256, 2048] each) on 11 layers
         Assert.Equal(1_100_048_384L - 11 * 2 * 256 * 2048, root.GetProperty("parameters").GetInt64());
 
-        var bf16 = CliTests.Run("info", "--config", path, "--json", "--kv-dtype", "bf16");
-        using var doc2 = JsonDocument.Parse(bf16.Out);
-        Assert.Equal(2L * 11 * 4 * 64 * 2, doc2.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
+        var f32 = CliTests.Run("info", "--config", path, "--json", "--kv-dtype", "f32");
+        using var doc2 = JsonDocument.Parse(f32.Out);
+        Assert.Equal(2L * 11 * 4 * 64 * 4, doc2.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
+        Assert.Equal(22528, doc2.RootElement.GetProperty("kv_bytes_per_token").GetInt64());
 
         var text = CliTests.Run("info", "--config", path);
         Assert.Equal(0, text.Code);

@@ -62,7 +62,7 @@ public sealed class PerplexityTests
         var ids = f.Rows("input_ids")[0];
         var path = dir.WriteText("ids.txt", string.Join(" ", ids[..8]) + "\n" + string.Join("\t", ids[8..]) + "\n");
         var (code, stdout, stderr) = CliTests.Run("perplexity", "--model", SharedData.Path("golden", "llama-standard"),
-            "--ids-file", path, "--ctx", "16", "--json");
+            "--ids-file", path, "--context", "16", "--json");
         Assert.True(code == 0, stderr);
         using var doc = JsonDocument.Parse(stdout);
         double ppl = doc.RootElement.GetProperty("perplexity").GetDouble();
@@ -81,7 +81,7 @@ public sealed class PerplexityTests
     {
         var (code, stdout, stderr) = CliTests.Run("perplexity", "--model", SharedData.Path("golden", "llama-standard"),
             "--tokenizer", SharedData.Path("tokenizers", "en4k.model"), "--file", SharedData.Path("data", "tinyshakespeare.txt"),
-            "--max-tokens", "300", "--ctx", "64", "--stride", "32", "--json");
+            "--limit-tokens", "300", "--context", "64", "--stride", "32", "--json");
         Assert.True(code == 0, stderr);
         using var doc = JsonDocument.Parse(stdout);
         Assert.Equal(299, doc.RootElement.GetProperty("tokens").GetInt64());

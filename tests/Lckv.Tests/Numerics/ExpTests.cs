@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Lckv.Numerics;
 
@@ -44,11 +45,38 @@ public class ExpTests
     }
 }
 
+/// <summary>A test of the 512-bit kernels: skipped where the run has no 512-bit vectors, with the reason in its name,
+/// since `dotnet test` prints a skipped test's name but its skip reason only at normal verbosity.</summary>
 public sealed class Vector512FactAttribute : FactAttribute
 {
-    public Vector512FactAttribute()
+    public Vector512FactAttribute([CallerMemberName] string test = "")
     {
-        if (!Vector512.IsHardwareAccelerated) Skip = "512-bit vectors are not accelerated here (e.g. DOTNET_EnableAVX512F=0)";
+        if (VectorPaths.Missing(512) is { } why) (Skip, DisplayName) = (why, $"{test} ({why})");
+    }
+}
+
+/// <summary>A test that a vector width's kernels ran: skipped, and so listed in the console output with the reason in
+/// its name, when this run cannot exercise them.</summary>
+public sealed class VectorPathFactAttribute : FactAttribute
+{
+    public VectorPathFactAttribute(int bits, [CallerMemberName] string test = "")
+    {
+        if (VectorPaths.Missing(bits) is { } why) (Skip, DisplayName) = (why, $"{test} ({why})");
+    }
+}
+
+internal static class VectorPaths
+{
+    /// <summary>Why this run does not exercise the kernels of that width; null when it does.</summary>
+    public static string? Missing(int bits)
+    {
+        bool accelerated = bits == 512 ? Vector512.IsHardwareAccelerated : Vector256.IsHardwareAccelerated;
+        if (accelerated) return null;
+        string isa = bits == 512 ? "AVX-512" : "AVX2";
+        string? off = (bits == 512 ? new[] { "DOTNET_EnableAVX512", "DOTNET_EnableAVX512F", "DOTNET_EnableHWIntrinsic" } : ["DOTNET_EnableAVX2", "DOTNET_EnableHWIntrinsic"])
+            .FirstOrDefault(v => Environment.GetEnvironmentVariable(v) == "0");
+        string cause = off is not null ? $"{isa} turned off for this run ({off}=0)" : $"no {isa} on this processor";
+        return $"{cause}: the {bits}-bit kernels are not exercised in this run";
     }
 }
 
@@ -72,5 +100,20 @@ public class VectorPathTests
         string expected = Environment.GetEnvironmentVariable("LCKV_EXPECT_PATH")!;
         string actual = Vector512.IsHardwareAccelerated ? "512" : Vector256.IsHardwareAccelerated ? "256" : "scalar";
         Assert.Equal(expected, actual);
+    }
+
+    // every kernel test runs on the widest path the run has; these list the paths it does not have in the console output
+    [VectorPathFact(512)]
+    public void The512BitKernelsAreExercised() => Assert.True(Vector512.IsHardwareAccelerated);
+
+    [VectorPathFact(256)]
+    public void The256BitKernelsAreExercised() => Assert.True(Vector256.IsHardwareAccelerated);
+
+    [Fact]
+    public void AMissingPathIsNamedWithItsCause()
+    {
+        foreach (var (bits, accelerated) in new[] { (512, Vector512.IsHardwareAccelerated), (256, Vector256.IsHardwareAccelerated) })
+            if (accelerated) Assert.Null(VectorPaths.Missing(bits));
+            else Assert.Matches($"^(no AVX[-0-9]+ on this processor|AVX[-0-9]+ turned off for this run \\(DOTNET_\\w+=0\\)): the {bits}-bit kernels are not exercised in this run$", VectorPaths.Missing(bits));
     }
 }

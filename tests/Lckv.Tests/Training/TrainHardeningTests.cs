@@ -66,3 +66,45 @@ public sealed class TrainHardeningTests
         Assert.Contains("warning: --warmup 100 is not below --steps 6", r.Err);
     }
 }
+
+public sealed class TrainLogResumeTests
+{
+    [Fact]
+    public void ResumeDropsTheLogEntriesPastTheCheckpoint()
+    {
+        using var dir = new TempDir();
+        string data = ToyData.Write(dir.File("data"));
+        string config = dir.File("config.json");
+        File.WriteAllText(config, ToyData.Config().ToJson());
+        string[] common = ["--data", data, "--out", dir.File("run"), "--eval-every", "0", "--save-every", "0"];
+        var first = CliTests.Run(["train", "--config", config, "--arch", "bigram", "--batch", "4", "--seq-len", "16", "--lr", "0.1", "--warmup", "2", "--steps", "4", .. common]);
+        Assert.True(first.Code == 0, first.Err);
+        // a kill -9 after steps 5 and 6 were logged but before their checkpoint, in the middle of a line
+        string log = Path.Combine(dir.Root, "run", "log.jsonl");
+        File.AppendAllText(log, "{\"event\":\"step\",\"step\":5,\"loss\":1}\n{\"event\":\"step\",\"step\":6,\"loss\":1}\n{\"event\":\"st");
+        var resumed = CliTests.Run(["train", "--resume", "--steps", "6", .. common]);
+        Assert.True(resumed.Code == 0, resumed.Err);
+
+        var events = File.ReadAllLines(log).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement).ToList();
+        var steps = events.Where(e => e.GetProperty("event").GetString() == "step").Select(e => e.GetProperty("step").GetInt64()).ToList();
+        Assert.Equal([1, 2, 3, 4, 5, 6], steps);
+        // the superseded entries (no "lr": written above) are gone, the resumed run's are there
+        Assert.All(events.Where(e => e.GetProperty("event").GetString() == "step"), e => Assert.True(e.TryGetProperty("lr", out _)));
+        var resume = Assert.Single(events, e => e.GetProperty("event").GetString() == "resume");
+        Assert.Equal(4, resume.GetProperty("from_step").GetInt64());
+        Assert.Equal(3, resume.GetProperty("dropped_entries").GetInt32());
+        Assert.False(File.Exists(log + ".tmp"));
+    }
+
+    [Fact]
+    public void DropAfterKeepsALogWithNothingPastTheStep()
+    {
+        using var dir = new TempDir();
+        string log = dir.WriteText("log.jsonl", "{\"event\":\"start\"}\n{\"event\":\"step\",\"step\":1}\n");
+        Assert.Equal(0, Lckv.Training.TrainingLog.DropAfter(log, 1));
+        Assert.Equal("{\"event\":\"start\"}\n{\"event\":\"step\",\"step\":1}\n", File.ReadAllText(log));
+        Assert.Equal(1, Lckv.Training.TrainingLog.DropAfter(log, 0));
+        Assert.Equal("{\"event\":\"start\"}\n", File.ReadAllText(log));
+        Assert.Equal(0, Lckv.Training.TrainingLog.DropAfter(dir.File("none.jsonl"), 0));
+    }
+}
