@@ -6,9 +6,12 @@ public interface ILessMaps
 {
     int Rank { get; }
     int HeadDim { get; }
-    /// <summary>Scratch floats Phi and Psi need.</summary>
+    /// <summary>Rh: the hidden width of the maps.</summary>
+    int Hidden { get; }
+    /// <summary>Scratch floats Psi needs.</summary>
     int ScratchFloats { get; }
-    void Phi(int layer, int head, ReadOnlySpan<float> q, Span<float> phi, Span<float> scratch);
+    /// <summary>phi of n rows of one query head's vectors (x [n, D]) into phi [n, R]; scratch holds n * Rh floats.</summary>
+    void PhiRows(int layer, int head, ReadOnlySpan<float> x, int n, Span<float> phi, Span<float> scratch);
     void Psi(int layer, int kvHead, ReadOnlySpan<float> k, Span<float> psi, Span<float> scratch);
 }
 

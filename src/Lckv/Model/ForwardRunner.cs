@@ -362,7 +362,8 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         return _ranks.AsSpan(0, _ctx.Rows);
     }
 
-    private float[] _lessNum = [], _lessDen = [], _phi = [], _lessScratch = [];
+    private float[] _lessNum = [], _lessDen = [], _phi = [], _lessX = [], _lessScratch = [];
+    private int[] _lessRows = [];
 
     /// <summary>Receives a layer's rotated queries of a step ([rows, heads * head_dim]).</summary>
     public delegate void QueryObserver(int layer, ReadOnlySpan<float> q);
@@ -377,34 +378,46 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         ObserveQueries?.Invoke(layer, q);
         if (_cache.Policy(kvIndex) is not EvictingPolicy { Less: { } maps }) return false;
         var c = _model.Config;
-        int heads = c.NumAttentionHeads, d = c.HeadDim, group = heads / c.NumKeyValueHeads, r = maps.Rank, rows = _ctx.Rows;
+        int heads = c.NumAttentionHeads, kvHeads = c.NumKeyValueHeads, d = c.HeadDim, group = heads / kvHeads, r = maps.Rank, rows = _ctx.Rows;
         if (_lessDen.Length < MaxRows * heads)
         {
             _lessNum = new float[MaxRows * heads * d];
             _lessDen = new float[MaxRows * heads];
-            _phi = new float[r];
-            _lessScratch = new float[maps.ScratchFloats];
+            _phi = new float[MaxRows * r];
+            _lessX = new float[MaxRows * d];
+            _lessScratch = new float[MaxRows * maps.Hidden];
+            _lessRows = new int[MaxRows];
         }
+        Array.Clear(_lessDen, 0, rows * heads);
         bool any = false;
-        for (int s = 0; s < _batchCount; s++)
+        for (int g = 0; g < kvHeads; g++)
         {
-            var state = (LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex);
-            for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++)
-                for (int h = 0; h < heads; h++)
+            // the rows whose sequence's state of KV head g holds something: phi of their queries, one matrix product per head
+            int n = 0;
+            for (int s = 0; s < _batchCount; s++)
+                if (((LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex)).Evicted[g])
+                    for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++) _lessRows[n++] = row;
+            if (n == 0) continue;
+            any = true;
+            for (int h = g * group; h < (g + 1) * group; h++)
+            {
+                for (int i = 0; i < n; i++) q.Slice((_lessRows[i] * heads + h) * d, d).CopyTo(_lessX.AsSpan(i * d, d));
+                maps.PhiRows(layer, h, _lessX, n, _phi, _lessScratch);
+                for (int s = 0, i = 0; s < _batchCount; s++)
                 {
-                    int g = h / group, at = row * heads + h;
-                    if (!state.Evicted[g])
+                    var state = (LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex);
+                    if (!state.Evicted[g]) continue;
+                    for (int t = 0; t < _batch[s].TokenCount; t++, i++)
                     {
-                        _lessDen[at] = 0;
-                        continue;
+                        int at = _lessRows[i] * heads + h;
+                        var phi = _phi.AsSpan(i * r, r);
+                        var o = _lessNum.AsSpan(at * d, d);
+                        o.Clear();
+                        for (int k = 0; k < r; k++) TensorPrimitives.MultiplyAdd(state.Hs.AsSpan((g * r + k) * d, d), phi[k], o, o);
+                        _lessDen[at] = MathF.Max(TensorPrimitives.Dot(phi, state.Z.AsSpan(g * r, r)), 1e-6f);
                     }
-                    maps.Phi(layer, h, q.Slice(at * d, d), _phi, _lessScratch);
-                    var n = _lessNum.AsSpan(at * d, d);
-                    n.Clear();
-                    for (int i = 0; i < r; i++) TensorPrimitives.MultiplyAdd(state.Hs.AsSpan((g * r + i) * d, d), _phi[i], n, n);
-                    _lessDen[at] = MathF.Max(TensorPrimitives.Dot(_phi.AsSpan(0, r), state.Z.AsSpan(g * r, r)), 1e-6f);
-                    any = true;
                 }
+            }
         }
         if (!any) return false;
         num = _lessNum.AsSpan(0, rows * heads * d);

@@ -64,6 +64,21 @@ public sealed class LessMaps : ILessMaps
         for (int i = 0; i < r; i++) phi[i] = MathF.Abs(Gelu.Apply(phi[i]));
     }
 
+    /// <summary>phi of n rows at once (x [n, D] into phi [n, R], scratch of n * Rh floats): the two products as matrix
+    /// products, GELU in f32 lanes.</summary>
+    public void PhiRows(int layer, int head, ReadOnlySpan<float> x, int n, Span<float> phi, Span<float> scratch)
+    {
+        var m = Layers[layer];
+        int d = HeadDim, rh = Hidden, r = Rank;
+        var h = scratch[..(n * rh)];
+        Numerics.Backward.MatMulBackward.InputGradient(x[..(n * d)], m.Q1.AsSpan(head * d * rh, d * rh), h, n, d, rh, accumulate: false);
+        Gelu.Apply(h, h);
+        var p = phi[..(n * r)];
+        Numerics.Backward.MatMulBackward.InputGradient(h, m.Q2.AsSpan(head * rh * r, rh * r), p, n, rh, r, accumulate: false);
+        Gelu.Apply(p, p);
+        System.Numerics.Tensors.TensorPrimitives.Abs(p, p);
+    }
+
     /// <summary>psi of one KV head's key k [D] under the owner layer's key map into psi [R]; hidden: at least Rh + R floats.</summary>
     public void Psi(int layer, int kvHead, ReadOnlySpan<float> k, Span<float> psi, Span<float> hidden)
     {

@@ -28,6 +28,25 @@ public sealed class LessTests(ITestOutputHelper output)
         Assert.True(diff > 1e-3, $"H2O without LESS is within {diff} of the LESS logits");
     }
 
+    // the batched phi of inference (matrix products, GELU in f32 lanes) against the one-vector definition
+    [SharedFact]
+    public void PhiOfManyRowsMatchesOneRowAtATime()
+    {
+        using var f = EvictionGoldenTests.Open(Case);
+        var maps = (LessMaps)f.Eviction.Less!;
+        var rng = new Random(5);
+        int n = 7, d = maps.HeadDim, r = maps.Rank;
+        var x = Lckv.Tests.Numerics.TestData.Random(rng, n * d, 2f);
+        var rows = new float[n * r];
+        maps.PhiRows(2, 3, x, n, rows, new float[n * maps.Hidden]);
+        var one = new float[r];
+        for (int i = 0; i < n; i++)
+        {
+            maps.Phi(2, 3, x.AsSpan(i * d, d), one, new float[maps.Hidden]);
+            for (int c = 0; c < r; c++) Assert.True(Math.Abs(one[c] - rows[i * r + c]) <= 1e-5f * Math.Max(1, Math.Abs(one[c])), $"row {i} feature {c}: {rows[i * r + c]} vs {one[c]}");
+        }
+    }
+
     [SharedFact]
     public void SavedMapsLoadBackBitForBit()
     {

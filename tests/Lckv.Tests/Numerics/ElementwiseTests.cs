@@ -13,6 +13,33 @@ public class ElementwiseTests
         Assert.True(Math.Abs(expected - actual) <= tol * Math.Max(1f, Math.Abs(expected)), $"{what}: {actual}, reference {expected}");
     }
 
+    // GELU in f32 lanes against its scalar definition (f64), in place and on odd lengths; the definition itself against
+    // known values of x * Phi(x) and the derivative against central differences
+    [Fact]
+    public void GeluMatchesItsReferenceAndTheNormalCdf()
+    {
+        var rng = new Random(31);
+        for (int n = 1; n <= 53; n += 4)
+        {
+            var x = TestData.Random(rng, n, 6f);
+            x[0] = 0; if (n > 1) x[1] = -12; if (n > 2) x[2] = 12;
+            var expected = new float[n];
+            Gelu.ApplyReference(x, expected);
+            var actual = (float[])x.Clone();
+            Gelu.Apply(actual, actual);
+            for (int i = 0; i < n; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-6f * Math.Max(1f, Math.Abs(expected[i])), $"gelu({x[i]}) = {actual[i]}, reference {expected[i]}");
+        }
+        // x * Phi(x): Phi(1) = 0.841344746, Phi(-2) = 0.022750132, Phi(0.5) = 0.691462461
+        Assert.Equal(0.841344746, Gelu.Apply(1f), 6);
+        Assert.Equal(-2 * 0.022750132, Gelu.Apply(-2f), 6);
+        Assert.Equal(0.5 * 0.691462461, Gelu.Apply(0.5f), 6);
+        foreach (float v in new[] { -3f, -1f, -0.2f, 0f, 0.7f, 2.5f })
+        {
+            float a = v + 1e-3f, b = v - 1e-3f;
+            Assert.Equal((Gelu.Apply(a) - (double)Gelu.Apply(b)) / ((double)a - b), Gelu.Derivative(v), 3);
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public void RmsNormMatchesReferenceIncludingInPlace(DType dtype)
