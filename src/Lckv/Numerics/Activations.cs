@@ -79,32 +79,60 @@ public static class Gelu
         for (; i < n; i++) dst[i] = Apply(src[i]);
     }
 
+    /// <summary>dy *= gelu'(x), elementwise (the backward of gelu), in f32 lanes like <see cref="Apply(ReadOnlySpan{float}, Span{float})"/>.</summary>
+    public static unsafe void MultiplyByDerivative(ReadOnlySpan<float> x, Span<float> dy)
+    {
+        int n = dy.Length, i = 0;
+        if (x.Length < n) throw new ArgumentException("x is shorter than dy");
+        fixed (float* px = x, pd = dy)
+        {
+            if (Vector512.IsHardwareAccelerated)
+                for (; i <= n - 16; i += 16)
+                {
+                    var v = Vector512.Load(px + i);
+                    var density = Simd.Exp(Vector512.Create(-0.5f) * v * v) * Vector512.Create(0.39894228f);
+                    (Vector512.Load(pd + i) * (Cdf(v) + v * density)).Store(pd + i);
+                }
+            if (Vector256.IsHardwareAccelerated)
+                for (; i <= n - 8; i += 8)
+                {
+                    var v = Vector256.Load(px + i);
+                    var density = Vector256.Exp(Vector256.Create(-0.5f) * v * v) * Vector256.Create(0.39894228f);
+                    (Vector256.Load(pd + i) * (Cdf(v) + v * density)).Store(pd + i);
+                }
+        }
+        for (; i < n; i++) dy[i] *= Derivative(x[i]);
+    }
+
     /// <summary>The scalar definition of the span form.</summary>
     public static void ApplyReference(ReadOnlySpan<float> src, Span<float> dst)
     {
         for (int i = 0; i < dst.Length; i++) dst[i] = Apply(src[i]);
     }
 
-    private static Vector512<float> Lanes(Vector512<float> x)
+    private static Vector512<float> Lanes(Vector512<float> x) => x * Cdf(x);
+
+    private static Vector256<float> Lanes(Vector256<float> x) => x * Cdf(x);
+
+    // Phi(x) in f32 lanes: erfc(|x| / sqrt 2) / 2 by Abramowitz and Stegun 7.1.26, mirrored for x >= 0
+    private static Vector512<float> Cdf(Vector512<float> x)
     {
         var y = Vector512.Abs(x) * Vector512.Create(0.70710678f);
         var t = Vector512<float>.One / (Vector512<float>.One + Vector512.Create(0.3275911f) * y);
         var poly = t * (Vector512.Create(0.254829592f) + t * (Vector512.Create(-0.284496736f) + t * (Vector512.Create(1.421413741f)
             + t * (Vector512.Create(-1.453152027f) + t * Vector512.Create(1.061405429f)))));
         var half = Vector512.Create(0.5f) * poly * Simd.Exp(-(y * y)); // erfc(|x| / sqrt 2) / 2
-        var cdf = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
-        return x * cdf;
+        return Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
     }
 
-    private static Vector256<float> Lanes(Vector256<float> x)
+    private static Vector256<float> Cdf(Vector256<float> x)
     {
         var y = Vector256.Abs(x) * Vector256.Create(0.70710678f);
         var t = Vector256<float>.One / (Vector256<float>.One + Vector256.Create(0.3275911f) * y);
         var poly = t * (Vector256.Create(0.254829592f) + t * (Vector256.Create(-0.284496736f) + t * (Vector256.Create(1.421413741f)
             + t * (Vector256.Create(-1.453152027f) + t * Vector256.Create(1.061405429f)))));
         var half = Vector256.Create(0.5f) * poly * Vector256.Exp(-(y * y));
-        var cdf = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(x, Vector256<float>.Zero), Vector256<float>.One - half, half);
-        return x * cdf;
+        return Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(x, Vector256<float>.Zero), Vector256<float>.One - half, half);
     }
 
     // Phi(x) = erfc(-x / sqrt 2) / 2

@@ -592,10 +592,12 @@ public sealed class FeatureMapPass
         // dW2 += a1^T dh2; da1 = dh2 W2^T; dh1 = da1 gelu'(h1); dW1 += x^T dh1
         MatMulBackward.WeightGradient(_a1, dH2, dW2, n, rh, r);
         var w2 = W2;
+        var w2t = new float[r * rh];
+        for (int j = 0; j < rh; j++)
+            for (int c = 0; c < r; c++) w2t[c * rh + j] = w2[j * r + c];
         var dH1 = new float[n * rh];
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < rh; j++)
-                dH1[i * rh + j] = TensorPrimitives.Dot(dH2.AsSpan(i * r, r), w2.Slice(j * r, r)) * Gelu.Derivative(_h1[i * rh + j]);
+        MatMulBackward.InputGradient(dH2, w2t, dH1, n, r, rh, accumulate: false);
+        Gelu.MultiplyByDerivative(_h1, dH1);
         MatMulBackward.WeightGradient(_x, dH1, dW1, n, _d, rh);
     }
 }

@@ -29,6 +29,12 @@ public class ElementwiseTests
             Gelu.Apply(actual, actual);
             for (int i = 0; i < n; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-6f * Math.Max(1f, Math.Abs(expected[i])), $"gelu({x[i]}) = {actual[i]}, reference {expected[i]}");
         }
+        var xs = TestData.Random(rng, 37, 5f);
+        var dy = TestData.Random(rng, 37, 1f);
+        var scaled = (float[])dy.Clone();
+        Gelu.MultiplyByDerivative(xs, scaled);
+        for (int i = 0; i < xs.Length; i++)
+            Assert.True(Math.Abs(dy[i] * Gelu.Derivative(xs[i]) - scaled[i]) <= 1e-6f, $"gelu'({xs[i]}) * {dy[i]} = {scaled[i]}");
         // x * Phi(x): Phi(1) = 0.841344746, Phi(-2) = 0.022750132, Phi(0.5) = 0.691462461
         Assert.Equal(0.841344746, Gelu.Apply(1f), 6);
         Assert.Equal(-2 * 0.022750132, Gelu.Apply(-2f), 6);
