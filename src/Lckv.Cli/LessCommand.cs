@@ -33,10 +33,11 @@ public static class LessCommand
         var resume = new Option<bool>("--resume") { Description = "continue a stopped run: the stores already in --out are kept" };
         var force = new Option<bool>("--force") { Description = "replace an existing --out" };
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
+        var init = new Option<string?>("--init") { Description = "maps to start from (less.safetensors) instead of a fresh draw; --rank and --hidden default to theirs" };
         var cmd = new Command("train", "train LESS maps for a model and an eviction budget, each store on its own");
         mo.AddTo(cmd, ModelUses.WeightSeed | ModelUses.Tokenizer | ModelUses.Threads);
         var eo = EvictionOptions.AddTo(cmd, less: false);
-        foreach (var o in new Option[] { data, ids, rank, hidden, seqLen, epochs, lr, batch, valFraction, seed, output, resume, force, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { data, ids, rank, hidden, seqLen, epochs, lr, batch, valFraction, seed, output, resume, force, json, init }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             string? textPath = p.GetValue(data), idsPath = p.GetValue(ids);
@@ -61,9 +62,17 @@ public static class LessCommand
             else tokens = PerplexityCommand.ReadIds(idsPath!);
             foreach (int id in tokens)
                 if (id >= model.Vocab) throw new LckvException($"token id {id} is outside the vocabulary (size {model.Vocab})");
+            Model.LessMaps? start = null;
+            if (p.GetValue(init) is { } initPath)
+            {
+                if (resuming) throw new LckvException("--init starts a new run; --resume continues one");
+                start = Model.LessMaps.Load(initPath, model.Config, model.Map);
+            }
+            bool explicitShape = p.GetResult(rank) is { Implicit: false } || p.GetResult(hidden) is { Implicit: false };
             var options = new LessTrainOptions
             {
-                Policy = eviction, Rank = p.GetValue(rank), Hidden = p.GetValue(hidden), SeqLen = p.GetValue(seqLen) ?? Math.Min(512, model.ContextLength),
+                Initial = start,
+                Policy = eviction, Rank = start is not null && !explicitShape ? start.Rank : p.GetValue(rank), Hidden = start is not null && !explicitShape ? start.Hidden : p.GetValue(hidden), SeqLen = p.GetValue(seqLen) ?? Math.Min(512, model.ContextLength),
                 Epochs = p.GetValue(epochs), LearningRate = p.GetValue(lr), Batch = p.GetValue(batch), ValFraction = p.GetValue(valFraction), Seed = p.GetValue(seed),
             };
             using var cts = new CancellationTokenSource();

@@ -619,6 +619,8 @@ public sealed record LessTrainOptions
     /// <summary>The last windows, this fraction of them, are held out for the validation loss (none with one window).</summary>
     public double ValFraction { get; init; } = 0.1;
     public int Seed { get; init; } = 1;
+    /// <summary>Maps to start from instead of a fresh draw (their shape must be Rank and Hidden).</summary>
+    public LessMaps? Initial { get; init; }
 
     public void Validate(LlamaModel model)
     {
@@ -672,6 +674,12 @@ public static class LessTrainer
             if (file.Metadata.TryGetValue(DoneKey, out var list))
                 foreach (var s in list.Split(',', StringSplitOptions.RemoveEmptyEntries)) done.Add(int.Parse(s, System.Globalization.CultureInfo.InvariantCulture));
             log?.Invoke($"resuming: stores of layers {string.Join(", ", done)} are trained");
+        }
+        else if (o.Initial is { } start)
+        {
+            if (start.Rank != o.Rank || start.Hidden != o.Hidden)
+                throw new LckvException($"the initial maps have rank {start.Rank} and hidden {start.Hidden}, the options ask for {o.Rank} and {o.Hidden}");
+            maps = new LessMaps(start.Heads, start.KvHeads, start.HeadDim, start.Rank, start.Hidden, o.Policy with { Less = null }, [.. start.Layers]);
         }
         else maps = LessMaps.Initial(model.Config, map, o.Rank, o.Hidden, o.Policy with { Less = null }, o.Seed);
 

@@ -248,3 +248,67 @@ public sealed class LessGradientCheckTests(ITestOutputHelper output)
         }
     }
 }
+
+/// <summary>lckv less train and --less through the CLI.</summary>
+public sealed class LessCliTests(ITestOutputHelper output)
+{
+    // the golden loss through the CLI: the case's maps as the start, its two rows as two windows, the loss before the
+    // first update on the training windows
+    [SharedFact]
+    public void TrainReportsTheGoldenLossBeforeItsFirstUpdate()
+    {
+        using var f = EvictionGoldenTests.Open("less-h2o-llama");
+        using var dir = new TempDir();
+        var rows = f.Rows("less_train.input_ids");
+        string ids = dir.WriteText("train.ids", string.Join(' ', rows.SelectMany(x => x)));
+        var r = CliTests.Run("less", "train", "--model", f.Dir, "--ids-file", ids, "--evict", "h2o", "--heavy", "4", "--recent", "4",
+            "--seq-len", rows[0].Length.ToString(), "--val-fraction", "0", "--epochs", "1", "--init", f.LessPath!, "--out", dir.File("out.safetensors"), "--json");
+        Assert.True(r.Code == 0, r.Err);
+        using var doc = System.Text.Json.JsonDocument.Parse(r.Out);
+        var store = doc.RootElement.GetProperty("stores").EnumerateArray().Single(s => s.GetProperty("layer").GetInt32() == 1);
+        double got = store.GetProperty("loss_before").GetDouble(), want = f.Read<float>("less_train.loss")[0];
+        output.WriteLine($"lckv less train: layer 1 loss before training {got:R}, reference {want:R}; after one epoch {store.GetProperty("loss_after").GetDouble():R}");
+        Assert.True(Math.Abs(got - want) <= 1e-5 * want, $"{got} vs {want}");
+        Assert.True(store.GetProperty("loss_after").GetDouble() < got, "one epoch did not lower the loss");
+        // the written maps load back for the model and run under the budget they were trained for, without a warning
+        var p = CliTests.Run("perplexity", "--model", f.Dir, "--ids-file", ids, "--evict", "h2o", "--heavy", "4", "--recent", "4", "--less", dir.File("out.safetensors"));
+        Assert.True(p.Code == 0, p.Err);
+        Assert.DoesNotContain("warning", p.Err);
+    }
+
+    [SharedFact]
+    public void ResumeTrainsOnlyTheStoresNotYetDone()
+    {
+        using var f = EvictionGoldenTests.Open("less-h2o-llama");
+        using var dir = new TempDir();
+        var rng = new Random(9);
+        string ids = dir.WriteText("train.ids", string.Join(' ', Enumerable.Range(0, 60).Select(_ => rng.Next(3, 500))));
+        string outPath = dir.File("less.safetensors");
+        // a run stopped after layers 0 and 1: its file says so
+        var eviction = new EvictionSettings(EvictionKind.H2O, Heavy: 4, Recent: 4);
+        LessMaps.Initial(f.Model.Config, f.Model.Map, 4, 16, eviction, 1).Save(outPath, new Dictionary<string, string> { [LessTrainer.DoneKey] = "0,1" });
+        string[] common = ["less", "train", "--model", f.Dir, "--ids-file", ids, "--evict", "h2o", "--heavy", "4", "--recent", "4", "--seq-len", "20",
+            "--rank", "4", "--hidden", "16", "--epochs", "1", "--out", outPath, "--json"];
+        CliTests.AssertOneLineError(CliTests.Run(common), "exists; --resume continues it, --force replaces it");
+        var r = CliTests.Run([.. common, "--resume"]);
+        Assert.True(r.Code == 0, r.Err);
+        using (var doc = System.Text.Json.JsonDocument.Parse(r.Out))
+            Assert.Equal([2, 3], doc.RootElement.GetProperty("stores").EnumerateArray().Select(s => s.GetProperty("layer").GetInt32()));
+        using (var file = Lckv.Formats.SafeTensorsFile.Open(outPath)) Assert.Equal("0,1,2,3", file.Metadata[LessTrainer.DoneKey]);
+        // everything done: nothing to train; another rank is refused
+        r = CliTests.Run([.. common, "--resume"]);
+        Assert.True(r.Code == 0, r.Err);
+        CliTests.AssertOneLineError(CliTests.Run([.. common.Take(12), "--seq-len", "20", "--rank", "2", "--hidden", "16", "--out", outPath, "--resume"]),
+            "holds maps of rank 4");
+    }
+
+    [SharedFact]
+    public void BenchAndGenerateRunWithLess()
+    {
+        using var f = EvictionGoldenTests.Open("less-h2o-llama");
+        var r = CliTests.Run("bench", "--model", f.Dir, "-p", "16", "-n", "8", "-b", "1,2", "-r", "1", "--evict", "h2o", "--heavy", "4", "--recent", "4", "--less", f.LessPath!, "-o", "json");
+        Assert.True(r.Code == 0, r.Err);
+        r = CliTests.Run("generate", "--model", f.Dir, "--prompt-ids", "5,6,7,8,9,10,11,12,13,14,15,16", "-n", "6", "--temperature", "0", "--evict", "h2o", "--heavy", "4", "--recent", "4", "--less", f.LessPath!);
+        Assert.True(r.Code == 0, r.Err);
+    }
+}
