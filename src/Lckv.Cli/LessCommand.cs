@@ -113,7 +113,7 @@ public static class LessCommand
             stdout.WriteLine("|---:|---|---:|---:|---:|");
             foreach (var r in results)
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {r.Owner} | {string.Join(",", r.Readers)} | {r.LossBefore:G5} | {r.LossAfter:G5} | {(r.LossBefore > 0 ? (r.LossAfter / r.LossBefore - 1) * 100 : 0):+0.0;-0.0}% |"));
+                    $"| {r.Owner} | {string.Join(",", r.Readers)} | {r.LossBefore:G5} | {r.LossAfter:G5} | {Math.Round(r.LossBefore > 0 ? (r.LossAfter / r.LossBefore - 1) * 100 : 0, 1):+0.0;-0.0;0.0}% |"));
             stdout.WriteLine(results.Count > 0 && results[0].OnValidation ? "(losses on the held-out windows; before = plain eviction)" : "(losses on the training windows; before = plain eviction)");
             return 0;
         });
