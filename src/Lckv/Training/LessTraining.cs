@@ -281,6 +281,20 @@ public sealed class LessLoss
             };
             return new Gradients { Owner = Zeros(maps.Layers[owner]), Readers = [.. readers.Select(r => Zeros(maps.Layers[r]))] };
         }
+
+        private IEnumerable<float[]> Arrays => new[] { Owner.K1, Owner.K2, Owner.W3, Owner.S1, Owner.S2 }.OfType<float[]>()
+            .Concat(Readers.SelectMany(r => new[] { r.Q1, r.Q2 }));
+
+        public void Clear()
+        {
+            foreach (var a in Arrays) Array.Clear(a);
+        }
+
+        /// <summary>this += other, tensor by tensor.</summary>
+        public void Add(Gradients other)
+        {
+            foreach (var (a, b) in Arrays.Zip(other.Arrays)) TensorPrimitives.Add(a, b, a);
+        }
     }
 
     /// <summary>
@@ -293,15 +307,44 @@ public sealed class LessLoss
         long rows = windows.Sum(w => (long)w.LossRows.Length);
         if (rows == 0) return 0;
         double norm = 1.0 / (rows * hidden), total = 0;
-        var sums = new double[_readers.Count];
-        foreach (var w in windows) Window(w, norm, grads, sums);
-        for (int r = 0; r < sums.Length; r++)
+        // windows in parallel, each into gradients of its own, summed in window order (the same result on any thread count)
+        int count = windows.Count;
+        var sums = new double[count][];
+        for (int i = 0; i < count; i++) sums[i] = new double[_readers.Count];
+        var slots = new Gradients?[count];
+        if (grads is not null)
         {
-            sums[r] *= norm;
-            total += sums[r];
-            if (perReader is not null) perReader[r] = sums[r];
+            while (_slots.Count < count) _slots.Add(Gradients.ZerosLike(_maps, _owner, _readers));
+            for (int i = 0; i < count; i++) (slots[i] = _slots[i]).Clear();
+        }
+        WorkerPool.Shared.Run(count, new WindowJob { Loss = this, Windows = windows, Norm = norm, Grads = slots, Sums = sums }, 1);
+        if (grads is not null)
+            for (int i = 0; i < count; i++) grads.Add(slots[i]!);
+        for (int r = 0; r < _readers.Count; r++)
+        {
+            double sum = 0;
+            for (int i = 0; i < count; i++) sum += sums[i][r];
+            sum *= norm;
+            total += sum;
+            if (perReader is not null) perReader[r] = sum;
         }
         return total;
+    }
+
+    private readonly List<Gradients> _slots = [];
+
+    private struct WindowJob : IRangeBody
+    {
+        public LessLoss Loss;
+        public IReadOnlyList<LessStoreWindow> Windows;
+        public double Norm;
+        public Gradients?[] Grads;
+        public double[][] Sums;
+
+        public readonly void Invoke(int start, int end)
+        {
+            for (int i = start; i < end; i++) Loss.Window(Windows[i], Norm, Grads[i], Sums[i]);
+        }
     }
 
     private void Window(LessStoreWindow w, double norm, Gradients? grads, double[] sums)
@@ -703,8 +746,9 @@ public static class LessTrainer
             var clock = System.Diagnostics.Stopwatch.StartNew();
             int kv = map.KvIndex(owner);
             int[] readers = [.. Enumerable.Range(0, map.LayerCount).Where(l => map.ReadsKvIndex(l) == kv)];
-            var windows = recordings.Select(r => LessStoreWindow.Simulate(r, kv, readers, o.Policy, model.Config.NumAttentionHeads,
-                model.KvHeads, model.HeadDim, model.Rope)).ToArray();
+            var windows = new LessStoreWindow[windowsCount];
+            Parallel.For(0, windowsCount, new ParallelOptions { MaxDegreeOfParallelism = WorkerPool.Shared.ThreadCount, CancellationToken = cancel },
+                w => windows[w] = LessStoreWindow.Simulate(recordings[w], kv, readers, o.Policy, model.Config.NumAttentionHeads, model.KvHeads, model.HeadDim, model.Rope));
             var train = windows[..(windowsCount - val)];
             var valid = windows[(windowsCount - val)..];
             var (parameters, grads) = Bind(maps, owner, readers);
