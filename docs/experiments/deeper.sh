@@ -74,11 +74,11 @@ else
 fi
 
 # 3. evaluation: perplexity with 512-token windows (the training length), stride 512
-limit=(); [ "$WT_TOKENS" = all ] || limit=(--max-tokens "$WT_TOKENS")
-$LCKV perplexity --model "$run/checkpoint" --ids-file "$OUT/grimm-tail.ids" --ctx "$SEQ" --stride "$SEQ" \
+limit=(); [ "$WT_TOKENS" = all ] || limit=(--limit-tokens "$WT_TOKENS")
+$LCKV perplexity --model "$run/checkpoint" --ids-file "$OUT/grimm-tail.ids" --context "$SEQ" --stride "$SEQ" \
   --json 2>/dev/null > "$run/ppl-grimm-tail.json"
 echo "$NAME: grimm tail $(cat "$run/ppl-grimm-tail.json")"
-$LCKV perplexity --model "$run/checkpoint" --file "$SHARED/data/wikitext-2/test.txt" --ctx "$SEQ" --stride "$SEQ" \
+$LCKV perplexity --model "$run/checkpoint" --file "$SHARED/data/wikitext-2/test.txt" --context "$SEQ" --stride "$SEQ" \
   "${limit[@]}" --json 2>/dev/null > "$run/ppl-wikitext2-test.json"
 echo "$NAME: wikitext-2 test $(cat "$run/ppl-wikitext2-test.json")"
 echo "total wall time: $(( $(date +%s) - start ))s; checkpoint $run/checkpoint"
