@@ -116,6 +116,15 @@ public sealed class Job
     private string TokenText(int token, bool first) => _tokenizer is null ? "" : System.Text.Encoding.UTF8.GetString(_tokenizer.TokenBytes(token, first));
 }
 
+/// <summary>The scheduler loop's time: steps taken, wall time inside the engine's steps and between back-to-back
+/// steps (Stopwatch ticks).</summary>
+public readonly record struct SchedulerTimes(long Steps, long StepTicks, long BetweenTicks)
+{
+    public double StepSeconds => StepTicks / (double)System.Diagnostics.Stopwatch.Frequency;
+    public double BetweenSeconds => BetweenTicks / (double)System.Diagnostics.Stopwatch.Frequency;
+    public static SchedulerTimes operator -(SchedulerTimes a, SchedulerTimes b) => new(a.Steps - b.Steps, a.StepTicks - b.StepTicks, a.BetweenTicks - b.BetweenTicks);
+}
+
 /// <summary>
 /// Continuous batching over one <see cref="GenerationEngine"/>: a background thread owns the engine; requests wait
 /// in a bounded FIFO queue until the engine can promise their KV blocks (its own admission accounting), every step
@@ -171,6 +180,10 @@ public sealed class BatchScheduler : IDisposable
     internal Action? AfterStep { get; set; }
     /// <summary>Requests admitted to the engine and not yet retired.</summary>
     public int Running => _runningCount;
+
+    /// <summary>Where the loop's time went so far (profiling: read before and after a load and subtract).</summary>
+    public SchedulerTimes Times => new(Volatile.Read(ref _steps), Volatile.Read(ref _stepTicks), Volatile.Read(ref _betweenTicks));
+    private long _steps, _stepTicks, _betweenTicks;
     /// <summary>Requests waiting for admission.</summary>
     public int Waiting { get { lock (_lock) return _waiting.Count; } }
 
@@ -227,6 +240,7 @@ public sealed class BatchScheduler : IDisposable
     private void Loop()
     {
         var cancelled = new List<Job>();
+        long lastStepEnd = 0;
         while (!_stopping)
         {
             lock (_lock)
@@ -241,12 +255,18 @@ public sealed class BatchScheduler : IDisposable
             if (!_engine.HasWork || _paused)
             {
                 _wake.Wait(TimeSpan.FromSeconds(1));
+                lastStepEnd = 0;
                 continue;
             }
             long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            // the loop's own work between two back-to-back steps (retiring, admitting, cancelling)
+            if (lastStepEnd != 0) Interlocked.Add(ref _betweenTicks, started - lastStepEnd);
             try
             {
                 _engine.Step();
+                lastStepEnd = System.Diagnostics.Stopwatch.GetTimestamp();
+                Interlocked.Add(ref _stepTicks, lastStepEnd - started);
+                Interlocked.Increment(ref _steps);
                 Metrics.Step(started);
             }
             catch (Exception e)
