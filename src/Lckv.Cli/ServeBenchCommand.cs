@@ -271,15 +271,15 @@ public static class ServeBenchCommand
         var first = new double[n];
         var last = new double[n];
         var gaps = new List<double>[n];
-        var counts = new int[n];
         var seqs = new EngineSequence[n];
         var greedy = new SamplingParams { Temperature = 0 };
+        var requests = new GenerationRequest[n];
         for (int i = 0; i < n; i++)
         {
             int k = i;
             first[k] = -1;
             gaps[k] = new List<double>(gen);
-            seqs[k] = engine.Admit(new GenerationRequest
+            requests[k] = new GenerationRequest
             {
                 Prompt = prompts[k], MaxNewTokens = gen, Sampling = greedy, StopIds = stopIds, Tokenizer = tokenizer,
                 OnToken = (_, _, _) =>
@@ -288,13 +288,16 @@ public static class ServeBenchCommand
                     if (first[k] < 0) first[k] = now;
                     else gaps[k].Add(now - last[k]);
                     last[k] = now;
-                    counts[k]++;
                 },
-            });
+            };
         }
         long steps = 0, stepTicks = 0;
-        while (engine.HasWork)
+        int admitted = 0;
+        while (true)
         {
+            // admitted in arrival order while the pool can promise their blocks, as the scheduler does
+            while (admitted < n && engine.TryAdmit(requests[admitted], out var seq)) seqs[admitted++] = seq;
+            if (!engine.HasWork) break;
             long t0 = Stopwatch.GetTimestamp();
             engine.Step();
             stepTicks += Stopwatch.GetTimestamp() - t0;
@@ -305,6 +308,7 @@ public static class ServeBenchCommand
                 engine.Retire(s);
             }
         }
+        if (admitted < n) throw new LckvException($"the bare engine could not admit request {admitted + 1} of {n}");
         double wall = clock.Elapsed.TotalSeconds;
         var runs = new ClientRun[n];
         for (int i = 0; i < n; i++)

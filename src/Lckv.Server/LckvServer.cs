@@ -329,7 +329,7 @@ public sealed class LckvServer : IAsyncDisposable
     private async Task Run(HttpContext ctx, JobSpec spec, bool stream, bool includeUsage, bool chat)
     {
         var abort = ctx.RequestAborted;
-        var job = Scheduler.Submit(spec, abort);
+        var job = Scheduler.Submit(spec, abort, inlineReaders: true);
         try
         {
             string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
