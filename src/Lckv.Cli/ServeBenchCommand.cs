@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using Lckv.Formats;
@@ -72,8 +71,8 @@ public static class ServeBenchCommand
             var (bare, barePool) = parts.NewEngine();
             try
             {
-                using var http = Client(server.Address);
-                var alone = p.GetValue(check) ? null : prompts.Select(q => Stream(http, q, genTokens, Stopwatch.StartNew()).GetAwaiter().GetResult()).ToArray();
+                using var http = new HttpClient { BaseAddress = server.Address };
+                var alone = p.GetValue(check) ? null : prompts.Select(q => RawSseClients.Round(server.Address, [q], genTokens).Runs[0]).ToArray();
                 // an untimed first round of each side with a few tokens compiles the kernels and the server's paths
                 EngineRound(bare, prompts, Math.Min(genTokens, 4), parts.Tokenizer, parts.StopIds);
                 if (p.GetValue(process))
@@ -82,7 +81,7 @@ public static class ServeBenchCommand
                     File.WriteAllText(promptFile, JsonSerializer.Serialize(prompts));
                     child = StartClients(server.Address, promptFile, genTokens);
                 }
-                else ClientsRound(http, prompts, Math.Min(genTokens, 4));
+                else RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, 4));
 
                 var engineFigures = new List<Figures>();
                 var serverFigures = new List<Figures>();
@@ -104,7 +103,7 @@ public static class ServeBenchCommand
                     long items0 = ThreadPool.CompletedWorkItemCount;
                     cpu.Refresh();
                     cpu0 = cpu.TotalProcessorTime;
-                    var clientRound = child is null ? ClientsRound(http, prompts, genTokens) : ChildRound(child);
+                    var clientRound = child is null ? RawSseClients.Round(server.Address, prompts, genTokens) : ChildRound(child);
                     cpu.Refresh();
                     var times = parts.Scheduler.Times - times0;
                     long items = ThreadPool.CompletedWorkItemCount - items0;
@@ -199,8 +198,8 @@ public static class ServeBenchCommand
         {
             var prompts = JsonSerializer.Deserialize<int[][]>(File.ReadAllText(p.GetValue(promptFile)!))!;
             int tokens = p.GetValue(gen);
-            using var http = Client(new Uri(p.GetValue(url)!));
-            ClientsRound(http, prompts, Math.Min(tokens, 4));
+            var address = new Uri(p.GetValue(url)!);
+            RawSseClients.Round(address, prompts, Math.Min(tokens, 4));
             using var self = Process.GetCurrentProcess();
             while (true)
             {
@@ -209,7 +208,7 @@ public static class ServeBenchCommand
                 if (Console.In.ReadLine() != "go") return 0;
                 self.Refresh();
                 var cpu0 = self.TotalProcessorTime;
-                var round = ClientsRound(http, prompts, tokens);
+                var round = RawSseClients.Round(address, prompts, tokens);
                 self.Refresh();
                 stdout.WriteLine(JsonSerializer.Serialize(round with { CpuSeconds = (self.TotalProcessorTime - cpu0).TotalSeconds }));
                 stdout.Flush();
@@ -218,9 +217,6 @@ public static class ServeBenchCommand
         return cmd;
     }
 
-    private static HttpClient Client(Uri address)
-        => new(new SocketsHttpHandler { MaxConnectionsPerServer = int.MaxValue, UseProxy = false, AutomaticDecompression = System.Net.DecompressionMethods.None })
-        { BaseAddress = address, Timeout = Timeout.InfiniteTimeSpan };
 
     private static Process StartClients(Uri address, string promptFile, int gen)
     {
@@ -249,14 +245,6 @@ public static class ServeBenchCommand
         var round = JsonSerializer.Deserialize<ClientRound>(line) ?? throw new LckvException("the client process sent no round");
         ExpectReady(child);
         return round;
-    }
-
-    /// <summary>Every client at once, each its own prompt.</summary>
-    private static ClientRound ClientsRound(HttpClient http, int[][] prompts, int gen)
-    {
-        var clock = Stopwatch.StartNew();
-        var runs = Task.WhenAll(prompts.Select(q => Task.Run(() => Stream(http, q, gen, clock)))).GetAwaiter().GetResult();
-        return new ClientRound(clock.Elapsed.TotalMilliseconds, 0, runs);
     }
 
     /// <summary>
@@ -354,61 +342,9 @@ public static class ServeBenchCommand
         }).ToArray();
     }
 
-    /// <summary>
-    /// One greedy streamed completion: its text, token count (from the usage chunk), time to the first token and the
-    /// gaps between later token chunks, in ms from the clock. A lean client: the body read into one buffer, events
-    /// split on blank lines and read with <see cref="Utf8JsonReader"/> (no line strings, no documents).
-    /// </summary>
-    internal static async Task<ClientRun> Stream(HttpClient http, int[] prompt, int gen, Stopwatch clock)
-    {
-        double start = clock.Elapsed.TotalMilliseconds, first = -1, last = 0;
-        var gaps = new List<double>(gen);
-        var text = new StringBuilder();
-        int tokens = 0;
-        try
-        {
-            byte[] body = JsonSerializer.SerializeToUtf8Bytes(new { prompt, max_tokens = gen, temperature = 0, stream = true, stream_options = new { include_usage = true } });
-            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new ByteArrayContent(body) };
-            request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
-            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
-            if (!response.IsSuccessStatusCode) return new ClientRun("", 0, 0, 0, gaps, 0, $"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync().ConfigureAwait(false)}");
-            using var stream = await response.Content.ReadAsStreamAsync().ConfigureAwait(false);
-            var buffer = new byte[16384];
-            int filled = 0;
-            string? error = null;
-            while (true)
-            {
-                if (filled == buffer.Length) Array.Resize(ref buffer, buffer.Length * 2);
-                int read = await stream.ReadAsync(buffer.AsMemory(filled)).ConfigureAwait(false);
-                if (read == 0) break;
-                filled += read;
-                double now = clock.Elapsed.TotalMilliseconds;
-                int used = 0;
-                while (buffer.AsSpan(used, filled - used).IndexOf("\n\n"u8) is var end and >= 0)
-                {
-                    var e = buffer.AsSpan(used, end);
-                    used += end + 2;
-                    if (!e.StartsWith("data: "u8) || e[6..].SequenceEqual("[DONE]"u8)) continue;
-                    if (!ReadEvent(e[6..], text, ref tokens, ref error)) continue;
-                    if (first < 0) first = now;
-                    else gaps.Add(now - last);
-                    last = now;
-                }
-                buffer.AsSpan(used, filled - used).CopyTo(buffer);
-                filled -= used;
-            }
-            if (error is not null) return new ClientRun("", 0, 0, 0, gaps, 0, error);
-            return new ClientRun(text.ToString(), tokens, first < 0 ? 0 : first - start, first, gaps, clock.Elapsed.TotalMilliseconds, null);
-        }
-        catch (Exception e) when (e is HttpRequestException or IOException or JsonException)
-        {
-            return new ClientRun("", 0, 0, 0, gaps, 0, e.Message);
-        }
-    }
-
     /// <summary>One completion chunk: appends its text, takes usage's completion_tokens and an error's message; true
     /// when it is a token chunk (a choice with text and no finish reason).</summary>
-    private static bool ReadEvent(ReadOnlySpan<byte> json, StringBuilder text, ref int tokens, ref string? error)
+    internal static bool ReadEvent(ReadOnlySpan<byte> json, StringBuilder text, ref int tokens, ref string? error)
     {
         var r = new Utf8JsonReader(json);
         bool sawText = false, open = false, inError = false;
