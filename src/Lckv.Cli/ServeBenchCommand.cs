@@ -220,10 +220,14 @@ public static class ServeBenchCommand
 
     private static Process StartClients(Uri address, string promptFile, int gen)
     {
-        // this program again: its apphost, or dotnet with this assembly
-        string exe = Environment.ProcessPath ?? throw new LckvException("cannot find this program's path to start the client process");
+        // this program again: its apphost, else the dotnet host with this assembly (under dotnet or a test host)
+        string dll = typeof(ServeBenchCommand).Assembly.Location;
+        string? self = Environment.ProcessPath;
+        bool apphost = self is not null && Path.GetFileNameWithoutExtension(self) is "lckv" or "Lckv.Cli";
+        string exe = apphost ? self! : Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host
+            : self is not null && Path.GetFileNameWithoutExtension(self) == "dotnet" ? self : "dotnet";
         var psi = new ProcessStartInfo(exe) { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(ServeBenchCommand).Assembly.Location);
+        if (!apphost) psi.ArgumentList.Add(dll);
         foreach (var a in new[] { "bench", "serve-clients", "--url", address.ToString(), "--prompts", promptFile, "--gen", gen.ToString(System.Globalization.CultureInfo.InvariantCulture) })
             psi.ArgumentList.Add(a);
         var child = Process.Start(psi) ?? throw new LckvException($"cannot start the client process {exe}");
