@@ -25,7 +25,7 @@ public static class ServeBenchCommand
 
     /// <summary>One round's figures, alike for the bare engine and the server.</summary>
     private sealed record Figures(double WallSeconds, long Tokens, double TotalRate, double DecodeRate, double TtftP50, double TtftP99, double GapP50, double GapP99,
-        long Steps, double StepMs, double BetweenMs, double CpuMsPerStep, double ClientCpuMsPerStep, double WorkItemsPerStep, double Contended = 0);
+        long Steps, double StepMs, double BetweenMs, double CpuMsPerStep, double ClientCpuMsPerStep, double WorkItemsPerStep, double Contended = 0, double DeliverMs = 0);
 
     // the kernels' core monitor's samples so far and those that found another thread wanting a core (it then takes
     // the pool's threads away); (0, 0) without one
@@ -125,7 +125,8 @@ public static class ServeBenchCommand
                     var runs = clientRound.Runs;
                     serverRuns.Add(runs);
                     serverFigures.Add(Summarize(runs, clientRound.WallMs / 1000, times.Steps, times.StepSeconds, times.BetweenSeconds,
-                        (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items) with { Contended = ContendedSince(monitor0) });
+                        (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items)
+                        with { Contended = ContendedSince(monitor0), DeliverMs = times.Steps > 0 ? times.DeliverSeconds * 1000 / times.Steps : 0 });
                     failed += runs.Count(r => r.Error is not null);
                     errors.AddRange(runs.Where(r => r.Error is not null).Select(r => r.Error!));
                     mismatched += alone is null ? 0 : runs.Where((r, i) => r.Error is null && r.Text != alone[i].Text).Count();
@@ -168,11 +169,11 @@ public static class ServeBenchCommand
                     stdout.WriteLine();
                     stdout.WriteLine("Against the bare engine (same prompts, lengths and batch, greedy), round by round:");
                     stdout.WriteLine();
-                    stdout.WriteLine("| round | side | total tok/s | decode tok/s | steps | step ms | between steps ms | CPU ms/step (this process) | client process CPU ms/step | thread-pool items/step | contended core samples |");
-                    stdout.WriteLine("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+                    stdout.WriteLine("| round | side | total tok/s | decode tok/s | steps | step ms | between steps ms | delivery ms/step | CPU ms/step (this process) | client process CPU ms/step | thread-pool items/step | contended core samples |");
+                    stdout.WriteLine("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
                     for (int r = 0; r < roundCount; r++)
                         foreach (var (side, f) in new[] { ("engine", engineFigures[r]), ("server", serverFigures[r]) })
-                            stdout.WriteLine($"| {r + 1} | {side} | {f.TotalRate:F1} | {f.DecodeRate:F1} | {f.Steps} | {f.StepMs:F2} | {f.BetweenMs:F3} | {f.CpuMsPerStep:F2} | {f.ClientCpuMsPerStep:F2} | {f.WorkItemsPerStep:F1} | {f.Contended:P0} |");
+                            stdout.WriteLine($"| {r + 1} | {side} | {f.TotalRate:F1} | {f.DecodeRate:F1} | {f.Steps} | {f.StepMs:F2} | {f.BetweenMs:F3} | {f.DeliverMs:F3} | {f.CpuMsPerStep:F2} | {f.ClientCpuMsPerStep:F2} | {f.WorkItemsPerStep:F1} | {f.Contended:P0} |");
                     stdout.WriteLine();
                     stdout.WriteLine($"server / engine: total {report.total_ratio:F3}, decode {report.decode_ratio:F3} (median of {roundCount} round(s))");
                 }
@@ -347,7 +348,7 @@ public static class ServeBenchCommand
         ttft_ms_p50 = f.TtftP50, ttft_ms_p99 = f.TtftP99, inter_token_ms_p50 = f.GapP50, inter_token_ms_p99 = f.GapP99,
         steps = f.Steps, step_ms = f.StepMs, between_steps_ms = f.BetweenMs, cpu_ms_per_step = f.CpuMsPerStep,
         client_process_cpu_ms_per_step = f.ClientCpuMsPerStep, thread_pool_items_per_step = f.WorkItemsPerStep,
-        core_monitor_contended = f.Contended,
+        core_monitor_contended = f.Contended, deliver_ms_per_step = f.DeliverMs,
     };
 
     /// <summary>Each client's prompt: BOS (when the tokenizer has one) then uniform random ids past the special ones.</summary>

@@ -127,13 +127,15 @@ public sealed class Job
     private string TokenText(int token, bool first) => _tokenizer is null ? "" : System.Text.Encoding.UTF8.GetString(_tokenizer.TokenBytes(token, first));
 }
 
-/// <summary>The scheduler loop's time: steps taken, wall time inside the engine's steps and between back-to-back
-/// steps (Stopwatch ticks).</summary>
-public readonly record struct SchedulerTimes(long Steps, long StepTicks, long BetweenTicks)
+/// <summary>The scheduler's time: steps taken, wall time inside the engine's steps, between back-to-back steps, and
+/// on the delivery thread handing events to readers (their writes to responses included) (Stopwatch ticks).</summary>
+public readonly record struct SchedulerTimes(long Steps, long StepTicks, long BetweenTicks, long DeliverTicks)
 {
     public double StepSeconds => StepTicks / (double)System.Diagnostics.Stopwatch.Frequency;
     public double BetweenSeconds => BetweenTicks / (double)System.Diagnostics.Stopwatch.Frequency;
-    public static SchedulerTimes operator -(SchedulerTimes a, SchedulerTimes b) => new(a.Steps - b.Steps, a.StepTicks - b.StepTicks, a.BetweenTicks - b.BetweenTicks);
+    public double DeliverSeconds => DeliverTicks / (double)System.Diagnostics.Stopwatch.Frequency;
+    public static SchedulerTimes operator -(SchedulerTimes a, SchedulerTimes b)
+        => new(a.Steps - b.Steps, a.StepTicks - b.StepTicks, a.BetweenTicks - b.BetweenTicks, a.DeliverTicks - b.DeliverTicks);
 }
 
 /// <summary>
@@ -201,8 +203,8 @@ public sealed class BatchScheduler : IDisposable
     public int Running => _runningCount;
 
     /// <summary>Where the loop's time went so far (profiling: read before and after a load and subtract).</summary>
-    public SchedulerTimes Times => new(Volatile.Read(ref _steps), Volatile.Read(ref _stepTicks), Volatile.Read(ref _betweenTicks));
-    private long _steps, _stepTicks, _betweenTicks;
+    public SchedulerTimes Times => new(Volatile.Read(ref _steps), Volatile.Read(ref _stepTicks), Volatile.Read(ref _betweenTicks), Volatile.Read(ref _deliverTicks));
+    private long _steps, _stepTicks, _betweenTicks, _deliverTicks;
     /// <summary>Requests waiting for admission.</summary>
     public int Waiting { get { lock (_lock) return _waiting.Count; } }
 
@@ -355,12 +357,14 @@ public sealed class BatchScheduler : IDisposable
                 if (_handoff.Count == 0) return;
                 (batch, _handoff) = (_handoff, batch);
             }
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
             foreach (var (job, e) in batch)
             {
                 try { job.Deliver(e); }
                 catch (Exception) { } // a reader's failure is its own request's; the others still get theirs
             }
             batch.Clear();
+            Interlocked.Add(ref _deliverTicks, System.Diagnostics.Stopwatch.GetTimestamp() - started);
         }
     }
 
