@@ -16,7 +16,7 @@ namespace Lckv.Diagnostics;
 /// affinity mask the machine-wide count says nothing about this process's cores. Off with LCKV_CORE_MONITOR=0.
 /// When a sample finds threads beyond the pool's, the process's own runnable threads are counted too (from
 /// /proc/self/task) and not held against it: a server's own short-lived threads (writing responses) are not another
-/// process holding a core, and counting them took a thread away from every step of a busy server.
+/// process holding a core, and counting them could take a thread away from a busy server's steps.
 /// </summary>
 public sealed class CoreMonitor : ICoreAvailability
 {
