@@ -12,9 +12,9 @@ namespace Lckv.Cli;
 /// lckv bench serve: the server under load over loopback. An in-process server with a KV budget for some of the
 /// clients; every client streams one greedy completion of its own random prompt at once, and the run reports time to
 /// first token, inter-token latency and total tokens/s, and checks that each client got exactly the text it gets when
-/// it runs alone, that none was dropped and that the pool ends with no blocks in use. Each round first runs the bare
-/// engine on the same prompts and lengths (same batch, greedy sampling and detokenization, no server), so the server's
-/// overhead is the ratio of two figures measured alike in the same run.
+/// it runs alone, that none was dropped and that the pool ends with no blocks in use. Each round also runs the bare
+/// engine on the same prompts and lengths (same batch, greedy sampling and detokenization, no server; the two take
+/// turns going first), so the server's overhead is the ratio of two figures measured alike in the same run.
 /// </summary>
 public static class ServeBenchCommand
 {
@@ -49,7 +49,7 @@ public static class ServeBenchCommand
         var stepTokens = new Option<int>("--step-tokens") { Description = "most tokens one step evaluates", DefaultValueFactory = _ => 512 };
         var check = new Option<bool>("--no-check") { Description = "skip the solo runs that each client's text is compared with" };
         var seed = new Option<ulong>("--seed") { Description = "seed of the random prompts", DefaultValueFactory = _ => 1 };
-        var rounds = new Option<int>("--rounds") { Description = "timed rounds, each the bare engine then the server", DefaultValueFactory = _ => 1 };
+        var rounds = new Option<int>("--rounds") { Description = "timed rounds, each the bare engine and the server (taking turns going first)", DefaultValueFactory = _ => 1 };
         var process = new Option<bool>("--clients-process") { Description = "run the clients in a child process (this program, bench serve-clients) instead of this one" };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget, against the bare engine");
@@ -97,11 +97,10 @@ public static class ServeBenchCommand
 
                 var engineFigures = new List<Figures>();
                 var serverFigures = new List<Figures>();
-                var serverRuns = new List<ClientRun[]>();
                 int failed = 0, mismatched = 0;
                 var errors = new List<string>();
                 using var cpu = Process.GetCurrentProcess();
-                for (int round = 0; round < roundCount; round++)
+                void EngineSide()
                 {
                     // the bare engine: same prompts, lengths and batch, greedy, in this thread
                     cpu.Refresh();
@@ -111,25 +110,32 @@ public static class ServeBenchCommand
                     cpu.Refresh();
                     engineFigures.Add(Summarize(engineRuns, engineWall, steps, stepSeconds, 0, (cpu.TotalProcessorTime - cpu0).TotalSeconds, 0, 0)
                         with { Contended = ContendedSince(monitor0) });
-
+                }
+                void ServerSide()
+                {
                     // the server: every client at once
                     var times0 = parts.Scheduler.Times;
                     long items0 = ThreadPool.CompletedWorkItemCount;
                     cpu.Refresh();
-                    cpu0 = cpu.TotalProcessorTime;
-                    monitor0 = Monitor();
+                    var cpu0 = cpu.TotalProcessorTime;
+                    var monitor0 = Monitor();
                     var clientRound = child is null ? RawSseClients.Round(server.Address, prompts, genTokens) : ChildRound(child);
                     cpu.Refresh();
                     var times = parts.Scheduler.Times - times0;
                     long items = ThreadPool.CompletedWorkItemCount - items0;
                     var runs = clientRound.Runs;
-                    serverRuns.Add(runs);
                     serverFigures.Add(Summarize(runs, clientRound.WallMs / 1000, times.Steps, times.StepSeconds, times.BetweenSeconds,
                         (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items)
                         with { Contended = ContendedSince(monitor0), DeliverMs = times.Steps > 0 ? times.DeliverSeconds * 1000 / times.Steps : 0 });
                     failed += runs.Count(r => r.Error is not null);
                     errors.AddRange(runs.Where(r => r.Error is not null).Select(r => r.Error!));
                     mismatched += alone is null ? 0 : runs.Where((r, i) => r.Error is null && r.Text != alone[i].Text).Count();
+                }
+                // the sides take turns going first, so that neither always follows the other
+                for (int round = 0; round < roundCount; round++)
+                {
+                    if (round % 2 == 0) { EngineSide(); ServerSide(); }
+                    else { ServerSide(); EngineSide(); }
                 }
                 // the scheduler retires a finished sequence before its last event reaches the client; wait for the pool
                 var drained = Stopwatch.StartNew();
