@@ -375,7 +375,7 @@ public sealed class LckvServer : IAsyncDisposable
             // falls behind by some steps gets them in one write, and the engine never waits for a client
             var sse = new SseWriter(ctx.Response.BodyWriter, id, created, chat, _options.ModelName, includeUsage);
             if (chat) sse.Chunk(role: "assistant", content: "", finish: null);
-            await ctx.Response.BodyWriter.FlushAsync(abort).ConfigureAwait(false);
+            if (!await Flush(ctx, abort).ConfigureAwait(false)) return;
             while (await events.WaitToReadAsync(abort).ConfigureAwait(false))
             {
                 while (events.TryRead(out var e))
@@ -406,7 +406,7 @@ public sealed class LckvServer : IAsyncDisposable
                             return;
                     }
                 }
-                await ctx.Response.BodyWriter.FlushAsync(abort).ConfigureAwait(false);
+                if (!await Flush(ctx, abort).ConfigureAwait(false)) return;
             }
         }
         finally
@@ -425,6 +425,13 @@ public sealed class LckvServer : IAsyncDisposable
         return includeUsage
             ? new { id, @object = chat ? "chat.completion.chunk" : "text_completion", created, model = _options.ModelName, choices = new[] { choice }, usage = (object?)null }
             : new { id, @object = chat ? "chat.completion.chunk" : "text_completion", created, model = _options.ModelName, choices = new[] { choice } };
+    }
+
+    // false once the client is gone (the response's reader completed): the caller's finally cancels the job
+    private static async ValueTask<bool> Flush(HttpContext ctx, CancellationToken abort)
+    {
+        var r = await ctx.Response.BodyWriter.FlushAsync(abort).ConfigureAwait(false);
+        return !r.IsCompleted && !r.IsCanceled;
     }
 
     private static string Reason(FinishEvent f) => f.Reason is FinishReason.Eos or FinishReason.StopString ? "stop" : "length";
