@@ -28,6 +28,7 @@ public static class BenchCommand
         foreach (var o in new Option[] { prompt, gen, batch, depth, reps, format }) cmd.Options.Add(o);
         cmd.Subcommands.Add(ThroughputCommand.Create(stdout, stderr));
         cmd.Subcommands.Add(ServeBenchCommand.Create(stdout, stderr));
+        cmd.Subcommands.Add(ServeBenchCommand.CreateClients(stdout));
         cmd.SetAction(p =>
         {
             var pps = Ints(p.GetValue(prompt)!, "--n-prompt", allowZero: true);

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using Lckv.Formats;
 using Lckv.Generation;
 using Lckv.Server;
 
@@ -11,11 +12,32 @@ namespace Lckv.Cli;
 /// lckv bench serve: the server under load over loopback. An in-process server with a KV budget for some of the
 /// clients; every client streams one greedy completion of its own random prompt at once, and the run reports time to
 /// first token, inter-token latency and total tokens/s, and checks that each client got exactly the text it gets when
-/// it runs alone, that none was dropped and that the pool ends with no blocks in use.
+/// it runs alone, that none was dropped and that the pool ends with no blocks in use. Each round also runs the bare
+/// engine on the same prompts and lengths (same batch, greedy sampling and detokenization, no server; the two take
+/// turns going first), so the server's overhead is the ratio of two figures measured alike in the same run.
 /// </summary>
 public static class ServeBenchCommand
 {
-    private sealed record ClientRun(string Text, int CompletionTokens, double TtftMs, double FirstMs, List<double> GapsMs, double EndMs, string? Error);
+    internal sealed record ClientRun(string Text, int CompletionTokens, double TtftMs, double FirstMs, List<double> GapsMs, double EndMs, string? Error);
+
+    /// <summary>What the client process sends back for one round.</summary>
+    internal sealed record ClientRound(double WallMs, double CpuSeconds, ClientRun[] Runs);
+
+    /// <summary>One round's figures, alike for the bare engine and the server.</summary>
+    private sealed record Figures(double WallSeconds, long Tokens, double TotalRate, double DecodeRate, double TtftP50, double TtftP99, double GapP50, double GapP99,
+        long Steps, double StepMs, double BetweenMs, double CpuMsPerStep, double ClientCpuMsPerStep, double WorkItemsPerStep, double Contended = 0, double DeliverMs = 0);
+
+    // the kernels' core monitor's samples so far and those that found another thread wanting a core (it then takes
+    // the pool's threads away); (0, 0) without one
+    private static (long Samples, long Contended) Monitor()
+        => Numerics.WorkerPool.Shared.Cores is Diagnostics.CoreMonitor m ? (m.Samples, m.Contended) : (0, 0);
+
+    private static double ContendedSince((long Samples, long Contended) before)
+    {
+        var now = Monitor();
+        long samples = now.Samples - before.Samples;
+        return samples > 0 ? (now.Contended - before.Contended) / (double)samples : 0;
+    }
 
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
@@ -27,14 +49,16 @@ public static class ServeBenchCommand
         var stepTokens = new Option<int>("--step-tokens") { Description = "most tokens one step evaluates", DefaultValueFactory = _ => 512 };
         var check = new Option<bool>("--no-check") { Description = "skip the solo runs that each client's text is compared with" };
         var seed = new Option<ulong>("--seed") { Description = "seed of the random prompts", DefaultValueFactory = _ => 1 };
+        var rounds = new Option<int>("--rounds") { Description = "timed rounds, each the bare engine and the server (taking turns going first)", DefaultValueFactory = _ => 1 };
+        var process = new Option<bool>("--clients-process") { Description = "run the clients in a child process (this program, bench serve-clients) instead of this one" };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
-        var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget");
+        var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget, against the bare engine");
         mo.AddTo(cmd, ModelUses.All & ~ModelUses.KvBudget); // --fit sizes the pool
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, format }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, rounds, process, format }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
-            int n = p.GetValue(clients), promptTokens = p.GetValue(prompt), genTokens = p.GetValue(gen), step = p.GetValue(stepTokens);
+            int n = p.GetValue(clients), promptTokens = p.GetValue(prompt), genTokens = p.GetValue(gen), step = p.GetValue(stepTokens), roundCount = p.GetValue(rounds);
             int fits = p.GetValue(fit) ?? Math.Max(1, n / 4);
             string fmt = p.GetValue(format)!;
             if (n is < 1 or > 4096) throw new LckvException($"--clients must be in [1, 4096], got {n}");
@@ -42,6 +66,7 @@ public static class ServeBenchCommand
             if (genTokens < 1) throw new LckvException($"--gen must be at least 1 token, got {genTokens}");
             if (fits < 1) throw new LckvException($"--fit must be at least 1 sequence, got {fits}");
             if (step < 1) throw new LckvException($"--step-tokens must be at least 1, got {step}");
+            if (roundCount is < 1 or > 100) throw new LckvException($"--rounds must be in [1, 100], got {roundCount}");
             if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
             if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder or .gguf> or --preset small|tinyllama-1.1b");
 
@@ -53,64 +78,284 @@ public static class ServeBenchCommand
                 throw new LckvException($"--prompt + --gen = {promptTokens + genTokens} tokens is more than the context of {model.ContextLength}");
             var prompts = Prompts(n, promptTokens, model.Vocab, parts.Tokenizer.BosId, p.GetValue(seed));
             var server = LckvServer.StartAsync(parts.Scheduler, parts.Tokenizer, new ServerOptions { Port = 0, ModelName = "bench" }).GetAwaiter().GetResult();
+            string? promptFile = null;
+            Process? child = null;
+            var (bare, barePool) = parts.NewEngine();
             try
             {
-                using var http = new HttpClient { BaseAddress = server.Address, Timeout = Timeout.InfiniteTimeSpan };
-                var alone = p.GetValue(check) ? null : prompts.Select(q => Stream(http, q, genTokens).GetAwaiter().GetResult()).ToArray();
-                // an untimed round of every client with a few tokens compiles the kernels and the server's paths first
-                Task.WhenAll(prompts.Select(q => Task.Run(() => Stream(http, q, Math.Min(genTokens, 4))))).GetAwaiter().GetResult();
-                var clock = Stopwatch.StartNew();
-                var runs = Task.WhenAll(prompts.Select(q => Task.Run(() => Stream(http, q, genTokens, clock)))).GetAwaiter().GetResult();
-                double wallMs = clock.Elapsed.TotalMilliseconds;
+                using var http = new HttpClient { BaseAddress = server.Address };
+                var alone = p.GetValue(check) ? null : prompts.Select(q => RawSseClients.Round(server.Address, [q], genTokens).Runs[0]).ToArray();
+                // an untimed first round of each side with a few tokens compiles the kernels and the server's paths
+                EngineRound(bare, prompts, Math.Min(genTokens, 4), parts.Tokenizer, parts.StopIds);
+                if (p.GetValue(process))
+                {
+                    promptFile = Path.GetTempFileName();
+                    File.WriteAllText(promptFile, JsonSerializer.Serialize(prompts));
+                    child = StartClients(server.Address, promptFile, genTokens);
+                }
+                else RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, 4));
+
+                var engineFigures = new List<Figures>();
+                var serverFigures = new List<Figures>();
+                int failed = 0, mismatched = 0;
+                var errors = new List<string>();
+                using var cpu = Process.GetCurrentProcess();
+                void EngineSide()
+                {
+                    // the bare engine: same prompts, lengths and batch, greedy, in this thread
+                    cpu.Refresh();
+                    var cpu0 = cpu.TotalProcessorTime;
+                    var monitor0 = Monitor();
+                    var (engineRuns, engineWall, steps, stepSeconds) = EngineRound(bare, prompts, genTokens, parts.Tokenizer, parts.StopIds);
+                    cpu.Refresh();
+                    engineFigures.Add(Summarize(engineRuns, engineWall, steps, stepSeconds, 0, (cpu.TotalProcessorTime - cpu0).TotalSeconds, 0, 0)
+                        with { Contended = ContendedSince(monitor0) });
+                }
+                void ServerSide()
+                {
+                    // the server: every client at once
+                    var times0 = parts.Scheduler.Times;
+                    long items0 = ThreadPool.CompletedWorkItemCount;
+                    cpu.Refresh();
+                    var cpu0 = cpu.TotalProcessorTime;
+                    var monitor0 = Monitor();
+                    var clientRound = child is null ? RawSseClients.Round(server.Address, prompts, genTokens) : ChildRound(child);
+                    cpu.Refresh();
+                    var times = parts.Scheduler.Times - times0;
+                    long items = ThreadPool.CompletedWorkItemCount - items0;
+                    var runs = clientRound.Runs;
+                    serverFigures.Add(Summarize(runs, clientRound.WallMs / 1000, times.Steps, times.StepSeconds, times.BetweenSeconds,
+                        (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items)
+                        with { Contended = ContendedSince(monitor0), DeliverMs = times.Steps > 0 ? times.DeliverSeconds * 1000 / times.Steps : 0 });
+                    failed += runs.Count(r => r.Error is not null);
+                    errors.AddRange(runs.Where(r => r.Error is not null).Select(r => r.Error!));
+                    mismatched += alone is null ? 0 : runs.Where((r, i) => r.Error is null && r.Text != alone[i].Text).Count();
+                }
+                // the sides take turns going first, so that neither always follows the other
+                for (int round = 0; round < roundCount; round++)
+                {
+                    if (round % 2 == 0) { EngineSide(); ServerSide(); }
+                    else { ServerSide(); EngineSide(); }
+                }
                 // the scheduler retires a finished sequence before its last event reaches the client; wait for the pool
                 var drained = Stopwatch.StartNew();
                 while (pool.UsedBlocks > 0 && drained.Elapsed < TimeSpan.FromSeconds(10)) Thread.Sleep(5);
                 long blocksAfter = pool.UsedBlocks;
                 string metricBlocks = MetricValue(http, "lckv_kv_blocks_used");
 
-                int failed = runs.Count(r => r.Error is not null);
-                int mismatched = alone is null ? 0 : runs.Where((r, i) => r.Error is null && r.Text != alone[i].Text).Count();
-                long tokens = runs.Sum(r => (long)r.CompletionTokens);
-                var ttft = runs.Where(r => r.Error is null).Select(r => r.TtftMs).Order().ToArray();
-                var gaps = runs.SelectMany(r => r.GapsMs).Order().ToArray();
-                // decode: the tokens after each client's first, over the span from the first first token to the last end
-                var ok = runs.Where(r => r.Error is null && r.CompletionTokens > 0).ToArray();
-                double decodeSpan = ok.Length == 0 ? 0 : (ok.Max(r => r.EndMs) - ok.Min(r => r.FirstMs)) / 1000;
-                double decodeRate = decodeSpan > 0 ? ok.Sum(r => r.CompletionTokens - 1) / decodeSpan : 0;
+                var last = serverFigures[^1];
+                double Median(IEnumerable<double> xs) { var s = xs.Order().ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
+                var ratios = serverFigures.Zip(engineFigures, (s, e) => (Total: s.TotalRate / e.TotalRate, Decode: s.DecodeRate / e.DecodeRate)).ToArray();
                 var report = new
                 {
                     clients = n, prompt_tokens = promptTokens, gen_tokens = genTokens, kv_budget_sequences = fits,
                     kv_budget_blocks = pool.TotalBlocks, kv_budget_mib = pool.CapacityBytes / 1048576.0,
-                    completed = n - failed, failed, checked_alone = alone is not null, mismatched,
-                    completion_tokens = tokens, wall_seconds = wallMs / 1000, total_tokens_per_second = tokens / (wallMs / 1000),
-                    decode_tokens_per_second = decodeRate,
-                    ttft_ms_p50 = Percentile(ttft, 0.5), ttft_ms_p99 = Percentile(ttft, 0.99),
-                    inter_token_ms_p50 = Percentile(gaps, 0.5), inter_token_ms_p99 = Percentile(gaps, 0.99),
+                    clients_process = child is not null, rounds = roundCount,
+                    completed = n * roundCount - failed, failed, checked_alone = alone is not null, mismatched,
+                    completion_tokens = last.Tokens, wall_seconds = last.WallSeconds,
+                    total_tokens_per_second = Median(serverFigures.Select(f => f.TotalRate)),
+                    decode_tokens_per_second = Median(serverFigures.Select(f => f.DecodeRate)),
+                    engine_total_tokens_per_second = Median(engineFigures.Select(f => f.TotalRate)),
+                    engine_decode_tokens_per_second = Median(engineFigures.Select(f => f.DecodeRate)),
+                    total_ratio = Median(ratios.Select(r => r.Total)), decode_ratio = Median(ratios.Select(r => r.Decode)),
+                    ttft_ms_p50 = last.TtftP50, ttft_ms_p99 = last.TtftP99, inter_token_ms_p50 = last.GapP50, inter_token_ms_p99 = last.GapP99,
+                    engine_rounds = engineFigures.Select(Json).ToArray(), server_rounds = serverFigures.Select(Json).ToArray(),
                     kv_blocks_after = blocksAfter, metrics_kv_blocks_used_after = metricBlocks,
-                    errors = runs.Where(r => r.Error is not null).Select(r => r.Error).Distinct().Take(5).ToArray(),
+                    errors = errors.Distinct().Take(5).ToArray(),
                 };
                 if (fmt == "json") stdout.WriteLine(JsonSerializer.Serialize(report));
                 else
                 {
-                    stdout.WriteLine($"{n} streaming clients, prompt {promptTokens} + {genTokens} generated tokens each, KV budget {fits} sequences ({pool.TotalBlocks} blocks, {report.kv_budget_mib:F1} MiB)");
+                    stdout.WriteLine($"{n} streaming clients{(child is null ? "" : " (in a child process)")}, prompt {promptTokens} + {genTokens} generated tokens each, KV budget {fits} sequences ({pool.TotalBlocks} blocks, {report.kv_budget_mib:F1} MiB)");
                     stdout.WriteLine();
                     stdout.WriteLine("| completed | same text as alone | total tok/s | decode tok/s | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | KV blocks after |");
                     stdout.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-                    stdout.WriteLine($"| {n - failed}/{n} | {(alone is null ? "not checked" : $"{n - failed - mismatched}/{n - failed}")} | {report.total_tokens_per_second:F1} | {decodeRate:F1} | " +
-                                     $"{report.ttft_ms_p50:F1} ms | {report.ttft_ms_p99:F1} ms | {report.inter_token_ms_p50:F2} ms | {report.inter_token_ms_p99:F2} ms | {blocksAfter} |");
+                    stdout.WriteLine($"| {report.completed}/{n * roundCount} | {(alone is null ? "not checked" : $"{report.completed - mismatched}/{report.completed}")} | {report.total_tokens_per_second:F1} | {report.decode_tokens_per_second:F1} | " +
+                                     $"{last.TtftP50:F1} ms | {last.TtftP99:F1} ms | {last.GapP50:F2} ms | {last.GapP99:F2} ms | {blocksAfter} |");
+                    stdout.WriteLine();
+                    stdout.WriteLine("Against the bare engine (same prompts, lengths and batch, greedy), round by round:");
+                    stdout.WriteLine();
+                    stdout.WriteLine("| round | side | total tok/s | decode tok/s | steps | step ms | between steps ms | delivery ms/step | CPU ms/step (this process) | client process CPU ms/step | thread-pool items/step | contended core samples |");
+                    stdout.WriteLine("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+                    for (int r = 0; r < roundCount; r++)
+                        foreach (var (side, f) in new[] { ("engine", engineFigures[r]), ("server", serverFigures[r]) })
+                            stdout.WriteLine($"| {r + 1} | {side} | {f.TotalRate:F1} | {f.DecodeRate:F1} | {f.Steps} | {f.StepMs:F2} | {f.BetweenMs:F3} | {f.DeliverMs:F3} | {f.CpuMsPerStep:F2} | {f.ClientCpuMsPerStep:F2} | {f.WorkItemsPerStep:F1} | {f.Contended:P0} |");
+                    stdout.WriteLine();
+                    stdout.WriteLine($"server / engine: total {report.total_ratio:F3}, decode {report.decode_ratio:F3} (median of {roundCount} round(s))");
                 }
-                if (failed > 0) throw new LckvException($"{failed} of {n} clients failed: {report.errors[0]}");
-                if (mismatched > 0) throw new LckvException($"{mismatched} of {n} clients got a different text than alone");
+                if (failed > 0) throw new LckvException($"{failed} of {n * roundCount} clients failed: {report.errors[0]}");
+                if (mismatched > 0) throw new LckvException($"{mismatched} of {n * roundCount} clients got a different text than alone");
                 if (blocksAfter != 0) throw new LckvException($"{blocksAfter} KV blocks still in use after every client finished");
                 return 0;
             }
             finally
             {
+                if (child is not null)
+                {
+                    try { child.StandardInput.WriteLine("quit"); } catch (IOException) { }
+                    if (!child.WaitForExit(10000)) child.Kill();
+                    child.Dispose();
+                }
+                if (promptFile is not null) File.Delete(promptFile);
+                barePool.Dispose();
                 server.DisposeAsync().AsTask().GetAwaiter().GetResult();
             }
         });
         return cmd;
     }
+
+    /// <summary>
+    /// lckv bench serve-clients (hidden; bench serve --clients-process starts it): the streaming clients of bench serve
+    /// in a process of their own. After an untimed round it prints "ready" and waits for a line: "go" runs a timed
+    /// round and prints its <see cref="ClientRound"/> as one JSON line, then "ready" again; anything else ends it.
+    /// </summary>
+    public static Command CreateClients(TextWriter stdout)
+    {
+        var url = new Option<string>("--url") { Required = true };
+        var promptFile = new Option<string>("--prompts") { Required = true };
+        var gen = new Option<int>("--gen") { Required = true };
+        var cmd = new Command("serve-clients", "the streaming clients of bench serve --clients-process") { Hidden = true };
+        foreach (var o in new Option[] { url, promptFile, gen }) cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            var prompts = JsonSerializer.Deserialize<int[][]>(File.ReadAllText(p.GetValue(promptFile)!))!;
+            int tokens = p.GetValue(gen);
+            var address = new Uri(p.GetValue(url)!);
+            RawSseClients.Round(address, prompts, Math.Min(tokens, 4));
+            using var self = Process.GetCurrentProcess();
+            while (true)
+            {
+                stdout.WriteLine("ready");
+                stdout.Flush();
+                if (Console.In.ReadLine() != "go") return 0;
+                self.Refresh();
+                var cpu0 = self.TotalProcessorTime;
+                var round = RawSseClients.Round(address, prompts, tokens);
+                self.Refresh();
+                stdout.WriteLine(JsonSerializer.Serialize(round with { CpuSeconds = (self.TotalProcessorTime - cpu0).TotalSeconds }));
+                stdout.Flush();
+            }
+        });
+        return cmd;
+    }
+
+
+    private static Process StartClients(Uri address, string promptFile, int gen)
+    {
+        // this program again: its apphost, else the dotnet host with this assembly (under dotnet or a test host)
+        string dll = typeof(ServeBenchCommand).Assembly.Location;
+        string? self = Environment.ProcessPath;
+        bool apphost = self is not null && Path.GetFileNameWithoutExtension(self) is "lckv" or "Lckv.Cli";
+        string exe = apphost ? self! : Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host
+            : self is not null && Path.GetFileNameWithoutExtension(self) == "dotnet" ? self : "dotnet";
+        var psi = new ProcessStartInfo(exe) { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
+        if (!apphost) psi.ArgumentList.Add(dll);
+        foreach (var a in new[] { "bench", "serve-clients", "--url", address.ToString(), "--prompts", promptFile, "--gen", gen.ToString(System.Globalization.CultureInfo.InvariantCulture) })
+            psi.ArgumentList.Add(a);
+        var child = Process.Start(psi) ?? throw new LckvException($"cannot start the client process {exe}");
+        ExpectReady(child);
+        return child;
+    }
+
+    private static void ExpectReady(Process child)
+    {
+        string? line = child.StandardOutput.ReadLine();
+        if (line != "ready") throw new LckvException($"the client process did not start: {line ?? "it exited"}");
+    }
+
+    private static ClientRound ChildRound(Process child)
+    {
+        child.StandardInput.WriteLine("go");
+        child.StandardInput.Flush();
+        string line = child.StandardOutput.ReadLine() ?? throw new LckvException("the client process exited during a round");
+        var round = JsonSerializer.Deserialize<ClientRound>(line) ?? throw new LckvException("the client process sent no round");
+        ExpectReady(child);
+        return round;
+    }
+
+    /// <summary>
+    /// The bare engine over the same prompts: every sequence admitted at once, stepped until all finish (each retired
+    /// as it finishes, as the scheduler does), greedy with the same stop ids and detokenization; token times taken
+    /// as each token is sampled, the way a client sees them arrive.
+    /// </summary>
+    private static (ClientRun[] Runs, double WallSeconds, long Steps, double StepSeconds) EngineRound(GenerationEngine engine, int[][] prompts, int gen, TextTokenizer tokenizer, IReadOnlyList<int> stopIds)
+    {
+        int n = prompts.Length;
+        var clock = Stopwatch.StartNew();
+        var first = new double[n];
+        var last = new double[n];
+        var gaps = new List<double>[n];
+        var seqs = new EngineSequence[n];
+        var greedy = new SamplingParams { Temperature = 0 };
+        var requests = new GenerationRequest[n];
+        for (int i = 0; i < n; i++)
+        {
+            int k = i;
+            first[k] = -1;
+            gaps[k] = new List<double>(gen);
+            requests[k] = new GenerationRequest
+            {
+                Prompt = prompts[k], MaxNewTokens = gen, Sampling = greedy, StopIds = stopIds, Tokenizer = tokenizer,
+                OnToken = (_, _, _) =>
+                {
+                    double now = clock.Elapsed.TotalMilliseconds;
+                    if (first[k] < 0) first[k] = now;
+                    else gaps[k].Add(now - last[k]);
+                    last[k] = now;
+                },
+            };
+        }
+        long steps = 0, stepTicks = 0;
+        int admitted = 0;
+        while (true)
+        {
+            // admitted in arrival order while the pool can promise their blocks, as the scheduler does
+            while (admitted < n && engine.TryAdmit(requests[admitted], out var seq)) seqs[admitted++] = seq;
+            if (!engine.HasWork) break;
+            long t0 = Stopwatch.GetTimestamp();
+            engine.Step();
+            stepTicks += Stopwatch.GetTimestamp() - t0;
+            steps++;
+            foreach (var s in engine.Finished)
+            {
+                last[Array.IndexOf(seqs, s)] = clock.Elapsed.TotalMilliseconds;
+                engine.Retire(s);
+            }
+        }
+        if (admitted < n) throw new LckvException($"the bare engine could not admit request {admitted + 1} of {n}");
+        double wall = clock.Elapsed.TotalSeconds;
+        var runs = new ClientRun[n];
+        for (int i = 0; i < n; i++)
+        {
+            if (!seqs[i].IsRetired) engine.Retire(seqs[i]);
+            runs[i] = new ClientRun(seqs[i].Text ?? "", seqs[i].Output.Count, first[i] < 0 ? 0 : first[i], first[i], gaps[i], last[i], null);
+        }
+        return (runs, wall, steps, stepTicks / (double)Stopwatch.Frequency);
+    }
+
+    private static Figures Summarize(ClientRun[] runs, double wallSeconds, long steps, double stepSeconds, double betweenSeconds, double cpuSeconds, double clientCpuSeconds, long workItems)
+    {
+        long tokens = runs.Sum(r => (long)r.CompletionTokens);
+        var ttft = runs.Where(r => r.Error is null).Select(r => r.TtftMs).Order().ToArray();
+        var gaps = runs.SelectMany(r => r.GapsMs).Order().ToArray();
+        // decode: the tokens after each client's first, over the span from the first first token to the last end
+        var ok = runs.Where(r => r.Error is null && r.CompletionTokens > 0).ToArray();
+        double decodeSpan = ok.Length == 0 ? 0 : (ok.Max(r => r.EndMs) - ok.Min(r => r.FirstMs)) / 1000;
+        double decodeRate = decodeSpan > 0 ? ok.Sum(r => r.CompletionTokens - 1) / decodeSpan : 0;
+        double perStep(double seconds) => steps > 0 ? seconds * 1000 / steps : 0;
+        return new Figures(wallSeconds, tokens, wallSeconds > 0 ? tokens / wallSeconds : 0, decodeRate,
+            Percentile(ttft, 0.5), Percentile(ttft, 0.99), Percentile(gaps, 0.5), Percentile(gaps, 0.99),
+            steps, perStep(stepSeconds), perStep(betweenSeconds), perStep(cpuSeconds), perStep(clientCpuSeconds), steps > 0 ? workItems / (double)steps : 0);
+    }
+
+    private static object Json(Figures f) => new
+    {
+        wall_seconds = f.WallSeconds, completion_tokens = f.Tokens, total_tokens_per_second = f.TotalRate, decode_tokens_per_second = f.DecodeRate,
+        ttft_ms_p50 = f.TtftP50, ttft_ms_p99 = f.TtftP99, inter_token_ms_p50 = f.GapP50, inter_token_ms_p99 = f.GapP99,
+        steps = f.Steps, step_ms = f.StepMs, between_steps_ms = f.BetweenMs, cpu_ms_per_step = f.CpuMsPerStep,
+        client_process_cpu_ms_per_step = f.ClientCpuMsPerStep, thread_pool_items_per_step = f.WorkItemsPerStep,
+        core_monitor_contended = f.Contended, deliver_ms_per_step = f.DeliverMs,
+    };
 
     /// <summary>Each client's prompt: BOS (when the tokenizer has one) then uniform random ids past the special ones.</summary>
     private static int[][] Prompts(int n, int length, int vocab, int? bos, ulong seed)
@@ -124,44 +369,38 @@ public static class ServeBenchCommand
         }).ToArray();
     }
 
-    /// <summary>One greedy streamed completion: its text, token count (from the usage chunk), time to the first token
-    /// and the gaps between later token chunks, in ms from the clock.</summary>
-    private static async Task<ClientRun> Stream(HttpClient http, int[] prompt, int gen, Stopwatch? clock = null)
+    /// <summary>One completion chunk: appends its text, takes usage's completion_tokens and an error's message; true
+    /// when it is a token chunk (a choice with text and no finish reason).</summary>
+    internal static bool ReadEvent(ReadOnlySpan<byte> json, StringBuilder text, ref int tokens, ref string? error)
     {
-        clock ??= Stopwatch.StartNew();
-        double start = clock.Elapsed.TotalMilliseconds, first = -1, last = 0;
-        var gaps = new List<double>(gen);
-        var text = new StringBuilder();
-        int tokens = 0;
-        try
+        var r = new Utf8JsonReader(json);
+        bool sawText = false, open = false, inError = false;
+        int field = 0; // 1 text, 2 finish_reason, 3 completion_tokens, 4 message
+        while (r.Read())
         {
-            string body = JsonSerializer.Serialize(new { prompt, max_tokens = gen, temperature = 0, stream = true, stream_options = new { include_usage = true } });
-            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
-            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
-            if (!response.IsSuccessStatusCode) return new ClientRun("", 0, 0, 0, gaps, 0, $"HTTP {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync().ConfigureAwait(false)}");
-            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync().ConfigureAwait(false));
-            while (await reader.ReadLineAsync().ConfigureAwait(false) is { } line)
+            switch (r.TokenType)
             {
-                if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]") continue;
-                using var chunk = JsonDocument.Parse(line.AsMemory("data: ".Length));
-                if (chunk.RootElement.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object)
-                    tokens = u.GetProperty("completion_tokens").GetInt32();
-                foreach (var c in chunk.RootElement.GetProperty("choices").EnumerateArray())
-                {
-                    text.Append(c.GetProperty("text").GetString());
-                    if (c.GetProperty("finish_reason").ValueKind != JsonValueKind.Null) continue; // the closing chunk
-                    double now = clock.Elapsed.TotalMilliseconds;
-                    if (first < 0) first = now;
-                    else gaps.Add(now - last);
-                    last = now;
-                }
+                case JsonTokenType.PropertyName:
+                    field = r.ValueTextEquals("text"u8) ? 1 : r.ValueTextEquals("finish_reason"u8) ? 2 : r.ValueTextEquals("completion_tokens"u8) ? 3 : r.ValueTextEquals("message"u8) ? 4 : 0;
+                    if (r.CurrentDepth == 1 && r.ValueTextEquals("error"u8)) inError = true;
+                    continue;
+                case JsonTokenType.String when field == 1:
+                    text.Append(r.GetString());
+                    sawText = true;
+                    break;
+                case JsonTokenType.String when field == 4 && inError:
+                    error = r.GetString();
+                    break;
+                case JsonTokenType.Null when field == 2:
+                    open = true;
+                    break;
+                case JsonTokenType.Number when field == 3:
+                    tokens = r.GetInt32();
+                    break;
             }
-            return new ClientRun(text.ToString(), tokens, first < 0 ? 0 : first - start, first, gaps, clock.Elapsed.TotalMilliseconds, null);
+            field = 0;
         }
-        catch (Exception e) when (e is HttpRequestException or IOException or JsonException)
-        {
-            return new ClientRun("", 0, 0, 0, gaps, 0, e.Message);
-        }
+        return sawText && open;
     }
 
     /// <summary>A metric's value as /metrics prints it ("-" when it cannot be read).</summary>

@@ -88,7 +88,10 @@ public static class ServeCommand
     }
 
     /// <summary>The model, tokenizer, KV pool and scheduler a server runs on.</summary>
-    internal sealed record Parts(LlamaModel Model, Formats.TextTokenizer? Tokenizer, KvBlockPool Pool, BatchScheduler Scheduler);
+    /// <param name="NewEngine">another engine like the scheduler's, over a pool of its own of the same size (bench
+    /// serve measures the bare engine with it; the caller disposes the pool)</param>
+    internal sealed record Parts(LlamaModel Model, Formats.TextTokenizer? Tokenizer, KvBlockPool Pool, BatchScheduler Scheduler,
+        IReadOnlyList<int> StopIds, Func<(GenerationEngine Engine, KvBlockPool Pool)> NewEngine);
 
     /// <summary>
     /// Loads the model the options name and builds the engine a server runs: batch sequences at most, steps of at most
@@ -112,9 +115,14 @@ public static class ServeCommand
             long full = model.KvBlocksFor(model.ContextLength, block, stepRows, eviction);
             long budget = budgetFor is var (n, tokens) ? n * model.KvBlocksFor(tokens, block, stepRows, eviction) * layout.BlockBytes
                 : p.GetValue(mo.KvBudget) is double mib ? (long)(mib * 1048576) : batch * full * layout.BlockBytes;
-            var pool = new KvBlockPool(layout, budget);
-            var engine = new GenerationEngine(model, model.CreateCache(pool, stepRows, eviction), engineOptions);
-            return new Parts(model, tokenizer, pool, new BatchScheduler(engine, tokenizer, GenerateCommand.StopIds(tokenizer, genConfig, model), queue));
+            (GenerationEngine, KvBlockPool) NewEngine()
+            {
+                var pool = new KvBlockPool(layout, budget);
+                return (new GenerationEngine(model, model.CreateCache(pool, stepRows, eviction), engineOptions), pool);
+            }
+            var (engine, pool) = NewEngine();
+            var stopIds = GenerateCommand.StopIds(tokenizer, genConfig, model);
+            return new Parts(model, tokenizer, pool, new BatchScheduler(engine, tokenizer, stopIds, queue), stopIds, NewEngine);
         }
         catch
         {

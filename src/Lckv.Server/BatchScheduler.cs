@@ -43,7 +43,8 @@ public sealed class RejectedException(int status, string message, string code, s
 /// <summary>One request in the scheduler: its engine request, and the events its reader consumes.</summary>
 public sealed class Job
 {
-    private readonly Channel<JobEvent> _events = Channel.CreateUnbounded<JobEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+    private readonly Channel<JobEvent> _events;
+    private readonly BatchScheduler _owner;
     private float[]? _row; // the logits that chose the next token, kept when log-probabilities are asked for
     private int[]? _top;
     private readonly TextTokenizer? _tokenizer;
@@ -51,8 +52,12 @@ public sealed class Job
     private readonly long _submitted = System.Diagnostics.Stopwatch.GetTimestamp();
     private long _lastToken; // when the last token arrived (0: none yet), for the latency histograms
 
-    internal Job(JobSpec spec, TextTokenizer? tokenizer, IReadOnlyList<int> stopIds, int vocab, SchedulerMetrics metrics)
+    /// <param name="inlineReaders">the reader's continuation may run on the scheduler's delivery thread (a reader
+    /// that only writes to a response and never blocks: the server's)</param>
+    internal Job(BatchScheduler owner, JobSpec spec, TextTokenizer? tokenizer, IReadOnlyList<int> stopIds, int vocab, SchedulerMetrics metrics, bool inlineReaders)
     {
+        _owner = owner;
+        _events = Channel.CreateUnbounded<JobEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = inlineReaders });
         Spec = spec;
         _tokenizer = tokenizer;
         if (spec.TopLogprobs is int top)
@@ -68,7 +73,7 @@ public sealed class Job
             OnToken = (_, token, text) =>
             {
                 metrics.Token(ref _lastToken, _submitted);
-                _events.Writer.TryWrite(new TokenEvent(token, text, _row is null ? null : Logprob(token)));
+                _owner.Post(this, new TokenEvent(token, text, _row is null ? null : Logprob(token)));
             },
         };
     }
@@ -87,8 +92,14 @@ public sealed class Job
         if (IsDone) return;
         IsDone = true;
         Registration.Unregister();
-        _events.Writer.TryWrite(last);
-        _events.Writer.TryComplete();
+        _owner.Post(this, last);
+    }
+
+    /// <summary>Hands an event to the reader (the delivery thread's; the last event also completes the channel).</summary>
+    internal void Deliver(JobEvent e)
+    {
+        _events.Writer.TryWrite(e);
+        if (e is not TokenEvent) _events.Writer.TryComplete();
     }
 
     private TokenLogprob Logprob(int token)
@@ -116,6 +127,17 @@ public sealed class Job
     private string TokenText(int token, bool first) => _tokenizer is null ? "" : System.Text.Encoding.UTF8.GetString(_tokenizer.TokenBytes(token, first));
 }
 
+/// <summary>The scheduler's time: steps taken, wall time inside the engine's steps, between back-to-back steps, and
+/// on the delivery thread handing events to readers (their writes to responses included) (Stopwatch ticks).</summary>
+public readonly record struct SchedulerTimes(long Steps, long StepTicks, long BetweenTicks, long DeliverTicks)
+{
+    public double StepSeconds => StepTicks / (double)System.Diagnostics.Stopwatch.Frequency;
+    public double BetweenSeconds => BetweenTicks / (double)System.Diagnostics.Stopwatch.Frequency;
+    public double DeliverSeconds => DeliverTicks / (double)System.Diagnostics.Stopwatch.Frequency;
+    public static SchedulerTimes operator -(SchedulerTimes a, SchedulerTimes b)
+        => new(a.Steps - b.Steps, a.StepTicks - b.StepTicks, a.BetweenTicks - b.BetweenTicks, a.DeliverTicks - b.DeliverTicks);
+}
+
 /// <summary>
 /// Continuous batching over one <see cref="GenerationEngine"/>: a background thread owns the engine; requests wait
 /// in a bounded FIFO queue until the engine can promise their KV blocks (its own admission accounting), every step
@@ -134,6 +156,12 @@ public sealed class BatchScheduler : IDisposable
     private readonly List<Job> _running = [];
     private readonly SemaphoreSlim _wake = new(0);
     private readonly Thread _thread;
+    // events the loop produced, delivered by a thread of their own once per pass: one wake per step instead of one
+    // thread-pool item per token, and the loop never runs a reader's code
+    private List<(Job Job, JobEvent Event)> _outbox = [], _handoff = [];
+    private readonly object _deliverLock = new();
+    private readonly Thread _deliverer;
+    private bool _delivererStopping;
     private volatile bool _stopping;
     private volatile int _runningCount;
 
@@ -151,7 +179,9 @@ public sealed class BatchScheduler : IDisposable
         _maxQueue = maxQueue;
         Metrics = new SchedulerMetrics(this);
         _thread = new Thread(Loop) { IsBackground = true, Name = "lckv-engine" };
+        _deliverer = new Thread(DeliverLoop) { IsBackground = true, Name = "lckv-deliver" };
         _thread.Start();
+        _deliverer.Start();
     }
 
     public GenerationEngine Engine => _engine;
@@ -171,6 +201,10 @@ public sealed class BatchScheduler : IDisposable
     internal Action? AfterStep { get; set; }
     /// <summary>Requests admitted to the engine and not yet retired.</summary>
     public int Running => _runningCount;
+
+    /// <summary>Where the loop's time went so far (profiling: read before and after a load and subtract).</summary>
+    public SchedulerTimes Times => new(Volatile.Read(ref _steps), Volatile.Read(ref _stepTicks), Volatile.Read(ref _betweenTicks), Volatile.Read(ref _deliverTicks));
+    private long _steps, _stepTicks, _betweenTicks, _deliverTicks;
     /// <summary>Requests waiting for admission.</summary>
     public int Waiting { get { lock (_lock) return _waiting.Count; } }
 
@@ -178,9 +212,12 @@ public sealed class BatchScheduler : IDisposable
     /// Queues a request. Refuses at once, with the numbers, a request that can never fit the KV budget or the
     /// context, and one that finds the queue full. Cancelling the token retires the sequence before the next step.
     /// </summary>
-    public Job Submit(JobSpec spec, CancellationToken cancel = default)
+    public Job Submit(JobSpec spec, CancellationToken cancel = default) => Submit(spec, cancel, inlineReaders: false);
+
+    /// <param name="inlineReaders">the job's reader never blocks, so its continuations may run on the delivery thread</param>
+    internal Job Submit(JobSpec spec, CancellationToken cancel, bool inlineReaders)
     {
-        var job = new Job(spec, _tokenizer, _stopIds, _engine.Model.Vocab, Metrics);
+        var job = new Job(this, spec, _tokenizer, _stopIds, _engine.Model.Vocab, Metrics, inlineReaders);
         int context = _engine.Model.ContextLength;
         if (spec.Prompt.Length == 0) throw new RejectedException(400, "the prompt is empty", "invalid_prompt");
         if (spec.Prompt.Length > context)
@@ -227,6 +264,7 @@ public sealed class BatchScheduler : IDisposable
     private void Loop()
     {
         var cancelled = new List<Job>();
+        long lastStepEnd = 0;
         while (!_stopping)
         {
             lock (_lock)
@@ -238,20 +276,28 @@ public sealed class BatchScheduler : IDisposable
             foreach (var job in cancelled) End(job, new FailEvent("cancelled"));
             cancelled.Clear();
             Admit();
+            Handoff();
             if (!_engine.HasWork || _paused)
             {
                 _wake.Wait(TimeSpan.FromSeconds(1));
+                lastStepEnd = 0;
                 continue;
             }
             long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            // the loop's own work between two back-to-back steps (retiring, admitting, cancelling)
+            if (lastStepEnd != 0) Interlocked.Add(ref _betweenTicks, started - lastStepEnd);
             try
             {
                 _engine.Step();
+                lastStepEnd = System.Diagnostics.Stopwatch.GetTimestamp();
+                Interlocked.Add(ref _stepTicks, lastStepEnd - started);
+                Interlocked.Increment(ref _steps);
                 Metrics.Step(started);
             }
             catch (Exception e)
             {
                 foreach (var job in _running.ToArray()) End(job, new FailEvent($"the engine failed: {e.Message}"));
+                Handoff();
                 continue;
             }
             foreach (var seq in _engine.Finished)
@@ -260,6 +306,7 @@ public sealed class BatchScheduler : IDisposable
                 if (job is null) continue;
                 End(job, new FinishEvent(seq.Finish!.Value, seq.PromptLength, seq.Output.Count, seq.Text));
             }
+            Handoff();
             AfterStep?.Invoke();
         }
         lock (_lock)
@@ -272,6 +319,53 @@ public sealed class BatchScheduler : IDisposable
             _waiting.Clear();
         }
         foreach (var job in _running.ToArray()) End(job, new FailEvent("the server stopped"));
+        Handoff();
+        lock (_deliverLock)
+        {
+            _delivererStopping = true;
+            Monitor.Pulse(_deliverLock);
+        }
+    }
+
+    /// <summary>Queues a job's event for delivery (the loop's thread only).</summary>
+    internal void Post(Job job, JobEvent e) => _outbox.Add((job, e));
+
+    // hands this pass's events to the delivery thread
+    private void Handoff()
+    {
+        if (_outbox.Count == 0) return;
+        lock (_deliverLock)
+        {
+            if (_handoff.Count == 0) (_handoff, _outbox) = (_outbox, _handoff);
+            else
+            {
+                _handoff.AddRange(_outbox);
+                _outbox.Clear();
+            }
+            Monitor.Pulse(_deliverLock);
+        }
+    }
+
+    private void DeliverLoop()
+    {
+        var batch = new List<(Job Job, JobEvent Event)>();
+        while (true)
+        {
+            lock (_deliverLock)
+            {
+                while (_handoff.Count == 0 && !_delivererStopping) Monitor.Wait(_deliverLock);
+                if (_handoff.Count == 0) return;
+                (batch, _handoff) = (_handoff, batch);
+            }
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            foreach (var (job, e) in batch)
+            {
+                try { job.Deliver(e); }
+                catch (Exception) { } // a reader's failure is its own request's; the others still get theirs
+            }
+            batch.Clear();
+            Interlocked.Add(ref _deliverTicks, System.Diagnostics.Stopwatch.GetTimestamp() - started);
+        }
     }
 
     // admits waiting jobs in arrival order while the engine can promise their blocks (no overtaking: a large request
@@ -327,6 +421,7 @@ public sealed class BatchScheduler : IDisposable
         lock (_lock) _stopping = true;
         _wake.Release();
         _thread.Join(TimeSpan.FromSeconds(30));
+        _deliverer.Join(TimeSpan.FromSeconds(30));
         _wake.Dispose();
     }
 }

@@ -329,70 +329,84 @@ public sealed class LckvServer : IAsyncDisposable
     private async Task Run(HttpContext ctx, JobSpec spec, bool stream, bool includeUsage, bool chat)
     {
         var abort = ctx.RequestAborted;
-        var job = Scheduler.Submit(spec, abort);
+        var job = Scheduler.Submit(spec, abort, inlineReaders: true);
         try
         {
             string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
             long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             var text = new HeldText(spec.StopStrings);
             var tokens = new List<TokenLogprob>();
-            if (stream)
+            var events = job.Events;
+            if (!stream)
             {
-                ctx.Response.ContentType = "text/event-stream";
-                ctx.Response.Headers.CacheControl = "no-cache";
-                if (chat) await Sse(ctx, Chunk(id, created, chat, new { role = "assistant", content = "" }, null, null, includeUsage)).ConfigureAwait(false);
-                else await ctx.Response.Body.FlushAsync(abort).ConfigureAwait(false);
-            }
-            await foreach (var e in job.Events.ReadAllAsync(abort).ConfigureAwait(false))
-            {
-                switch (e)
+                await foreach (var e in events.ReadAllAsync(abort).ConfigureAwait(false))
                 {
-                    case TokenEvent t:
+                    switch (e)
                     {
-                        string delta = text.Push(t.Text);
-                        if (t.Logprob is { } lp) tokens.Add(lp);
-                        if (stream && (delta.Length > 0 || t.Logprob is not null))
+                        case TokenEvent t:
+                            text.Push(t.Text);
+                            if (t.Logprob is { } lp) tokens.Add(lp);
+                            break;
+                        case FinishEvent f:
                         {
-                            object? lps = t.Logprob is { } one ? Logprobs(chat, [one], text.SentBefore(delta)) : null;
-                            await Sse(ctx, Chunk(id, created, chat, delta, lps, null, includeUsage)).ConfigureAwait(false);
-                        }
-                        break;
-                    }
-                    case FinishEvent f:
-                    {
-                        string rest = text.Finish(f.Text);
-                        string reason = f.Reason is FinishReason.Eos or FinishReason.StopString ? "stop" : "length";
-                        var use = new { prompt_tokens = f.PromptTokens, completion_tokens = f.CompletionTokens, total_tokens = f.PromptTokens + f.CompletionTokens };
-                        if (stream)
-                        {
-                            if (rest.Length > 0) await Sse(ctx, Chunk(id, created, chat, rest, null, null, includeUsage)).ConfigureAwait(false);
-                            await Sse(ctx, Chunk(id, created, chat, chat ? new { } : "", null, reason, includeUsage)).ConfigureAwait(false);
-                            if (includeUsage)
-                                await Sse(ctx, new { id, @object = chat ? "chat.completion.chunk" : "text_completion", created, model = _options.ModelName, choices = Array.Empty<object>(), usage = use }).ConfigureAwait(false);
-                            await ctx.Response.WriteAsync("data: [DONE]\n\n", abort).ConfigureAwait(false);
-                            await ctx.Response.Body.FlushAsync(abort).ConfigureAwait(false);
+                            text.Finish(f.Text);
+                            object? lps = spec.TopLogprobs is null ? null : Logprobs(chat, tokens, 0);
+                            object choice = chat
+                                ? new { index = 0, message = new { role = "assistant", content = text.All }, logprobs = lps, finish_reason = Reason(f) }
+                                : new { index = 0, text = text.All, logprobs = lps, finish_reason = Reason(f) };
+                            await ctx.Response.WriteAsJsonAsync(new
+                            {
+                                id, @object = chat ? "chat.completion" : "text_completion", created, model = _options.ModelName,
+                                choices = new[] { choice }, usage = Usage(f),
+                            }, _json, abort).ConfigureAwait(false);
                             return;
                         }
-                        object? lps = spec.TopLogprobs is null ? null : Logprobs(chat, tokens, 0);
-                        object choice = chat
-                            ? new { index = 0, message = new { role = "assistant", content = text.All }, logprobs = lps, finish_reason = reason }
-                            : new { index = 0, text = text.All, logprobs = lps, finish_reason = reason };
-                        await ctx.Response.WriteAsJsonAsync(new
-                        {
-                            id, @object = chat ? "chat.completion" : "text_completion", created, model = _options.ModelName,
-                            choices = new[] { choice }, usage = use,
-                        }, _json, abort).ConfigureAwait(false);
-                        return;
-                    }
-                    case FailEvent fail:
-                        if (stream)
-                        {
-                            await Sse(ctx, new { error = new { message = fail.Message, type = "server_error", param = (string?)null, code = "generation_failed" } }).ConfigureAwait(false);
+                        case FailEvent fail:
+                            await Error(ctx, fail.Message.StartsWith("the server", StringComparison.Ordinal) ? 503 : 500, fail.Message, "generation_failed").ConfigureAwait(false);
                             return;
-                        }
-                        await Error(ctx, fail.Message.StartsWith("the server", StringComparison.Ordinal) ? 503 : 500, fail.Message, "generation_failed").ConfigureAwait(false);
-                        return;
+                    }
                 }
+                return;
+            }
+
+            ctx.Response.ContentType = "text/event-stream";
+            ctx.Response.Headers.CacheControl = "no-cache";
+            // events go straight into the response's pipe, every event ready at once before one flush: a client that
+            // falls behind by some steps gets them in one write, and the engine never waits for a client
+            var sse = new SseWriter(ctx.Response.BodyWriter, id, created, chat, _options.ModelName, includeUsage);
+            if (chat) sse.Chunk(role: "assistant", content: "", finish: null);
+            if (!await Flush(ctx, abort).ConfigureAwait(false)) return;
+            while (await events.WaitToReadAsync(abort).ConfigureAwait(false))
+            {
+                while (events.TryRead(out var e))
+                {
+                    switch (e)
+                    {
+                        case TokenEvent t:
+                        {
+                            string delta = text.Push(t.Text);
+                            if (t.Logprob is { } lp)
+                                sse.Object(Chunk(id, created, chat, delta, Logprobs(chat, [lp], text.SentBefore(delta)), null, includeUsage));
+                            else if (delta.Length > 0) sse.Chunk(role: null, delta, finish: null);
+                            break;
+                        }
+                        case FinishEvent f:
+                        {
+                            string rest = text.Finish(f.Text);
+                            if (rest.Length > 0) sse.Chunk(role: null, rest, finish: null);
+                            sse.Chunk(role: null, content: null, Reason(f));
+                            if (includeUsage) sse.Usage(f.PromptTokens, f.CompletionTokens);
+                            sse.Done();
+                            await ctx.Response.BodyWriter.FlushAsync(abort).ConfigureAwait(false);
+                            return;
+                        }
+                        case FailEvent fail:
+                            sse.Object(new { error = new { message = fail.Message, type = "server_error", param = (string?)null, code = "generation_failed" } });
+                            await ctx.Response.BodyWriter.FlushAsync(abort).ConfigureAwait(false);
+                            return;
+                    }
+                }
+                if (!await Flush(ctx, abort).ConfigureAwait(false)) return;
             }
         }
         finally
@@ -413,11 +427,17 @@ public sealed class LckvServer : IAsyncDisposable
             : new { id, @object = chat ? "chat.completion.chunk" : "text_completion", created, model = _options.ModelName, choices = new[] { choice } };
     }
 
-    private static async Task Sse(HttpContext ctx, object payload)
+    // false once the client is gone (the response's reader completed): the caller's finally cancels the job
+    private static async ValueTask<bool> Flush(HttpContext ctx, CancellationToken abort)
     {
-        await ctx.Response.WriteAsync("data: " + JsonSerializer.Serialize(payload, _json) + "\n\n", ctx.RequestAborted).ConfigureAwait(false);
-        await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+        var r = await ctx.Response.BodyWriter.FlushAsync(abort).ConfigureAwait(false);
+        return !r.IsCompleted && !r.IsCanceled;
     }
+
+    private static string Reason(FinishEvent f) => f.Reason is FinishReason.Eos or FinishReason.StopString ? "stop" : "length";
+
+    private static object Usage(FinishEvent f)
+        => new { prompt_tokens = f.PromptTokens, completion_tokens = f.CompletionTokens, total_tokens = f.PromptTokens + f.CompletionTokens };
 
     /// <summary>Chat's {content: [{token, logprob, bytes, top_logprobs}]} or completions' parallel lists.</summary>
     private static object Logprobs(bool chat, IReadOnlyList<TokenLogprob> tokens, int textOffset)

@@ -14,6 +14,9 @@ namespace Lckv.Diagnostics;
 /// momentary counts take threads away on an otherwise idle machine), and the threads come back at the first sample
 /// that finds the cores free. Used only where this process may run on every online core: under a CPU quota or an
 /// affinity mask the machine-wide count says nothing about this process's cores. Off with LCKV_CORE_MONITOR=0.
+/// When a sample finds threads beyond the pool's, the process's own runnable threads are counted too (from
+/// /proc/self/task) and not held against it: a server's own short-lived threads (writing responses) are not another
+/// process holding a core, and counting them could take a thread away from a busy server's steps.
 /// </summary>
 public sealed class CoreMonitor : ICoreAvailability
 {
@@ -27,12 +30,17 @@ public sealed class CoreMonitor : ICoreAvailability
     private long _due;
     private int _available = int.MaxValue;
     private long _samples, _contended;
+    private readonly bool _ownThreads;
+    private readonly Dictionary<int, SafeFileHandle> _tasks = [];
+    private long _tasksDue;
 
     /// <param name="file">/proc/loadavg; null for a monitor that is only fed samples (tests)</param>
-    internal CoreMonitor(SafeFileHandle? file, int cores)
+    /// <param name="ownThreads">count this process's runnable threads from /proc/self/task</param>
+    internal CoreMonitor(SafeFileHandle? file, int cores, bool ownThreads = false)
     {
         _file = file;
         _cores = cores;
+        _ownThreads = ownThreads;
     }
 
     public long Samples => Interlocked.Read(ref _samples);
@@ -46,7 +54,7 @@ public sealed class CoreMonitor : ICoreAvailability
             int online = CountCpuList(File.ReadAllText("/sys/devices/system/cpu/online"));
             if (online != Environment.ProcessorCount) return null;
             var file = File.OpenHandle("/proc/loadavg");
-            var monitor = new CoreMonitor(file, online);
+            var monitor = new CoreMonitor(file, online, ownThreads: Directory.Exists("/proc/self/task"));
             if (monitor.ReadRunnable() >= 1) return monitor;
             file.Dispose();
             return null;
@@ -64,7 +72,57 @@ public sealed class CoreMonitor : ICoreAvailability
         if (now < _due || _file is null) return _available;
         _due = now + _interval;
         int running = ReadRunnable();
-        return running < 1 ? _available = int.MaxValue : Record(running, pool.AwakeWorkers());
+        if (running < 1) return _available = int.MaxValue;
+        int awake = pool.AwakeWorkers();
+        // more runnable than the caller and its workers: this process's other threads are not another process's
+        if (_ownThreads && running > 1 + awake && OwnRunnable() is int own and > 0) awake = Math.Max(awake, own - 1);
+        return Record(running, awake);
+    }
+
+    /// <summary>This process's runnable threads (the caller included), from each thread's /proc/self/task/TID/stat,
+    /// kept open and re-read; the list of threads is refreshed every second. -1 when it cannot be read.</summary>
+    internal int OwnRunnable()
+    {
+        long now = Stopwatch.GetTimestamp();
+        try
+        {
+            if (now >= _tasksDue)
+            {
+                _tasksDue = now + Stopwatch.Frequency;
+                var alive = new HashSet<int>();
+                foreach (var dir in Directory.EnumerateDirectories("/proc/self/task"))
+                {
+                    if (!int.TryParse(Path.GetFileName(dir), out int tid)) continue;
+                    alive.Add(tid);
+                    if (!_tasks.ContainsKey(tid)) _tasks[tid] = File.OpenHandle(Path.Combine(dir, "stat"));
+                }
+                foreach (int gone in _tasks.Keys.Where(t => !alive.Contains(t)).ToArray())
+                {
+                    _tasks[gone].Dispose();
+                    _tasks.Remove(gone);
+                }
+            }
+            int running = 0;
+            foreach (var handle in _tasks.Values)
+            {
+                int n;
+                try { n = RandomAccess.Read(handle, _buffer, 0); }
+                catch (IOException) { continue; } // the thread ended since the list was read
+                if (StateOf(_buffer.AsSpan(0, n)) == (byte)'R') running++;
+            }
+            return running;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return -1;
+        }
+    }
+
+    /// <summary>The state letter of a /proc/PID/stat line ("12 (name) R ..." gives R), or 0.</summary>
+    internal static byte StateOf(ReadOnlySpan<byte> stat)
+    {
+        int paren = stat.LastIndexOf((byte)')'); // the name may hold spaces and parentheses
+        return paren >= 0 && paren + 2 < stat.Length ? stat[paren + 2] : (byte)0;
     }
 
     /// <summary>Takes a sample (runnable threads on the machine, the pool's awake workers) and returns the threads a call may use.</summary>

@@ -35,6 +35,22 @@ public class CoreMonitorTests
     }
 
     [Theory]
+    [InlineData("12 (dotnet) R 1 12 12 0 -1", (byte)'R')]
+    [InlineData("13 (a) b) c) S 1 13", (byte)'S')]
+    [InlineData("14 (x", (byte)0)]
+    public void ReadsAThreadsState(string stat, byte state) => Assert.Equal(state, CoreMonitor.StateOf(System.Text.Encoding.ASCII.GetBytes(stat)));
+
+    [Fact]
+    public void CountsThisProcesssRunnableThreads()
+    {
+        if (!OperatingSystem.IsLinux() || !Directory.Exists("/proc/self/task")) return;
+        using var loadavg = File.OpenHandle("/proc/loadavg");
+        var monitor = new CoreMonitor(loadavg, Environment.ProcessorCount, ownThreads: true);
+        // the calling thread is running while it reads its own state
+        Assert.True(monitor.OwnRunnable() >= 1);
+    }
+
+    [Theory]
     [InlineData("0.90 1.08 1.28 2/79 2275\n", 2)]
     [InlineData("12.50 8.00 4.00 17/1345 99\n", 17)]
     [InlineData("0.90 1.08 1.28 /79 2275", -1)]

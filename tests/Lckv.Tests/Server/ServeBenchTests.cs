@@ -25,6 +25,25 @@ public sealed class ServeBenchTests
         Assert.Equal(0, j.GetProperty("kv_blocks_after").GetInt64());
         Assert.Equal("0", j.GetProperty("metrics_kv_blocks_used_after").GetString());
         Assert.True(j.GetProperty("completion_tokens").GetInt64() > 64);
+        // the bare engine measured in the same run, on the same prompts and lengths
+        Assert.True(j.GetProperty("engine_total_tokens_per_second").GetDouble() > 0);
+        Assert.True(j.GetProperty("total_ratio").GetDouble() > 0);
+        Assert.Equal(1, j.GetProperty("server_rounds").GetArrayLength());
+    }
+
+    [SharedFact]
+    public void ClientsInAChildProcessGetWhatTheyGetAlone()
+    {
+        var r = CliTests.Run("bench", "serve", "--model", SharedData.Path("golden", "llama-standard"), "--tokenizer", SharedData.Path("tokenizers", "en4k.model"),
+            "--clients", "4", "--fit", "4", "--prompt", "8", "--gen", "12", "--rounds", "2", "--clients-process", "-o", "json");
+        Assert.True(r.Code == 0, r.Err + r.Out);
+        using var doc = JsonDocument.Parse(r.Out);
+        var j = doc.RootElement;
+        Assert.True(j.GetProperty("clients_process").GetBoolean());
+        Assert.Equal(8, j.GetProperty("completed").GetInt32());
+        Assert.Equal(0, j.GetProperty("mismatched").GetInt32());
+        Assert.Equal(2, j.GetProperty("engine_rounds").GetArrayLength());
+        Assert.True(j.GetProperty("server_rounds")[1].GetProperty("client_process_cpu_ms_per_step").GetDouble() > 0);
     }
 
     [SharedFact]
