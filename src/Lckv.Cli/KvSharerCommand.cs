@@ -7,22 +7,22 @@ using Lckv.Model;
 namespace Lckv.Cli;
 
 /// <summary>lckv kvsharer: search which KV layers share (KVSharer, kv-compression.md §4) and write the result as an
-/// lckv-llama checkpoint.</summary>
+/// lckv-llama checkpoint (from a folder) or a GGUF file that names the map (from a GGUF file).</summary>
 public static class KvSharerCommand
 {
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
-        var model = new Option<string>("--model", "-m") { Description = "checkpoint folder of a model without upward-reading layers", Required = true };
+        var model = new Option<string>("--model", "-m") { Description = "checkpoint folder or GGUF file of a model without upward-reading layers", Required = true };
         var calib = new Option<string?>("--calib") { Description = "calibration text: each sequence is BOS plus the first length-1 tokens of one line long enough, in file order" };
         var calibIds = new Option<string?>("--calib-ids") { Description = "calibration ids: one sequence per line, whitespace-separated ids, BOS included" };
-        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer for --calib (default: the one in --model)" };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "tokenizer for --calib (default: the one in --model, a GGUF file's included)" };
         var samples = new Option<int?>("--samples") { Description = "calibration sequences N (default 30; with --calib-ids, its lines)" };
         var length = new Option<int?>("--length") { Description = "tokens per calibration sequence T, BOS included (default 64; with --calib-ids, its shortest line)" };
         var share = new Option<int?>("--share") { Description = "stop after this many accepted candidates (default: a quarter of the layers)" };
         var threshold = new Option<double>("--threshold") { Description = "accept a candidate whose mean cosine of the final hidden states is above this, in (-1, 1]", DefaultValueFactory = _ => 0.5 };
         var order = new Option<string>("--order") { Description = "dissimilar (most distant pairs first, the paper's) | similar", DefaultValueFactory = _ => "dissimilar" };
-        var output = new Option<string>("--out", "-o") { Description = "checkpoint folder to write; must not exist unless --force", Required = true };
-        var force = new Option<bool>("--force") { Description = "replace an existing output folder" };
+        var output = new Option<string>("--out", "-o") { Description = "checkpoint folder to write (a .gguf file for a GGUF --model); must not exist unless --force", Required = true };
+        var force = new Option<bool>("--force") { Description = "replace an existing output" };
         var threads = new Option<int?>("--threads", "-t") { Description = "worker threads (default: all cores)" };
         var json = new Option<bool>("--json") { Description = "print distances, the candidates tried and the layer_types as JSON" };
         var cmd = new Command("kvsharer", "choose which layers share KV after training (KVSharer) and write the model that shares them");
@@ -50,7 +50,6 @@ public static class KvSharerCommand
             if (options.Share is < 1) throw new LckvException($"--share must be at least 1, got {options.Share}");
             if (p.GetValue(samples) is < 1) throw new LckvException($"--samples must be at least 1, got {p.GetValue(samples)}");
             if (p.GetValue(length) is < 2) throw new LckvException($"--length must be at least 2 (BOS and one token), got {p.GetValue(length)}");
-            if (File.Exists(folder)) throw new LckvException($"--model '{folder}' is a file; kvsharer writes a checkpoint folder, so it needs one as input");
             var config = LlamaModel.LoadConfig(folder);
             var map = LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers);
             if (map.AnyAttendsTop)
@@ -111,16 +110,20 @@ public static class KvSharerCommand
                 return 0;
             }
             stdout.WriteLine($"layer_types {result.Map}: {result.Accepted} accepted of {result.Tried.Count} tried; KV layers {result.Map.KvLayerCount} of {result.Map.LayerCount}");
-            stdout.WriteLine($"wrote {outPath}: lckv-llama, {written.Dropped.Count} k/v projections dropped" +
-                             (written.CopiedFiles.Count > 0 ? $", copied {string.Join(", ", written.CopiedFiles)}" : ""));
+            if (File.Exists(folder))
+                stdout.WriteLine($"wrote {outPath}: GGUF with {GgufLlama.LayerTypesKey} (runs in Lckv, not in llama.cpp), {written.Dropped.Count} k/v tensors dropped, metadata copied");
+            else
+                stdout.WriteLine($"wrote {outPath}: lckv-llama, {written.Dropped.Count} k/v projections dropped" +
+                                 (written.CopiedFiles.Count > 0 ? $", copied {string.Join(", ", written.CopiedFiles)}" : ""));
             return 0;
         });
         return cmd;
     }
 
-    // --tokenizer, else the model folder's tokenizer file
+    // --tokenizer, else the GGUF file's tokenizer or the model folder's tokenizer file
     private static TextTokenizer LoadTokenizer(string? path, string folder)
     {
+        if (path is null && File.Exists(folder)) path = folder;
         if (path is null && (File.Exists(Path.Combine(folder, "tokenizer.model")) || File.Exists(Path.Combine(folder, "tokenizer.json")))) path = folder;
         if (path is null) throw new LckvException("--calib needs a tokenizer: the model folder has none; give --tokenizer <tokenizer.model> or use --calib-ids");
         return TextTokenizer.Load(path);

@@ -15,6 +15,10 @@ public static class GgufLlama
 {
     public const string Architecture = "llama";
 
+    /// <summary>Lckv's own key: an lckv-llama layer_types map (KVSharer's output); the layers that compute no KV have
+    /// no attn_k/attn_v tensors, so llama.cpp does not load such a file.</summary>
+    public const string LayerTypesKey = "lckv.layer_types";
+
     /// <summary>The model config the file's metadata describes; a missing or malformed key is one error naming it.</summary>
     public static ModelConfig Config(GgufFile file)
     {
@@ -78,6 +82,12 @@ public static class GgufLlama
             BosTokenId = m.OptionalTokenId(TokenizerKeys.Bos),
             EosTokenIds = eos,
         };
+        if (m.OptionalString(LayerTypesKey) is { } types)
+        {
+            try { types = Lckv.Model.LayerMap.Parse(types, layers).ToString(); }
+            catch (LckvException e) { throw new LckvException($"{file.Path}: {LayerTypesKey}: {e.Message}", e); }
+            config = config with { ModelType = ModelConfig.LckvLlamaType, LayerTypes = types };
+        }
         config.Validate(file.Path);
         return config;
     }

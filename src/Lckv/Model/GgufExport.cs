@@ -69,6 +69,58 @@ public static class GgufExport
         }, output, options);
     }
 
+    /// <summary>
+    /// Writes the GGUF file at input under another layer_types map (KVSharer's result): its metadata as it is (the
+    /// tokenizer included) plus <see cref="GgufLlama.LayerTypesKey"/>, its tensors byte for byte, less the attn_k/attn_v
+    /// of the layers that compute no KV in the map; atomically, checked to load. Lckv runs the file; llama.cpp does not
+    /// (it expects K/V tensors in every block).
+    /// </summary>
+    public static ConvertResult WithLayerTypes(string input, string output, string layerTypes, bool force)
+    {
+        if (!File.Exists(input) || !GgufFile.IsGguf(input)) throw new LckvException($"input '{input}' is not a GGUF file");
+        CheckOptions(output, new GgufExportOptions { Force = force });
+        string full = Path.GetFullPath(output);
+        if (full == Path.GetFullPath(input)) throw new LckvException($"output '{output}' is the input file; choose another path");
+        using var gguf = GgufFile.Open(input);
+        var source = GgufLlama.Config(gguf);
+        var sourceMap = LayerMap.Parse(source.LayerTypes, source.NumHiddenLayers);
+        var map = LayerMap.Parse(layerTypes, source.NumHiddenLayers);
+        var config = source with { ModelType = ModelConfig.LckvLlamaType, LayerTypes = map.ToString() };
+        config.Validate(input);
+        for (int layer = 0; layer < map.LayerCount; layer++)
+            if (map.ComputesKv(layer) && !sourceMap.ComputesKv(layer))
+                throw new LckvException($"layer_types '{config.LayerTypes}' has layer {layer} compute KV, but '{input}' has no attn_k/attn_v for it");
+        var dropped = ModelWeights.Specs(source, sourceMap)
+            .Where(s => s.Slot is WeightSlot.K or WeightSlot.V && !map.ComputesKv(s.Layer)).Select(s => s.GgufName).ToHashSet(StringComparer.Ordinal);
+
+        var metadata = gguf.Keys.Where(k => k != GgufLlama.LayerTypesKey).Select(k => new KeyValuePair<string, GgufValue>(k, gguf.Metadata[k])).ToList();
+        metadata.Add(new(GgufLlama.LayerTypesKey, GgufValue.String(config.LayerTypes!)));
+        var tensors = new List<GgufTensorData>();
+        foreach (var t in gguf.TensorList)
+        {
+            if (dropped.Contains(t.Name)) continue;
+            if (!GgmlTypes.TryToDType(t.GgmlType, out var dtype)) throw new LckvException($"{input}: tensor '{t.Name}' is of {GgmlTypes.Describe(t.GgmlType)}, which Lckv does not read");
+            tensors.Add(new GgufTensorData(t.Name, dtype, [.. t.Ne.Reverse()], dst => gguf.Bytes(t.Name).CopyTo(dst)));
+        }
+
+        // a temporary name beside the output, checked to load under the map, then renamed into place
+        string temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-{System.Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(6))}.gguf");
+        try
+        {
+            GgufWriter.Write(temp, metadata, tensors);
+            using (var written = LlamaModel.Load(temp))
+                if (written.Map.ToString() != config.LayerTypes) throw new LckvException($"'{temp}' reads back as layer_types {written.Map}, not {config.LayerTypes}");
+            long bytes = new FileInfo(temp).Length;
+            File.Move(temp, full, overwrite: force);
+            return new ConvertResult(config, map, tensors.Count, bytes, [.. gguf.TensorList.Select(t => t.Name).Where(dropped.Contains)], [], []);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
     private static void CheckOptions(string output, GgufExportOptions options)
     {
         if (Directory.Exists(output)) throw new LckvException($"output '{output}' is a folder; give the path of the .gguf file to write");

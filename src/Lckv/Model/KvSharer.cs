@@ -146,10 +146,12 @@ public static class KvSharer
         return new KvSharerResult(LayerMap.Parse(Types(targets, map), map.LayerCount), distances, order, tried, n, t);
     }
 
-    /// <summary>Writes the checkpoint folder at input with the result's layer_types (lckv-llama), the sharing layers'
-    /// k_proj/v_proj dropped, other tensors and the tokenizer files as they are; atomically.</summary>
+    /// <summary>Writes the model at input with the result's layer_types (lckv-llama), the sharing layers' K/V projections
+    /// dropped, other tensors and the tokenizer as they are; atomically. A checkpoint folder gives a folder; a GGUF file
+    /// gives a GGUF file that names the map in <see cref="GgufLlama.LayerTypesKey"/> (<see cref="GgufExport.WithLayerTypes"/>).</summary>
     public static ConvertResult Write(string input, string output, KvSharerResult result, bool force)
-        => Converter.WithLayerTypes(input, output, result.Map.ToString(), force);
+        => File.Exists(input) ? GgufExport.WithLayerTypes(input, output, result.Map.ToString(), force)
+                              : Converter.WithLayerTypes(input, output, result.Map.ToString(), force);
 
     // layer_types of the targets, keeping each layer's sliding-window flag from the model's map
     private static string Types(int[] targets, LayerMap map)

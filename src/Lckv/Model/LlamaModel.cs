@@ -93,7 +93,7 @@ public sealed class LlamaModel : IDisposable
         try
         {
             var config = GgufLlama.Config(tensors.Gguf!);
-            var weights = ModelWeights.FromTensors(config, LayerMap.Identity(config.NumHiddenLayers), tensors);
+            var weights = ModelWeights.FromTensors(config, LayerMap.Parse(config.LayerTypes, config.NumHiddenLayers), tensors);
             return Create(config, weights, weightsDType, path, contextLength);
         }
         catch

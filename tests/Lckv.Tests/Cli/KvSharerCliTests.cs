@@ -67,6 +67,56 @@ public sealed class KvSharerCliTests(ITestOutputHelper output)
         Assert.Contains("layer_types 0_1_2_3_4_3_6_4", stdout);
     }
 
+    [SharedFact]
+    public void OnAGgufFileItWritesAGgufFileThatNamesTheMap()
+    {
+        using var f = EvictionGoldenTests.Open(Case);
+        using var dir = new TempDir();
+        string calib = WriteCalibIds(dir, f), gguf = dir.File("in.gguf"), outPath = dir.File("shared.gguf");
+        var (code, _, stderr) = CliTests.Run("convert", "-i", Dir, "-o", gguf, "--to", "gguf");
+        Assert.True(code == 0, stderr);
+        string stdout;
+        (code, stdout, stderr) = CliTests.Run("kvsharer", "--model", gguf, "--calib-ids", calib, "--share", "2", "--threshold", "0.791", "--out", outPath, "--json");
+        Assert.True(code == 0, stderr);
+        string types;
+        using (var doc = JsonDocument.Parse(stdout)) types = doc.RootElement.GetProperty("layer_types").GetString()!;
+        Assert.Equal("0_1_2_3_4_3_6_4", types);
+        Assert.Equal([calib, gguf, outPath], Directory.GetFiles(dir.Root).Order(StringComparer.Ordinal).ToArray());
+
+        using (var file = GgufFile.Open(outPath))
+        {
+            Assert.Equal(types, file.Metadata[GgufLlama.LayerTypesKey].Value);
+            Assert.False(file.Tensors.ContainsKey("blk.5.attn_k.weight"));
+            Assert.False(file.Tensors.ContainsKey("blk.7.attn_v.weight"));
+            Assert.True(file.Tensors.ContainsKey("blk.6.attn_k.weight"));
+        }
+        // the written file against the candidate over the input's weights: the same bytes under the same map
+        var ids = f.Rows("kvsharer.calib_ids");
+        float[] want;
+        using (var input = LlamaModel.Load(gguf))
+        using (var view = input.WithLayerTypes(types))
+            want = KvSharerTests.Prefill(view, ids);
+        using (var written = LlamaModel.Load(outPath))
+        {
+            Assert.Equal(types, written.Map.ToString());
+            double diff = GoldenTests.MaxAbsDiff(want, KvSharerTests.Prefill(written, ids));
+            double golden = GoldenTests.MaxAbsDiff(f.Read<float>("kvsharer.logits"), KvSharerTests.Prefill(written, ids));
+            output.WriteLine($"kvsharer GGUF: logits against the in-memory candidate max abs diff {diff:E2}, against the golden {golden:E2}");
+            Assert.True(diff <= 1e-5, $"logits differ from the candidate's by {diff}");
+            Assert.True(golden <= 1e-4, $"kvsharer.logits differ by {golden}");
+        }
+
+        // info reads the map; an existing output only with --force; the table names the format
+        (code, stdout, stderr) = CliTests.Run("info", "--model", outPath);
+        Assert.True(code == 0, stderr);
+        Assert.Contains(types, stdout);
+        CliTests.AssertOneLineError(CliTests.Run("kvsharer", "--model", gguf, "--calib-ids", calib, "--out", outPath), "already exists");
+        (code, stdout, stderr) = CliTests.Run("kvsharer", "--model", gguf, "--calib-ids", calib, "--share", "1", "--out", outPath, "--force");
+        Assert.True(code == 0, stderr);
+        Assert.Contains(GgufLlama.LayerTypesKey, stdout);
+        using (var written = LlamaModel.Load(outPath)) Assert.Equal(7, written.Map.KvLayerCount);
+    }
+
     [SharedTheory]
     [InlineData(new[] { "--samples", "0" }, "--samples must be at least 1")]
     [InlineData(new[] { "--samples", "7" }, "6 sequences of at least 16 ids")]

@@ -296,6 +296,27 @@ public sealed class GgufTests(ITestOutputHelper output)
     }
 
     [SharedFact]
+    public void ALayerMapIsWrittenAsLckvLayerTypesAndReadBack()
+    {
+        using var dir = new TempDir();
+        string plain = dir.File("m.gguf"), shared = dir.File("s.gguf");
+        GgufExport.Write(SharedData.Path("golden", "llama-standard"), plain, new GgufExportOptions());
+        var r = GgufExport.WithLayerTypes(plain, shared, "0_0_2_2", force: false);
+        Assert.Equal(["blk.1.attn_k.weight", "blk.1.attn_v.weight", "blk.3.attn_k.weight", "blk.3.attn_v.weight"], r.Dropped);
+        var config = LlamaModel.LoadConfig(shared);
+        Assert.Equal((ModelConfig.LckvLlamaType, "0_0_2_2"), (config.ModelType, config.LayerTypes));
+        using (var file = GgufFile.Open(plain))
+        using (var again = GgufFile.Open(shared))
+            Assert.Equal(file.Keys.Append(GgufLlama.LayerTypesKey), again.Keys);
+
+        // a map needing K/V the file lacks, or a malformed one, writes nothing
+        Assert.Contains("no attn_k/attn_v for it", Assert.Throws<LckvException>(() => GgufExport.WithLayerTypes(shared, dir.File("t.gguf"), "0_1_2_3", false)).Message);
+        Assert.Contains("expected one per layer", Assert.Throws<LckvException>(() => GgufExport.WithLayerTypes(plain, dir.File("t.gguf"), "0_0", false)).Message);
+        Assert.Contains("already exists", Assert.Throws<LckvException>(() => GgufExport.WithLayerTypes(plain, shared, "0_0_2_2", false)).Message);
+        Assert.Equal(2, Directory.GetFiles(dir.Root).Length);
+    }
+
+    [SharedFact]
     public void ConvertToGgufThroughTheCli()
     {
         using var dir = new TempDir();
