@@ -130,31 +130,68 @@ public abstract class EvictingPolicy : KvPolicy
 
     public override bool ReceivesEvicted => Less is not null;
 
-    private float[] _psi = [], _psiScratch = [], _rotated = [];
+    // evicted entries not yet folded: their state (and its generation), KV head, rotated key and value
+    private readonly List<(LessState State, int Generation, int KvHead)> _pending = [];
+    private float[] _pendingK = [], _pendingV = [], _rows = [], _psi = [], _scratch = [];
+    private int[] _index = [];
 
+    /// <summary>Keeps the evicted entry for <see cref="FoldEvicted"/>, which folds a step's evictions of every sequence
+    /// at once.</summary>
     public override void OnEvicted(KvStoreState state, int kvHead, int entry, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
-        var map = Less!;
         var less = (LessState)state;
-        int r = map.Rank, d = map.HeadDim;
-        if (_psi.Length < r) { _psi = new float[r]; _psiScratch = new float[map.ScratchFloats]; _rotated = new float[d]; }
+        int d = k.Length, n = _pending.Count;
+        if (_pendingK.Length < (n + 1) * d)
+        {
+            Array.Resize(ref _pendingK, Math.Max(64 * d, 2 * (n + 1) * d));
+            Array.Resize(ref _pendingV, _pendingK.Length);
+        }
+        var dst = _pendingK.AsSpan(n * d, d);
+        k.CopyTo(dst);
+        v.CopyTo(_pendingV.AsSpan(n * d, d));
         // psi takes the key as the step's attention saw it: a store that rotates by rank rotates it by its rank now
-        if (RankRope is { } rope)
+        if (RankRope is { } rope) unsafe { fixed (float* pk = dst) Rope.ApplyHead(pk, entry, rope); }
+        _pending.Add((less, less.Generation, kvHead));
+    }
+
+    /// <summary>
+    /// Folds the evictions kept since the last call into their states: per KV head, psi of all the keys at once (one
+    /// matrix product per map layer), then Hs += psi^T v and z += psi in eviction order. Readers of the store call it
+    /// before they read a state; entries of a state reset since (a finished sequence) are dropped.
+    /// </summary>
+    public void FoldEvicted()
+    {
+        int count = _pending.Count;
+        if (count == 0) return;
+        var map = Less!;
+        int r = map.Rank, d = map.HeadDim, kvHeads = 0;
+        if (_rows.Length < count * d) { _rows = new float[count * d]; _psi = new float[count * r]; _index = new int[count]; }
+        if (_scratch.Length < count * map.PsiScratchFloats) _scratch = new float[count * map.PsiScratchFloats];
+        foreach (var p in _pending) kvHeads = Math.Max(kvHeads, p.KvHead + 1);
+        for (int g = 0; g < kvHeads; g++)
         {
-            k.CopyTo(_rotated);
-            unsafe { fixed (float* pk = _rotated) Rope.ApplyHead(pk, entry, rope); }
-            k = _rotated;
+            int n = 0;
+            for (int i = 0; i < count; i++)
+                if (_pending[i].KvHead == g) { _pendingK.AsSpan(i * d, d).CopyTo(_rows.AsSpan(n * d, d)); _index[n++] = i; }
+            if (n == 0) continue;
+            map.PsiRows(LessOwner, g, _rows, n, _psi, _scratch);
+            for (int j = 0; j < n; j++)
+            {
+                var (state, generation, _) = _pending[_index[j]];
+                if (state.Generation != generation) continue;
+                var psi = _psi.AsSpan(j * r, r);
+                var v = _pendingV.AsSpan(_index[j] * d, d);
+                var z = state.Z.AsSpan(g * r, r);
+                System.Numerics.Tensors.TensorPrimitives.Add(z, psi, z);
+                for (int c = 0; c < r; c++)
+                {
+                    var row = state.Hs.AsSpan((g * r + c) * d, d);
+                    System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v, psi[c], row, row);
+                }
+                state.Evicted[g] = true;
+            }
         }
-        var psi = _psi.AsSpan(0, r);
-        map.Psi(LessOwner, kvHead, k, psi, _psiScratch);
-        var z = less.Z.AsSpan(kvHead * r, r);
-        System.Numerics.Tensors.TensorPrimitives.Add(z, psi, z);
-        for (int i = 0; i < r; i++)
-        {
-            var row = less.Hs.AsSpan((kvHead * r + i) * d, d);
-            System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v, psi[i], row, row);
-        }
-        less.Evicted[kvHead] = true;
+        _pending.Clear();
     }
 
     protected internal override KvStoreState CreateState(int kvHeads)

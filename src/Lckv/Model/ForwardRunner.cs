@@ -362,8 +362,9 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         return _ranks.AsSpan(0, _ctx.Rows);
     }
 
-    private float[] _lessNum = [], _lessDen = [], _phi = [], _lessX = [], _lessScratch = [];
-    private int[] _lessRows = [];
+    private float[] _lessNum = [], _lessDen = [];
+    private int[] _lessRows = [], _lessCounts = [];
+    private LessState?[] _lessStates = [];
 
     /// <summary>Receives a layer's rotated queries of a step ([rows, heads * head_dim]).</summary>
     public delegate void QueryObserver(int layer, ReadOnlySpan<float> q);
@@ -376,53 +377,82 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     {
         num = den = default;
         ObserveQueries?.Invoke(layer, q);
-        if (_cache.Policy(kvIndex) is not EvictingPolicy { Less: { } maps }) return false;
+        if (_cache.Policy(kvIndex) is not EvictingPolicy { Less: { } maps } policy) return false;
+        policy.FoldEvicted();
         var c = _model.Config;
-        int heads = c.NumAttentionHeads, kvHeads = c.NumKeyValueHeads, d = c.HeadDim, group = heads / kvHeads, r = maps.Rank, rows = _ctx.Rows;
+        int heads = c.NumAttentionHeads, kvHeads = c.NumKeyValueHeads, rows = _ctx.Rows;
         if (_lessDen.Length < MaxRows * heads)
         {
-            _lessNum = new float[MaxRows * heads * d];
+            _lessNum = new float[MaxRows * heads * c.HeadDim];
             _lessDen = new float[MaxRows * heads];
-            _phi = new float[MaxRows * r];
-            _lessX = new float[MaxRows * d];
-            _lessScratch = new float[MaxRows * maps.Hidden];
-            _lessRows = new int[MaxRows];
+            _lessRows = new int[kvHeads * MaxRows];
+            _lessCounts = new int[kvHeads];
+            _lessStates = new LessState?[MaxRows];
         }
         Array.Clear(_lessDen, 0, rows * heads);
+        // per KV head, the rows whose sequence's state of that head holds something; each row's state
         bool any = false;
-        for (int g = 0; g < kvHeads; g++)
+        Array.Clear(_lessCounts);
+        for (int s = 0; s < _batchCount; s++)
         {
-            // the rows whose sequence's state of KV head g holds something: phi of their queries, one matrix product per head
-            int n = 0;
-            for (int s = 0; s < _batchCount; s++)
-                if (((LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex)).Evicted[g])
-                    for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++) _lessRows[n++] = row;
-            if (n == 0) continue;
-            any = true;
-            for (int h = g * group; h < (g + 1) * group; h++)
+            var state = (LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex);
+            for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++)
             {
-                for (int i = 0; i < n; i++) q.Slice((_lessRows[i] * heads + h) * d, d).CopyTo(_lessX.AsSpan(i * d, d));
-                maps.PhiRows(layer, h, _lessX, n, _phi, _lessScratch);
-                for (int s = 0, i = 0; s < _batchCount; s++)
+                _lessStates[row] = state;
+                for (int g = 0; g < kvHeads; g++)
+                    if (state.Evicted[g]) _lessRows[g * MaxRows + _lessCounts[g]++] = row;
+            }
+        }
+        foreach (int n in _lessCounts) any |= n > 0;
+        if (!any) return false;
+        unsafe
+        {
+            fixed (float* pq = q)
+                WorkerPool.Shared.Run(heads, new LessJob { Runner = this, Maps = maps, Layer = layer, Q = pq }, 1);
+        }
+        num = _lessNum.AsSpan(0, rows * heads * c.HeadDim);
+        den = _lessDen.AsSpan(0, rows * heads);
+        return true;
+    }
+
+    // the LESS terms of one query head for every row that has a state: phi of its queries (one matrix product per map
+    // layer), then phi Hs and phi.z of the row's sequence
+    private unsafe struct LessJob : IRangeBody
+    {
+        public ForwardRunner Runner;
+        public ILessMaps Maps;
+        public int Layer;
+        public float* Q;
+
+        [ThreadStatic] private static float[]? _x, _phi, _scratch;
+
+        public readonly void Invoke(int start, int end)
+        {
+            var runner = Runner;
+            var c = runner._model.Config;
+            int heads = c.NumAttentionHeads, d = c.HeadDim, group = heads / c.NumKeyValueHeads, r = Maps.Rank, maxRows = runner.MaxRows;
+            for (int h = start; h < end; h++)
+            {
+                int g = h / group, n = runner._lessCounts[g];
+                if (n == 0) continue;
+                if (_x is null || _x.Length < n * d) _x = new float[maxRows * d];
+                if (_phi is null || _phi.Length < n * r) _phi = new float[maxRows * r];
+                if (_scratch is null || _scratch.Length < n * Maps.Hidden) _scratch = new float[maxRows * Maps.Hidden];
+                var rows = runner._lessRows.AsSpan(g * maxRows, n);
+                for (int i = 0; i < n; i++) new ReadOnlySpan<float>(Q + ((long)rows[i] * heads + h) * d, d).CopyTo(_x.AsSpan(i * d, d));
+                Maps.PhiRows(Layer, h, _x, n, _phi, _scratch);
+                for (int i = 0; i < n; i++)
                 {
-                    var state = (LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex);
-                    if (!state.Evicted[g]) continue;
-                    for (int t = 0; t < _batch[s].TokenCount; t++, i++)
-                    {
-                        int at = _lessRows[i] * heads + h;
-                        var phi = _phi.AsSpan(i * r, r);
-                        var o = _lessNum.AsSpan(at * d, d);
-                        o.Clear();
-                        for (int k = 0; k < r; k++) TensorPrimitives.MultiplyAdd(state.Hs.AsSpan((g * r + k) * d, d), phi[k], o, o);
-                        _lessDen[at] = MathF.Max(TensorPrimitives.Dot(phi, state.Z.AsSpan(g * r, r)), 1e-6f);
-                    }
+                    var state = runner._lessStates[rows[i]]!;
+                    int at = rows[i] * heads + h;
+                    var phi = _phi.AsSpan(i * r, r);
+                    var o = runner._lessNum.AsSpan(at * d, d);
+                    o.Clear();
+                    for (int k = 0; k < r; k++) TensorPrimitives.MultiplyAdd(state.Hs.AsSpan((g * r + k) * d, d), phi[k], o, o);
+                    runner._lessDen[at] = MathF.Max(TensorPrimitives.Dot(phi, state.Z.AsSpan(g * r, r)), 1e-6f);
                 }
             }
         }
-        if (!any) return false;
-        num = _lessNum.AsSpan(0, rows * heads * d);
-        den = _lessDen.AsSpan(0, rows * heads);
-        return true;
     }
 
     private void Head(ReadOnlySpan<StepSequence> batch, int total, LogitsRows rows, Span<float> logits)

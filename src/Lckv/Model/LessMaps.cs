@@ -79,6 +79,31 @@ public sealed class LessMaps : ILessMaps
         System.Numerics.Tensors.TensorPrimitives.Abs(p, p);
     }
 
+    /// <summary>Scratch floats per row of PsiRows: Rh + 2R.</summary>
+    public int PsiScratchFloats => Hidden + 2 * Rank;
+
+    /// <summary>psi of n keys at once (x [n, D] into psi [n, R]) as matrix products, GELU in f32 lanes.</summary>
+    public void PsiRows(int layer, int kvHead, ReadOnlySpan<float> x, int n, Span<float> psi, Span<float> scratch)
+    {
+        var m = Layers[layer];
+        if (!m.HasKeyMap) throw new InvalidOperationException($"layer {layer} has no LESS key map");
+        int d = HeadDim, rh = Hidden, r = Rank;
+        var h = scratch[..(n * rh)];
+        var k1 = scratch.Slice(n * rh, n * r);
+        var p = scratch.Slice(n * (rh + r), n * r);
+        Numerics.Backward.MatMulBackward.InputGradient(x[..(n * d)], m.K1!.AsSpan(kvHead * d * rh, d * rh), h, n, d, rh, accumulate: false);
+        Gelu.Apply(h, h);
+        Numerics.Backward.MatMulBackward.InputGradient(h, m.K2!.AsSpan(kvHead * rh * r, rh * r), k1, n, rh, r, accumulate: false);
+        Gelu.Apply(k1, k1);
+        var s1 = m.S1.AsSpan(kvHead * r, r);
+        var s2 = m.S2.AsSpan(kvHead * r, r);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < r; c++) k1[i * r + c] *= MathF.Abs(s1[c]);
+        Numerics.Backward.MatMulBackward.InputGradient(k1, m.W3!.AsSpan(kvHead * r * r, r * r), p, n, r, r, accumulate: false);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < r; c++) psi[i * r + c] = MathF.Abs(k1[i * r + c] + s2[c] * p[i * r + c]);
+    }
+
     /// <summary>psi of one KV head's key k [D] under the owner layer's key map into psi [R]; hidden: at least Rh + R floats.</summary>
     public void Psi(int layer, int kvHead, ReadOnlySpan<float> k, Span<float> psi, Span<float> hidden)
     {

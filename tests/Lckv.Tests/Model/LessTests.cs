@@ -45,6 +45,13 @@ public sealed class LessTests(ITestOutputHelper output)
             maps.Phi(2, 3, x.AsSpan(i * d, d), one, new float[maps.Hidden]);
             for (int c = 0; c < r; c++) Assert.True(Math.Abs(one[c] - rows[i * r + c]) <= 1e-5f * Math.Max(1, Math.Abs(one[c])), $"row {i} feature {c}: {rows[i * r + c]} vs {one[c]}");
         }
+        // the same for psi (what a step's evictions fold at once)
+        maps.PsiRows(2, 1, x, n, rows, new float[n * maps.PsiScratchFloats]);
+        for (int i = 0; i < n; i++)
+        {
+            maps.Psi(2, 1, x.AsSpan(i * d, d), one, new float[maps.ScratchFloats]);
+            for (int c = 0; c < r; c++) Assert.True(Math.Abs(one[c] - rows[i * r + c]) <= 1e-5f * Math.Max(1, Math.Abs(one[c])), $"psi row {i} feature {c}: {rows[i * r + c]} vs {one[c]}");
+        }
     }
 
     [SharedFact]
