@@ -122,7 +122,7 @@ public static class InfoCommand
                     head_dim = cfg.HeadDim, vocab_size = cfg.VocabSize, context = cfg.MaxPositionEmbeddings,
                     layer_types = map.ToString(), kv_layers = map.KvLayerCount, kv_dtype = KvRows.Name(kvDType),
                     kv_bytes_per_token = kvPerToken, kv_reduction = (double)fullPerToken / kvPerToken,
-                    kv_policy = policy, kv_block_size = block, kv_context = context, kv_bytes_per_sequence = kvPerSequence,
+                    kv_policy = policy, kv_block_size = block, kv_context = context, kv_bytes_per_sequence = kvPerSequence, less_state_bytes_per_sequence = eviction.Less is LessMaps lm ? (long)map.KvLayerCount * lm.StateFloats * sizeof(float) : 0,
                     targets = Enumerable.Range(0, map.LayerCount).Select(map.Target),
                 }));
                 return 0;
