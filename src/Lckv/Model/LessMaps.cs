@@ -64,19 +64,64 @@ public sealed class LessMaps : ILessMaps
         for (int i = 0; i < r; i++) phi[i] = MathF.Abs(Gelu.Apply(phi[i]));
     }
 
-    /// <summary>phi of n rows at once (x [n, D] into phi [n, R], scratch of n * Rh floats): the two products as matrix
-    /// products, GELU in f32 lanes.</summary>
+    /// <summary>phi of n rows at once (x [n, D] into phi [n, R], scratch of n * Rh floats): the two products by the
+    /// inference matrix kernel over transposed copies of the maps (taken at the first call: the maps do not change while
+    /// they serve), GELU in f32 lanes.</summary>
     public void PhiRows(int layer, int head, ReadOnlySpan<float> x, int n, Span<float> phi, Span<float> scratch)
     {
-        var m = Layers[layer];
-        int d = HeadDim, rh = Hidden, r = Rank;
+        var t = Transposed(layer);
+        int rh = Hidden, r = Rank;
         var h = scratch[..(n * rh)];
-        Numerics.Backward.MatMulBackward.InputGradient(x[..(n * d)], m.Q1.AsSpan(head * d * rh, d * rh), h, n, d, rh, accumulate: false);
+        MatMul.Multiply(x[..(n * HeadDim)], t.Q1[head], h, n);
         Gelu.Apply(h, h);
         var p = phi[..(n * r)];
-        Numerics.Backward.MatMulBackward.InputGradient(h, m.Q2.AsSpan(head * rh * r, rh * r), p, n, rh, r, accumulate: false);
+        MatMul.Multiply(h, t.Q2[head], p, n);
         Gelu.Apply(p, p);
         System.Numerics.Tensors.TensorPrimitives.Abs(p, p);
+    }
+
+    // per layer: each head's W1 as a [Rh, D] matrix and W2 as [R, Rh] (y = x W is x times the transpose's rows), pinned
+    private sealed class TransposedMaps
+    {
+        public required WeightMatrix[] Q1, Q2;
+        public WeightMatrix[]? K1, K2;
+        public required List<float[]> Pinned;
+    }
+
+    private TransposedMaps?[]? _transposed;
+
+    private unsafe TransposedMaps Transposed(int layer)
+    {
+        var all = _transposed ??= new TransposedMaps?[Layers.Count];
+        if (all[layer] is { } done) return done;
+        lock (all)
+        {
+            if (all[layer] is { } again) return again;
+            var m = Layers[layer];
+            var pinned = new List<float[]>();
+            WeightMatrix[] Each(float[] w, int count, int rows, int cols)
+            {
+                // w holds `count` [rows, cols] matrices; each becomes its [cols, rows] transpose
+                var result = new WeightMatrix[count];
+                for (int i = 0; i < count; i++)
+                {
+                    var tr = GC.AllocateArray<float>(rows * cols, pinned: true);
+                    for (int a = 0; a < rows; a++)
+                        for (int b = 0; b < cols; b++) tr[b * rows + a] = w[i * rows * cols + a * cols + b];
+                    pinned.Add(tr);
+                    result[i] = new WeightMatrix((nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref tr[0]), DType.F32, cols, rows);
+                }
+                return result;
+            }
+            var t = new TransposedMaps
+            {
+                Q1 = Each(m.Q1, Heads, HeadDim, Hidden), Q2 = Each(m.Q2, Heads, Hidden, Rank), Pinned = pinned,
+                K1 = m.HasKeyMap ? Each(m.K1!, KvHeads, HeadDim, Hidden) : null,
+                K2 = m.HasKeyMap ? Each(m.K2!, KvHeads, Hidden, Rank) : null,
+            };
+            System.Threading.Volatile.Write(ref all[layer], t);
+            return t;
+        }
     }
 
     /// <summary>Scratch floats per row of PsiRows: Rh + 2R.</summary>
@@ -88,12 +133,13 @@ public sealed class LessMaps : ILessMaps
         var m = Layers[layer];
         if (!m.HasKeyMap) throw new InvalidOperationException($"layer {layer} has no LESS key map");
         int d = HeadDim, rh = Hidden, r = Rank;
+        var t = Transposed(layer);
         var h = scratch[..(n * rh)];
         var k1 = scratch.Slice(n * rh, n * r);
         var p = scratch.Slice(n * (rh + r), n * r);
-        Numerics.Backward.MatMulBackward.InputGradient(x[..(n * d)], m.K1!.AsSpan(kvHead * d * rh, d * rh), h, n, d, rh, accumulate: false);
+        MatMul.Multiply(x[..(n * d)], t.K1![kvHead], h, n);
         Gelu.Apply(h, h);
-        Numerics.Backward.MatMulBackward.InputGradient(h, m.K2!.AsSpan(kvHead * rh * r, rh * r), k1, n, rh, r, accumulate: false);
+        MatMul.Multiply(h, t.K2![kvHead], k1, n);
         Gelu.Apply(k1, k1);
         var s1 = m.S1.AsSpan(kvHead * r, r);
         var s2 = m.S2.AsSpan(kvHead * r, r);
