@@ -8,13 +8,10 @@ public interface ILessMaps
     int HeadDim { get; }
     /// <summary>Rh: the hidden width of the maps.</summary>
     int Hidden { get; }
-    /// <summary>Scratch floats Psi needs.</summary>
-    int ScratchFloats { get; }
     /// <summary>Scratch floats per row PsiRows needs.</summary>
     int PsiScratchFloats { get; }
     /// <summary>phi of n rows of one query head's vectors (x [n, D]) into phi [n, R]; scratch holds n * Rh floats.</summary>
     void PhiRows(int layer, int head, ReadOnlySpan<float> x, int n, Span<float> phi, Span<float> scratch);
-    void Psi(int layer, int kvHead, ReadOnlySpan<float> k, Span<float> psi, Span<float> scratch);
     /// <summary>psi of n keys of one KV head (x [n, D]) into psi [n, R]; scratch holds n * PsiScratchFloats floats.</summary>
     void PsiRows(int layer, int kvHead, ReadOnlySpan<float> x, int n, Span<float> psi, Span<float> scratch);
 }

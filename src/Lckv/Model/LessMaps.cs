@@ -51,7 +51,8 @@ public sealed class LessMaps : ILessMaps
     public int StateFloats => KvHeads * Rank * (HeadDim + 1);
 
     /// <summary>
-    /// phi of one query head's vector q [D] under layer's maps into phi [R]; hidden is scratch of at least Rh floats.
+    /// phi of one query head's vector q [D] under layer's maps into phi [R], one product at a time: the definition that
+    /// <see cref="PhiRows"/> is checked against. hidden is scratch of at least Rh floats.
     /// </summary>
     public void Phi(int layer, int head, ReadOnlySpan<float> q, Span<float> phi, Span<float> hidden)
     {
@@ -150,7 +151,8 @@ public sealed class LessMaps : ILessMaps
             for (int c = 0; c < r; c++) psi[i * r + c] = MathF.Abs(k1[i * r + c] + s2[c] * p[i * r + c]);
     }
 
-    /// <summary>psi of one KV head's key k [D] under the owner layer's key map into psi [R]; hidden: at least Rh + R floats.</summary>
+    /// <summary>psi of one KV head's key k [D] under the owner layer's key map into psi [R], one product at a time (the
+    /// definition <see cref="PsiRows"/> is checked against); hidden: at least Rh + R floats.</summary>
     public void Psi(int layer, int kvHead, ReadOnlySpan<float> k, Span<float> psi, Span<float> hidden)
     {
         var m = Layers[layer];
@@ -166,7 +168,7 @@ public sealed class LessMaps : ILessMaps
         for (int i = 0; i < r; i++) psi[i] = MathF.Abs(k1[i] + m.S2![kvHead * r + i] * psi[i]);
     }
 
-    /// <summary>Scratch floats Phi and Psi need: Rh + R.</summary>
+    /// <summary>Scratch floats the one-vector <see cref="Psi"/> needs: Rh + R.</summary>
     public int ScratchFloats => Hidden + Rank;
 
     // y = x W for W [x.Length, y.Length] row-major

@@ -290,8 +290,9 @@ public static unsafe class Attention
             }
         }
 
-        // the outputs of the group's heads of one row from their accumulators: acc / sum, or with a LESS term
-        // (den > 0) (acc e^{m-M} + num e^{-M}) / (sum e^{m-M} + den e^{-M}) with M = max(m, ln den)
+        // the outputs of the group's heads of one row from their accumulators: acc / sum (zero for a row that sees no
+        // entry: sum 0, acc 0), or with a LESS term (den > 0) (acc e^{m-M} + num e^{-M}) / (sum e^{m-M} + den e^{-M})
+        // with M = max(m, ln den)
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private readonly void Normalize(int row, int g, float* acc, float* max, float* sum, float* oRow)
         {
@@ -301,18 +302,7 @@ public static unsafe class Attention
                 long at = (long)row * Heads + g * Group + h;
                 float den = LessDen != null ? LessDen[at] : 0;
                 if (den > 0) Combine(acc + h * d, max[h], sum[h], LessNum + at * d, den, oRow + h * d, d);
-                else Scale(acc + h * d, 1f / sum[h], oRow + h * d, d);
-            }
-        }
-
-        // the same for a row that sees no entry: zero, or num / den where a LESS term exists
-        private readonly void Normalize(int row, int g, float* zero, float max, float sum, float* oRow)
-        {
-            int d = Storage.Layout.HeadDim;
-            for (int h = 0; h < Group; h++)
-            {
-                long at = (long)row * Heads + g * Group + h;
-                if (LessDen[at] > 0) Combine(zero + h * d, max, sum, LessNum + at * d, LessDen[at], oRow + h * d, d);
+                else Scale(acc + h * d, sum[h] > 0 ? 1f / sum[h] : 0f, oRow + h * d, d);
             }
         }
 
@@ -322,18 +312,13 @@ public static unsafe class Attention
         private readonly bool StartRow<TR>(in AttentionSequence s, int g, int row, float* qRow, float* oRow, int start, int end,
             float* acc, float* max, float* sum, float* scratch) where TR : struct, IKvRow
         {
-            int n = Group * Storage.Layout.HeadDim;
-            if (end <= start)
-            {
-                new Span<float>(oRow, n).Clear();
-                // a LESS state alone: num / den
-                if (LessDen != null) Normalize(row, g, oRow, float.NegativeInfinity, 0, oRow);
-                if (scratch != null) Finish<TR>(in s, g, row, qRow, start, end, max, sum, scratch);
-                return false;
-            }
-            new Span<float>(acc, n).Clear();
+            new Span<float>(acc, Group * Storage.Layout.HeadDim).Clear();
             for (int h = 0; h < Group; h++) { max[h] = float.NegativeInfinity; sum[h] = 0; }
-            return true;
+            if (end > start) return true;
+            // nothing visible: zero, or num / den where a LESS state exists
+            Normalize(row, g, acc, max, sum, oRow);
+            if (scratch != null) Finish<TR>(in s, g, row, qRow, start, end, max, sum, scratch);
+            return false;
         }
 
         // query rows [r0, r1) of sequence s, the query heads of KV head g

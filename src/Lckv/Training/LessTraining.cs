@@ -172,7 +172,8 @@ public sealed class LessStoreWindow
                             var k = streaming ? rankKeys.AsSpan(e * d, d) : keys.AsSpan(kept[e] * kvDim + g * d, d);
                             p[e] = TensorPrimitives.Dot(streaming ? qr : q, k) * scale;
                         }
-                        float lse = SoftmaxInPlace(p.AsSpan(0, n));
+                        float lse = Softmax.LogSumExp(p.AsSpan(0, n));
+                        Softmax.Apply(p.AsSpan(0, n));
                         plainLse[ri][row] = lse;
                         var o = plain[ri].AsSpan(row * d, d);
                         for (int e = 0; e < n; e++)
@@ -182,7 +183,7 @@ public sealed class LessStoreWindow
                         }
                         // the full cache: every position up to the step, rotated by text position
                         for (int s = 0; s <= step; s++) p[s] = TensorPrimitives.Dot(q, keys.AsSpan(s * kvDim + g * d, d)) * scale;
-                        SoftmaxInPlace(p.AsSpan(0, step + 1));
+                        Softmax.Apply(p.AsSpan(0, step + 1));
                         var f = full[ri].AsSpan(row * d, d);
                         for (int s = 0; s <= step; s++) TensorPrimitives.MultiplyAdd(values.AsSpan(s * kvDim + g * d, d), p[s], f, f);
                     }
@@ -197,7 +198,9 @@ public sealed class LessStoreWindow
                 kept.RemoveAll(s => evictStep[g * t + s] == step);
             }
         }
-        var lossRows = Enumerable.Range(0, t).Where(r => Enumerable.Range(0, kvHeads).Any(g => Enumerable.Range(0, r).Any(s => evictStep[g * t + s] < r))).ToArray();
+        // position r's evicted set is not empty once any eviction happened at a step before r
+        int firstEviction = evictStep.Min();
+        int[] lossRows = [.. Enumerable.Range(firstEviction + 1, Math.Max(0, t - firstEviction - 1))];
         return new LessStoreWindow
         {
             Length = t, EvictStep = evictStep, PsiKeys = psiKeys, Values = values, PhiQueries = phiQueries, Plain = plain,
@@ -220,16 +223,6 @@ public sealed class LessStoreWindow
             if (score[other] > score[position] || (score[other] == score[position] && other < position)) better++;
         }
         return better >= policy.Heavy;
-    }
-
-    // p = softmax(p); returns log(sum(exp(p))) of the input
-    private static float SoftmaxInPlace(Span<float> p)
-    {
-        float m = TensorPrimitives.Max(p);
-        for (int i = 0; i < p.Length; i++) p[i] = MathF.Exp(p[i] - m);
-        float sum = TensorPrimitives.Sum(p);
-        TensorPrimitives.Multiply(p, 1f / sum, p);
-        return m + MathF.Log(sum);
     }
 }
 
