@@ -133,9 +133,10 @@ public abstract class EvictingPolicy : KvPolicy
     // evicted entries not yet folded: their state (and its generation), KV head, rotated key and value
     private readonly List<(LessState State, int Generation, int KvHead)> _pending = [];
     private float[] _pendingK = [], _pendingV = [], _rows = [], _psi = [], _scratch = [];
-    private int[] _index = [];
+    private int[] _index = [], _starts = [];
+    private int _foldHeads;
 
-    /// <summary>Keeps the evicted entry for <see cref="FoldEvicted"/>, which folds a step's evictions of every sequence
+    /// <summary>Keeps the evicted entry for <see cref="FoldHead"/>, which folds a step's evictions of every sequence
     /// at once.</summary>
     public override void OnEvicted(KvStoreState state, int kvHead, int entry, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
     {
@@ -154,44 +155,70 @@ public abstract class EvictingPolicy : KvPolicy
         _pending.Add((less, less.Generation, kvHead));
     }
 
-    /// <summary>
-    /// Folds the evictions kept since the last call into their states: per KV head, psi of all the keys at once (one
-    /// matrix product per map layer), then Hs += psi^T v and z += psi in eviction order. Readers of the store call it
-    /// before they read a state; entries of a state reset since (a finished sequence) are dropped.
-    /// </summary>
-    public void FoldEvicted()
+    // Folding: per KV head, psi of all the keys evicted since the last fold at once, then Hs += psi^T v and z += psi in
+    // eviction order. Readers of the store fold before they read a state (BeginFold, FoldHead for each KV head, in
+    // parallel, EndFold); entries of a state reset since (a finished sequence) are dropped.
+
+    /// <summary>Groups the evictions kept since the last fold by KV head; returns how many KV heads
+    /// <see cref="FoldHead"/> is to be called for (0: nothing was evicted).</summary>
+    public int BeginFold()
     {
         int count = _pending.Count;
-        if (count == 0) return;
+        if (count == 0) return 0;
         var map = Less!;
-        int r = map.Rank, d = map.HeadDim, kvHeads = 0;
-        if (_rows.Length < count * d) { _rows = new float[count * d]; _psi = new float[count * r]; _index = new int[count]; }
+        int d = map.HeadDim, kvHeads = 0;
+        if (_rows.Length < count * d) { _rows = new float[count * d]; _psi = new float[count * map.Rank]; _index = new int[count]; }
         if (_scratch.Length < count * map.PsiScratchFloats) _scratch = new float[count * map.PsiScratchFloats];
         foreach (var p in _pending) kvHeads = Math.Max(kvHeads, p.KvHead + 1);
+        if (_starts.Length < kvHeads + 1) _starts = new int[kvHeads + 1];
+        // head g's evictions, in eviction order, are rows _starts[g].._starts[g + 1]
+        int n = 0;
         for (int g = 0; g < kvHeads; g++)
         {
-            int n = 0;
+            _starts[g] = n;
             for (int i = 0; i < count; i++)
                 if (_pending[i].KvHead == g) { _pendingK.AsSpan(i * d, d).CopyTo(_rows.AsSpan(n * d, d)); _index[n++] = i; }
-            if (n == 0) continue;
-            map.PsiRows(LessOwner, g, _rows, n, _psi, _scratch);
-            for (int j = 0; j < n; j++)
-            {
-                var (state, generation, _) = _pending[_index[j]];
-                if (state.Generation != generation) continue;
-                var psi = _psi.AsSpan(j * r, r);
-                var v = _pendingV.AsSpan(_index[j] * d, d);
-                var z = state.Z.AsSpan(g * r, r);
-                System.Numerics.Tensors.TensorPrimitives.Add(z, psi, z);
-                for (int c = 0; c < r; c++)
-                {
-                    var row = state.Hs.AsSpan((g * r + c) * d, d);
-                    System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v, psi[c], row, row);
-                }
-                state.Evicted[g] = true;
-            }
         }
+        _starts[kvHeads] = n;
+        _foldHeads = kvHeads;
+        return kvHeads;
+    }
+
+    /// <summary>Folds KV head g's evictions grouped by <see cref="BeginFold"/> into their states (nothing for a head past
+    /// the ones it counted); calls for different heads may run at the same time.</summary>
+    public unsafe void FoldHead(int g)
+    {
+        if (g >= _foldHeads) return;
+        var map = Less!;
+        int r = map.Rank, d = map.HeadDim, scratch = map.PsiScratchFloats;
+        int first = _starts[g], n = _starts[g + 1] - first;
+        if (n == 0) return;
+        // the states are read after psi is computed: their lines are fetched meanwhile
+        for (int j = first; j < first + n; j++)
+        {
+            var state = _pending[_index[j]].State;
+            Simd.Prefetch(state.Hs.AsSpan(g * r * d, r * d));
+            Simd.Prefetch(state.Z.AsSpan(g * r, r));
+        }
+        map.PsiRows(LessOwner, g, _rows.AsSpan(first * d, n * d), n, _psi.AsSpan(first * r, n * r), _scratch.AsSpan(first * scratch, n * scratch));
+        for (int j = first; j < first + n; j++)
+        {
+            var (state, generation, _) = _pending[_index[j]];
+            if (state.Generation != generation) continue;
+            var psi = _psi.AsSpan(j * r, r);
+            var z = state.Z.AsSpan(g * r, r);
+            for (int c = 0; c < r; c++) z[c] += psi[c];
+            fixed (float* v = _pendingV, hs = state.Hs)
+                for (int c = 0; c < r; c++) Simd.MultiplyAdd(v + _index[j] * d, psi[c], hs + (g * r + c) * d, d);
+            state.Evicted[g] = true;
+        }
+    }
+
+    /// <summary>Drops the evictions folded since <see cref="BeginFold"/>.</summary>
+    public void EndFold()
+    {
         _pending.Clear();
+        _foldHeads = 0;
     }
 
     protected internal override KvStoreState CreateState(int kvHeads)

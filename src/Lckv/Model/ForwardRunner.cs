@@ -363,7 +363,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     }
 
     private float[] _lessNum = [], _lessDen = [];
-    private int[] _lessRows = [], _lessCounts = [];
+    private int[] _lessRows = [];
     private LessState?[] _lessStates = [];
 
     /// <summary>Receives a layer's rotated queries of a step ([rows, heads * head_dim]).</summary>
@@ -378,7 +378,6 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         num = den = default;
         ObserveQueries?.Invoke(layer, q);
         if (_cache.Policy(kvIndex) is not EvictingPolicy { Less: { } maps } policy) return false;
-        policy.FoldEvicted();
         var c = _model.Config;
         int heads = c.NumAttentionHeads, kvHeads = c.NumKeyValueHeads, rows = _ctx.Rows;
         if (_lessDen.Length < MaxRows * heads)
@@ -386,41 +385,37 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
             _lessNum = new float[MaxRows * heads * c.HeadDim];
             _lessDen = new float[MaxRows * heads];
             _lessRows = new int[kvHeads * MaxRows];
-            _lessCounts = new int[kvHeads];
             _lessStates = new LessState?[MaxRows];
         }
-        Array.Clear(_lessDen, 0, rows * heads);
-        // per KV head, the rows whose sequence's state of that head holds something; each row's state
-        bool any = false;
-        Array.Clear(_lessCounts);
+        // each row's state; LESS terms are due if the step folds evictions or a state already holds some
+        bool any = policy.BeginFold() > 0;
         for (int s = 0; s < _batchCount; s++)
         {
             var state = (LessState)_cache.StateOf(_batch[s].SequenceId, kvIndex);
-            for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++)
-            {
-                _lessStates[row] = state;
-                for (int g = 0; g < kvHeads; g++)
-                    if (state.Evicted[g]) _lessRows[g * MaxRows + _lessCounts[g]++] = row;
-            }
+            for (int row = _rowStarts[s]; row < _rowStarts[s] + _batch[s].TokenCount; row++) _lessStates[row] = state;
+            if (!any) foreach (bool e in state.Evicted) any |= e;
         }
-        foreach (int n in _lessCounts) any |= n > 0;
         if (!any) return false;
+        Array.Clear(_lessDen, 0, rows * heads);
         unsafe
         {
             fixed (float* pq = q)
-                WorkerPool.Shared.Run(heads, new LessJob { Runner = this, Maps = maps, Layer = layer, Q = pq }, 1);
+                WorkerPool.Shared.Run(kvHeads, new LessJob { Runner = this, Maps = maps, Policy = policy, Layer = layer, Q = pq }, 1);
         }
+        policy.EndFold();
         num = _lessNum.AsSpan(0, rows * heads * c.HeadDim);
         den = _lessDen.AsSpan(0, rows * heads);
         return true;
     }
 
-    // the LESS terms of one query head for every row that has a state: phi of its queries (one matrix product per map
-    // layer), then phi Hs and phi.z of the row's sequence
+    // per KV head g: fold the step's evictions of g into the states, then for each query head of g's group and every row
+    // whose state of g holds something, phi of the queries (one product per map layer), phi Hs and phi.z (rows without
+    // keep a zero denominator: plain attention)
     private unsafe struct LessJob : IRangeBody
     {
         public ForwardRunner Runner;
         public ILessMaps Maps;
+        public EvictingPolicy Policy;
         public int Layer;
         public float* Q;
 
@@ -431,25 +426,33 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
             var runner = Runner;
             var c = runner._model.Config;
             int heads = c.NumAttentionHeads, d = c.HeadDim, group = heads / c.NumKeyValueHeads, r = Maps.Rank, maxRows = runner.MaxRows;
-            for (int h = start; h < end; h++)
+            for (int g = start; g < end; g++)
             {
-                int g = h / group, n = runner._lessCounts[g];
+                Policy.FoldHead(g);
+                var rows = runner._lessRows.AsSpan(g * maxRows, maxRows);
+                int n = 0;
+                for (int row = 0; row < runner._ctx.Rows; row++)
+                    if (runner._lessStates[row]!.Evicted[g]) rows[n++] = row;
                 if (n == 0) continue;
                 if (_x is null || _x.Length < n * d) _x = new float[maxRows * d];
                 if (_phi is null || _phi.Length < n * r) _phi = new float[maxRows * r];
                 if (_scratch is null || _scratch.Length < n * Maps.Hidden) _scratch = new float[maxRows * Maps.Hidden];
-                var rows = runner._lessRows.AsSpan(g * maxRows, n);
-                for (int i = 0; i < n; i++) new ReadOnlySpan<float>(Q + ((long)rows[i] * heads + h) * d, d).CopyTo(_x.AsSpan(i * d, d));
-                Maps.PhiRows(Layer, h, _x, n, _phi, _scratch);
-                for (int i = 0; i < n; i++)
+                for (int h = g * group; h < (g + 1) * group; h++)
                 {
-                    var state = runner._lessStates[rows[i]]!;
-                    int at = rows[i] * heads + h;
-                    var phi = _phi.AsSpan(i * r, r);
-                    var o = runner._lessNum.AsSpan(at * d, d);
-                    o.Clear();
-                    for (int k = 0; k < r; k++) TensorPrimitives.MultiplyAdd(state.Hs.AsSpan((g * r + k) * d, d), phi[k], o, o);
-                    runner._lessDen[at] = MathF.Max(TensorPrimitives.Dot(phi, state.Z.AsSpan(g * r, r)), 1e-6f);
+                    for (int i = 0; i < n; i++) new ReadOnlySpan<float>(Q + ((long)rows[i] * heads + h) * d, d).CopyTo(_x.AsSpan(i * d, d));
+                    Maps.PhiRows(Layer, h, _x, n, _phi, _scratch);
+                    fixed (float* num = runner._lessNum)
+                        for (int i = 0; i < n; i++)
+                        {
+                            var state = runner._lessStates[rows[i]]!;
+                            int at = rows[i] * heads + h;
+                            var phi = _phi.AsSpan(i * r, r);
+                            float* o = num + (long)at * d;
+                            new Span<float>(o, d).Clear();
+                            fixed (float* hs = state.Hs)
+                                for (int k = 0; k < r; k++) Simd.MultiplyAdd(hs + (g * r + k) * d, phi[k], o, d);
+                            runner._lessDen[at] = MathF.Max(TensorPrimitives.Dot(phi, state.Z.AsSpan(g * r, r)), 1e-6f);
+                        }
                 }
             }
         }

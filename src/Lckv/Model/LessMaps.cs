@@ -65,64 +65,64 @@ public sealed class LessMaps : ILessMaps
         for (int i = 0; i < r; i++) phi[i] = MathF.Abs(Gelu.Apply(phi[i]));
     }
 
-    /// <summary>phi of n rows at once (x [n, D] into phi [n, R], scratch of n * Rh floats): the two products by the
-    /// inference matrix kernel over transposed copies of the maps (taken at the first call: the maps do not change while
-    /// they serve), GELU in f32 lanes.</summary>
+    /// <summary>phi of n rows at once (x [n, D] into phi [n, R], scratch of n * Rh floats): both products and GELUs by the
+    /// few-row kernel, over copies of the maps in its layouts (taken at the first call: the maps do not change while
+    /// they serve).</summary>
     public void PhiRows(int layer, int head, ReadOnlySpan<float> x, int n, Span<float> phi, Span<float> scratch)
     {
-        var t = Transposed(layer);
-        int rh = Hidden, r = Rank;
-        var h = scratch[..(n * rh)];
-        MatMul.Multiply(x[..(n * HeadDim)], t.Q1[head], h, n);
-        Gelu.Apply(h, h);
+        int d = HeadDim, rh = Hidden, r = Rank;
         var p = phi[..(n * r)];
-        MatMul.Multiply(h, t.Q2[head], p, n);
-        Gelu.Apply(p, p);
+        var f = Kernel(layer);
+        GeluMlp.Apply(x, n, d, f.Q1[head], f.Q2.AsSpan(head * r * rh, r * rh), rh, r, p, scratch, ReadAfter(layer, true, head));
         System.Numerics.Tensors.TensorPrimitives.Abs(p, p);
     }
 
-    // per layer: each head's W1 as a [Rh, D] matrix and W2 as [R, Rh] (y = x W is x times the transpose's rows), pinned
-    private sealed class TransposedMaps
-    {
-        public required WeightMatrix[] Q1, Q2;
-        public WeightMatrix[]? K1, K2;
-        public required List<float[]> Pinned;
-    }
+    // per layer, in the few-row kernel's layouts: each head's W1 packed (GeluMlp.Pack) and W2 [Rh, R] as its transpose
+    // [R, Rh], for the query map (Q) and the key map (K)
+    private sealed record KernelMaps(float[][] Q1, float[] Q2, float[][]? K1, float[]? K2);
 
-    private TransposedMaps?[]? _transposed;
+    private KernelMaps?[]? _kernel;
 
-    private unsafe TransposedMaps Transposed(int layer)
+    private KernelMaps Kernel(int layer)
     {
-        var all = _transposed ??= new TransposedMaps?[Layers.Count];
-        if (all[layer] is { } done) return done;
+        var all = _kernel ??= new KernelMaps?[Layers.Count];
+        if (System.Threading.Volatile.Read(ref all[layer]) is { } done) return done;
         lock (all)
         {
             if (all[layer] is { } again) return again;
-            var m = Layers[layer];
-            var pinned = new List<float[]>();
-            WeightMatrix[] Each(float[] w, int count, int rows, int cols)
-            {
-                // w holds `count` [rows, cols] matrices; each becomes its [cols, rows] transpose
-                var result = new WeightMatrix[count];
-                for (int i = 0; i < count; i++)
-                {
-                    var tr = GC.AllocateArray<float>(rows * cols, pinned: true);
-                    for (int a = 0; a < rows; a++)
-                        for (int b = 0; b < cols; b++) tr[b * rows + a] = w[i * rows * cols + a * cols + b];
-                    pinned.Add(tr);
-                    result[i] = new WeightMatrix((nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref tr[0]), DType.F32, cols, rows);
-                }
-                return result;
-            }
-            var t = new TransposedMaps
-            {
-                Q1 = Each(m.Q1, Heads, HeadDim, Hidden), Q2 = Each(m.Q2, Heads, Hidden, Rank), Pinned = pinned,
-                K1 = m.HasKeyMap ? Each(m.K1!, KvHeads, HeadDim, Hidden) : null,
-                K2 = m.HasKeyMap ? Each(m.K2!, KvHeads, Hidden, Rank) : null,
-            };
+            var t = BuildKernelMaps(Layers[layer]);
             System.Threading.Volatile.Write(ref all[layer], t);
             return t;
         }
+    }
+
+    private KernelMaps BuildKernelMaps(LessLayerMaps m)
+    {
+        int d = HeadDim, rh = Hidden, r = Rank;
+        float[][] First(float[] w, int count) =>
+            Enumerable.Range(0, count).Select(i => GeluMlp.Pack(w.AsSpan(i * d * rh, d * rh), d, rh)).ToArray();
+        float[] Second(float[] w, int count)
+        {
+            var tr = new float[w.Length];
+            for (int i = 0; i < count; i++)
+                for (int a = 0; a < rh; a++)
+                    for (int b = 0; b < r; b++) tr[(i * r + b) * rh + a] = w[(i * rh + a) * r + b];
+            return tr;
+        }
+        return new KernelMaps(First(m.Q1, Heads), Second(m.Q2, Heads),
+            m.HasKeyMap ? First(m.K1!, KvHeads) : null, m.HasKeyMap ? Second(m.K2!, KvHeads) : null);
+    }
+
+    // the packed W1 a step reads after the given one: a store owner's key maps are read before the layer's query maps
+    // (its evictions are folded before it attends), and the layers in order
+    private ReadOnlySpan<float> ReadAfter(int layer, bool query, int index)
+    {
+        var f = Kernel(layer);
+        if (!query) return index + 1 < KvHeads ? f.K1![index + 1] : f.Q1[0];
+        if (index + 1 < Heads) return f.Q1[index + 1];
+        if (layer + 1 >= Layers.Count) return default;
+        var g = Kernel(layer + 1);
+        return g.K1 is { } k ? k[0] : g.Q1[0];
     }
 
     /// <summary>Scratch floats per row of PsiRows: Rh + 2R.</summary>
@@ -134,21 +134,24 @@ public sealed class LessMaps : ILessMaps
         var m = Layers[layer];
         if (!m.HasKeyMap) throw new InvalidOperationException($"layer {layer} has no LESS key map");
         int d = HeadDim, rh = Hidden, r = Rank;
-        var t = Transposed(layer);
         var h = scratch[..(n * rh)];
         var k1 = scratch.Slice(n * rh, n * r);
         var p = scratch.Slice(n * (rh + r), n * r);
-        MatMul.Multiply(x[..(n * d)], t.K1![kvHead], h, n);
-        Gelu.Apply(h, h);
-        MatMul.Multiply(h, t.K2![kvHead], k1, n);
-        Gelu.Apply(k1, k1);
+        var f = Kernel(layer);
+        GeluMlp.Apply(x, n, d, f.K1![kvHead], f.K2!.AsSpan(kvHead * r * rh, r * rh), rh, r, k1, h, ReadAfter(layer, false, kvHead));
         var s1 = m.S1.AsSpan(kvHead * r, r);
         var s2 = m.S2.AsSpan(kvHead * r, r);
+        var w3 = m.W3!.AsSpan(kvHead * r * r, r * r);
         for (int i = 0; i < n; i++)
-            for (int c = 0; c < r; c++) k1[i * r + c] *= MathF.Abs(s1[c]);
-        Numerics.Backward.MatMulBackward.InputGradient(k1, m.W3!.AsSpan(kvHead * r * r, r * r), p, n, r, r, accumulate: false);
-        for (int i = 0; i < n; i++)
-            for (int c = 0; c < r; c++) psi[i * r + c] = MathF.Abs(k1[i * r + c] + s2[c] * p[i * r + c]);
+        {
+            var row = k1.Slice(i * r, r);
+            for (int c = 0; c < r; c++) row[c] *= MathF.Abs(s1[c]);
+            // psi = |k1 + s2 * (k1 W3)|, W3 [R, R] row-major
+            var sum = p.Slice(i * r, r);
+            sum.Clear();
+            for (int b = 0; b < r; b++) System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(w3.Slice(b * r, r), row[b], sum, sum);
+            for (int c = 0; c < r; c++) psi[i * r + c] = MathF.Abs(row[c] + s2[c] * sum[c]);
+        }
     }
 
     /// <summary>psi of one KV head's key k [D] under the owner layer's key map into psi [R], one product at a time (the

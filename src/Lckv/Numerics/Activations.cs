@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Numerics;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Lckv.Numerics;
 
@@ -110,29 +111,66 @@ public static class Gelu
         for (int i = 0; i < dst.Length; i++) dst[i] = Apply(src[i]);
     }
 
-    private static Vector512<float> Lanes(Vector512<float> x) => x * Cdf(x);
+    internal static Vector512<float> Lanes(Vector512<float> x) => x * Cdf(x);
 
-    private static Vector256<float> Lanes(Vector256<float> x) => x * Cdf(x);
+    internal static Vector256<float> Lanes(Vector256<float> x) => x * Cdf(x);
 
-    // Phi(x) in f32 lanes: erfc(|x| / sqrt 2) / 2 by Abramowitz and Stegun 7.1.26, mirrored for x >= 0
+    // Phi(x) in f32 lanes: erfc(|x| / sqrt 2) / 2 by Abramowitz and Stegun 7.1.26, mirrored for x >= 0. 1 / (1 + p y)
+    // is a reciprocal estimate refined by one Newton step, exp(-y^2) an exponential for non-positive arguments; a NaN x
+    // gives a NaN cdf and so a NaN gelu.
     private static Vector512<float> Cdf(Vector512<float> x)
     {
+        var one = Vector512<float>.One;
         var y = Vector512.Abs(x) * Vector512.Create(0.70710678f);
-        var t = Vector512<float>.One / (Vector512<float>.One + Vector512.Create(0.3275911f) * y);
-        var poly = t * (Vector512.Create(0.254829592f) + t * (Vector512.Create(-0.284496736f) + t * (Vector512.Create(1.421413741f)
-            + t * (Vector512.Create(-1.453152027f) + t * Vector512.Create(1.061405429f)))));
-        var half = Vector512.Create(0.5f) * poly * Simd.Exp(-(y * y)); // erfc(|x| / sqrt 2) / 2
-        return Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.One - half, half);
+        var d = Vector512.FusedMultiplyAdd(Vector512.Create(0.3275911f), y, one);
+        var t = Avx512F.Reciprocal14(d);
+        t = Vector512.FusedMultiplyAdd(t, Vector512.FusedMultiplyAdd(-d, t, one), t);
+        var poly = Vector512.FusedMultiplyAdd(Vector512.Create(1.061405429f), t, Vector512.Create(-1.453152027f));
+        poly = Vector512.FusedMultiplyAdd(poly, t, Vector512.Create(1.421413741f));
+        poly = Vector512.FusedMultiplyAdd(poly, t, Vector512.Create(-0.284496736f));
+        poly = Vector512.FusedMultiplyAdd(poly, t, Vector512.Create(0.254829592f));
+        var half = poly * t * ExpNonPositive(-(y * y)) * Vector512.Create(0.5f); // erfc(|x| / sqrt 2) / 2
+        return Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(x, Vector512<float>.Zero), one - half, half);
     }
 
     private static Vector256<float> Cdf(Vector256<float> x)
     {
+        var one = Vector256<float>.One;
         var y = Vector256.Abs(x) * Vector256.Create(0.70710678f);
-        var t = Vector256<float>.One / (Vector256<float>.One + Vector256.Create(0.3275911f) * y);
-        var poly = t * (Vector256.Create(0.254829592f) + t * (Vector256.Create(-0.284496736f) + t * (Vector256.Create(1.421413741f)
-            + t * (Vector256.Create(-1.453152027f) + t * Vector256.Create(1.061405429f)))));
-        var half = Vector256.Create(0.5f) * poly * Vector256.Exp(-(y * y));
-        return Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(x, Vector256<float>.Zero), Vector256<float>.One - half, half);
+        var d = Vector256.FusedMultiplyAdd(Vector256.Create(0.3275911f), y, one);
+        Vector256<float> t;
+        if (Avx.IsSupported)
+        {
+            // a 12-bit estimate; two Newton steps reach f32 precision
+            t = Avx.Reciprocal(d);
+            t = Vector256.FusedMultiplyAdd(t, Vector256.FusedMultiplyAdd(-d, t, one), t);
+            t = Vector256.FusedMultiplyAdd(t, Vector256.FusedMultiplyAdd(-d, t, one), t);
+        }
+        else t = one / d;
+        var poly = Vector256.FusedMultiplyAdd(Vector256.Create(1.061405429f), t, Vector256.Create(-1.453152027f));
+        poly = Vector256.FusedMultiplyAdd(poly, t, Vector256.Create(1.421413741f));
+        poly = Vector256.FusedMultiplyAdd(poly, t, Vector256.Create(-0.284496736f));
+        poly = Vector256.FusedMultiplyAdd(poly, t, Vector256.Create(0.254829592f));
+        var half = poly * t * Vector256.Exp(-(y * y)) * Vector256.Create(0.5f);
+        return Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(x, Vector256<float>.Zero), one - half, half);
+    }
+
+    // exp(z) for z <= 0 (and NaN): below -87.3 the result is 2^-126 times a number below 2 instead of 0 or a subnormal,
+    // which the cdf multiplies by at most 0.26
+    private static Vector512<float> ExpNonPositive(Vector512<float> z)
+    {
+        var zc = Avx512F.Max(z, Vector512.Create(-87.3f));
+        var n = Avx512F.RoundScale(zc * Vector512.Create(1.44269504088896341f), 0); // to nearest
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), zc);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
+        var p = Vector512.Create(1.9875691500e-4f);
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.3981999507e-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073e-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894e-2f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459e-1f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201e-1f));
+        p = Vector512.FusedMultiplyAdd(p * r, r, r) + Vector512<float>.One;
+        return Avx512F.Scale(p, n);
     }
 
     // Phi(x) = erfc(-x / sqrt 2) / 2

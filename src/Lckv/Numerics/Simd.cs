@@ -114,6 +114,36 @@ internal unsafe struct F16Element : IElement, IWeight
 
 internal static unsafe class Simd
 {
+    /// <summary>y[i] += a * x[i] for i below n (short rows, where a library call's own cost would show).</summary>
+    public static void MultiplyAdd(float* x, float a, float* y, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var va = Vector512.Create(a);
+            for (; i + 16 <= n; i += 16) Vector512.FusedMultiplyAdd(Vector512.Load(x + i), va, Vector512.Load(y + i)).Store(y + i);
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var va = Vector256.Create(a);
+            for (; i + 8 <= n; i += 8) Vector256.FusedMultiplyAdd(Vector256.Load(x + i), va, Vector256.Load(y + i)).Store(y + i);
+        }
+        for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(x[i], a, y[i]);
+    }
+
+    /// <summary>Asks for the cache lines of a span into the second-level cache (a hint: nothing on processors without
+    /// prefetch instructions), for data read soon after a stretch of other work.</summary>
+    public static void Prefetch(ReadOnlySpan<float> data)
+    {
+        if (!Sse.IsSupported || data.IsEmpty) return;
+        fixed (float* p = data)
+        {
+            byte* at = (byte*)p, end = at + data.Length * sizeof(float);
+            for (; at < end; at += 64) Sse.Prefetch1(at);
+            Sse.Prefetch1(end - 1);
+        }
+    }
+
     /// <summary>Widens n stored elements at src to f32 at dst with the widest vectors available.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Widen<TE>(byte* src, float* dst, int n) where TE : struct, IElement
