@@ -564,6 +564,15 @@ public sealed class KvCache
         long rowBytes = storage.HeadBytes;
         Span<float> k = policy.ReceivesEvicted ? stackalloc float[d] : default;
         Span<float> v = policy.ReceivesEvicted ? stackalloc float[d] : default;
+        // the evicted rows were last read a whole step ago: ask for all heads' rows before the first is loaded
+        if (policy.ReceivesEvicted)
+            for (int g = 0; g < heads; g++)
+                if ((uint)entries[g] < (uint)count)
+                {
+                    byte* row = view.KeyRow(storage, entries[g], g);
+                    Simd.Prefetch(row, rowBytes);
+                    Simd.Prefetch(row + storage.ValueOffset, rowBytes);
+                }
         for (int g = 0; g < heads; g++)
         {
             int e = entries[g], o = g * cap;

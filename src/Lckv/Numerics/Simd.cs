@@ -131,6 +131,15 @@ internal static unsafe class Simd
         for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(x[i], a, y[i]);
     }
 
+    /// <summary>Asks for the cache lines of `bytes` bytes at p into the first-level cache (a hint, as below).</summary>
+    public static void Prefetch(byte* p, long bytes)
+    {
+        if (!Sse.IsSupported || bytes <= 0) return;
+        byte* end = p + bytes;
+        for (byte* at = p; at < end; at += 64) Sse.Prefetch0(at);
+        Sse.Prefetch0(end - 1);
+    }
+
     /// <summary>Asks for the cache lines of a span into the second-level cache (a hint: nothing on processors without
     /// prefetch instructions), for data read soon after a stretch of other work.</summary>
     public static void Prefetch(ReadOnlySpan<float> data)
