@@ -12,7 +12,8 @@ public static unsafe partial class MatMul
     private const int MaxPassRows256 = 3;
 
     /// <summary>
-    /// Few rows of x (m below <see cref="GemmMinRows"/>), 256-bit, f32/f16/bf16 W: each group of 4 W rows is dotted
+    /// Few rows of x (m below <see cref="GemmMinRows"/>; f32 W from 2 rows, where one row is bound by W's stream and
+    /// the one-row kernel keeps up), 256-bit, f32/f16/bf16 W: each group of 4 W rows is dotted
     /// against the rows of x in passes of at most <see cref="MaxPassRows256"/> rows, so that each W vector is loaded and
     /// widened once per pass rather than once per row (the widening, not the FMA, bounded the one-row kernel at bf16).
     /// bf16 W is read 16 values at a time as 8 uints: the even values by a shift, the odd ones by a mask, without a
