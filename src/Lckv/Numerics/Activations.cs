@@ -157,21 +157,7 @@ public static class Gelu
 
     // exp(z) for z <= 0 (and NaN): below -87.3 the result is 2^-126 times a number below 2 instead of 0 or a subnormal,
     // which the cdf multiplies by at most 0.26
-    private static Vector512<float> ExpNonPositive(Vector512<float> z)
-    {
-        var zc = Avx512F.Max(z, Vector512.Create(-87.3f));
-        var n = Avx512F.RoundScale(zc * Vector512.Create(1.44269504088896341f), 0); // to nearest
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), zc);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
-        var p = Vector512.Create(1.9875691500e-4f);
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.3981999507e-3f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073e-3f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894e-2f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459e-1f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201e-1f));
-        p = Vector512.FusedMultiplyAdd(p * r, r, r) + Vector512<float>.One;
-        return Avx512F.Scale(p, n);
-    }
+    private static Vector512<float> ExpNonPositive(Vector512<float> z) => Simd.ExpClamped(Avx512F.Max(z, Vector512.Create(-87.3f)));
 
     // Phi(x) = erfc(-x / sqrt 2) / 2
     private static double Cdf(double x)

@@ -189,15 +189,10 @@ internal static unsafe class Simd
         return abcd.GetLower() + abcd.GetUpper();
     }
 
-    /// <summary>
-    /// exp(x) in f32, within 2 ulp of the exact value (the range reduction and polynomial of Cephes'
-    /// expf), inlined: the library's Vector512.Exp is a call that works in f64. Below -87.3 the result is 0, above 88.7
-    /// it is +inf; NaN stays NaN.
-    /// </summary>
+    /// <summary>e^x for x in [-87.5, 88.75] (no special cases): p(r) * 2^n with n = round(x / ln 2), r = x - n ln 2.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector512<float> Exp(Vector512<float> x)
+    internal static Vector512<float> ExpClamped(Vector512<float> xc)
     {
-        var xc = Vector512.Min(Vector512.Max(x, Vector512.Create(-87.5f)), Vector512.Create(88.75f));
         var n = Vector512.Round(xc * Vector512.Create(1.44269504088896341f));
         // r = x - n ln2, ln2 split in two so that n * hi is exact
         var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), xc);
@@ -209,7 +204,18 @@ internal static unsafe class Simd
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459e-1f));
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201e-1f));
         p = Vector512.FusedMultiplyAdd(p * r, r, r) + Vector512<float>.One;
-        var e = Avx512F.Scale(p, n); // p * 2^n
+        return Avx512F.Scale(p, n); // p * 2^n
+    }
+
+    /// <summary>
+    /// exp(x) in f32, within 2 ulp of the exact value (the range reduction and polynomial of Cephes'
+    /// expf), inlined: the library's Vector512.Exp is a call that works in f64. Below -87.3 the result is 0, above 88.7
+    /// it is +inf; NaN stays NaN.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Exp(Vector512<float> x)
+    {
+        var e = ExpClamped(Vector512.Min(Vector512.Max(x, Vector512.Create(-87.5f)), Vector512.Create(88.75f)));
         e = Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(-87.33654f)), Vector512<float>.Zero, e);
         e = Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512.Create(88.72283f)), Vector512.Create(float.PositiveInfinity), e);
         return Vector512.ConditionalSelect(Vector512.Equals(x, x), e, x);
