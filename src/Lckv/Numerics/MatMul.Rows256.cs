@@ -12,8 +12,8 @@ public static unsafe partial class MatMul
     private const int MaxPassRows256 = 3;
 
     /// <summary>
-    /// Few rows of x (m below <see cref="GemmMinRows"/>; f32 W from 2 rows, where one row is bound by W's stream and
-    /// the one-row kernel keeps up), 256-bit, f32/f16/bf16 W: each group of 4 W rows is dotted
+    /// Few rows of x (m below <see cref="GemmMinRows"/>), 256-bit, f32/f16/bf16 W: one row reads the thread's W rows
+    /// one after another as one stream (<see cref="Dot1Seq4x256{TE}"/>); more rows: each group of 4 W rows is dotted
     /// against the rows of x in passes of at most <see cref="MaxPassRows256"/> rows, so that each W vector is loaded and
     /// widened once per pass rather than once per row (the widening, not the FMA, bounded the one-row kernel at bf16).
     /// bf16 W is read 16 values at a time as 8 uints: the even values by a shift, the odd ones by a mask, without a
@@ -33,6 +33,8 @@ public static unsafe partial class MatMul
             long rowBytes = TE.Bytes(K);
             float* xp = Pack(X, M, K, typeof(TE) == typeof(BF16Element));
             int j = j0, passes = (M + MaxPassRows256 - 1) / MaxPassRows256;
+            if (M == 1)
+                for (; j + 4 <= j1; j += 4) Dot1Seq4x256<TE>(xp, W + j * rowBytes, rowBytes, K, Y + j);
             for (; j + 4 <= j1; j += 4)
             {
                 byte* w = W + j * rowBytes;
@@ -91,6 +93,49 @@ public static unsafe partial class MatMul
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> High256<TE>(byte* w) where TE : struct, IWeight
         => typeof(TE) == typeof(BF16Element) ? (Vector256.Load((uint*)w) & Vector256.Create(0xFFFF0000u)).AsSingle() : TE.At256(w, 8);
+
+    // One row of packed x against 4 rows of W, one W row after the other: the thread's columns of W as one sequential
+    // stream, prefetched SeqPrefetchBytes ahead, on across row ends (as the 512-bit Dot1Seq4).
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void Dot1Seq4x256<TE>(float* xp, byte* w, long rowBytes, int k, float* y) where TE : struct, IWeight
+    {
+        y[0] = RowSum256<TE>(xp, w, k);
+        y[1] = RowSum256<TE>(xp, w + rowBytes, k);
+        y[2] = RowSum256<TE>(xp, w + 2 * rowBytes, k);
+        y[3] = RowSum256<TE>(xp, w + 3 * rowBytes, k);
+        int whole = k / 16 * 16;
+        if (whole < k) AddTail4<TE>(xp, w, rowBytes, whole, k, y); // the tail of a packed row is in order
+    }
+
+    // one row of packed x times one row of W over the whole blocks of 16 values of k
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float RowSum256<TE>(float* xp, byte* w, int k) where TE : struct, IWeight
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        long half = TE.Bytes(16);
+        int lines = (int)((TE.Bytes(32) + 63) / 64); // cache lines 32 values span, prefetched at each step
+        int p = 0;
+        for (; p <= k - 32; p += 32)
+        {
+            byte* wc = w + TE.Bytes(p);
+            if (Sse.IsSupported)
+            {
+                Sse.Prefetch0(wc + SeqPrefetchBytes);
+                if (lines >= 2) Sse.Prefetch0(wc + SeqPrefetchBytes + 64);
+            }
+            a0 = Vector256.FusedMultiplyAdd(Vector256.Load(xp + p), Low256<TE>(wc), a0);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.Load(xp + p + 8), High256<TE>(wc), a1);
+            a2 = Vector256.FusedMultiplyAdd(Vector256.Load(xp + p + 16), Low256<TE>(wc + half), a2);
+            a3 = Vector256.FusedMultiplyAdd(Vector256.Load(xp + p + 24), High256<TE>(wc + half), a3);
+        }
+        if (p <= k - 16)
+        {
+            byte* wc = w + TE.Bytes(p);
+            a0 = Vector256.FusedMultiplyAdd(Vector256.Load(xp + p), Low256<TE>(wc), a0);
+            a1 = Vector256.FusedMultiplyAdd(Vector256.Load(xp + p + 8), High256<TE>(wc), a1);
+        }
+        return Vector256.Sum((a0 + a1) + (a2 + a3));
+    }
 
     // TR rows of packed x (row stride k) against the 4 rows of W at w; y is (TR, ldy), columns [0, 4) written. The
     // next group's lines (pf) are prefetched into L1 along the way, one line of each of its rows per 64 bytes of a row.

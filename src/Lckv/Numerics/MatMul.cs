@@ -290,7 +290,7 @@ public static unsafe partial class MatMul
             case Path.Dot256:
                 grain = (grain + 3) & ~3;
                 for (int s = 0; s < t.Count; s++)
-                    if (TE.Block == 1 && (m > 1 || typeof(TE) != typeof(F32Element)))
+                    if (TE.Block == 1)
                         pool.Run(t.N(s), new Rows256Job<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
                     else
                         pool.Run(t.N(s), new DotJob<TE> { X = x, W = t.W(s), Y = t.Y(s), M = m, K = k, N = t.N(s) }, grain);
