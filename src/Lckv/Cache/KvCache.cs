@@ -570,8 +570,8 @@ public sealed class KvCache
                 if ((uint)entries[g] < (uint)count)
                 {
                     byte* row = view.KeyRow(storage, entries[g], g);
-                    Simd.Prefetch(row, rowBytes);
-                    Simd.Prefetch(row + storage.ValueOffset, rowBytes);
+                    Simd.PrefetchL1(row, rowBytes);
+                    Simd.PrefetchL1(row + storage.ValueOffset, rowBytes);
                 }
         for (int g = 0; g < heads; g++)
         {

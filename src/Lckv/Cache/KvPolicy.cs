@@ -197,8 +197,8 @@ public abstract class EvictingPolicy : KvPolicy
         for (int j = first; j < first + n; j++)
         {
             var state = _pending[_index[j]].State;
-            Simd.Prefetch(state.Hs.AsSpan(g * r * d, r * d));
-            Simd.Prefetch(state.Z.AsSpan(g * r, r));
+            Simd.PrefetchL2(state.Hs.AsSpan(g * r * d, r * d));
+            Simd.PrefetchL2(state.Z.AsSpan(g * r, r));
         }
         map.PsiRows(LessOwner, g, _rows.AsSpan(first * d, n * d), n, _psi.AsSpan(first * r, n * r), _scratch.AsSpan(first * scratch, n * scratch));
         for (int j = first; j < first + n; j++)

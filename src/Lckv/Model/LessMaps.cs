@@ -128,7 +128,8 @@ public sealed class LessMaps : ILessMaps
     /// <summary>Scratch floats per row of PsiRows: Rh + 2R.</summary>
     public int PsiScratchFloats => Hidden + 2 * Rank;
 
-    /// <summary>psi of n keys at once (x [n, D] into psi [n, R]) as matrix products, GELU in f32 lanes.</summary>
+    /// <summary>psi of n keys at once (x [n, D] into psi [n, R]): the two-layer map by the few-row kernel (as in
+    /// <see cref="PhiRows"/>), then the scalings and the key interaction per row.</summary>
     public void PsiRows(int layer, int kvHead, ReadOnlySpan<float> x, int n, Span<float> psi, Span<float> scratch)
     {
         var m = Layers[layer];

@@ -17,7 +17,8 @@ public static unsafe partial class MatMul
     /// against the rows of x in passes of at most <see cref="MaxPassRows256"/> rows, so that each W vector is loaded and
     /// widened once per pass rather than once per row (the widening, not the FMA, bounded the one-row kernel at bf16).
     /// bf16 W is read 16 values at a time as 8 uints: the even values by a shift, the odd ones by a mask, without a
-    /// cross-lane widening; x is packed to match (per 16 values, the 8 even ones then the 8 odd ones).
+    /// cross-lane widening; x is packed to match (per 16 values, the 8 even ones then the 8 odd ones), each thread its
+    /// own copy.
     /// </summary>
     private struct Rows256Job<TE> : IRangeBody where TE : struct, IWeight
     {
@@ -57,18 +58,15 @@ public static unsafe partial class MatMul
                     Y[(long)i * N + j] = Dot<TE>(X + (long)i * K, W + j * rowBytes, K);
         }
 
-        // x in the kernel's order, row by row: split, per 16 values the 8 even then the 8 odd ones; the k tail in order
+        // x in the kernel's order, row by row: split (bf16 W), per 16 values the 8 even then the 8 odd ones, the k tail in
+        // order; otherwise x itself (f32 and f16 W widen in order)
         private static float* Pack(float* x, int m, int k, bool split)
         {
+            if (!split) return x;
             long need = (long)m * k;
             var buf = _packed;
             if (buf is null || buf.Length < need + 16) _packed = buf = GC.AllocateUninitializedArray<float>((int)need + 16, pinned: true);
             float* dst = (float*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buf)) + 31) & ~(nint)31);
-            if (!split)
-            {
-                Buffer.MemoryCopy(x, dst, need * sizeof(float), need * sizeof(float));
-                return dst;
-            }
             int whole = k / 16 * 16;
             for (int i = 0; i < m; i++)
             {

@@ -325,7 +325,7 @@ public static unsafe partial class MatMul
 
     // ---------------------------------------------------------------- few rows: streaming dot products
 
-    // 256-bit hardware: each row of x against 4 rows of W at a time
+    // 256-bit hardware, Q8_0/Q4_0 W (f32/f16/bf16 W take Rows256Job): each row of x against 4 rows of W at a time
     private struct DotJob<TE> : IRangeBody where TE : struct, IWeight
     {
         public float* X, Y;

@@ -132,7 +132,7 @@ internal static unsafe class Simd
     }
 
     /// <summary>Asks for the cache lines of `bytes` bytes at p into the first-level cache (a hint, as below).</summary>
-    public static void Prefetch(byte* p, long bytes)
+    public static void PrefetchL1(byte* p, long bytes)
     {
         if (!Sse.IsSupported || bytes <= 0) return;
         byte* end = p + bytes;
@@ -142,7 +142,7 @@ internal static unsafe class Simd
 
     /// <summary>Asks for the cache lines of a span into the second-level cache (a hint: nothing on processors without
     /// prefetch instructions), for data read soon after a stretch of other work.</summary>
-    public static void Prefetch(ReadOnlySpan<float> data)
+    public static void PrefetchL2(ReadOnlySpan<float> data)
     {
         if (!Sse.IsSupported || data.IsEmpty) return;
         fixed (float* p = data)
