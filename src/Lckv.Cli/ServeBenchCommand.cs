@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Runtime;
 using System.Text;
 using System.Text.Json;
 using Lckv.Formats;
@@ -20,12 +21,15 @@ public static class ServeBenchCommand
 {
     internal sealed record ClientRun(string Text, int CompletionTokens, double TtftMs, double FirstMs, List<double> GapsMs, double EndMs, string? Error);
 
+    /// <summary>The tokens each client generates in an untimed round.</summary>
+    private const int WarmTokens = 64;
+
     /// <summary>What the client process sends back for one round.</summary>
-    internal sealed record ClientRound(double WallMs, double CpuSeconds, ClientRun[] Runs);
+    internal sealed record ClientRound(double WallMs, double CpuSeconds, ClientRun[] Runs, double JitMs = 0);
 
     /// <summary>One round's figures, alike for the bare engine and the server.</summary>
     private sealed record Figures(double WallSeconds, long Tokens, double TotalRate, double DecodeRate, double TtftP50, double TtftP99, double GapP50, double GapP99,
-        long Steps, double StepMs, double BetweenMs, double CpuMsPerStep, double ClientCpuMsPerStep, double WorkItemsPerStep, double Contended = 0, double DeliverMs = 0);
+        long Steps, double StepMs, double BetweenMs, double CpuMsPerStep, double ClientCpuMsPerStep, double WorkItemsPerStep, double Contended = 0, double DeliverMs = 0, double JitMs = 0);
 
     // the kernels' core monitor's samples so far and those that found another thread wanting a core (it then takes
     // the pool's threads away); (0, 0) without one
@@ -49,13 +53,14 @@ public static class ServeBenchCommand
         var stepTokens = new Option<int>("--step-tokens") { Description = "most tokens one step evaluates", DefaultValueFactory = _ => 512 };
         var check = new Option<bool>("--no-check") { Description = "skip the solo runs that each client's text is compared with" };
         var seed = new Option<ulong>("--seed") { Description = "seed of the random prompts", DefaultValueFactory = _ => 1 };
+        var warmUp = new Option<int>("--warm-up") { Description = "at most this many untimed rounds of both sides first, fewer once the JIT is quiet (compiling under 2% of a round)", DefaultValueFactory = _ => 16 };
         var rounds = new Option<int>("--rounds") { Description = "timed rounds, each the bare engine and the server (taking turns going first)", DefaultValueFactory = _ => 1 };
         var process = new Option<bool>("--clients-process") { Description = "run the clients in a child process (this program, bench serve-clients) instead of this one" };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget, against the bare engine");
         mo.AddTo(cmd, ModelUses.All & ~ModelUses.KvBudget); // --fit sizes the pool
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, rounds, process, format }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, rounds, warmUp, process, format }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             int n = p.GetValue(clients), promptTokens = p.GetValue(prompt), genTokens = p.GetValue(gen), step = p.GetValue(stepTokens), roundCount = p.GetValue(rounds);
@@ -67,6 +72,8 @@ public static class ServeBenchCommand
             if (fits < 1) throw new LckvException($"--fit must be at least 1 sequence, got {fits}");
             if (step < 1) throw new LckvException($"--step-tokens must be at least 1, got {step}");
             if (roundCount is < 1 or > 100) throw new LckvException($"--rounds must be in [1, 100], got {roundCount}");
+            int maxWarm = p.GetValue(warmUp);
+            if (maxWarm is < 0 or > 100) throw new LckvException($"--warm-up must be in [0, 100], got {maxWarm}");
             if (fmt is not ("md" or "json")) throw new LckvException($"--output must be md or json, got '{fmt}'");
             if (p.GetValue(mo.Model) is null && p.GetValue(mo.Preset) is null) throw new LckvException("give --model <folder or .gguf> or --preset small|tinyllama-1.1b");
 
@@ -85,15 +92,29 @@ public static class ServeBenchCommand
             {
                 using var http = new HttpClient { BaseAddress = server.Address };
                 var alone = p.GetValue(check) ? null : prompts.Select(q => RawSseClients.Round(server.Address, [q], genTokens).Runs[0]).ToArray();
-                // an untimed first round of each side with a few tokens compiles the kernels and the server's paths
-                EngineRound(bare, prompts, Math.Min(genTokens, 4), parts.Tokenizer, parts.StopIds);
                 if (p.GetValue(process))
                 {
                     promptFile = Path.GetTempFileName();
                     File.WriteAllText(promptFile, JsonSerializer.Serialize(prompts));
                     child = StartClients(server.Address, promptFile, genTokens);
                 }
-                else RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, 4));
+                // Untimed rounds of both sides until the JIT is quiet. Tiered compilation keeps recompiling the
+                // server's and the engine's methods for seconds after the first requests, on the same cores, and would
+                // count against whichever side ran then: a round is quiet when compiling took under 2% of it.
+                var warm = Stopwatch.StartNew();
+                int warmRounds = 0;
+                double warmJitMs = 0;
+                for (bool quiet = false; !quiet && warmRounds < maxWarm; warmRounds++)
+                {
+                    var jit0 = JitInfo.GetCompilationTime();
+                    long t0 = Stopwatch.GetTimestamp();
+                    EngineRound(bare, prompts, Math.Min(genTokens, WarmTokens), parts.Tokenizer, parts.StopIds);
+                    double clientJit = child is null ? RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, WarmTokens)).JitMs : ChildRound(child).JitMs;
+                    double jitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds + clientJit;
+                    warmJitMs += jitMs;
+                    quiet = warmRounds >= 1 && jitMs < 0.02 * Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                }
+                stderr.WriteLine($"warm-up: {warmRounds} untimed round(s) of both sides in {warm.Elapsed.TotalSeconds:F1} s, {warmJitMs:F0} ms of it compiling");
 
                 var engineFigures = new List<Figures>();
                 var serverFigures = new List<Figures>();
@@ -106,10 +127,11 @@ public static class ServeBenchCommand
                     cpu.Refresh();
                     var cpu0 = cpu.TotalProcessorTime;
                     var monitor0 = Monitor();
+                    var jit0 = JitInfo.GetCompilationTime();
                     var (engineRuns, engineWall, steps, stepSeconds) = EngineRound(bare, prompts, genTokens, parts.Tokenizer, parts.StopIds);
                     cpu.Refresh();
                     engineFigures.Add(Summarize(engineRuns, engineWall, steps, stepSeconds, 0, (cpu.TotalProcessorTime - cpu0).TotalSeconds, 0, 0)
-                        with { Contended = ContendedSince(monitor0) });
+                        with { Contended = ContendedSince(monitor0), JitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds });
                 }
                 void ServerSide()
                 {
@@ -119,6 +141,7 @@ public static class ServeBenchCommand
                     cpu.Refresh();
                     var cpu0 = cpu.TotalProcessorTime;
                     var monitor0 = Monitor();
+                    var jit0 = JitInfo.GetCompilationTime();
                     var clientRound = child is null ? RawSseClients.Round(server.Address, prompts, genTokens) : ChildRound(child);
                     cpu.Refresh();
                     var times = parts.Scheduler.Times - times0;
@@ -126,7 +149,11 @@ public static class ServeBenchCommand
                     var runs = clientRound.Runs;
                     serverFigures.Add(Summarize(runs, clientRound.WallMs / 1000, times.Steps, times.StepSeconds, times.BetweenSeconds,
                         (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items)
-                        with { Contended = ContendedSince(monitor0), DeliverMs = times.Steps > 0 ? times.DeliverSeconds * 1000 / times.Steps : 0 });
+                        with
+                        {
+                            Contended = ContendedSince(monitor0), DeliverMs = times.Steps > 0 ? times.DeliverSeconds * 1000 / times.Steps : 0,
+                            JitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds + clientRound.JitMs,
+                        });
                     failed += runs.Count(r => r.Error is not null);
                     errors.AddRange(runs.Where(r => r.Error is not null).Select(r => r.Error!));
                     mismatched += alone is null ? 0 : runs.Where((r, i) => r.Error is null && r.Text != alone[i].Text).Count();
@@ -150,7 +177,7 @@ public static class ServeBenchCommand
                 {
                     clients = n, prompt_tokens = promptTokens, gen_tokens = genTokens, kv_budget_sequences = fits,
                     kv_budget_blocks = pool.TotalBlocks, kv_budget_mib = pool.CapacityBytes / 1048576.0,
-                    clients_process = child is not null, rounds = roundCount,
+                    clients_process = child is not null, rounds = roundCount, warm_up_rounds = warmRounds, warm_up_jit_ms = warmJitMs,
                     completed = n * roundCount - failed, failed, checked_alone = alone is not null, mismatched,
                     completion_tokens = last.Tokens, wall_seconds = last.WallSeconds,
                     total_tokens_per_second = Median(serverFigures.Select(f => f.TotalRate)),
@@ -175,11 +202,11 @@ public static class ServeBenchCommand
                     stdout.WriteLine();
                     stdout.WriteLine("Against the bare engine (same prompts, lengths and batch, greedy), round by round:");
                     stdout.WriteLine();
-                    stdout.WriteLine("| round | side | total tok/s | decode tok/s | steps | step ms | between steps ms | delivery ms/step | CPU ms/step (this process) | client process CPU ms/step | thread-pool items/step | contended core samples |");
-                    stdout.WriteLine("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+                    stdout.WriteLine("| round | side | total tok/s | decode tok/s | steps | step ms | between steps ms | delivery ms/step | CPU ms/step (this process) | client process CPU ms/step | thread-pool items/step | contended core samples | JIT ms |");
+                    stdout.WriteLine("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
                     for (int r = 0; r < roundCount; r++)
                         foreach (var (side, f) in new[] { ("engine", engineFigures[r]), ("server", serverFigures[r]) })
-                            stdout.WriteLine($"| {r + 1} | {side} | {f.TotalRate:F1} | {f.DecodeRate:F1} | {f.Steps} | {f.StepMs:F2} | {f.BetweenMs:F3} | {f.DeliverMs:F3} | {f.CpuMsPerStep:F2} | {f.ClientCpuMsPerStep:F2} | {f.WorkItemsPerStep:F1} | {f.Contended:P0} |");
+                            stdout.WriteLine($"| {r + 1} | {side} | {f.TotalRate:F1} | {f.DecodeRate:F1} | {f.Steps} | {f.StepMs:F2} | {f.BetweenMs:F3} | {f.DeliverMs:F3} | {f.CpuMsPerStep:F2} | {f.ClientCpuMsPerStep:F2} | {f.WorkItemsPerStep:F1} | {f.Contended:P0} | {f.JitMs:F0} |");
                     stdout.WriteLine();
                     stdout.WriteLine($"server / engine: total {report.total_ratio:F3}, decode {report.decode_ratio:F3} (median of {roundCount} round(s))");
                 }
@@ -230,9 +257,10 @@ public static class ServeBenchCommand
                 if (Console.In.ReadLine() != "go") return 0;
                 self.Refresh();
                 var cpu0 = self.TotalProcessorTime;
+                var jit0 = JitInfo.GetCompilationTime();
                 var round = RawSseClients.Round(address, prompts, tokens);
                 self.Refresh();
-                stdout.WriteLine(JsonSerializer.Serialize(round with { CpuSeconds = (self.TotalProcessorTime - cpu0).TotalSeconds }));
+                stdout.WriteLine(JsonSerializer.Serialize(round with { CpuSeconds = (self.TotalProcessorTime - cpu0).TotalSeconds, JitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds }));
                 stdout.Flush();
             }
         });
@@ -354,7 +382,7 @@ public static class ServeBenchCommand
         ttft_ms_p50 = f.TtftP50, ttft_ms_p99 = f.TtftP99, inter_token_ms_p50 = f.GapP50, inter_token_ms_p99 = f.GapP99,
         steps = f.Steps, step_ms = f.StepMs, between_steps_ms = f.BetweenMs, cpu_ms_per_step = f.CpuMsPerStep,
         client_process_cpu_ms_per_step = f.ClientCpuMsPerStep, thread_pool_items_per_step = f.WorkItemsPerStep,
-        core_monitor_contended = f.Contended, deliver_ms_per_step = f.DeliverMs,
+        core_monitor_contended = f.Contended, deliver_ms_per_step = f.DeliverMs, jit_ms = f.JitMs,
     };
 
     /// <summary>Each client's prompt: BOS (when the tokenizer has one) then uniform random ids past the special ones.</summary>

@@ -152,11 +152,14 @@ public sealed class SpeedBench
     }
 
     /// <summary>
-    /// Untimed repetitions run first until this much time has passed (at least one, at most <see cref="MaxWarmups"/>):
-    /// the JIT recompiles hot methods with profile data during the first second or so, and a timed run in that phase
-    /// is markedly slower than the steady state a server sees.
+    /// Untimed repetitions run first until this much time has passed and the JIT is quiet (at least one, at most
+    /// <see cref="MaxWarmups"/>): the JIT recompiles hot methods with profile data for the first seconds, on a thread
+    /// that takes a core from the test, and a timed run in that phase is slower than the steady state a server sees.
     /// </summary>
     public const double WarmupSeconds = 2.0;
+
+    /// <summary>The JIT is quiet when compiling took less than this fraction of the last warm-up run.</summary>
+    public const double QuietJitFraction = 0.02;
 
     public const int MaxWarmups = 20;
 
@@ -240,14 +243,17 @@ public sealed class SpeedBench
         }
 
         int runs = 0;
-        double lastWarm = 0;
+        double lastWarm = 0, lastJit = 0;
         for (int warmups = 0; samples.Count < repetitions;)
         {
-            bool timed = warmups > 0 && (warmups >= MaxWarmups || warm.Elapsed.TotalSeconds >= WarmupSeconds);
+            bool timed = warmups > 0 && (warmups >= MaxWarmups || (warm.Elapsed.TotalSeconds >= WarmupSeconds && lastJit < QuietJitFraction));
             if (!timed)
             {
                 warmups++;
+                var jit0 = System.Runtime.JitInfo.GetCompilationTime();
+                long t0 = Stopwatch.GetTimestamp();
                 lastWarm = Once();
+                lastJit = (System.Runtime.JitInfo.GetCompilationTime() - jit0).TotalSeconds / Math.Max(Stopwatch.GetElapsedTime(t0).TotalSeconds, 1e-9);
                 continue;
             }
             if (runs == 0) runs = (int)Math.Clamp(Math.Ceiling(MinRepetitionSeconds / Math.Max(lastWarm, 1e-9)), 1, MaxRunsPerRepetition);

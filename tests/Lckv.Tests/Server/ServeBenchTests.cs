@@ -13,7 +13,7 @@ public sealed class ServeBenchTests
     public void SixtyFourClientsUnderABudgetForAQuarterGetWhatTheyGetAlone()
     {
         var r = CliTests.Run("bench", "serve", "--model", SharedData.Path("golden", "llama-standard"), "--tokenizer", SharedData.Path("tokenizers", "en4k.model"),
-            "--clients", "64", "--prompt", "12", "--gen", "20", "-o", "json");
+            "--clients", "64", "--prompt", "12", "--gen", "20", "--warm-up", "2", "-o", "json");
         Assert.True(r.Code == 0, r.Err + r.Out);
         using var doc = JsonDocument.Parse(r.Out);
         var j = doc.RootElement;
@@ -29,6 +29,10 @@ public sealed class ServeBenchTests
         Assert.True(j.GetProperty("engine_total_tokens_per_second").GetDouble() > 0);
         Assert.True(j.GetProperty("total_ratio").GetDouble() > 0);
         Assert.Equal(1, j.GetProperty("server_rounds").GetArrayLength());
+        // untimed rounds first: the second ends the warm-up whether or not the JIT is quiet by then
+        Assert.Equal(2, j.GetProperty("warm_up_rounds").GetInt32());
+        Assert.True(j.GetProperty("warm_up_jit_ms").GetDouble() > 0);
+        Assert.True(j.GetProperty("server_rounds")[0].GetProperty("jit_ms").GetDouble() >= 0);
     }
 
     [SharedFact]
@@ -52,6 +56,7 @@ public sealed class ServeBenchTests
         string model = SharedData.Path("golden", "llama-standard"), tok = SharedData.Path("tokenizers", "en4k.model");
         CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--clients", "0"), "--clients");
         CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--fit", "0"), "--fit");
+        CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--warm-up", "-1"), "--warm-up");
         CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--clients", "2"), "tokenizer");
         CliTests.AssertOneLineError(CliTests.Run("bench", "serve", "--model", model, "--tokenizer", tok, "--prompt", "200", "--gen", "100"), "context");
     }
