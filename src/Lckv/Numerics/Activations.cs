@@ -262,6 +262,62 @@ public static unsafe class Softmax
         return sum;
     }
 
+    /// <summary>sum of exp(p[i] - shift) over n values, in f64 across vector lanes' f32 partial sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static double SumExp(float* p, int n, float shift)
+    {
+        int i = 0;
+        double sum = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var m = Vector512.Create(shift);
+            for (; i <= n - 256; )
+            {
+                var s = Vector512<float>.Zero;
+                for (int end = i + 256; i < end; i += 16) s += Simd.Exp(Vector512.Load(p + i) - m);
+                sum += Vector512.Sum(s);
+            }
+            var t = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16) t += Simd.Exp(Vector512.Load(p + i) - m);
+            sum += Vector512.Sum(t);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var m = Vector256.Create(shift);
+            for (; i <= n - 128; )
+            {
+                var s = Vector256<float>.Zero;
+                for (int end = i + 128; i < end; i += 8) s += Vector256.Exp(Vector256.Load(p + i) - m);
+                sum += Vector256.Sum(s);
+            }
+            var t = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8) t += Vector256.Exp(Vector256.Load(p + i) - m);
+            sum += Vector256.Sum(t);
+        }
+        for (; i < n; i++) sum += MathF.Exp(p[i] - shift);
+        return sum;
+    }
+
+    /// <summary>dst[i] = exp(src[i] - shift) * scale; dst may be src.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void ExpScaled(float* src, float shift, float scale, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var m = Vector512.Create(shift);
+            var c = Vector512.Create(scale);
+            for (; i <= n - 16; i += 16) (Simd.Exp(Vector512.Load(src + i) - m) * c).Store(dst + i);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var m = Vector256.Create(shift);
+            var c = Vector256.Create(scale);
+            for (; i <= n - 8; i += 8) (Vector256.Exp(Vector256.Load(src + i) - m) * c).Store(dst + i);
+        }
+        for (; i < n; i++) dst[i] = MathF.Exp(src[i] - shift) * scale;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Scale(float* p, int n, float s)
     {

@@ -136,7 +136,11 @@ public static unsafe class MatMulBackward
             {
                 float* dst = pa + (long)s * kc * mr;
                 int r0 = i0 + s * mr, rn = Math.Min(mr, i1 - r0);
-                if (ars == 1)
+                if (rn == mr && Sse.IsSupported && ars != 1 && aks == 1) PackStrip(a + r0 * ars, ars, dst, mr, kc);
+                else if (rn == mr && Sse.IsSupported && ars == 1)
+                    for (int p = 0; p < kc; p++)
+                        for (int r = 0; r < mr; r += 4) Sse.Store(dst + p * mr + r, Sse.LoadVector128(a + r0 + p * aks + r));
+                else if (ars == 1)
                     for (int p = 0; p < kc; p++)
                     {
                         float* src = a + r0 + p * aks;
@@ -188,6 +192,34 @@ public static unsafe class MatMulBackward
                     if (mr == 8) Tile8<TO, TV>(ap, bp, kc, ct, ldc, rn, cn);
                     else Tile4<TO, TV>(ap, bp, kc, ct, ldc, rn, cn);
                 }
+            }
+        }
+    }
+
+    // a full strip of mr (4 or 8) rows of A, each contiguous along k, into dst laid out [p][r] by 4x4 transposes
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackStrip(float* a, long ars, float* dst, int mr, int kc)
+    {
+        for (int r = 0; r < mr; r += 4)
+        {
+            float* s0 = a + r * ars, s1 = s0 + ars, s2 = s1 + ars, s3 = s2 + ars;
+            int p = 0;
+            for (; p + 4 <= kc; p += 4)
+            {
+                var t0 = Sse.UnpackLow(Sse.LoadVector128(s0 + p), Sse.LoadVector128(s1 + p));  // r0p0 r1p0 r0p1 r1p1
+                var t1 = Sse.UnpackLow(Sse.LoadVector128(s2 + p), Sse.LoadVector128(s3 + p));  // r2p0 r3p0 r2p1 r3p1
+                var t2 = Sse.UnpackHigh(Sse.LoadVector128(s0 + p), Sse.LoadVector128(s1 + p)); // r0p2 r1p2 r0p3 r1p3
+                var t3 = Sse.UnpackHigh(Sse.LoadVector128(s2 + p), Sse.LoadVector128(s3 + p)); // r2p2 r3p2 r2p3 r3p3
+                float* d = dst + p * mr + r;
+                Sse.Store(d, Sse.MoveLowToHigh(t0, t1));
+                Sse.Store(d + mr, Sse.MoveHighToLow(t1, t0));
+                Sse.Store(d + 2 * mr, Sse.MoveLowToHigh(t2, t3));
+                Sse.Store(d + 3 * mr, Sse.MoveHighToLow(t3, t2));
+            }
+            for (; p < kc; p++)
+            {
+                float* d = dst + p * mr + r;
+                d[0] = s0[p]; d[1] = s1[p]; d[2] = s2[p]; d[3] = s3[p];
             }
         }
     }

@@ -336,15 +336,14 @@ public static unsafe class CrossEntropy
                     continue;
                 }
                 float max = TensorPrimitives.Max(x);
-                double s = 0;
-                for (int i = 0; i < v; i++) s += MathF.Exp(x[i] - max);
-                float lse = max + (float)Math.Log(s);
+                float* xr = X + (long)r * v;
+                float lse = max + (float)Math.Log(Softmax.SumExp(xr, v, max));
                 L[r] = lse - x[t];
                 if (D == null) continue;
-                var d = new Span<float>(D + (long)r * v, v);
-                // d may alias x: read each element before it is overwritten
-                for (int i = 0; i < v; i++) d[i] = MathF.Exp(x[i] - lse) * Scale;
-                d[t] -= Scale;
+                // D may alias X: each element is read before it is overwritten
+                float* dr = D + (long)r * v;
+                Softmax.ExpScaled(xr, lse, Scale, dr, v);
+                dr[t] -= Scale;
             }
         }
     }
