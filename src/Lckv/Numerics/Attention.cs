@@ -676,27 +676,8 @@ public static unsafe class Attention
         for (int j = 0; j < nk; j++) Axpy(s[j], v + j * d, acc, d);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot(float* a, float* b, int d)
-    {
-        int i = 0;
-        float s = 0;
-        if (Vector512.IsHardwareAccelerated && d >= 16)
-        {
-            var acc = Vector512<float>.Zero;
-            for (; i <= d - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
-            if (i <= d - 8) { s = Vector256.Sum(Vector256.Load(a + i) * Vector256.Load(b + i)); i += 8; }
-            s += Vector512.Sum(acc);
-        }
-        else if (Vector256.IsHardwareAccelerated && d >= 8)
-        {
-            var acc = Vector256<float>.Zero;
-            for (; i <= d - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
-            s = Vector256.Sum(acc);
-        }
-        for (; i < d; i++) s += a[i] * b[i];
-        return s;
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(float* a, float* b, int d) => Simd.Dot(a, b, d);
 
     // o = (acc e^{m-M} + num e^{-M}) / (sum e^{m-M} + den e^{-M}), M = max(m, ln den); o may alias acc
     private static void Combine(float* acc, float max, float sum, float* num, float den, float* o, int d)

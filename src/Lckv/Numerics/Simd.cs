@@ -114,6 +114,29 @@ internal unsafe struct F16Element : IElement, IWeight
 
 internal static unsafe class Simd
 {
+    /// <summary>The dot product of a and b over d values (short rows, where a library call's own cost would show).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float Dot(float* a, float* b, int d)
+    {
+        int i = 0;
+        float s = 0;
+        if (Vector512.IsHardwareAccelerated && d >= 16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i <= d - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
+            if (i <= d - 8) { s = Vector256.Sum(Vector256.Load(a + i) * Vector256.Load(b + i)); i += 8; }
+            s += Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated && d >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i <= d - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
+            s = Vector256.Sum(acc);
+        }
+        for (; i < d; i++) s += a[i] * b[i];
+        return s;
+    }
+
     /// <summary>y[i] += a * x[i] for i below n (short rows, where a library call's own cost would show).</summary>
     public static void MultiplyAdd(float* x, float a, float* y, int n)
     {

@@ -93,23 +93,20 @@ public static unsafe class DenseAttention
                         dq.Clear();
                         var (j0, j1) = Rule.Visible(t, T);
                         if (j0 >= j1) continue;
-                        var qh = new ReadOnlySpan<float>(Q + qo, d);
-                        var doh = new ReadOnlySpan<float>(DO + qo, d);
+                        float* qh = Q + qo, doh = DO + qo, dqh = DQ + qo;
                         float lse = Lse[row * H + h];
-                        float di = TensorPrimitives.Dot(doh, new ReadOnlySpan<float>(O + qo, d));
+                        float di = Simd.Dot(doh, O + qo, d);
                         for (int j = j0; j < j1; j++)
                         {
-                            var kj = new ReadOnlySpan<float>(kBase + (long)j * kStride, d);
-                            var vj = new ReadOnlySpan<float>(vBase + (long)j * kStride, d);
-                            float p = MathF.Exp(TensorPrimitives.Dot(qh, kj) * Scale - lse);
-                            float dp = TensorPrimitives.Dot(doh, vj);
+                            float* kj = kBase + (long)j * kStride, vj = vBase + (long)j * kStride;
+                            float p = MathF.Exp(Simd.Dot(qh, kj, d) * Scale - lse);
+                            float dp = Simd.Dot(doh, vj, d);
                             float ds = p * (dp - di) * Scale;
-                            TensorPrimitives.MultiplyAdd(kj, ds, dq, dq);
+                            Simd.MultiplyAdd(kj, ds, dqh, d);
                             if (DK == null) continue;
-                            var dkj = new Span<float>(DK + (long)b * T * kStride + (long)j * kStride + g * d, d);
-                            var dvj = new Span<float>(DV + (long)b * T * kStride + (long)j * kStride + g * d, d);
-                            TensorPrimitives.MultiplyAdd(qh, ds, dkj, dkj);
-                            TensorPrimitives.MultiplyAdd(doh, p, dvj, dvj);
+                            long kv = (long)b * T * kStride + (long)j * kStride + g * d;
+                            Simd.MultiplyAdd(qh, ds, DK + kv, d);
+                            Simd.MultiplyAdd(doh, p, DV + kv, d);
                         }
                     }
             }
