@@ -21,8 +21,9 @@ public static class ServeBenchCommand
 {
     internal sealed record ClientRun(string Text, int CompletionTokens, double TtftMs, double FirstMs, List<double> GapsMs, double EndMs, string? Error);
 
-    /// <summary>The tokens each client generates in an untimed round.</summary>
-    private const int WarmTokens = 64;
+    /// <summary>The tokens each client generates in an untimed round, and the time after which no further untimed round
+    /// starts (a large model's rounds are long enough that its first one or two leave the JIT quiet).</summary>
+    private const int WarmTokens = 64, WarmSeconds = 30;
 
     /// <summary>What the client process sends back for one round.</summary>
     internal sealed record ClientRound(double WallMs, double CpuSeconds, ClientRun[] Runs, double JitMs = 0);
@@ -53,7 +54,7 @@ public static class ServeBenchCommand
         var stepTokens = new Option<int>("--step-tokens") { Description = "most tokens one step evaluates", DefaultValueFactory = _ => 512 };
         var check = new Option<bool>("--no-check") { Description = "skip the solo runs that each client's text is compared with" };
         var seed = new Option<ulong>("--seed") { Description = "seed of the random prompts", DefaultValueFactory = _ => 1 };
-        var warmUp = new Option<int>("--warm-up") { Description = "at most this many untimed rounds of both sides first, fewer once the JIT is quiet (compiling under 2% of a round)", DefaultValueFactory = _ => 16 };
+        var warmUp = new Option<int>("--warm-up") { Description = "at most this many untimed rounds of both sides first, fewer once the JIT is quiet (compiling under 2% of a round); none starts after 30 s", DefaultValueFactory = _ => 16 };
         var rounds = new Option<int>("--rounds") { Description = "timed rounds, each the bare engine and the server (taking turns going first)", DefaultValueFactory = _ => 1 };
         var process = new Option<bool>("--clients-process") { Description = "run the clients in a child process (this program, bench serve-clients) instead of this one" };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
@@ -104,7 +105,7 @@ public static class ServeBenchCommand
                 var warm = Stopwatch.StartNew();
                 int warmRounds = 0;
                 double warmJitMs = 0;
-                for (bool quiet = false; !quiet && warmRounds < maxWarm; warmRounds++)
+                for (bool quiet = false; !quiet && warmRounds < maxWarm && warm.Elapsed.TotalSeconds < WarmSeconds; warmRounds++)
                 {
                     var jit0 = JitInfo.GetCompilationTime();
                     long t0 = Stopwatch.GetTimestamp();
