@@ -673,7 +673,7 @@ public static unsafe class Attention
         {
             for (int j = 0; j < nk; j++) { s[j] = MathF.Exp(s[j] - m); sum += s[j]; }
         }
-        for (int j = 0; j < nk; j++) Axpy(s[j], v + j * d, acc, d);
+        for (int j = 0; j < nk; j++) Simd.MultiplyAdd(v + j * d, s[j], acc, d);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -694,19 +694,6 @@ public static unsafe class Attention
         for (; i < d; i++) o[i] = acc[i] * (a * norm) + num[i] * (b * norm);
     }
 
-    // y += a * x
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Axpy(float a, float* x, float* y, int d)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-            for (var va = Vector512.Create(a); i <= d - 16; i += 16)
-                Vector512.FusedMultiplyAdd(Vector512.Load(x + i), va, Vector512.Load(y + i)).Store(y + i);
-        if (Vector256.IsHardwareAccelerated)
-            for (var va = Vector256.Create(a); i <= d - 8; i += 8)
-                Vector256.FusedMultiplyAdd(Vector256.Load(x + i), va, Vector256.Load(y + i)).Store(y + i);
-        for (; i < d; i++) y[i] += a * x[i];
-    }
 
     // dst = src * c
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -310,12 +310,6 @@ public static unsafe class GeluMlp
                 y[c] = s0; y[c + 1] = s1; y[c + 2] = s2; y[c + 3] = s3;
             }
         }
-        for (; c < r; c++)
-        {
-            float* w = w2t + (long)c * hidden;
-            float s = 0;
-            for (int j = 0; j < hidden; j++) s += h[j] * w[j];
-            y[c] = s;
-        }
+        for (; c < r; c++) y[c] = Simd.Dot(h, w2t + (long)c * hidden, hidden);
     }
 }

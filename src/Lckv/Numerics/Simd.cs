@@ -138,6 +138,7 @@ internal static unsafe class Simd
     }
 
     /// <summary>y[i] += a * x[i] for i below n (short rows, where a library call's own cost would show).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void MultiplyAdd(float* x, float a, float* y, int n)
     {
         int i = 0;
