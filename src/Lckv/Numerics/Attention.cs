@@ -224,7 +224,7 @@ public static unsafe class Attention
                             if (sn < SequenceCount) PrefetchFirstTile(in Sequences[sn], 0, 0);
                         }
                     }
-                    bool fast = Vector512.IsHardwareAccelerated && Storage.Layout.HeadDim == 64;
+                    bool fast = Storage.Layout.HeadDim == 64 && (Vector512.IsHardwareAccelerated || (Vector256.IsHardwareAccelerated && Fma.IsSupported));
                     switch (Storage.Layout.DType)
                     {
                         case DType.F32 when fast: Segments64<FloatRow<F32Element>>(in s, g, r0, r1); break;
@@ -441,45 +441,22 @@ public static unsafe class Attention
                         }
                         for (int jj = nk; jj < KeyTile; jj++) kp[jj] = kp[0]; // padding keys: their scores are never read
                         for (int jj = 0; jj < nk; jj += 4)
-                            Scores4(kp[jj], kp[jj + 1], kp[jj + 2], kp[jj + 3], qRow, group, scores + t0 + jj, seg, scale);
+                        {
+                            if (Vector512.IsHardwareAccelerated) Scores4(kp[jj], kp[jj + 1], kp[jj + 2], kp[jj + 3], qRow, group, scores + t0 + jj, seg, scale);
+                            else Scores4x256(kp[jj], kp[jj + 1], kp[jj + 2], kp[jj + 3], qRow, group, scores + t0 + jj, seg, scale);
+                        }
                     }
                     // per head: the segment's max joins the running max, p = exp(score - max), the sum and the
                     // accumulator rescaled once
-                    int full = n / 16 * 16;
-                    var live = Vector512.LessThan(Vector512<int>.Indices, Vector512.Create(n - full)).AsSingle();
                     for (int h = 0; h < group; h++)
                     {
                         float* sh = scores + h * seg;
-                        var mv = Vector512.Create(float.NegativeInfinity);
-                        for (int i = 0; i < full; i += 16) mv = Vector512.Max(mv, Vector512.Load(sh + i));
-                        if (full < n) mv = Vector512.Max(mv, Vector512.ConditionalSelect(live, Vector512.Load(sh + full), Vector512.Create(float.NegativeInfinity)));
-                        float old = max[h], m = MathF.Max(old, HMax(mv));
-                        if (m > old && old != float.NegativeInfinity)
-                        {
-                            float c = MathF.Exp(old - m);
-                            sum[h] *= c;
-                            Scale(acc + h * d, c, acc + h * d, d);
-                        }
-                        max[h] = m;
-                        var vm = Vector512.Create(m);
-                        var total = Vector512<float>.Zero;
-                        for (int i = 0; i < full; i += 16)
-                        {
-                            var pe = Simd.Exp(Vector512.Load(sh + i) - vm);
-                            pe.Store(sh + i);
-                            total += pe;
-                        }
-                        if (full < n)
-                        {
-                            var pe = Vector512.ConditionalSelect(live, Simd.Exp(Vector512.Load(sh + full) - vm), Vector512<float>.Zero);
-                            pe.Store(sh + full);
-                            total += pe;
-                        }
-                        sum[h] += Vector512.Sum(total);
+                        if (Vector512.IsHardwareAccelerated) ExpSegment512(sh, n, ref max[h], ref sum[h], acc + h * d);
+                        else ExpSegment256(sh, n, ref max[h], ref sum[h], acc + h * d);
                         if (collect)
                         {
                             new ReadOnlySpan<float>(sh, n).CopyTo(saved.AsSpan(h * entries + (j0 - start), n));
-                            segMax[h * segments + si] = m;
+                            segMax[h * segments + si] = max[h];
                         }
                     }
                     // the sums of p * v: the values in place (f32) or widened once for all query heads
@@ -492,17 +469,25 @@ public static unsafe class Attention
                             TR.Widen(rows[jj] + half, vrows[jj], d);
                         }
                     }
-                    for (int h = 0; h < group; h += 4)
-                    {
-                        bool prefetch = h == 0 && inPlace; // the first chunk of heads brings the value rows to L1
-                        switch (Math.Min(4, group - h))
+                    if (Vector512.IsHardwareAccelerated)
+                        for (int h = 0; h < group; h += 4)
                         {
-                            case 1: SumValues<H1>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
-                            case 2: SumValues<H2>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
-                            case 3: SumValues<H3>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
-                            default: SumValues<H4>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
+                            bool prefetch = h == 0 && inPlace; // the first chunk of heads brings the value rows to L1
+                            switch (Math.Min(4, group - h))
+                            {
+                                case 1: SumValues<H1>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
+                                case 2: SumValues<H2>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
+                                case 3: SumValues<H3>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
+                                default: SumValues<H4>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch); break;
+                            }
                         }
-                    }
+                    else
+                        for (int h = 0; h < group; h += 2)
+                        {
+                            bool prefetch = h == 0 && inPlace;
+                            if (group - h == 1) SumValues256<H1>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch);
+                            else SumValues256<H2>(vrows, n, scores + h * seg, seg, acc + h * d, prefetch);
+                        }
                 }
                 Normalize(row, g, acc, max, sum, oRow);
                 if (collect) AddScores(in s, g, group, start, end, seg, saved!, entries, segMax, segments, max, sum);
@@ -636,6 +621,161 @@ public static unsafe class Attention
             if (hc > 1) { (a10 + b10).Store(acc + 64); (a11 + b11).Store(acc + 80); (a12 + b12).Store(acc + 96); (a13 + b13).Store(acc + 112); }
             if (hc > 2) { a20.Store(acc + 128); a21.Store(acc + 144); a22.Store(acc + 160); a23.Store(acc + 176); }
             if (hc > 3) { a30.Store(acc + 192); a31.Store(acc + 208); a32.Store(acc + 224); a33.Store(acc + 240); }
+        }
+
+        // one head's scores of a segment (n of them at sh): the segment's max joins the running max (the sum and the
+        // accumulator rescaled once), then p = exp(score - max) in place and their sum added; lanes past n store 0
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void ExpSegment512(float* sh, int n, ref float max, ref float sum, float* acc)
+        {
+            int full = n / 16 * 16;
+            var live = Vector512.LessThan(Vector512<int>.Indices, Vector512.Create(n - full)).AsSingle();
+            var mv = Vector512.Create(float.NegativeInfinity);
+            for (int i = 0; i < full; i += 16) mv = Vector512.Max(mv, Vector512.Load(sh + i));
+            if (full < n) mv = Vector512.Max(mv, Vector512.ConditionalSelect(live, Vector512.Load(sh + full), Vector512.Create(float.NegativeInfinity)));
+            float m = Rescale(HMax(mv), ref max, ref sum, acc);
+            var vm = Vector512.Create(m);
+            var total = Vector512<float>.Zero;
+            for (int i = 0; i < full; i += 16)
+            {
+                var pe = Simd.Exp(Vector512.Load(sh + i) - vm);
+                pe.Store(sh + i);
+                total += pe;
+            }
+            if (full < n)
+            {
+                var pe = Vector512.ConditionalSelect(live, Simd.Exp(Vector512.Load(sh + full) - vm), Vector512<float>.Zero);
+                pe.Store(sh + full);
+                total += pe;
+            }
+            sum += Vector512.Sum(total);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void ExpSegment256(float* sh, int n, ref float max, ref float sum, float* acc)
+        {
+            int full = n / 8 * 8;
+            var live = Vector256.LessThan(Vector256<int>.Indices, Vector256.Create(n - full)).AsSingle();
+            var mv = Vector256.Create(float.NegativeInfinity);
+            for (int i = 0; i < full; i += 8) mv = Vector256.Max(mv, Vector256.Load(sh + i));
+            if (full < n) mv = Vector256.Max(mv, Vector256.ConditionalSelect(live, Vector256.Load(sh + full), Vector256.Create(float.NegativeInfinity)));
+            var b = Vector128.Max(mv.GetLower(), mv.GetUpper());
+            b = Vector128.Max(b, Vector128.Shuffle(b, Vector128.Create(2, 3, 0, 1)));
+            b = Vector128.Max(b, Vector128.Shuffle(b, Vector128.Create(1, 0, 3, 2)));
+            float m = Rescale(b.ToScalar(), ref max, ref sum, acc);
+            var vm = Vector256.Create(m);
+            var total = Vector256<float>.Zero;
+            for (int i = 0; i < full; i += 8)
+            {
+                var pe = Simd.ExpNonPositive(Vector256.Load(sh + i) - vm);
+                pe.Store(sh + i);
+                total += pe;
+            }
+            if (full < n)
+            {
+                var pe = Vector256.ConditionalSelect(live, Simd.ExpNonPositive(Vector256.Load(sh + full) - vm), Vector256<float>.Zero);
+                pe.Store(sh + full);
+                total += pe;
+            }
+            sum += Vector256.Sum(total);
+        }
+
+        // the running max becomes max(max, segmentMax); sum and the accumulator (64 values) are rescaled to it
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static float Rescale(float segmentMax, ref float max, ref float sum, float* acc)
+        {
+            float old = max, m = MathF.Max(old, segmentMax);
+            if (m > old && old != float.NegativeInfinity)
+            {
+                float c = MathF.Exp(old - m);
+                sum *= c;
+                Scale(acc, c, acc, 64);
+            }
+            max = m;
+            return m;
+        }
+
+        // Scores4 with 256-bit vectors: per head, two accumulators per key (even and odd 8-value chunks) so that eight
+        // FMA chains are in flight; the keys are read from L1 once per head
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private static void Scores4x256(float* k0, float* k1, float* k2, float* k3, float* q, int group, float* s, int lds, Vector128<float> scale)
+        {
+            for (int h = 0; h < group; h++)
+            {
+                float* qh = q + h * 64;
+                Vector256<float> e0 = default, e1 = default, e2 = default, e3 = default, f0 = default, f1 = default, f2 = default, f3 = default;
+                for (int c = 0; c < 64; c += 16)
+                {
+                    var qa = Vector256.Load(qh + c);
+                    e0 = Vector256.FusedMultiplyAdd(qa, Vector256.Load(k0 + c), e0); e1 = Vector256.FusedMultiplyAdd(qa, Vector256.Load(k1 + c), e1);
+                    e2 = Vector256.FusedMultiplyAdd(qa, Vector256.Load(k2 + c), e2); e3 = Vector256.FusedMultiplyAdd(qa, Vector256.Load(k3 + c), e3);
+                    var qb = Vector256.Load(qh + c + 8);
+                    f0 = Vector256.FusedMultiplyAdd(qb, Vector256.Load(k0 + c + 8), f0); f1 = Vector256.FusedMultiplyAdd(qb, Vector256.Load(k1 + c + 8), f1);
+                    f2 = Vector256.FusedMultiplyAdd(qb, Vector256.Load(k2 + c + 8), f2); f3 = Vector256.FusedMultiplyAdd(qb, Vector256.Load(k3 + c + 8), f3);
+                }
+                (Simd.Sum4(e0 + f0, e1 + f1, e2 + f2, e3 + f3) * scale).Store(s + h * lds);
+            }
+        }
+
+        // SumValues with 256-bit vectors: the 64 values in two halves of 32 (4 registers a head); two heads share each
+        // value load (8 FMA chains), one head alternates two sets of accumulators between consecutive keys
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private static void SumValues256<HC>(float** v, int n, float* p, int ldp, float* acc, bool prefetch) where HC : struct, IHeadCount
+        {
+            bool two = HC.Value == 2;
+            for (int half = 0; half < 64; half += 32)
+            {
+                float* a = acc + half, b = two ? acc + 64 + half : null;
+                var a0 = Vector256.Load(a); var a1 = Vector256.Load(a + 8); var a2 = Vector256.Load(a + 16); var a3 = Vector256.Load(a + 24);
+                Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
+                if (two) { b0 = Vector256.Load(b); b1 = Vector256.Load(b + 8); b2 = Vector256.Load(b + 16); b3 = Vector256.Load(b + 24); }
+                bool fetch = prefetch && half == 0 && Sse.IsSupported;
+                int j = 0;
+                if (two)
+                    for (; j < n; j++)
+                    {
+                        float* x = v[j] + half;
+                        if (fetch && j + 8 < n)
+                        {
+                            float* px = v[j + 8];
+                            Sse.Prefetch0(px); Sse.Prefetch0(px + 16); Sse.Prefetch0(px + 32); Sse.Prefetch0(px + 48);
+                        }
+                        var x0 = Vector256.Load(x); var x1 = Vector256.Load(x + 8); var x2 = Vector256.Load(x + 16); var x3 = Vector256.Load(x + 24);
+                        var p0 = Vector256.Create(p[j]); var p1 = Vector256.Create(p[ldp + j]);
+                        a0 = Vector256.FusedMultiplyAdd(x0, p0, a0); a1 = Vector256.FusedMultiplyAdd(x1, p0, a1);
+                        a2 = Vector256.FusedMultiplyAdd(x2, p0, a2); a3 = Vector256.FusedMultiplyAdd(x3, p0, a3);
+                        b0 = Vector256.FusedMultiplyAdd(x0, p1, b0); b1 = Vector256.FusedMultiplyAdd(x1, p1, b1);
+                        b2 = Vector256.FusedMultiplyAdd(x2, p1, b2); b3 = Vector256.FusedMultiplyAdd(x3, p1, b3);
+                    }
+                else
+                {
+                    for (; j + 2 <= n; j += 2)
+                    {
+                        float* x = v[j] + half, y = v[j + 1] + half;
+                        if (fetch && j + 9 < n)
+                        {
+                            float* px = v[j + 8], py = v[j + 9];
+                            Sse.Prefetch0(px); Sse.Prefetch0(px + 16); Sse.Prefetch0(px + 32); Sse.Prefetch0(px + 48);
+                            Sse.Prefetch0(py); Sse.Prefetch0(py + 16); Sse.Prefetch0(py + 32); Sse.Prefetch0(py + 48);
+                        }
+                        var px0 = Vector256.Create(p[j]); var py0 = Vector256.Create(p[j + 1]);
+                        a0 = Vector256.FusedMultiplyAdd(Vector256.Load(x), px0, a0); a1 = Vector256.FusedMultiplyAdd(Vector256.Load(x + 8), px0, a1);
+                        a2 = Vector256.FusedMultiplyAdd(Vector256.Load(x + 16), px0, a2); a3 = Vector256.FusedMultiplyAdd(Vector256.Load(x + 24), px0, a3);
+                        b0 = Vector256.FusedMultiplyAdd(Vector256.Load(y), py0, b0); b1 = Vector256.FusedMultiplyAdd(Vector256.Load(y + 8), py0, b1);
+                        b2 = Vector256.FusedMultiplyAdd(Vector256.Load(y + 16), py0, b2); b3 = Vector256.FusedMultiplyAdd(Vector256.Load(y + 24), py0, b3);
+                    }
+                    if (j < n)
+                    {
+                        float* x = v[j] + half;
+                        var px0 = Vector256.Create(p[j]);
+                        a0 = Vector256.FusedMultiplyAdd(Vector256.Load(x), px0, a0); a1 = Vector256.FusedMultiplyAdd(Vector256.Load(x + 8), px0, a1);
+                        a2 = Vector256.FusedMultiplyAdd(Vector256.Load(x + 16), px0, a2); a3 = Vector256.FusedMultiplyAdd(Vector256.Load(x + 24), px0, a3);
+                    }
+                    a0 += b0; a1 += b1; a2 += b2; a3 += b3;
+                }
+                a0.Store(a); a1.Store(a + 8); a2.Store(a + 16); a3.Store(a + 24);
+                if (two) { b0.Store(b); b1.Store(b + 8); b2.Store(b + 16); b3.Store(b + 24); }
+            }
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

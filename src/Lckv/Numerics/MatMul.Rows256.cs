@@ -7,9 +7,9 @@ namespace Lckv.Numerics;
 
 public static unsafe partial class MatMul
 {
-    /// <summary>Most rows of x one pass of the 256-bit few-row kernel carries: 4 W rows x 3 x rows of accumulators
-    /// leave 4 of the 16 ymm registers for W's vectors.</summary>
-    private const int MaxPassRows256 = 3;
+    /// <summary>Most rows of x one pass of the 256-bit few-row kernel carries: 4 W rows x 2 x rows of accumulators.
+    /// Three rows (12 accumulators, 4 registers left for W's vectors) ran slower per row than two.</summary>
+    private const int MaxPassRows256 = 2;
 
     /// <summary>
     /// Few rows of x (m below <see cref="GemmMinRows"/>), 256-bit, f32/f16/bf16 W: one row reads the thread's W rows
@@ -44,12 +44,8 @@ public static unsafe partial class MatMul
                 {
                     int rows = (M - i) / (passes - pass); // nearly equal passes
                     float* xi = xp + (long)i * K, yi = Y + (long)i * N + j;
-                    switch (rows)
-                    {
-                        case 1: Rows4x256<TE, R1>(xi, w, rowBytes, K, yi, N, next); break;
-                        case 2: Rows4x256<TE, R2>(xi, w, rowBytes, K, yi, N, next); break;
-                        default: Rows4x256<TE, R3>(xi, w, rowBytes, K, yi, N, next); break;
-                    }
+                    if (rows == 1) Rows4x256<TE, R1>(xi, w, rowBytes, K, yi, N, next);
+                    else Rows4x256<TE, R2>(xi, w, rowBytes, K, yi, N, next);
                     i += rows;
                 }
             }
@@ -135,7 +131,7 @@ public static unsafe partial class MatMul
         return Vector256.Sum((a0 + a1) + (a2 + a3));
     }
 
-    // TR rows of packed x (row stride k) against the 4 rows of W at w; y is (TR, ldy), columns [0, 4) written. The
+    // TR (1 or 2) rows of packed x (row stride k) against the 4 rows of W at w; y is (TR, ldy), columns [0, 4) written. The
     // next group's lines (pf) are prefetched into L1 along the way, one line of each of its rows per 64 bytes of a row.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows4x256<TE, TR>(float* x, byte* w, long rowBytes, int k, float* y, int ldy, byte* pf)
@@ -144,8 +140,7 @@ public static unsafe partial class MatMul
         int rn = TR.Value;
         var c00 = Vector256<float>.Zero; var c01 = c00; var c02 = c00; var c03 = c00;
         var c10 = c00; var c11 = c00; var c12 = c00; var c13 = c00;
-        var c20 = c00; var c21 = c00; var c22 = c00; var c23 = c00;
-        float* x1 = x + k, x2 = x1 + k;
+        float* x1 = x + k;
         long step = TE.Bytes(16), rb2 = 2 * rowBytes, rb3 = 3 * rowBytes;
         int whole = k / 16 * 16;
         bool prefetch = Sse.IsSupported;
@@ -156,26 +151,32 @@ public static unsafe partial class MatMul
             {
                 Sse.Prefetch0(pf); Sse.Prefetch0(pf + rowBytes); Sse.Prefetch0(pf + rb2); Sse.Prefetch0(pf + rb3);
             }
+            if (rn == 1)
+            {
+                // one row: the odd values go to the second row's accumulators, so that 8 FMA chains are in flight
+                var x0 = Vector256.Load(x + p); var x8 = Vector256.Load(x + p + 8);
+                c00 = Vector256.FusedMultiplyAdd(x0, Low256<TE>(wc), c00); c10 = Vector256.FusedMultiplyAdd(x8, High256<TE>(wc), c10);
+                c01 = Vector256.FusedMultiplyAdd(x0, Low256<TE>(wc + rowBytes), c01); c11 = Vector256.FusedMultiplyAdd(x8, High256<TE>(wc + rowBytes), c11);
+                c02 = Vector256.FusedMultiplyAdd(x0, Low256<TE>(wc + rb2), c02); c12 = Vector256.FusedMultiplyAdd(x8, High256<TE>(wc + rb2), c12);
+                c03 = Vector256.FusedMultiplyAdd(x0, Low256<TE>(wc + rb3), c03); c13 = Vector256.FusedMultiplyAdd(x8, High256<TE>(wc + rb3), c13);
+                continue;
+            }
             var lo = Low256<TE>(wc); var hi = High256<TE>(wc);
             c00 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), lo, c00); c00 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p + 8), hi, c00);
             if (rn > 1) { c10 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p), lo, c10); c10 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 8), hi, c10); }
-            if (rn > 2) { c20 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p), lo, c20); c20 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p + 8), hi, c20); }
             lo = Low256<TE>(wc + rowBytes); hi = High256<TE>(wc + rowBytes);
             c01 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), lo, c01); c01 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p + 8), hi, c01);
             if (rn > 1) { c11 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p), lo, c11); c11 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 8), hi, c11); }
-            if (rn > 2) { c21 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p), lo, c21); c21 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p + 8), hi, c21); }
             lo = Low256<TE>(wc + rb2); hi = High256<TE>(wc + rb2);
             c02 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), lo, c02); c02 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p + 8), hi, c02);
             if (rn > 1) { c12 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p), lo, c12); c12 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 8), hi, c12); }
-            if (rn > 2) { c22 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p), lo, c22); c22 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p + 8), hi, c22); }
             lo = Low256<TE>(wc + rb3); hi = High256<TE>(wc + rb3);
             c03 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p), lo, c03); c03 = Vector256.FusedMultiplyAdd(Vector256.Load(x + p + 8), hi, c03);
             if (rn > 1) { c13 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p), lo, c13); c13 = Vector256.FusedMultiplyAdd(Vector256.Load(x1 + p + 8), hi, c13); }
-            if (rn > 2) { c23 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p), lo, c23); c23 = Vector256.FusedMultiplyAdd(Vector256.Load(x2 + p + 8), hi, c23); }
         }
+        if (rn == 1) { c00 += c10; c01 += c11; c02 += c12; c03 += c13; }
         y[0] = Vector256.Sum(c00); y[1] = Vector256.Sum(c01); y[2] = Vector256.Sum(c02); y[3] = Vector256.Sum(c03);
         if (rn > 1) { float* r1 = y + ldy; r1[0] = Vector256.Sum(c10); r1[1] = Vector256.Sum(c11); r1[2] = Vector256.Sum(c12); r1[3] = Vector256.Sum(c13); }
-        if (rn > 2) { float* r2 = y + 2L * ldy; r2[0] = Vector256.Sum(c20); r2[1] = Vector256.Sum(c21); r2[2] = Vector256.Sum(c22); r2[3] = Vector256.Sum(c23); }
         if (whole < k)
             for (int r = 0; r < rn; r++) AddTail4<TE>(x + (long)r * k, w, rowBytes, whole, k, y + (long)r * ldy); // the tail is packed in order
     }

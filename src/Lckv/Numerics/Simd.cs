@@ -213,6 +213,35 @@ internal static unsafe class Simd
         return abcd.GetLower() + abcd.GetUpper();
     }
 
+    // the horizontal sums of a, b, c, d (256-bit)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<float> Sum4(Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
+    {
+        var abcd = Avx.HorizontalAdd(Avx.HorizontalAdd(a, b), Avx.HorizontalAdd(c, d));
+        return abcd.GetLower() + abcd.GetUpper();
+    }
+
+    /// <summary>e^x for x &lt;= 0 in 256-bit lanes, the range reduction and polynomial of <see cref="ExpClamped"/>; below
+    /// -87.3 the result is 2^-126 times a number below 2 (not 0 or a subnormal); NaN stays NaN.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> ExpNonPositive(Vector256<float> x)
+    {
+        var xc = Avx.Max(Vector256.Create(-87.3f), x); // maxps returns its second operand, x, when x is NaN
+        var n = Vector256.Round(xc * Vector256.Create(1.44269504088896341f));
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-0.693359375f), xc);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(2.12194440e-4f), r);
+        var p = Vector256.Create(1.9875691500e-4f);
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1.3981999507e-3f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(8.3334519073e-3f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(4.1665795894e-2f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1.6666665459e-1f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(5.0000001201e-1f));
+        p = Vector256.FusedMultiplyAdd(p * r, r, r) + Vector256<float>.One;
+        // 2^n for n in [-126, 0] by its exponent bits
+        var scale = (Vector256.ConvertToInt32(n) + Vector256.Create(127)) << 23;
+        return p * scale.AsSingle();
+    }
+
     /// <summary>e^x for x in [-87.5, 88.75] (no special cases): p(r) * 2^n with n = round(x / ln 2), r = x - n ln 2.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector512<float> ExpClamped(Vector512<float> xc)

@@ -43,6 +43,39 @@ public class ExpTests
         Assert.True(float.IsNaN(Simd.Exp(Vector512.Create(float.NaN))[0]));
         Assert.True(worst > 0); // the sweep compared something
     }
+
+    // the 256-bit exponential of non-positive arguments (the attention softmax on 256-bit hardware)
+    [VectorPathFact(256)]
+    public void NonPositiveExp256IsWithinTwoUlpOfTheExactValue()
+    {
+        var xs = new List<float>();
+        for (double x = -90; x <= 0; x += 0.0071) xs.Add((float)x);
+        var rng = new Random(22);
+        for (int i = 0; i < 20000; i++) xs.Add((float)(-rng.NextDouble() * 30));
+        xs.AddRange([0f, -0f, -1e-30f, -87.3f, -0.34657359f, -88f]);
+        double worst = 0;
+        var buf = new float[8];
+        for (int i = 0; i < xs.Count; i += 8)
+        {
+            int n = Math.Min(8, xs.Count - i);
+            Array.Clear(buf);
+            xs.CopyTo(i, buf, 0, n);
+            var e = Simd.ExpNonPositive(Vector256.Create(buf));
+            for (int j = 0; j < n; j++)
+            {
+                float x = buf[j], got = e[j];
+                double exact = Math.Exp(x);
+                if (x < -87.3f) { Assert.True(got > 0 && got < 2.4e-38f, $"exp({x:R}) = {got:R}"); continue; }
+                double ulp = (double)MathF.BitIncrement((float)exact) - (float)exact;
+                double err = Math.Abs(got - exact) / Math.Max(ulp, float.Epsilon);
+                worst = Math.Max(worst, err);
+                Assert.True(err <= 2, $"exp({x:R}) = {got:R}, exact {exact:R} ({err:F2} ulp)");
+            }
+        }
+        Assert.Equal(1f, Simd.ExpNonPositive(Vector256<float>.Zero)[0]);
+        Assert.True(float.IsNaN(Simd.ExpNonPositive(Vector256.Create(float.NaN))[0]));
+        Assert.True(worst > 0);
+    }
 }
 
 /// <summary>A test of the 512-bit kernels: skipped where the run has no 512-bit vectors, with the reason in its name,
