@@ -372,11 +372,11 @@ public static unsafe class Attention
             return seg / KeyTile * KeyTile;
         }
 
-        // Head_dim 64 on 512-bit hardware, keys in segments: first every score of the segment (each key row is loaded
-        // once for all query heads of the group), then one max, exp and sum per head, then the p * v sums (each value
-        // row loaded once per chunk of up to 4 heads, the accumulators in registers). The running max and sum carry
-        // across segments, so the dependent chain score -> max -> exp -> p * v runs once per segment instead of once
-        // per 16 keys and head.
+        // Head_dim 64 on 512-bit hardware (or 256-bit with FMA), keys in segments: first every score of the segment
+        // (each key row is loaded once for all query heads of the group), then one max, exp and sum per head, then the
+        // p * v sums (each value row loaded once per chunk of up to 4 heads at 512 bits, 2 heads and half a row at 256,
+        // the accumulators in registers). The running max and sum carry across segments, so the dependent chain
+        // score -> max -> exp -> p * v runs once per segment instead of once per 16 keys and head.
         [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
         private readonly void Segments64<TR>(in AttentionSequence s, int g, int r0, int r1) where TR : struct, IKvRow
         {
