@@ -94,7 +94,9 @@ public sealed class CoreMonitor : ICoreAvailability
                 {
                     if (!int.TryParse(Path.GetFileName(dir), out int tid)) continue;
                     alive.Add(tid);
-                    if (!_tasks.ContainsKey(tid)) _tasks[tid] = File.OpenHandle(Path.Combine(dir, "stat"));
+                    if (_tasks.ContainsKey(tid)) continue;
+                    try { _tasks[tid] = File.OpenHandle(Path.Combine(dir, "stat")); }
+                    catch (IOException) { alive.Remove(tid); } // the thread ended since the list was read
                 }
                 foreach (int gone in _tasks.Keys.Where(t => !alive.Contains(t)).ToArray())
                 {
