@@ -243,7 +243,7 @@ public sealed class SpeedBench
         }
 
         int runs = 0;
-        double lastWarm = 0, lastJit = 0;
+        double fastestWarm = double.MaxValue, lastJit = 0; // the fastest untimed run sizes the repetitions: one slow run (a pause, a compile) would make them short
         for (int warmups = 0; samples.Count < repetitions;)
         {
             bool timed = warmups > 0 && (warmups >= MaxWarmups || (warm.Elapsed.TotalSeconds >= WarmupSeconds && lastJit < QuietJitFraction));
@@ -252,11 +252,11 @@ public sealed class SpeedBench
                 warmups++;
                 var jit0 = System.Runtime.JitInfo.GetCompilationTime();
                 long t0 = Stopwatch.GetTimestamp();
-                lastWarm = Once();
+                fastestWarm = Math.Min(fastestWarm, Once());
                 lastJit = (System.Runtime.JitInfo.GetCompilationTime() - jit0).TotalSeconds / Math.Max(Stopwatch.GetElapsedTime(t0).TotalSeconds, 1e-9);
                 continue;
             }
-            if (runs == 0) runs = (int)Math.Clamp(Math.Ceiling(MinRepetitionSeconds / Math.Max(lastWarm, 1e-9)), 1, MaxRunsPerRepetition);
+            if (runs == 0) runs = (int)Math.Clamp(Math.Ceiling(MinRepetitionSeconds / Math.Max(fastestWarm, 1e-9)), 1, MaxRunsPerRepetition);
             if (probes is { Count: 0 }) probes.Add(BandwidthProbe!());
             double? steal0 = StealSeconds?.Invoke();
             double seconds = 0;
