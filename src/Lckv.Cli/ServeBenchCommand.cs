@@ -113,7 +113,7 @@ public static class ServeBenchCommand
                     double clientJit = child is null ? RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, WarmTokens)).JitMs : ChildRound(child).JitMs;
                     double jitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds + clientJit;
                     warmJitMs += jitMs;
-                    quiet = warmRounds >= 1 && jitMs < 0.02 * Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                    quiet = warmRounds >= 1 && jitMs < SpeedBench.QuietJitFraction * Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
                 }
                 stderr.WriteLine($"warm-up: {warmRounds} untimed round(s) of both sides in {warm.Elapsed.TotalSeconds:F1} s, {warmJitMs:F0} ms of it compiling");
 

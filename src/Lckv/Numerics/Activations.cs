@@ -262,7 +262,8 @@ public static unsafe class Softmax
         return sum;
     }
 
-    /// <summary>sum of exp(p[i] - shift) over n values, in f64 across vector lanes' f32 partial sums.</summary>
+    /// <summary>sum of exp(p[i] - shift) over n values, in f64 across vector lanes' f32 partial sums; shift is at
+    /// least every p[i] (their max).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static double SumExp(float* p, int n, float shift)
     {
@@ -287,18 +288,18 @@ public static unsafe class Softmax
             for (; i <= n - 128; )
             {
                 var s = Vector256<float>.Zero;
-                for (int end = i + 128; i < end; i += 8) s += Vector256.Exp(Vector256.Load(p + i) - m);
+                for (int end = i + 128; i < end; i += 8) s += Simd.ExpNonPositive(Vector256.Load(p + i) - m);
                 sum += Vector256.Sum(s);
             }
             var t = Vector256<float>.Zero;
-            for (; i <= n - 8; i += 8) t += Vector256.Exp(Vector256.Load(p + i) - m);
+            for (; i <= n - 8; i += 8) t += Simd.ExpNonPositive(Vector256.Load(p + i) - m);
             sum += Vector256.Sum(t);
         }
         for (; i < n; i++) sum += MathF.Exp(p[i] - shift);
         return sum;
     }
 
-    /// <summary>dst[i] = exp(src[i] - shift) * scale; dst may be src.</summary>
+    /// <summary>dst[i] = exp(src[i] - shift) * scale with shift at least every src[i] (a log-sum-exp); dst may be src.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ExpScaled(float* src, float shift, float scale, float* dst, int n)
     {
@@ -313,7 +314,7 @@ public static unsafe class Softmax
         {
             var m = Vector256.Create(shift);
             var c = Vector256.Create(scale);
-            for (; i <= n - 8; i += 8) (Vector256.Exp(Vector256.Load(src + i) - m) * c).Store(dst + i);
+            for (; i <= n - 8; i += 8) (Simd.ExpNonPositive(Vector256.Load(src + i) - m) * c).Store(dst + i);
         }
         for (; i < n; i++) dst[i] = MathF.Exp(src[i] - shift) * scale;
     }
