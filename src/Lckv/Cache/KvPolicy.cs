@@ -132,7 +132,7 @@ public abstract class EvictingPolicy : KvPolicy
 
     // evicted entries not yet folded: their state (and its generation), KV head, rotated key and value
     private readonly List<(LessState State, int Generation, int KvHead)> _pending = [];
-    private float[] _pendingK = [], _pendingV = [], _rows = [], _psi = [], _scratch = [];
+    private float[] _pendingK = [], _pendingV = [];
     private int[] _index = [], _starts = [];
     private int _foldHeads;
 
@@ -165,19 +165,17 @@ public abstract class EvictingPolicy : KvPolicy
     {
         int count = _pending.Count;
         if (count == 0) return 0;
-        var map = Less!;
-        int d = map.HeadDim, kvHeads = 0;
-        if (_rows.Length < count * d) { _rows = new float[count * d]; _psi = new float[count * map.Rank]; _index = new int[count]; }
-        if (_scratch.Length < count * map.PsiScratchFloats) _scratch = new float[count * map.PsiScratchFloats];
+        int kvHeads = 0;
+        if (_index.Length < count) _index = new int[count];
         foreach (var p in _pending) kvHeads = Math.Max(kvHeads, p.KvHead + 1);
         if (_starts.Length < kvHeads + 1) _starts = new int[kvHeads + 1];
-        // head g's evictions, in eviction order, are rows _starts[g].._starts[g + 1]
+        // head g's evictions, in eviction order, are _pending[_index[_starts[g] .. _starts[g + 1])]
         int n = 0;
         for (int g = 0; g < kvHeads; g++)
         {
             _starts[g] = n;
             for (int i = 0; i < count; i++)
-                if (_pending[i].KvHead == g) { _pendingK.AsSpan(i * d, d).CopyTo(_rows.AsSpan(n * d, d)); _index[n++] = i; }
+                if (_pending[i].KvHead == g) _index[n++] = i;
         }
         _starts[kvHeads] = n;
         _foldHeads = kvHeads;
@@ -190,7 +188,7 @@ public abstract class EvictingPolicy : KvPolicy
     {
         if (g >= _foldHeads) return;
         var map = Less!;
-        int r = map.Rank, d = map.HeadDim, scratch = map.PsiScratchFloats;
+        int r = map.Rank, d = map.HeadDim;
         int first = _starts[g], n = _starts[g + 1] - first;
         if (n == 0) return;
         // the states are read after psi is computed: their lines are fetched meanwhile
@@ -200,18 +198,30 @@ public abstract class EvictingPolicy : KvPolicy
             Simd.PrefetchL2(state.Hs.AsSpan(g * r * d, r * d));
             Simd.PrefetchL2(state.Z.AsSpan(g * r, r));
         }
-        map.PsiRows(LessOwner, g, _rows.AsSpan(first * d, n * d), n, _psi.AsSpan(first * r, n * r), _scratch.AsSpan(first * scratch, n * scratch));
-        for (int j = first; j < first + n; j++)
+        // the keys and the map's scratch in this thread's buffers, which stay in its caches from one call to the next
+        var rows = Grow(ref _foldRows, n * d);
+        var psi = Grow(ref _foldPsi, n * r);
+        var scratch = Grow(ref _foldScratch, n * map.PsiScratchFloats);
+        for (int j = 0; j < n; j++) _pendingK.AsSpan(_index[first + j] * d, d).CopyTo(rows.AsSpan(j * d, d));
+        map.PsiRows(LessOwner, g, rows, n, psi, scratch);
+        for (int j = 0; j < n; j++)
         {
-            var (state, generation, _) = _pending[_index[j]];
+            var (state, generation, _) = _pending[_index[first + j]];
             if (state.Generation != generation) continue;
-            var psi = _psi.AsSpan(j * r, r);
             var z = state.Z.AsSpan(g * r, r);
-            for (int c = 0; c < r; c++) z[c] += psi[c];
+            for (int c = 0; c < r; c++) z[c] += psi[j * r + c];
             fixed (float* v = _pendingV, hs = state.Hs)
-                for (int c = 0; c < r; c++) Simd.MultiplyAdd(v + _index[j] * d, psi[c], hs + (g * r + c) * d, d);
+                for (int c = 0; c < r; c++) Simd.MultiplyAdd(v + _index[first + j] * d, psi[j * r + c], hs + (g * r + c) * d, d);
             state.Evicted[g] = true;
         }
+    }
+
+    [ThreadStatic] private static float[]? _foldRows, _foldPsi, _foldScratch;
+
+    private static float[] Grow(ref float[]? buffer, int floats)
+    {
+        if (buffer is null || buffer.Length < floats) buffer = new float[Math.Max(floats, 2 * (buffer?.Length ?? 0))];
+        return buffer;
     }
 
     /// <summary>Drops the evictions folded since <see cref="BeginFold"/>.</summary>

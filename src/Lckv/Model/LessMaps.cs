@@ -113,13 +113,16 @@ public sealed class LessMaps : ILessMaps
             m.HasKeyMap ? First(m.K1!, KvHeads) : null, m.HasKeyMap ? Second(m.K2!, KvHeads) : null);
     }
 
-    // the packed W1 a step reads after the given one: a store owner's key maps are read before the layer's query maps
-    // (its evictions are folded before it attends), and the layers in order
+    // the packed W1 a thread reads after the given one: a step's LESS work goes by KV head, each in one thread's
+    // contiguous range, and for KV head g the key map (the store's evictions are folded first), then the query maps of
+    // g's group; after the last head, the next layer's first map
     private ReadOnlySpan<float> ReadAfter(int layer, bool query, int index)
     {
         var f = Kernel(layer);
-        if (!query) return index + 1 < KvHeads ? f.K1![index + 1] : f.Q1[0];
-        if (index + 1 < Heads) return f.Q1[index + 1];
+        int group = Heads / KvHeads;
+        if (!query) return f.Q1[index * group];
+        if ((index + 1) % group != 0) return f.Q1[index + 1];
+        if (index + 1 < Heads) return f.K1 is { } own ? own[(index + 1) / group] : f.Q1[index + 1];
         if (layer + 1 >= Layers.Count) return default;
         var g = Kernel(layer + 1);
         return g.K1 is { } k ? k[0] : g.Q1[0];
@@ -143,14 +146,19 @@ public sealed class LessMaps : ILessMaps
         var s1 = m.S1.AsSpan(kvHead * r, r);
         var s2 = m.S2.AsSpan(kvHead * r, r);
         var w3 = m.W3!.AsSpan(kvHead * r * r, r * r);
+        // psi = |k1 + s2 * (k1 W3)| per row, W3 [R, R] row-major (R is a handful: plain loops)
         for (int i = 0; i < n; i++)
         {
             var row = k1.Slice(i * r, r);
             for (int c = 0; c < r; c++) row[c] *= MathF.Abs(s1[c]);
-            // psi = |k1 + s2 * (k1 W3)|, W3 [R, R] row-major
             var sum = p.Slice(i * r, r);
             sum.Clear();
-            for (int b = 0; b < r; b++) System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(w3.Slice(b * r, r), row[b], sum, sum);
+            for (int b = 0; b < r; b++)
+            {
+                float kb = row[b];
+                var w = w3.Slice(b * r, r);
+                for (int c = 0; c < r; c++) sum[c] += w[c] * kb;
+            }
             for (int c = 0; c < r; c++) psi[i * r + c] = MathF.Abs(row[c] + s2[c] * sum[c]);
         }
     }
