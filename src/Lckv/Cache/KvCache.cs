@@ -53,6 +53,8 @@ public sealed class KvCache
     private readonly int _blockSize;
     private readonly int _tableCapacity;
     private readonly int[] _ringBlocks; // per store: 0 = linear table, else a ring of that many blocks
+    // some store evicts, and every store has a policy object of its own: the stores' policies may run in parallel
+    private readonly bool _parallelPolicies;
     private readonly List<Sequence> _sequences = [];
     private int _liveCount;
 
@@ -81,6 +83,7 @@ public sealed class KvCache
         _blockSize = pool.Layout.BlockSize;
         _tableCapacity = (int)BlocksFor(maxSequenceLength, _blockSize);
         _policies = [.. policies];
+        _parallelPolicies = _policies.Any(p => p.Compacts) && _policies.Distinct(ReferenceEqualityComparer.Instance).Count() == _kvLayers;
         _ringBlocks = new int[_kvLayers];
         for (int l = 0; l < _kvLayers; l++) _ringBlocks[l] = _policies[l].RingBlocks(_blockSize);
     }
@@ -400,6 +403,81 @@ public sealed class KvCache
     /// <summary>Commits positions up to `length` (a step wrote them), then lets each store's policy evict.</summary>
     public void SetLength(int seq, int length)
     {
+        if (!Commit(seq, length)) return;
+        var s = Get(seq);
+        Prefetch(s.States[0]);
+        for (int l = 0; l < _kvLayers; l++)
+        {
+            if (l + 1 < _kvLayers) Prefetch(s.States[l + 1]);
+            _policies[l].AfterStep(new KvStoreEditor(this, seq, l), length);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="SetLength"/> for a step's sequences: commits every length, then lets the policies evict, one store per
+    /// thread of <see cref="WorkerPool.Shared"/> where every store has a policy object of its own. Each policy sees its
+    /// store's sequences in the order given, as it would from SetLength called for one after another.
+    /// </summary>
+    public void SetLengths(ReadOnlySpan<int> seqs, ReadOnlySpan<int> lengths)
+    {
+        if (seqs.Length != lengths.Length) throw new ArgumentException($"{seqs.Length} sequences but {lengths.Length} lengths");
+        if (_evictSeqs.Length < seqs.Length)
+        {
+            _evictSeqs = new int[seqs.Length];
+            _evictLengths = new int[seqs.Length];
+        }
+        int n = 0;
+        for (int i = 0; i < seqs.Length; i++)
+            if (Commit(seqs[i], lengths[i])) { _evictSeqs[n] = seqs[i]; _evictLengths[n++] = lengths[i]; }
+        if (n == 0) return;
+        _evictCount = n;
+        _evictError = null;
+        var job = new EvictJob { Cache = this };
+        if (n > 1 && _kvLayers > 1 && _parallelPolicies && WorkerPool.Shared.ThreadCount > 1) WorkerPool.Shared.Run(_kvLayers, job);
+        else
+            for (int i = 0; i < n; i++) SetLengthPolicies(i);
+        if (_evictError is { } error) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+    }
+
+    private int[] _evictSeqs = [], _evictLengths = [];
+    private int _evictCount;
+    private Exception? _evictError;
+
+    // the policies of every store for the i-th sequence of SetLengths (the serial order)
+    private void SetLengthPolicies(int i)
+    {
+        var s = Get(_evictSeqs[i]);
+        for (int l = 0; l < _kvLayers; l++)
+        {
+            if (l + 1 < _kvLayers) Prefetch(s.States[l + 1]);
+            _policies[l].AfterStep(new KvStoreEditor(this, _evictSeqs[i], l), _evictLengths[i]);
+        }
+    }
+
+    // stores [start, end) of SetLengths, each over the sequences in order; a policy's failure is rethrown by the caller
+    private struct EvictJob : IRangeBody
+    {
+        public KvCache Cache;
+
+        public readonly void Invoke(int start, int end)
+        {
+            var c = Cache;
+            try
+            {
+                for (int l = start; l < end; l++)
+                    for (int i = 0; i < c._evictCount; i++)
+                    {
+                        if (i + 1 < c._evictCount) Prefetch(c.Get(c._evictSeqs[i + 1]).States[l]);
+                        c._policies[l].AfterStep(new KvStoreEditor(c, c._evictSeqs[i], l), c._evictLengths[i]);
+                    }
+            }
+            catch (Exception e) { Interlocked.CompareExchange(ref c._evictError, e, null); }
+        }
+    }
+
+    // commits the length of one sequence; true when it grew (its policies are due)
+    private bool Commit(int seq, int length)
+    {
         var s = Get(seq);
         if (length < 0 || length > s.Reserved)
             throw new ArgumentOutOfRangeException(nameof(length), length,
@@ -413,8 +491,15 @@ public sealed class KvCache
         }
         s.Length = length;
         s.Reserved = Math.Max(s.Reserved, length);
-        if (added <= 0) return;
-        for (int l = 0; l < _kvLayers; l++) _policies[l].AfterStep(new KvStoreEditor(this, seq, l), length);
+        return added > 0;
+    }
+
+    // a store's entry arrays, which its policy reads next and which were last touched a whole step ago
+    private static void Prefetch(KvStoreState state)
+    {
+        if (state.Positions is { } positions) Simd.PrefetchL2(System.Runtime.InteropServices.MemoryMarshal.Cast<int, float>(positions.AsSpan()));
+        if (state.Slots is { } slots) Simd.PrefetchL2(System.Runtime.InteropServices.MemoryMarshal.Cast<int, float>(slots.AsSpan()));
+        if (state.Scores is { } scores) Simd.PrefetchL2(scores);
     }
 
     /// <summary>The block table of one (sequence, KV layer): owned by the cache, valid while the sequence lives.</summary>
@@ -564,15 +649,15 @@ public sealed class KvCache
         long rowBytes = storage.HeadBytes;
         Span<float> k = policy.ReceivesEvicted ? stackalloc float[d] : default;
         Span<float> v = policy.ReceivesEvicted ? stackalloc float[d] : default;
-        // the evicted rows were last read a whole step ago: ask for all heads' rows before the first is loaded
-        if (policy.ReceivesEvicted)
-            for (int g = 0; g < heads; g++)
-                if ((uint)entries[g] < (uint)count)
-                {
-                    byte* row = view.KeyRow(storage, entries[g], g);
-                    Simd.PrefetchL1(row, rowBytes);
-                    Simd.PrefetchL1(row + storage.ValueOffset, rowBytes);
-                }
+        // the evicted rows were last read a whole step ago (the policy reads them, or the last slot's row moves into
+        // them): ask for all heads' rows before the first is touched
+        for (int g = 0; g < heads; g++)
+            if ((uint)entries[g] < (uint)count)
+            {
+                byte* row = view.KeyRow(storage, entries[g], g);
+                Simd.PrefetchL1(row, rowBytes);
+                Simd.PrefetchL1(row + storage.ValueOffset, rowBytes);
+            }
         for (int g = 0; g < heads; g++)
         {
             int e = entries[g], o = g * cap;
@@ -673,11 +758,12 @@ public sealed class KvCache
         var table = s.Tables[l];
         int ring = _ringBlocks[l];
         int from = ring > 0 ? Math.Min(keepBlocks, ring) : keepBlocks, to = ring > 0 ? Math.Min(st.Blocks, ring) : st.Blocks;
-        for (int b = from; b < to; b++)
-        {
-            _pool.Release(table[b]);
-            table[b] = -1;
-        }
+        lock (_pool) // stores evict in parallel (SetLengths)
+            for (int b = from; b < to; b++)
+            {
+                _pool.Release(table[b]);
+                table[b] = -1;
+            }
         st.Blocks = keepBlocks;
     }
 }

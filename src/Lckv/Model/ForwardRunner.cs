@@ -41,7 +41,7 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
     private readonly float[] _x, _xIn, _xn, _q, _k, _v, _att, _gate, _up;
     private readonly int[] _positions, _ranks;
     private readonly AttentionSequence[] _attSeqs;
-    private readonly int[] _starts, _rowStarts;
+    private readonly int[] _starts, _rowStarts, _lengthSeqs, _lengths;
     private readonly StepSequence[] _batch;
     private readonly ForwardContext _ctx;
     private readonly LayerBuffers _buffers;
@@ -88,6 +88,8 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         _attSeqs = new AttentionSequence[size.Sequences];
         _starts = new int[size.Sequences];
         _rowStarts = new int[size.Sequences];
+        _lengthSeqs = new int[size.Sequences];
+        _lengths = new int[size.Sequences];
         _batch = new StepSequence[size.Sequences];
         for (int kv = 0; kv < cache.KvLayers; kv++)
         {
@@ -296,7 +298,11 @@ public sealed class ForwardRunner : IPlanHost, IKvStores
         bool whole = multi && _model.Map.AnyAttendsTop;
         IterationPlan.Execute(whole ? _plan : _onePass, _model.Map, whole, this);
         for (int s = 0; s < batch.Length; s++)
-            _cache.SetLength(batch[s].SequenceId, _starts[s] + batch[s].TokenCount);
+        {
+            _lengthSeqs[s] = batch[s].SequenceId;
+            _lengths[s] = _starts[s] + batch[s].TokenCount;
+        }
+        _cache.SetLengths(_lengthSeqs.AsSpan(0, batch.Length), _lengths.AsSpan(0, batch.Length));
         if (hidden.IsEmpty) Head(batch, total, rows, logits);
         else RmsNorm.Apply(_x.AsSpan(0, total * _hidden), _model.Weights.FinalNorm, _model.Config.RmsNormEps, hidden[..(total * _hidden)], total);
     }

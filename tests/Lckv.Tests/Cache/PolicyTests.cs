@@ -114,6 +114,88 @@ public sealed class PolicyTests
     }
 
     [Fact]
+    public void SetLengthsEvictsAsSetLengthDoesOneSequenceAfterAnother()
+    {
+        // three stores, each with a policy of its own: SetLengths runs them on the pool's threads, one store per thread
+        const int kvHeads = 2, d = 8, stores = 3, capacity = 16, sequences = 5;
+        var layout = new KvLayout(4, kvHeads, d, DType.F32);
+        var rng = new Random(11);
+        EveryOther[] serialPolicies = [.. Enumerable.Range(0, stores).Select(_ => new EveryOther(capacity))];
+        EveryOther[] batchPolicies = [.. Enumerable.Range(0, stores).Select(_ => new EveryOther(capacity))];
+        using var serialPool = new KvBlockPool(layout, 256 * layout.BlockBytes);
+        using var batchPool = new KvBlockPool(layout, 256 * layout.BlockBytes);
+        var serial = new KvCache(serialPool, serialPolicies, maxSequenceLength: 400);
+        var batch = new KvCache(batchPool, batchPolicies, maxSequenceLength: 400);
+        var ids = Enumerable.Range(0, sequences).Select(_ => (serial.CreateSequence(), batch.CreateSequence())).ToArray();
+        var lengths = new int[sequences];
+        for (int step = 0; step < 12; step++)
+        {
+            var seqs = new int[sequences];
+            var next = new int[sequences];
+            for (int s = 0; s < sequences; s++)
+            {
+                int n = step == 0 ? 1 + rng.Next(9) : 1 + rng.Next(3);
+                next[s] = lengths[s] + n;
+                Assert.True(serial.TryReserve(ids[s].Item1, next[s]));
+                Assert.True(batch.TryReserve(ids[s].Item2, next[s]));
+                for (int l = 0; l < stores; l++)
+                {
+                    var k = TestRandom(rng, n * kvHeads * d);
+                    var v = TestRandom(rng, n * kvHeads * d);
+                    serial.Write(ids[s].Item1, l, lengths[s], k, v);
+                    batch.Write(ids[s].Item2, l, lengths[s], k, v);
+                }
+                seqs[s] = ids[s].Item2;
+            }
+            for (int s = 0; s < sequences; s++) serial.SetLength(ids[s].Item1, next[s]);
+            batch.SetLengths(seqs, next);
+            next.CopyTo(lengths, 0);
+            for (int l = 0; l < stores; l++)
+            {
+                // each policy saw the same evictions in the same order, with the same K/V
+                Assert.Equal(serialPolicies[l].Evicted.Count, batchPolicies[l].Evicted.Count);
+                for (int i = 0; i < serialPolicies[l].Evicted.Count; i++)
+                {
+                    var (a, b) = (serialPolicies[l].Evicted[i], batchPolicies[l].Evicted[i]);
+                    Assert.Equal((a.Head, a.Position), (b.Head, b.Position));
+                    Assert.Equal(a.K, b.K);
+                    Assert.Equal(a.V, b.V);
+                }
+                for (int s = 0; s < sequences; s++)
+                {
+                    Assert.Equal(serial.EntryCount(ids[s].Item1, l), batch.EntryCount(ids[s].Item2, l));
+                    Assert.Equal(serial.StateOf(ids[s].Item1, l).Positions, batch.StateOf(ids[s].Item2, l).Positions);
+                }
+            }
+            Assert.Equal(serialPool.UsedBlocks, batchPool.UsedBlocks);
+        }
+        foreach (var (a, b) in ids)
+        {
+            serial.Remove(a);
+            batch.Remove(b);
+        }
+        Assert.Equal(0, batchPool.UsedBlocks);
+    }
+
+    [Fact]
+    public void AFailingPolicyFailsSetLengthsWithItsOwnException()
+    {
+        var layout = new KvLayout(4, 1, 8, DType.F32);
+        using var pool = new KvBlockPool(layout, 64 * layout.BlockBytes);
+        var cache = new KvCache(pool, [new EveryOther(8), new Failing(8)], maxSequenceLength: 100);
+        int a = cache.CreateSequence(), b = cache.CreateSequence();
+        Assert.True(cache.TryReserve(a, 2));
+        Assert.True(cache.TryReserve(b, 2));
+        var e = Assert.Throws<InvalidOperationException>(() => cache.SetLengths([a, b], [2, 2]));
+        Assert.Equal("the policy failed", e.Message);
+    }
+
+    private sealed class Failing(int capacity) : EvictingPolicy(capacity)
+    {
+        public override void AfterStep(KvStoreEditor store, int length) => throw new InvalidOperationException("the policy failed");
+    }
+
+    [Fact]
     public void AStepLargerThanTheCapacityIsRefused()
     {
         var layout = new KvLayout(4, 1, 8, DType.F32);
