@@ -403,14 +403,7 @@ public sealed class KvCache
     /// <summary>Commits positions up to `length` (a step wrote them), then lets each store's policy evict.</summary>
     public void SetLength(int seq, int length)
     {
-        if (!Commit(seq, length)) return;
-        var s = Get(seq);
-        Prefetch(s.States[0]);
-        for (int l = 0; l < _kvLayers; l++)
-        {
-            if (l + 1 < _kvLayers) Prefetch(s.States[l + 1]);
-            _policies[l].AfterStep(new KvStoreEditor(this, seq, l), length);
-        }
+        if (Commit(seq, length)) RunPolicies(seq, length);
     }
 
     /// <summary>
@@ -432,25 +425,28 @@ public sealed class KvCache
         if (n == 0) return;
         _evictCount = n;
         _evictError = null;
-        var job = new EvictJob { Cache = this };
-        if (n > 1 && _kvLayers > 1 && _parallelPolicies && WorkerPool.Shared.ThreadCount > 1) WorkerPool.Shared.Run(_kvLayers, job);
+        if (n > 1 && _kvLayers > 1 && _parallelPolicies && WorkerPool.Shared.ThreadCount > 1)
+        {
+            WorkerPool.Shared.Run(_kvLayers, new EvictJob { Cache = this });
+            if (_evictError is { } error) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+        }
         else
-            for (int i = 0; i < n; i++) SetLengthPolicies(i);
-        if (_evictError is { } error) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+            for (int i = 0; i < n; i++) RunPolicies(_evictSeqs[i], _evictLengths[i]);
     }
 
     private int[] _evictSeqs = [], _evictLengths = [];
     private int _evictCount;
     private Exception? _evictError;
 
-    // the policies of every store for the i-th sequence of SetLengths (the serial order)
-    private void SetLengthPolicies(int i)
+    // every store's policy for one sequence that grew to `length`, store after store
+    private void RunPolicies(int seq, int length)
     {
-        var s = Get(_evictSeqs[i]);
+        var s = Get(seq);
+        Prefetch(s.States[0]);
         for (int l = 0; l < _kvLayers; l++)
         {
             if (l + 1 < _kvLayers) Prefetch(s.States[l + 1]);
-            _policies[l].AfterStep(new KvStoreEditor(this, _evictSeqs[i], l), _evictLengths[i]);
+            _policies[l].AfterStep(new KvStoreEditor(this, seq, l), length);
         }
     }
 
