@@ -9,12 +9,14 @@ namespace Lckv.Cli;
 /// <summary>
 /// bench serve's streaming clients at the least cost a client can have: one thread serves every connection (raw
 /// HTTP/1.1 over sockets, polled together), so a step's tokens cost one wake of the client side rather than one per
-/// client, and each event is read in place with <see cref="Utf8JsonReader"/>.
+/// client, and each event is read in place with <see cref="Utf8JsonReader"/>. Without streaming, each client reads
+/// its whole answer (chunked, as the server sends it) and takes every token's time as the answer's.
 /// </summary>
 internal static class RawSseClients
 {
-    /// <summary>Every prompt streamed at once as a greedy /v1/completions request of gen tokens.</summary>
-    public static ServeBenchCommand.ClientRound Round(Uri address, int[][] prompts, int gen)
+    /// <summary>Every prompt at once as a greedy /v1/completions request of gen tokens, streamed, or (stream false)
+    /// answered whole.</summary>
+    public static ServeBenchCommand.ClientRound Round(Uri address, int[][] prompts, int gen, bool stream = true)
     {
         var clock = Stopwatch.StartNew();
         var conns = new Connection[prompts.Length];
@@ -23,7 +25,7 @@ internal static class RawSseClients
         {
             for (int i = 0; i < prompts.Length; i++)
             {
-                conns[i] = new Connection(address, prompts[i], gen, clock);
+                conns[i] = new Connection(address, prompts[i], gen, stream, clock);
                 if (!conns[i].Done && conns[i].Socket is { } s) bySocket[s] = conns[i];
             }
             var ready = new List<Socket>(prompts.Length);
@@ -64,6 +66,7 @@ internal static class RawSseClients
         private readonly double _start;
         private readonly List<double> _gaps;
         private readonly StringBuilder _text = new();
+        private readonly bool _stream;
         private byte[] _raw = new byte[16384]; // bytes received and not yet taken (headers, chunk framing)
         private int _rawLength;
         private byte[] _events = new byte[16384]; // the body, de-chunked, not yet split into events
@@ -74,12 +77,15 @@ internal static class RawSseClients
         private double _first = -1, _last, _end;
         private string? _error;
 
-        public Connection(Uri address, int[] prompt, int gen, Stopwatch clock)
+        public Connection(Uri address, int[] prompt, int gen, bool stream, Stopwatch clock)
         {
             _clock = clock;
+            _stream = stream;
             _gaps = new List<double>(gen);
             _start = clock.Elapsed.TotalMilliseconds;
-            byte[] body = JsonSerializer.SerializeToUtf8Bytes(new { prompt, max_tokens = gen, temperature = 0, stream = true, stream_options = new { include_usage = true } });
+            byte[] body = stream
+                ? JsonSerializer.SerializeToUtf8Bytes(new { prompt, max_tokens = gen, temperature = 0, stream = true, stream_options = new { include_usage = true } })
+                : JsonSerializer.SerializeToUtf8Bytes(new { prompt, max_tokens = gen, temperature = 0 });
             byte[] head = Encoding.ASCII.GetBytes($"POST /v1/completions HTTP/1.1\r\nHost: {address.Authority}\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n");
             try
             {
@@ -121,7 +127,7 @@ internal static class RawSseClients
                     Fail($"{headers.Split("\r\n")[0]}: {Encoding.UTF8.GetString(_raw, end + 4, _rawLength - end - 4)}");
                     return;
                 }
-                if (!headers.Contains("transfer-encoding: chunked", StringComparison.OrdinalIgnoreCase)) { Fail("the stream is not chunked"); return; }
+                if (!headers.Contains("transfer-encoding: chunked", StringComparison.OrdinalIgnoreCase)) { Fail("the response is not chunked"); return; }
                 _headersRead = true;
                 at = end + 4;
             }
@@ -151,6 +157,11 @@ internal static class RawSseClients
             }
             _raw.AsSpan(at, _rawLength - at).CopyTo(_raw);
             _rawLength -= at;
+            if (!_stream)
+            {
+                if (Done) Answered(now);
+                return;
+            }
             // whole events
             int used = 0;
             while (_events.AsSpan(used, _eventsLength - used).IndexOf("\n\n"u8) is var end and >= 0)
@@ -166,6 +177,14 @@ internal static class RawSseClients
             _events.AsSpan(used, _eventsLength - used).CopyTo(_events);
             _eventsLength -= used;
             if (_error is not null) Done = true;
+        }
+
+        // the whole answer has arrived: its text and completion tokens, every token at once
+        private void Answered(double now)
+        {
+            Done = true;
+            ServeBenchCommand.ReadEvent(_events.AsSpan(0, _eventsLength), _text, ref _tokens, ref _error);
+            _first = _last = _end = now;
         }
 
         private static void Append(ref byte[] buffer, ref int length, ReadOnlySpan<byte> data)

@@ -56,14 +56,16 @@ public static class ServeBenchCommand
         var seed = new Option<ulong>("--seed") { Description = "seed of the random prompts", DefaultValueFactory = _ => 1 };
         var warmUp = new Option<int>("--warm-up") { Description = "at most this many untimed rounds of both sides first, fewer once the JIT is quiet (compiling under 2% of a round); none starts after 30 s", DefaultValueFactory = _ => 16 };
         var rounds = new Option<int>("--rounds") { Description = "timed rounds, each the bare engine and the server (taking turns going first)", DefaultValueFactory = _ => 1 };
+        var noStream = new Option<bool>("--no-stream") { Description = "the clients ask for each completion whole (stream: false) instead of streaming it" };
         var process = new Option<bool>("--clients-process") { Description = "run the clients in a child process (this program, bench serve-clients) instead of this one" };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
         var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget, against the bare engine");
         mo.AddTo(cmd, ModelUses.All & ~ModelUses.KvBudget); // --fit sizes the pool
         var eo = EvictionOptions.AddTo(cmd);
-        foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, rounds, warmUp, process, format }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, rounds, warmUp, noStream, process, format }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
+            bool stream = !p.GetValue(noStream);
             int n = p.GetValue(clients), promptTokens = p.GetValue(prompt), genTokens = p.GetValue(gen), step = p.GetValue(stepTokens), roundCount = p.GetValue(rounds);
             int fits = p.GetValue(fit) ?? Math.Max(1, n / 4);
             string fmt = p.GetValue(format)!;
@@ -92,12 +94,12 @@ public static class ServeBenchCommand
             try
             {
                 using var http = new HttpClient { BaseAddress = server.Address };
-                var alone = p.GetValue(check) ? null : prompts.Select(q => RawSseClients.Round(server.Address, [q], genTokens).Runs[0]).ToArray();
+                var alone = p.GetValue(check) ? null : prompts.Select(q => RawSseClients.Round(server.Address, [q], genTokens, stream).Runs[0]).ToArray();
                 if (p.GetValue(process))
                 {
                     promptFile = Path.GetTempFileName();
                     File.WriteAllText(promptFile, JsonSerializer.Serialize(prompts));
-                    child = StartClients(server.Address, promptFile, genTokens);
+                    child = StartClients(server.Address, promptFile, genTokens, stream);
                 }
                 // Untimed rounds of both sides until the JIT is quiet. Tiered compilation keeps recompiling the
                 // server's and the engine's methods for seconds after the first requests, on the same cores, and would
@@ -110,7 +112,7 @@ public static class ServeBenchCommand
                     var jit0 = JitInfo.GetCompilationTime();
                     long t0 = Stopwatch.GetTimestamp();
                     EngineRound(bare, prompts, Math.Min(genTokens, WarmTokens), parts.Tokenizer, parts.StopIds);
-                    double clientJit = child is null ? RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, WarmTokens)).JitMs : ChildRound(child).JitMs;
+                    double clientJit = child is null ? RawSseClients.Round(server.Address, prompts, Math.Min(genTokens, WarmTokens), stream).JitMs : ChildRound(child).JitMs;
                     double jitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds + clientJit;
                     warmJitMs += jitMs;
                     quiet = warmRounds >= 1 && jitMs < SpeedBench.QuietJitFraction * Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
@@ -143,13 +145,13 @@ public static class ServeBenchCommand
                     var cpu0 = cpu.TotalProcessorTime;
                     var monitor0 = Monitor();
                     var jit0 = JitInfo.GetCompilationTime();
-                    var clientRound = child is null ? RawSseClients.Round(server.Address, prompts, genTokens) : ChildRound(child);
+                    var clientRound = child is null ? RawSseClients.Round(server.Address, prompts, genTokens, stream) : ChildRound(child);
                     cpu.Refresh();
                     var times = parts.Scheduler.Times - times0;
                     long items = ThreadPool.CompletedWorkItemCount - items0;
                     var runs = clientRound.Runs;
                     serverFigures.Add(Summarize(runs, clientRound.WallMs / 1000, times.Steps, times.StepSeconds, times.BetweenSeconds,
-                        (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items)
+                        (cpu.TotalProcessorTime - cpu0).TotalSeconds, clientRound.CpuSeconds, items, tokenTimes: stream)
                         with
                         {
                             Contended = ContendedSince(monitor0), DeliverMs = times.Steps > 0 ? times.DeliverSeconds * 1000 / times.Steps : 0,
@@ -173,12 +175,12 @@ public static class ServeBenchCommand
 
                 var last = serverFigures[^1];
                 double Median(IEnumerable<double> xs) { var s = xs.Order().ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
-                var ratios = serverFigures.Zip(engineFigures, (s, e) => (Total: s.TotalRate / e.TotalRate, Decode: s.DecodeRate / e.DecodeRate)).ToArray();
+                var ratios = serverFigures.Zip(engineFigures, (s, e) => (Total: s.TotalRate / e.TotalRate, Decode: s.DecodeRate > 0 ? s.DecodeRate / e.DecodeRate : 0)).ToArray();
                 var report = new
                 {
                     clients = n, prompt_tokens = promptTokens, gen_tokens = genTokens, kv_budget_sequences = fits,
                     kv_budget_blocks = pool.TotalBlocks, kv_budget_mib = pool.CapacityBytes / 1048576.0,
-                    clients_process = child is not null, rounds = roundCount, warm_up_rounds = warmRounds, warm_up_jit_ms = warmJitMs,
+                    stream, clients_process = child is not null, rounds = roundCount, warm_up_rounds = warmRounds, warm_up_jit_ms = warmJitMs,
                     completed = n * roundCount - failed, failed, checked_alone = alone is not null, mismatched,
                     completion_tokens = last.Tokens, wall_seconds = last.WallSeconds,
                     total_tokens_per_second = Median(serverFigures.Select(f => f.TotalRate)),
@@ -194,9 +196,10 @@ public static class ServeBenchCommand
                 if (fmt == "json") stdout.WriteLine(JsonSerializer.Serialize(report));
                 else
                 {
-                    stdout.WriteLine($"{n} streaming clients{(child is null ? "" : " (in a child process)")}, prompt {promptTokens} + {genTokens} generated tokens each, KV budget {fits} sequences ({pool.TotalBlocks} blocks, {report.kv_budget_mib:F1} MiB)");
+                    stdout.WriteLine($"{n} {(stream ? "streaming" : "non-streaming")} clients{(child is null ? "" : " (in a child process)")}, prompt {promptTokens} + {genTokens} generated tokens each, KV budget {fits} sequences ({pool.TotalBlocks} blocks, {report.kv_budget_mib:F1} MiB)");
                     stdout.WriteLine();
-                    stdout.WriteLine("| completed | same text as alone | total tok/s | decode tok/s | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | KV blocks after |");
+                    stdout.WriteLine(stream ? "| completed | same text as alone | total tok/s | decode tok/s | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | KV blocks after |"
+                        : "| completed | same text as alone | total tok/s | decode tok/s | answer p50 | answer p99 | inter-token p50 | inter-token p99 | KV blocks after |");
                     stdout.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
                     stdout.WriteLine($"| {report.completed}/{n * roundCount} | {(alone is null ? "not checked" : $"{report.completed - mismatched}/{report.completed}")} | {report.total_tokens_per_second:F1} | {report.decode_tokens_per_second:F1} | " +
                                      $"{last.TtftP50:F1} ms | {last.TtftP99:F1} ms | {last.GapP50:F2} ms | {last.GapP99:F2} ms | {blocksAfter} |");
@@ -209,7 +212,7 @@ public static class ServeBenchCommand
                         foreach (var (side, f) in new[] { ("engine", engineFigures[r]), ("server", serverFigures[r]) })
                             stdout.WriteLine($"| {r + 1} | {side} | {f.TotalRate:F1} | {f.DecodeRate:F1} | {f.Steps} | {f.StepMs:F2} | {f.BetweenMs:F3} | {f.DeliverMs:F3} | {f.CpuMsPerStep:F2} | {f.ClientCpuMsPerStep:F2} | {f.WorkItemsPerStep:F1} | {f.Contended:P0} | {f.JitMs:F0} |");
                     stdout.WriteLine();
-                    stdout.WriteLine($"server / engine: total {report.total_ratio:F3}, decode {report.decode_ratio:F3} (median of {roundCount} round(s))");
+                    stdout.WriteLine($"server / engine: total {report.total_ratio:F3}, decode {(stream ? report.decode_ratio.ToString("F3", System.Globalization.CultureInfo.InvariantCulture) : "not measured (whole answers)")} (median of {roundCount} round(s))");
                 }
                 if (failed > 0) throw new LckvException($"{failed} of {n * roundCount} clients failed: {report.errors[0]}");
                 if (mismatched > 0) throw new LckvException($"{mismatched} of {n * roundCount} clients got a different text than alone");
@@ -242,14 +245,16 @@ public static class ServeBenchCommand
         var url = new Option<string>("--url") { Required = true };
         var promptFile = new Option<string>("--prompts") { Required = true };
         var gen = new Option<int>("--gen") { Required = true };
+        var noStream = new Option<bool>("--no-stream");
         var cmd = new Command("serve-clients", "the streaming clients of bench serve --clients-process") { Hidden = true };
-        foreach (var o in new Option[] { url, promptFile, gen }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { url, promptFile, gen, noStream }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             var prompts = JsonSerializer.Deserialize<int[][]>(File.ReadAllText(p.GetValue(promptFile)!))!;
             int tokens = p.GetValue(gen);
             var address = new Uri(p.GetValue(url)!);
-            RawSseClients.Round(address, prompts, Math.Min(tokens, 4));
+            bool stream = !p.GetValue(noStream);
+            RawSseClients.Round(address, prompts, Math.Min(tokens, 4), stream);
             using var self = Process.GetCurrentProcess();
             while (true)
             {
@@ -259,7 +264,7 @@ public static class ServeBenchCommand
                 self.Refresh();
                 var cpu0 = self.TotalProcessorTime;
                 var jit0 = JitInfo.GetCompilationTime();
-                var round = RawSseClients.Round(address, prompts, tokens);
+                var round = RawSseClients.Round(address, prompts, tokens, stream);
                 self.Refresh();
                 stdout.WriteLine(JsonSerializer.Serialize(round with { CpuSeconds = (self.TotalProcessorTime - cpu0).TotalSeconds, JitMs = (JitInfo.GetCompilationTime() - jit0).TotalMilliseconds }));
                 stdout.Flush();
@@ -269,7 +274,7 @@ public static class ServeBenchCommand
     }
 
 
-    private static Process StartClients(Uri address, string promptFile, int gen)
+    private static Process StartClients(Uri address, string promptFile, int gen, bool stream)
     {
         // this program again: its apphost, else the dotnet host with this assembly (under dotnet or a test host)
         string dll = typeof(ServeBenchCommand).Assembly.Location;
@@ -281,6 +286,7 @@ public static class ServeBenchCommand
         if (!apphost) psi.ArgumentList.Add(dll);
         foreach (var a in new[] { "bench", "serve-clients", "--url", address.ToString(), "--prompts", promptFile, "--gen", gen.ToString(System.Globalization.CultureInfo.InvariantCulture) })
             psi.ArgumentList.Add(a);
+        if (!stream) psi.ArgumentList.Add("--no-stream");
         var child = Process.Start(psi) ?? throw new LckvException($"cannot start the client process {exe}");
         ExpectReady(child);
         return child;
@@ -362,7 +368,8 @@ public static class ServeBenchCommand
         return (runs, wall, steps, stepTicks / (double)Stopwatch.Frequency);
     }
 
-    private static Figures Summarize(ClientRun[] runs, double wallSeconds, long steps, double stepSeconds, double betweenSeconds, double cpuSeconds, double clientCpuSeconds, long workItems)
+    /// <param name="tokenTimes">false: each client saw its tokens all at once (no decode rate)</param>
+    private static Figures Summarize(ClientRun[] runs, double wallSeconds, long steps, double stepSeconds, double betweenSeconds, double cpuSeconds, double clientCpuSeconds, long workItems, bool tokenTimes = true)
     {
         long tokens = runs.Sum(r => (long)r.CompletionTokens);
         var ttft = runs.Where(r => r.Error is null).Select(r => r.TtftMs).Order().ToArray();
@@ -370,7 +377,7 @@ public static class ServeBenchCommand
         // decode: the tokens after each client's first, over the span from the first first token to the last end
         var ok = runs.Where(r => r.Error is null && r.CompletionTokens > 0).ToArray();
         double decodeSpan = ok.Length == 0 ? 0 : (ok.Max(r => r.EndMs) - ok.Min(r => r.FirstMs)) / 1000;
-        double decodeRate = decodeSpan > 0 ? ok.Sum(r => r.CompletionTokens - 1) / decodeSpan : 0;
+        double decodeRate = tokenTimes && decodeSpan > 0 ? ok.Sum(r => r.CompletionTokens - 1) / decodeSpan : 0;
         double perStep(double seconds) => steps > 0 ? seconds * 1000 / steps : 0;
         return new Figures(wallSeconds, tokens, wallSeconds > 0 ? tokens / wallSeconds : 0, decodeRate,
             Percentile(ttft, 0.5), Percentile(ttft, 0.99), Percentile(gaps, 0.5), Percentile(gaps, 0.99),

@@ -51,6 +51,25 @@ public sealed class ServeBenchTests
     }
 
     [SharedFact]
+    public void ClientsThatAskForWholeAnswersGetWhatTheyGetAlone()
+    {
+        var r = CliTests.Run("bench", "serve", "--model", SharedData.Path("golden", "llama-standard"), "--tokenizer", SharedData.Path("tokenizers", "en4k.model"),
+            "--clients", "6", "--fit", "2", "--prompt", "8", "--gen", "12", "--no-stream", "--clients-process", "--warm-up", "1", "-o", "json");
+        Assert.True(r.Code == 0, r.Err + r.Out);
+        using var doc = JsonDocument.Parse(r.Out);
+        var j = doc.RootElement;
+        Assert.False(j.GetProperty("stream").GetBoolean());
+        Assert.Equal(6, j.GetProperty("completed").GetInt32());
+        Assert.True(j.GetProperty("checked_alone").GetBoolean());
+        Assert.Equal(0, j.GetProperty("mismatched").GetInt32());
+        // the tokens come from each answer's usage, and the ratio from the whole answers' arrival
+        Assert.InRange(j.GetProperty("completion_tokens").GetInt64(), 7, 6 * 12);
+        Assert.True(j.GetProperty("total_ratio").GetDouble() > 0);
+        Assert.Equal(0.0, j.GetProperty("decode_ratio").GetDouble());
+        Assert.Equal(0, j.GetProperty("kv_blocks_after").GetInt64());
+    }
+
+    [SharedFact]
     public void BadSettingsAreOneLineErrors()
     {
         string model = SharedData.Path("golden", "llama-standard"), tok = SharedData.Path("tokenizers", "en4k.model");
