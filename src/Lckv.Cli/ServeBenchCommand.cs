@@ -47,7 +47,7 @@ public static class ServeBenchCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var mo = new ModelOptions();
-        var clients = new Option<int>("--clients") { Description = "concurrent streaming clients", DefaultValueFactory = _ => 64 };
+        var clients = new Option<int>("--clients") { Description = "concurrent clients, each streaming a greedy completion (whole answers with --no-stream)", DefaultValueFactory = _ => 64 };
         var prompt = new Option<int>("--prompt") { Description = "prompt tokens per client (BOS and random ids)", DefaultValueFactory = _ => 64 };
         var gen = new Option<int>("--gen") { Description = "tokens each client asks for", DefaultValueFactory = _ => 64 };
         var fit = new Option<int?>("--fit") { Description = "the KV budget, in sequences of prompt + gen tokens (default: a quarter of the clients)" };
@@ -59,7 +59,7 @@ public static class ServeBenchCommand
         var noStream = new Option<bool>("--no-stream") { Description = "the clients ask for each completion whole (stream: false) instead of streaming it" };
         var process = new Option<bool>("--clients-process") { Description = "run the clients in a child process (this program, bench serve-clients) instead of this one" };
         var format = new Option<string>("--output", "-o") { Description = "md | json", DefaultValueFactory = _ => "md" };
-        var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent streaming clients under a KV budget, against the bare engine");
+        var cmd = new Command("serve", "load-test the OpenAI-compatible server in process over loopback: concurrent greedy clients (streaming, or whole answers) under a KV budget, against the bare engine");
         mo.AddTo(cmd, ModelUses.All & ~ModelUses.KvBudget); // --fit sizes the pool
         var eo = EvictionOptions.AddTo(cmd);
         foreach (var o in new Option[] { clients, prompt, gen, fit, stepTokens, check, seed, rounds, warmUp, noStream, process, format }) cmd.Options.Add(o);
@@ -246,7 +246,7 @@ public static class ServeBenchCommand
         var promptFile = new Option<string>("--prompts") { Required = true };
         var gen = new Option<int>("--gen") { Required = true };
         var noStream = new Option<bool>("--no-stream");
-        var cmd = new Command("serve-clients", "the streaming clients of bench serve --clients-process") { Hidden = true };
+        var cmd = new Command("serve-clients", "the clients of bench serve --clients-process") { Hidden = true };
         foreach (var o in new Option[] { url, promptFile, gen, noStream }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
